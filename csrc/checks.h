@@ -1,0 +1,69 @@
+// Argument checks shared by the CPU and CUDA kernels, so that a direct
+// torch.ops.ssdh call fails with the same message whatever the device.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <optional>
+
+namespace ssdh {
+
+inline void check_p(int64_t p, const char* op) {
+  TORCH_CHECK(p == 1 || p == 2, op, ": p must be 1 or 2, got ", p);
+}
+
+// A float batch of N x K values with N >= 1 and K >= 1.
+inline void check_matrix(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK(
+      t.dim() == 2, op, ": ", name, " must be a 2-D N x K tensor, got ", t.dim(),
+      "-D with shape ", t.sizes());
+  TORCH_CHECK(
+      at::isFloatingType(t.scalar_type()), op, ": ", name,
+      " must be a floating-point tensor, got ", t.scalar_type());
+  TORCH_CHECK(
+      t.size(0) > 0 && t.size(1) > 0, op, ": ", name,
+      " must not be empty, got shape ", t.sizes());
+}
+
+inline void check_like(
+    const at::Tensor& t, const at::Tensor& ref, const char* op, const char* name,
+    const char* ref_name) {
+  TORCH_CHECK(
+      t.sizes() == ref.sizes(), op, ": ", name, " must have the shape of ", ref_name,
+      " ", ref.sizes(), ", got ", t.sizes());
+  TORCH_CHECK(
+      t.scalar_type() == ref.scalar_type(), op, ": ", name, " must have the dtype of ",
+      ref_name, " (", ref.scalar_type(), "), got ", t.scalar_type());
+  TORCH_CHECK(
+      t.device() == ref.device(), op, ": ", name, " must be on the device of ", ref_name,
+      " (", ref.device(), "), got ", t.device());
+}
+
+inline void check_scalar_grad(const at::Tensor& grad, const at::Tensor& ref, const char* op) {
+  TORCH_CHECK(grad.numel() == 1, op, ": grad must hold one value, got shape ", grad.sizes());
+  TORCH_CHECK(
+      grad.device() == ref.device(), op, ": grad must be on ", ref.device(), ", got ",
+      grad.device());
+}
+
+inline void check_max_margin_args(
+    const at::Tensor& scores, const at::Tensor& labels,
+    const std::optional<at::Tensor>& mask, bool signed_labels, const char* op) {
+  check_matrix(scores, op, "scores");
+  check_like(labels, scores, op, "labels", "scores");
+  if (mask.has_value()) {
+    TORCH_CHECK(
+        !signed_labels, op,
+        ": mask is only used with 0/1 labels; signed (+1/-1/0) labels carry "
+        "don't-care as 0");
+    check_like(*mask, scores, op, "mask", "scores");
+  }
+}
+
+// Byte width of a packed code of k bits.
+inline int64_t packed_bytes(int64_t k) {
+  return (k + 7) / 8;
+}
+
+}  // namespace ssdh

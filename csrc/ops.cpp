@@ -1,0 +1,103 @@
+// Operator schemas of the ssdh namespace, and the C++ functions that call them
+// through the dispatcher. Kernels live in cpu/, cuda/ and autograd/.
+#include <Python.h>
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+
+#include "ops.h"
+
+// Importing ssdh_port._C loads this library, whose static initialisers
+// register the operators; the module itself only carries build facts.
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {
+      PyModuleDef_HEAD_INIT, "_C", "ssdh native operators", -1, nullptr};
+  PyObject* module = PyModule_Create(&module_def);
+  if (module == nullptr) {
+    return nullptr;
+  }
+#ifdef SSDH_WITH_CUDA
+  PyModule_AddIntConstant(module, "WITH_CUDA", 1);
+#else
+  PyModule_AddIntConstant(module, "WITH_CUDA", 0);
+#endif
+  return module;
+}
+
+namespace ssdh {
+
+namespace {
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> find_op(const char* name) {
+  return c10::Dispatcher::singleton()
+      .findSchemaOrThrow(name, "")
+      .typed<Signature>();
+}
+}  // namespace
+
+at::Tensor forcing_binary_loss(const at::Tensor& a, int64_t p) {
+  static auto op = find_op<decltype(forcing_binary_loss)>("ssdh::forcing_binary_loss");
+  return op.call(a, p);
+}
+
+at::Tensor forcing_binary_loss_backward(
+    const at::Tensor& grad, const at::Tensor& a, int64_t p) {
+  static auto op = find_op<decltype(forcing_binary_loss_backward)>(
+      "ssdh::_forcing_binary_loss_backward");
+  return op.call(grad, a, p);
+}
+
+std::tuple<at::Tensor, at::Tensor> fire_rate_loss(const at::Tensor& a, int64_t p) {
+  static auto op = find_op<decltype(fire_rate_loss)>("ssdh::fire_rate_loss");
+  return op.call(a, p);
+}
+
+at::Tensor fire_rate_loss_backward(
+    const at::Tensor& grad, const at::Tensor& row_mean, int64_t k, int64_t p) {
+  static auto op = find_op<decltype(fire_rate_loss_backward)>(
+      "ssdh::_fire_rate_loss_backward");
+  return op.call(grad, row_mean, k, p);
+}
+
+at::Tensor max_margin_loss(
+    const at::Tensor& scores, const at::Tensor& labels,
+    const std::optional<at::Tensor>& mask, int64_t p, bool signed_labels) {
+  static auto op = find_op<decltype(max_margin_loss)>("ssdh::max_margin_loss");
+  return op.call(scores, labels, mask, p, signed_labels);
+}
+
+at::Tensor max_margin_loss_backward(
+    const at::Tensor& grad, const at::Tensor& scores, const at::Tensor& labels,
+    const std::optional<at::Tensor>& mask, int64_t p, bool signed_labels) {
+  static auto op = find_op<decltype(max_margin_loss_backward)>(
+      "ssdh::_max_margin_loss_backward");
+  return op.call(grad, scores, labels, mask, p, signed_labels);
+}
+
+at::Tensor pack_bits(const at::Tensor& a, double threshold) {
+  static auto op = find_op<decltype(pack_bits)>("ssdh::pack_bits");
+  return op.call(a, threshold);
+}
+
+at::Tensor unpack_bits(const at::Tensor& packed, int64_t k) {
+  static auto op = find_op<decltype(unpack_bits)>("ssdh::unpack_bits");
+  return op.call(packed, k);
+}
+
+TORCH_LIBRARY(ssdh, m) {
+  m.def("forcing_binary_loss(Tensor a, int p) -> Tensor");
+  m.def("_forcing_binary_loss_backward(Tensor grad, Tensor a, int p) -> Tensor");
+  m.def("fire_rate_loss(Tensor a, int p) -> (Tensor, Tensor)");
+  m.def(
+      "_fire_rate_loss_backward(Tensor grad, Tensor row_mean, int k, int p) -> Tensor");
+  m.def(
+      "max_margin_loss(Tensor scores, Tensor labels, Tensor? mask, int p, "
+      "bool signed_labels) -> Tensor");
+  m.def(
+      "_max_margin_loss_backward(Tensor grad, Tensor scores, Tensor labels, "
+      "Tensor? mask, int p, bool signed_labels) -> Tensor");
+  m.def("pack_bits(Tensor a, float threshold) -> Tensor");
+  m.def("unpack_bits(Tensor packed, int k) -> Tensor");
+}
+
+}  // namespace ssdh

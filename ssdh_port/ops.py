@@ -1,0 +1,253 @@
+"""Python entry points of the native SSDH operators (torch.ops.ssdh.*).
+
+Losses (SPEC.md section 1; a is the N x K output of the latent sigmoid):
+
+* ``forcing_binary_loss(a, p)`` -- E2 exactly as the original ``K1_EuclideanLoss``
+  reports it: ``-(1 / (2*N*K)) * sum (a - 0.5)^2`` for p = 2 and
+  ``-(1 / (N*K)) * sum |a - 0.5|`` for p = 1. The value is *negative*: minimising it
+  drives activations away from 0.5. The paper's objective ``alpha*E1 - beta*E2 +
+  gamma*E3`` (E2 there being the positive distance) is therefore, in this library
+  as in the Caffe logs, ``alpha*E1 + beta*forcing_binary_loss + gamma*fire_rate_loss``;
+  the module wrappers below carry the weights as ``loss_weight``.
+* ``fire_rate_loss(a, p)`` -- E3 (``K2_EuclideanLoss`` after the 1 x K average
+  pooling): with m_n the mean of row n, ``(1 / (2*N)) * sum (m_n - 0.5)^2`` (p = 2)
+  or ``(1 / N) * sum |m_n - 0.5|`` (p = 1).
+* ``max_margin_loss(scores, labels, p, mask)`` -- multi-label max-margin loss on raw
+  scores, ``0.5 * |y - s|^p`` outside the margins (positives want s >= 1, negatives
+  s <= 0), summed over labels and averaged over the N samples.
+
+Label forms of the max-margin loss:
+
+* ``label_format="binary"``: labels are 1 (positive) / 0 (negative); an optional
+  ``mask`` of the same shape holds 1 where the label counts and 0 for don't care.
+* ``label_format="signed"``: the Caffe multi-label convention of the authors' fork,
+  +1 positive, -1 negative, 0 don't care (no mask).
+* ``label_format="auto"`` (default): "binary" if a mask is given or no label is
+  negative, else "signed". A signed label tensor with no -1 in it is ambiguous (0
+  would read as negative): name the format explicitly in that case.
+
+Codes: ``pack_bits(a, threshold)`` packs the N x K bits ``a > threshold`` (a value
+equal to the threshold gives 0) into an N x ceil(K/8) uint8 tensor. Bit k of a code
+is bit ``k % 8`` (least significant first) of byte ``k // 8``; the unused high bits of
+the last byte are 0. This is the layout of numpy's ``packbits(bitorder="little")``
+and of faiss binary vectors, and on a little-endian machine 8 consecutive bytes read
+as one uint64 hold bits 0..63 in order. ``unpack_bits(packed, k)`` inverts it.
+"""
+import torch
+from torch import Tensor, nn
+
+from ssdh_port import _native  # noqa: F401  (registers torch.ops.ssdh)
+
+__all__ = [
+    "forcing_binary_loss",
+    "fire_rate_loss",
+    "max_margin_loss",
+    "pack_bits",
+    "unpack_bits",
+    "ForcingBinaryLoss",
+    "FireRateLoss",
+    "MaxMarginMultiLabelLoss",
+]
+
+_LABEL_FORMATS = ("auto", "binary", "signed")
+
+
+def _check_p(p, op):
+    if p not in (1, 2) or isinstance(p, bool):
+        raise ValueError(f"{op}: p must be 1 or 2, got {p!r}")
+
+
+def _check_tensor(t, op, name):
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+
+
+def _check_batch(t, op, name, floating=True):
+    """t must be a non-empty 2-D N x K tensor (floating-point unless told)."""
+    _check_tensor(t, op, name)
+    if t.dim() != 2:
+        raise ValueError(
+            f"{op}: {name} must be a 2-D N x K tensor, got {t.dim()}-D with shape "
+            f"{tuple(t.shape)}"
+        )
+    if floating and not t.is_floating_point():
+        raise TypeError(f"{op}: {name} must be a floating-point tensor, got {t.dtype}")
+    if t.shape[0] == 0 or t.shape[1] == 0:
+        raise ValueError(f"{op}: {name} must not be empty, got shape {tuple(t.shape)}")
+
+
+def _check_companion(t, ref, op, name, ref_name):
+    """t must match ref's shape and device (its dtype is converted, not checked)."""
+    _check_tensor(t, op, name)
+    if t.shape != ref.shape:
+        raise ValueError(
+            f"{op}: {name} must have the shape of {ref_name} {tuple(ref.shape)}, got "
+            f"{tuple(t.shape)}"
+        )
+    if t.device != ref.device:
+        raise ValueError(
+            f"{op}: {name} is on {t.device} but {ref_name} is on {ref.device}; "
+            "put both on the same device"
+        )
+
+
+def forcing_binary_loss(a: Tensor, p: int = 2) -> Tensor:
+    """E2, the forcing-binary loss (negative, as the original reports it)."""
+    _check_p(p, "forcing_binary_loss")
+    _check_batch(a, "forcing_binary_loss", "a")
+    return torch.ops.ssdh.forcing_binary_loss(a, p)
+
+
+def fire_rate_loss(a: Tensor, p: int = 2) -> Tensor:
+    """E3, the 50%-fire-rate loss on the per-sample mean over the K units."""
+    _check_p(p, "fire_rate_loss")
+    _check_batch(a, "fire_rate_loss", "a")
+    return torch.ops.ssdh.fire_rate_loss(a, p)[0]
+
+
+def _resolve_label_format(labels, mask, label_format):
+    if label_format not in _LABEL_FORMATS:
+        raise ValueError(
+            f"max_margin_loss: label_format must be one of {_LABEL_FORMATS}, got "
+            f"{label_format!r}"
+        )
+    if label_format == "signed" and mask is not None:
+        raise ValueError(
+            "max_margin_loss: a mask goes with 0/1 labels; signed (+1/-1/0) labels "
+            "mark don't care with 0"
+        )
+    if label_format != "auto":
+        return label_format
+    if mask is not None or labels.dtype == torch.bool:
+        return "binary"
+    return "signed" if bool((labels < 0).any()) else "binary"
+
+
+def max_margin_loss(
+    scores: Tensor,
+    labels: Tensor,
+    p: int = 2,
+    mask: Tensor | None = None,
+    label_format: str = "auto",
+) -> Tensor:
+    """Multi-label max-margin loss with don't-care labels (see the module doc)."""
+    op = "max_margin_loss"
+    _check_p(p, op)
+    _check_batch(scores, op, "scores")
+    _check_companion(labels, scores, op, "labels", "scores")
+    if mask is not None:
+        _check_companion(mask, scores, op, "mask", "scores")
+        mask = mask.to(scores.dtype)
+    signed = _resolve_label_format(labels, mask, label_format) == "signed"
+    return torch.ops.ssdh.max_margin_loss(scores, labels.to(scores.dtype), mask, p, signed)
+
+
+def pack_bits(a: Tensor, threshold: float = 0.5) -> Tensor:
+    """N x K values -> N x ceil(K/8) uint8 codes of ``a > threshold``."""
+    _check_batch(a, "pack_bits", "a", floating=False)
+    if a.is_complex():
+        raise TypeError(f"pack_bits: a must be real, got {a.dtype}")
+    return torch.ops.ssdh.pack_bits(a, float(threshold))
+
+
+def unpack_bits(packed: Tensor, k: int) -> Tensor:
+    """N x ceil(k/8) uint8 codes -> N x k uint8 tensor of 0/1 bits."""
+    _check_tensor(packed, "unpack_bits", "packed")
+    if packed.dtype != torch.uint8:
+        raise TypeError(f"unpack_bits: packed must be uint8, got {packed.dtype}")
+    if packed.dim() != 2:
+        raise ValueError(
+            f"unpack_bits: packed must be a 2-D N x B tensor, got shape {tuple(packed.shape)}"
+        )
+    if not isinstance(k, int) or k < 1 or (k + 7) // 8 != packed.shape[1]:
+        raise ValueError(
+            f"unpack_bits: k = {k!r} does not fit codes of {packed.shape[1]} bytes "
+            f"(k must satisfy ceil(k / 8) == {packed.shape[1]})"
+        )
+    return torch.ops.ssdh.unpack_bits(packed, k)
+
+
+class _WeightedLoss(nn.Module):
+    """A loss term with Caffe's loss_weight (its contribution to the objective)."""
+
+    def __init__(self, loss_weight: float = 1.0, p: int = 2):
+        super().__init__()
+        _check_p(p, type(self).__name__)
+        self.loss_weight = float(loss_weight)
+        self.p = p
+
+    def extra_repr(self):
+        return f"loss_weight={self.loss_weight}, p={self.p}"
+
+
+class ForcingBinaryLoss(_WeightedLoss):
+    """loss_weight * E2 (the original layer K1_EuclideanLoss; its value is <= 0)."""
+
+    def forward(self, a: Tensor) -> Tensor:
+        return self.loss_weight * forcing_binary_loss(a, self.p)
+
+
+class FireRateLoss(_WeightedLoss):
+    """loss_weight * E3 (the original layer K2_EuclideanLoss on the row means)."""
+
+    def forward(self, a: Tensor) -> Tensor:
+        return self.loss_weight * fire_rate_loss(a, self.p)
+
+
+class MaxMarginMultiLabelLoss(_WeightedLoss):
+    """loss_weight * the multi-label max-margin loss (E1 for multi-label data)."""
+
+    def __init__(self, loss_weight: float = 1.0, p: int = 2, label_format: str = "auto"):
+        super().__init__(loss_weight, p)
+        if label_format not in _LABEL_FORMATS:
+            raise ValueError(
+                f"MaxMarginMultiLabelLoss: label_format must be one of {_LABEL_FORMATS}, "
+                f"got {label_format!r}"
+            )
+        self.label_format = label_format
+
+    def forward(self, scores: Tensor, labels: Tensor, mask: Tensor | None = None) -> Tensor:
+        return self.loss_weight * max_margin_loss(
+            scores, labels, self.p, mask=mask, label_format=self.label_format
+        )
+
+
+# Shapes for tracing (torch.compile, export, opcheck's fake-tensor checks).
+@torch.library.register_fake("ssdh::forcing_binary_loss")
+def _(a, p):
+    return a.new_empty(())
+
+
+@torch.library.register_fake("ssdh::_forcing_binary_loss_backward")
+def _(grad, a, p):
+    return torch.empty_like(a, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("ssdh::fire_rate_loss")
+def _(a, p):
+    return a.new_empty(()), a.new_empty((a.shape[0],))
+
+
+@torch.library.register_fake("ssdh::_fire_rate_loss_backward")
+def _(grad, row_mean, k, p):
+    return row_mean.new_empty((row_mean.shape[0], k))
+
+
+@torch.library.register_fake("ssdh::max_margin_loss")
+def _(scores, labels, mask, p, signed_labels):
+    return scores.new_empty(())
+
+
+@torch.library.register_fake("ssdh::_max_margin_loss_backward")
+def _(grad, scores, labels, mask, p, signed_labels):
+    return torch.empty_like(scores, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("ssdh::pack_bits")
+def _(a, threshold):
+    return a.new_empty((a.shape[0], (a.shape[1] + 7) // 8), dtype=torch.uint8)
+
+
+@torch.library.register_fake("ssdh::unpack_bits")
+def _(packed, k):
+    return packed.new_empty((packed.shape[0], k))
