@@ -21,41 +21,40 @@ C10_HOST_DEVICE inline T latent_penalty_grad(T d, int64_t p) {
   return p == 2 ? d : T((d > T(0)) - (d < T(0)));
 }
 
-// How one label entry of the max-margin loss counts.
-enum LabelKind : int { kDontCare = 0, kPositive = 1, kNegative = 2, kBadLabel = 3 };
-
-// signed_labels: +1 / -1 / 0 (don't care). Otherwise 1 / 0, and with a mask a
-// 0 in the mask marks don't care; mask entries must be 0 or 1.
+// How one label entry of the max-margin loss counts: as a positive (wants
+// s >= 1), a negative (wants s <= 0), neither (don't care), or not at all
+// because it is outside the convention. Computed without branches: labels are
+// random, and a mispredicted branch per entry costs more than the arithmetic.
 template <typename T>
-C10_HOST_DEVICE inline int classify_label(T y, const T* mask_entry, bool signed_labels) {
-  if (mask_entry != nullptr) {
-    const T m = *mask_entry;
-    if (m == T(0)) {
-      return (y == T(0) || y == T(1)) ? kDontCare : kBadLabel;
-    }
-    if (m != T(1)) {
-      return kBadLabel;
-    }
-  }
-  if (y == T(1)) {
-    return kPositive;
-  }
+struct LabelWeights {
+  T positive;
+  T negative;
+  bool bad;
+};
+
+// signed_labels: +1 / -1 / 0 (don't care). Otherwise 1 / 0, and mask (1 when
+// no mask is given) holds 1 where the label counts and 0 for don't care.
+// Bitwise & and | on purpose: short-circuit operators become branches.
+// T is the accumulation type, L the stored type of labels and mask.
+template <typename T, typename L>
+C10_HOST_DEVICE inline LabelWeights<T> label_weights(L y, L mask, bool signed_labels) {
+  const bool is_one = y == L(1);
+  const bool is_zero = y == L(0);
   if (signed_labels) {
-    return y == T(-1) ? kNegative : (y == T(0) ? kDontCare : kBadLabel);
+    const bool is_minus_one = y == L(-1);
+    return {T(is_one), T(is_minus_one), !(is_one | is_zero | is_minus_one)};
   }
-  return y == T(0) ? kNegative : kBadLabel;
+  const bool counts = mask == L(1);
+  const bool bad = !((is_one | is_zero) & (counts | (mask == L(0))));
+  return {T(is_one & counts), T(is_zero & counts), bad};
 }
 
-// Signed distance past the margin: positives want s >= 1, negatives s <= 0.
+// Signed distance past the margin (0 inside it and for don't care).
 template <typename T>
-C10_HOST_DEVICE inline T margin_violation(T s, int kind) {
-  if (kind == kPositive) {
-    return s < T(1) ? s - T(1) : T(0);
-  }
-  if (kind == kNegative) {
-    return s > T(0) ? s : T(0);
-  }
-  return T(0);
+C10_HOST_DEVICE inline T margin_violation(T s, const LabelWeights<T>& w) {
+  const T below_one = s < T(1) ? s - T(1) : T(0);
+  const T above_zero = s > T(0) ? s : T(0);
+  return w.positive * below_one + w.negative * above_zero;
 }
 
 // 0.5 * |d|^p and its derivative (p/2) * sign(d) * |d|^(p-1).

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <type_traits>
 
 #include "../checks.h"
 #include "../loss_math.h"
@@ -26,11 +27,31 @@ template <typename scalar_t>
 int64_t first_bad_label(
     const scalar_t* labels, const scalar_t* mask, int64_t count, bool signed_labels) {
   for (int64_t i = 0; i < count; ++i) {
-    if (classify_label(labels[i], mask ? mask + i : nullptr, signed_labels) == kBadLabel) {
+    if (label_weights<double>(labels[i], mask ? mask[i] : scalar_t(1), signed_labels).bad) {
       return i;
     }
   }
   return -1;
+}
+
+// Calls body(is_signed, has_mask, p) with compile-time constants, so that the
+// per-element loops carry no run-time switches and vectorise.
+template <typename Body>
+void dispatch_label_form(bool signed_labels, bool has_mask, int64_t p, const Body& body) {
+  const auto with_p = [&](auto is_signed, auto with_mask) {
+    if (p == 2) {
+      body(is_signed, with_mask, std::integral_constant<int64_t, 2>{});
+    } else {
+      body(is_signed, with_mask, std::integral_constant<int64_t, 1>{});
+    }
+  };
+  if (signed_labels) {
+    with_p(std::true_type{}, std::false_type{});
+  } else if (has_mask) {
+    with_p(std::false_type{}, std::true_type{});
+  } else {
+    with_p(std::false_type{}, std::false_type{});
+  }
 }
 
 at::Tensor max_margin_loss_kernel(
@@ -50,12 +71,15 @@ at::Tensor max_margin_loss_kernel(
         const scalar_t* s = scores.const_data_ptr<scalar_t>();
         const scalar_t* y = labels.const_data_ptr<scalar_t>();
         const scalar_t* w = mask.defined() ? mask.const_data_ptr<scalar_t>() : nullptr;
-        const acc_t sum = parallel_sum<acc_t>(n * m, [&](int64_t i) {
-          const int kind = classify_label(y[i], w ? w + i : nullptr, signed_labels);
-          if (kind == kBadLabel) {
-            return std::numeric_limits<acc_t>::quiet_NaN();
-          }
-          return margin_loss<acc_t>(margin_violation<acc_t>(acc_t(s[i]), kind), p);
+        acc_t sum = 0;
+        dispatch_label_form(signed_labels, w != nullptr, p, [&](auto is_signed, auto with_mask, auto power) {
+          sum = parallel_sum<acc_t>(n * m, [&](int64_t i) {
+            const auto weights = label_weights<acc_t>(
+                y[i], with_mask.value ? w[i] : scalar_t(1), is_signed.value);
+            const acc_t loss =
+                margin_loss<acc_t>(margin_violation<acc_t>(acc_t(s[i]), weights), power.value);
+            return weights.bad ? std::numeric_limits<acc_t>::quiet_NaN() : loss;
+          });
         });
         // A bad label turns the sum into NaN; only then is it worth a scan to
         // name the entry (NaN scores alone give a NaN loss, as they should).
@@ -95,12 +119,15 @@ at::Tensor max_margin_loss_backward_kernel(
         const scalar_t* y = labels.const_data_ptr<scalar_t>();
         const scalar_t* w = mask.defined() ? mask.const_data_ptr<scalar_t>() : nullptr;
         scalar_t* out = grad_scores.mutable_data_ptr<scalar_t>();
-        at::parallel_for(0, scores.numel(), kElementGrain, [&](int64_t begin, int64_t end) {
-          for (int64_t i = begin; i < end; ++i) {
-            const int kind = classify_label(y[i], w ? w + i : nullptr, signed_labels);
-            const acc_t d = margin_violation<acc_t>(acc_t(s[i]), kind);
-            out[i] = scalar_t(scale * margin_loss_grad<acc_t>(d, p));
-          }
+        dispatch_label_form(signed_labels, w != nullptr, p, [&](auto is_signed, auto with_mask, auto power) {
+          at::parallel_for(0, scores.numel(), kElementGrain, [&](int64_t begin, int64_t end) {
+            for (int64_t i = begin; i < end; ++i) {
+              const auto weights = label_weights<acc_t>(
+                  y[i], with_mask.value ? w[i] : scalar_t(1), is_signed.value);
+              const acc_t d = margin_violation<acc_t>(acc_t(s[i]), weights);
+              out[i] = scalar_t(scale * margin_loss_grad<acc_t>(d, power.value));
+            }
+          });
         });
       });
   return grad_scores;

@@ -27,11 +27,9 @@ struct MarginTerm {
   int64_t p;
   bool signed_labels;
   __device__ acc_t operator()(int64_t i) const {
-    const int kind = classify_label(labels[i], mask ? mask + i : nullptr, signed_labels);
-    if (kind == kBadLabel) {
-      return NAN;
-    }
-    return margin_loss<acc_t>(margin_violation<acc_t>(acc_t(scores[i]), kind), p);
+    const auto weights = label_weights<acc_t>(labels[i], mask ? mask[i] : scalar_t(1), signed_labels);
+    const acc_t loss = margin_loss<acc_t>(margin_violation<acc_t>(acc_t(scores[i]), weights), p);
+    return weights.bad ? acc_t(NAN) : loss;
   }
 };
 
@@ -42,9 +40,9 @@ __global__ void max_margin_backward_kernel(
   const acc_t scale = acc_t(*grad) / acc_t(n);
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count;
        i += int64_t(gridDim.x) * blockDim.x) {
-    const int kind = classify_label(
-        term.labels[i], term.mask ? term.mask + i : nullptr, term.signed_labels);
-    const acc_t d = margin_violation<acc_t>(acc_t(term.scores[i]), kind);
+    const auto weights = label_weights<acc_t>(
+        term.labels[i], term.mask ? term.mask[i] : scalar_t(1), term.signed_labels);
+    const acc_t d = margin_violation<acc_t>(acc_t(term.scores[i]), weights);
     out[i] = scalar_t(scale * margin_loss_grad<acc_t>(d, term.p));
   }
 }
