@@ -1,0 +1,48 @@
+"""Binary codes: from latent activations to bits, and Hamming distances.
+
+Bit convention (SPEC.md section 1): bit = 1 where the activation is > 0.5; an
+activation of exactly 0.5 gives 0. Packed codes are ssdh_port.ops.pack_bits's
+layout (uint8, bit k in byte k // 8 at bit k % 8).
+"""
+import numpy as np
+import torch
+
+from ssdh_port import ops
+
+
+def binarize(activations, threshold=0.5):
+    """N x K activations -> N x K uint8 0/1 codes (a > threshold)."""
+    a = torch.as_tensor(activations)
+    return (a > threshold).to(torch.uint8)
+
+
+def as_bits(codes, name="codes"):
+    """0/1 codes (bool, float, or an integer type other than uint8) or packed uint8
+    codes -> N x K uint8 tensor of 0/1. Packed codes unpack to 8 * bytes bits; the
+    padding bits are 0 in every code, so distances are unchanged."""
+    c = codes if isinstance(codes, torch.Tensor) else torch.as_tensor(np.asarray(codes))
+    if c.dim() != 2:
+        raise ValueError(f"{name} must be a 2-D N x K array, got shape {tuple(c.shape)}")
+    if c.dtype == torch.uint8:
+        if c.shape[0] == 0:
+            return c.new_zeros(0, 8 * c.shape[1])
+        return ops.unpack_bits(c.cpu(), 8 * c.shape[1])
+    if c.is_complex():
+        raise TypeError(f"{name}: codes must be real 0/1 values, got {c.dtype}")
+    if c.numel() and not bool(((c == 0) | (c == 1)).all()):
+        raise ValueError(
+            f"{name} must hold 0/1 bits (or packed uint8 codes); found other values. "
+            "Binarize activations first (ssdh_port.hashing.codes.binarize)."
+        )
+    return c.to(torch.uint8).cpu()
+
+
+def hamming_distances(query_bits, db_bits):
+    """B x N int32 Hamming distances between 0/1 code rows.
+
+    Uses <q, d> of the +/-1 codes: distance = (K - <q, d>) / 2, exact in float32
+    for K up to 2^24."""
+    k = query_bits.shape[1]
+    q = query_bits.float() * 2 - 1
+    d = db_bits.float() * 2 - 1
+    return ((k - q @ d.T) / 2).round().to(torch.int32)

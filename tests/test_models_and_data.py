@@ -1,0 +1,62 @@
+"""MNIST reader, fillers and the plain-PyTorch SSDH model."""
+import gzip
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ssdh_port.caffe.fillers import fill_
+from ssdh_port.data import mnist
+from ssdh_port.models import LeNetSSDH, SSDHLoss
+from ssdh_port import ops
+
+
+def test_shipped_mnist_reads():
+    images, labels = mnist.load_split("test")
+    assert images.shape == (10000, 28, 28) and images.dtype == np.uint8
+    assert labels.shape == (10000,) and set(np.unique(labels)) == set(range(10))
+    # First test digit of MNIST is a 7.
+    assert labels[0] == 7
+
+
+def test_mnist_bad_files(tmp_path):
+    bad_magic = tmp_path / "x-images.gz"
+    with gzip.open(bad_magic, "wb") as f:
+        f.write(np.array([2049, 1, 2, 2], ">u4").tobytes() + bytes(4))
+    with pytest.raises(ValueError, match="magic number 2049, expected 2051"):
+        mnist.read_images(str(bad_magic))
+    truncated = tmp_path / "y-images"
+    truncated.write_bytes(np.array([2051, 2, 28, 28], ">u4").tobytes() + bytes(100))
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        mnist.read_images(str(truncated))
+    with pytest.raises(ValueError, match="split must be one of"):
+        mnist.load_split("validation")
+
+
+def test_fillers_follow_caffe_fan_rules():
+    g = torch.Generator().manual_seed(0)
+    w = fill_(torch.empty(200, 50, 3, 3), "xavier", generator=g)
+    bound = math.sqrt(3.0 / (50 * 9))
+    assert w.abs().max() <= bound and w.abs().max() > 0.95 * bound
+    w = fill_(torch.empty(300, 400), "msra", variance_norm="FAN_OUT", generator=g)
+    assert w.std().item() == pytest.approx(math.sqrt(2.0 / 300), rel=0.02)
+    w = fill_(torch.empty(4, 6), "positive_unitball", generator=g)
+    torch.testing.assert_close(w.sum(dim=1), torch.ones(4))
+    w = fill_(torch.empty(1, 1, 4, 4), "bilinear")
+    # kernel 4 (upsampling by 2): 1-D profile 0.25, 0.75, 0.75, 0.25
+    torch.testing.assert_close(w[0, 0, 0], torch.tensor([0.0625, 0.1875, 0.1875, 0.0625]))
+    with pytest.raises(ValueError, match="unknown filler type 'glorot'"):
+        fill_(torch.empty(2, 2), "glorot")
+
+
+def test_lenet_ssdh_shapes_and_objective():
+    model = LeNetSSDH(bits=12)
+    latent, scores = model(torch.rand(3, 1, 28, 28))
+    assert latent.shape == (3, 12) and scores.shape == (3, 10)
+    assert torch.all((latent > 0) & (latent < 1))
+    total, terms = SSDHLoss(alpha=1, beta=0.5, gamma=2)(latent, scores, torch.tensor([1, 2, 3]))
+    expected = (torch.nn.functional.cross_entropy(scores, torch.tensor([1, 2, 3]))
+                + 0.5 * ops.forcing_binary_loss(latent) + 2 * ops.fire_rate_loss(latent))
+    torch.testing.assert_close(total, expected)
+    assert set(terms) == {"classification", "forcing_binary", "fire_rate"}
