@@ -1,0 +1,825 @@
+"""Caffe layers as torch modules, with Caffe's exact arithmetic (SPEC.md section 3).
+
+One table, LAYERS, maps a Caffe type name to a class. A class is built from its
+LayerParameter and the shapes of its bottoms; forward takes the bottom tensors
+and returns a tuple of tops. Learnable (and Caffe-stored) blobs live in
+``self.blobs`` in Caffe's order, so caffemodel I/O is a zip over that list.
+Adding a type is one class with @register plus a test against a Caffe blob.
+"""
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ssdh_port import ops
+from ssdh_port.caffe.fillers import fill_
+from ssdh_port.caffe.proto import caffe_pb2 as pb
+
+LAYERS = {}
+FLT_MIN = 1.17549435e-38
+
+
+class LayerError(ValueError):
+    """A layer that cannot be built or run; the message names the layer."""
+
+
+def register(*type_names):
+    def wrap(cls):
+        for name in type_names:
+            LAYERS[name] = cls
+        return cls
+    return wrap
+
+
+def filler_kwargs(filler):
+    """FillerParameter -> keyword arguments of fillers.fill_."""
+    return dict(
+        type=filler.type, value=filler.value, min=filler.min, max=filler.max,
+        mean=filler.mean, std=filler.std, sparse=filler.sparse,
+        variance_norm=pb.FillerParameter.VarianceNorm.Name(filler.variance_norm),
+    )
+
+
+def canonical_axis(axis, ndim, layer_name):
+    if not -ndim <= axis < ndim:
+        raise LayerError(f"layer '{layer_name}': axis {axis} out of range for a {ndim}-D blob")
+    return axis % ndim
+
+
+class CaffeLayer(nn.Module):
+    """Base: name, type, bottoms/tops, the phase, and the Caffe blobs."""
+
+    is_loss = False  # loss layers weigh their first top by 1 unless told
+
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__()
+        self.name = param.name
+        self.type = param.type
+        self.phase = phase
+        self.param = param
+        self.bottom_shapes = [tuple(s) for s in bottom_shapes]
+        self.blobs = nn.ParameterList()
+
+    def error(self, message):
+        return LayerError(f"layer '{self.name}' ({self.type}): {message}")
+
+    def add_blob(self, shape, filler=None, requires_grad=True, **fill):
+        tensor = torch.zeros(shape)
+        if filler is not None:
+            fill_(tensor, **filler_kwargs(filler))
+        elif fill:
+            fill_(tensor, **fill)
+        self.blobs.append(nn.Parameter(tensor, requires_grad=requires_grad))
+        return self.blobs[-1]
+
+    def expect_bottoms(self, *counts):
+        if len(self.bottom_shapes) not in counts:
+            raise self.error(f"expects {' or '.join(map(str, counts))} bottom(s), got "
+                             f"{len(self.bottom_shapes)}")
+
+
+# ---------------------------------------------------------------- inputs
+
+
+@register("Input")
+class Input(CaffeLayer):
+    """Blobs given by the caller; shapes from input_param (one per top, or one for all)."""
+
+    def top_shapes(self):
+        shapes = [tuple(int(d) for d in s.dim) for s in self.param.input_param.shape]
+        tops = len(self.param.top)
+        if len(shapes) not in (1, tops):
+            raise self.error(f"{len(shapes)} shapes for {tops} tops (give 1 or {tops})")
+        return shapes * tops if len(shapes) == 1 else shapes
+
+
+@register("DummyData")
+class DummyData(CaffeLayer):
+    """Filler-made blobs; constant fillers once, the others at every forward."""
+
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        p = param.dummy_data_param
+        tops = len(param.top)
+        if p.shape:
+            shapes = [tuple(int(d) for d in s.dim) for s in p.shape]
+        else:
+            legacy = [list(p.num), list(p.channels), list(p.height), list(p.width)]
+            if any(len(v) not in (1, tops) for v in legacy):
+                raise self.error("num/channels/height/width must be given 1 or #top times")
+            shapes = [tuple(v[i if len(v) > 1 else 0] for v in legacy) for i in range(tops)]
+        if len(shapes) not in (1, tops):
+            raise self.error(f"{len(shapes)} shapes for {tops} tops")
+        self.shapes = shapes * tops if len(shapes) == 1 else shapes
+        fillers = list(p.data_filler) or [pb.FillerParameter(type="constant", value=0)]
+        if len(fillers) not in (1, tops):
+            raise self.error(f"{len(fillers)} data_filler entries for {tops} tops")
+        self.fillers = fillers * tops if len(fillers) == 1 else fillers
+
+    def top_shapes(self):
+        return self.shapes
+
+    def forward(self):
+        return tuple(fill_(torch.empty(s), **filler_kwargs(f))
+                     for s, f in zip(self.shapes, self.fillers))
+
+
+# ---------------------------------------------------------------- vision
+
+
+def _spatial(param, name, default, layer):
+    """Caffe's kernel_size/stride/pad: the field (repeated in ConvolutionParameter,
+    single in PoolingParameter), or the 2-D pair <name>_h / <name>_w."""
+    prefix = "kernel" if name == "kernel_size" else name
+    if param.HasField(prefix + "_h") or param.HasField(prefix + "_w"):
+        field = param.DESCRIPTOR.fields_by_name[name]
+        given = len(getattr(param, name)) if field.is_repeated else param.HasField(name)
+        if given:
+            raise layer.error(f"give either {name} or {prefix}_h/{prefix}_w, not both")
+        if not (param.HasField(prefix + "_h") and param.HasField(prefix + "_w")):
+            raise layer.error(f"give both {prefix}_h and {prefix}_w")
+        return int(getattr(param, prefix + "_h")), int(getattr(param, prefix + "_w"))
+    field = param.DESCRIPTOR.fields_by_name[name]
+    if field.is_repeated:
+        values = [int(v) for v in getattr(param, name)]
+    else:
+        values = [int(getattr(param, name))] if param.HasField(name) else []
+    if not values:
+        if default is None:
+            raise layer.error(f"{name} (or {prefix}_h and {prefix}_w) is required")
+        return default, default
+    if len(values) in (1, 2):
+        return values[0], values[-1]
+    raise layer.error(f"{name} has {len(values)} values; only 2-D spatial layers are supported")
+
+
+@register("Convolution", "Deconvolution")
+class Convolution(CaffeLayer):
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        self.expect_bottoms(1)
+        p = param.convolution_param
+        shape = self.bottom_shapes[0]
+        if len(shape) != 4 or p.axis not in (1, -3):
+            raise self.error(f"only N x C x H x W bottoms with axis 1 are supported, got {shape}")
+        self.kernel = _spatial(p, "kernel_size", None, self)
+        self.stride = _spatial(p, "stride", 1, self)
+        self.pad = _spatial(p, "pad", 0, self)
+        dilation = list(p.dilation) or [1]
+        self.dilation = (dilation[0], dilation[-1])
+        self.group = p.group
+        channels, outputs = shape[1], p.num_output
+        if not outputs:
+            raise self.error("num_output must be set")
+        if channels % self.group or outputs % self.group:
+            raise self.error(f"channels {channels} and num_output {outputs} must be "
+                             f"divisible by group {self.group}")
+        self.transposed = param.type == "Deconvolution"
+        if self.transposed:
+            weight_shape = (channels, outputs // self.group) + self.kernel
+        else:
+            weight_shape = (outputs, channels // self.group) + self.kernel
+        self.add_blob(weight_shape, p.weight_filler)
+        self.bias_term = p.bias_term
+        if p.bias_term:
+            self.add_blob((outputs,), p.bias_filler)
+
+    def forward(self, x):
+        bias = self.blobs[1] if self.bias_term else None
+        if self.transposed:
+            return (F.conv_transpose2d(x, self.blobs[0], bias, self.stride, self.pad, 0,
+                                       self.group, self.dilation),)
+        return (F.conv2d(x, self.blobs[0], bias, self.stride, self.pad, self.dilation,
+                         self.group),)
+
+
+def caffe_pool_size(size, kernel, stride, pad, ceil_mode=True):
+    """Caffe's pooled size: ceil rounding, minus one window that would start in the padding."""
+    if ceil_mode:
+        out = int(math.ceil((size + 2 * pad - kernel) / stride)) + 1
+    else:
+        out = (size + 2 * pad - kernel) // stride + 1
+    if pad > 0 and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+def caffe_pool(x, method, kernel, stride, pad, ceil_mode=True):
+    """MAX / AVE pooling with Caffe's sizes; AVE divides by the window clipped to
+    the padded bounds (H + pad), computed before clipping to the image."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, pad
+    h, w = x.shape[-2:]
+    oh = caffe_pool_size(h, kh, sh, ph, ceil_mode)
+    ow = caffe_pool_size(w, kw, sw, pw, ceil_mode)
+    # Pad right/bottom just enough for the last window.
+    extra_h = max(0, (oh - 1) * sh + kh - h - ph)
+    extra_w = max(0, (ow - 1) * sw + kw - w - pw)
+    fill = float("-inf") if method == "MAX" else 0.0
+    padded = F.pad(x, (pw, extra_w, ph, extra_h), value=fill)
+    if method == "MAX":
+        out = F.max_pool2d(padded, (kh, kw), (sh, sw))
+    else:
+        out = F.avg_pool2d(padded, (kh, kw), (sh, sw), divisor_override=1)
+        out = out / _ave_divisor(oh, ow, h, w, kernel, stride, pad, x)
+    return out[..., :oh, :ow]
+
+
+def _ave_divisor(oh, ow, h, w, kernel, stride, pad, like):
+    def sizes(n_out, size, k, s, p):
+        start = torch.arange(n_out) * s - p
+        end = torch.clamp(start + k, max=size + p)
+        return (end - start).to(like.dtype)
+    rows = sizes(oh, h, kernel[0], stride[0], pad[0])
+    cols = sizes(ow, w, kernel[1], stride[1], pad[1])
+    return (rows[:, None] * cols[None, :]).to(like.device)
+
+
+@register("Pooling")
+class Pooling(CaffeLayer):
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        self.expect_bottoms(1)
+        p = param.pooling_param
+        shape = self.bottom_shapes[0]
+        if len(shape) != 4:
+            raise self.error(f"pooling needs an N x C x H x W bottom, got {shape}")
+        self.method = pb.PoolingParameter.PoolMethod.Name(p.pool)
+        if self.method == "STOCHASTIC":
+            raise self.error("STOCHASTIC pooling is not supported")
+        self.ceil_mode = p.round_mode == pb.PoolingParameter.CEIL
+        if p.global_pooling:
+            if p.HasField("kernel_size") or p.HasField("kernel_h") or p.HasField("kernel_w"):
+                raise self.error("global_pooling takes no kernel size")
+            self.kernel, self.stride, self.pad = tuple(shape[2:]), (1, 1), (0, 0)
+        else:
+            self.kernel = _spatial(p, "kernel_size", None, self)
+            self.stride = _spatial(p, "stride", 1, self)
+            self.pad = _spatial(p, "pad", 0, self)
+            if any(pad >= k for pad, k in zip(self.pad, self.kernel)):
+                raise self.error(f"pad {self.pad} must be smaller than kernel {self.kernel}")
+
+    def forward(self, x):
+        return (caffe_pool(x, self.method, self.kernel, self.stride, self.pad, self.ceil_mode),)
+
+
+@register("LRN")
+class LRN(CaffeLayer):
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        p = param.lrn_param
+        if p.local_size % 2 == 0:
+            raise self.error(f"local_size must be odd, got {p.local_size}")
+        self.size, self.alpha, self.beta, self.k = p.local_size, p.alpha, p.beta, p.k
+        self.across = p.norm_region == pb.LRNParameter.ACROSS_CHANNELS
+
+    def forward(self, x):
+        n = self.size
+        if self.across:
+            # scale = k + alpha / n * sum of x^2 over n channels centred on c.
+            pre = (n - 1) // 2
+            sq = F.pad(x * x, (0, 0, 0, 0, pre, n - 1 - pre))
+            window = sum(sq[:, i:i + x.shape[1]] for i in range(n))
+            return (x * (self.k + self.alpha / n * window) ** -self.beta,)
+        # WITHIN_CHANNEL: Caffe's AVE pooling of x^2 (n x n, pad (n-1)/2), then
+        # (1 + alpha * avg)^-beta.
+        pad = (n - 1) // 2
+        avg = caffe_pool(x * x, "AVE", (n, n), (1, 1), (pad, pad))
+        return (x * (1 + self.alpha * avg) ** -self.beta,)
+
+
+# ---------------------------------------------------------------- neurons
+
+
+class _Neuron(CaffeLayer):
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        self.expect_bottoms(1)
+
+    def forward(self, x):
+        return (self.apply(x),)
+
+
+@register("ReLU")
+class ReLU(_Neuron):
+    def apply(self, x):
+        slope = self.param.relu_param.negative_slope
+        return F.leaky_relu(x, slope) if slope else F.relu(x)
+
+
+@register("Sigmoid")
+class Sigmoid(_Neuron):
+    def apply(self, x):
+        return torch.sigmoid(x)
+
+
+@register("TanH")
+class TanH(_Neuron):
+    def apply(self, x):
+        return torch.tanh(x)
+
+
+@register("AbsVal")
+class AbsVal(_Neuron):
+    def apply(self, x):
+        return x.abs()
+
+
+@register("BNLL")
+class BNLL(_Neuron):
+    def apply(self, x):
+        return F.softplus(x)
+
+
+@register("ELU")
+class ELU(_Neuron):
+    def apply(self, x):
+        return F.elu(x, self.param.elu_param.alpha)
+
+
+@register("Power")
+class Power(_Neuron):
+    def apply(self, x):
+        p = self.param.power_param
+        return (p.shift + p.scale * x) ** p.power
+
+
+@register("Exp")
+class Exp(_Neuron):
+    def apply(self, x):
+        p = self.param.exp_param
+        inner = p.shift + p.scale * x
+        return torch.exp(inner) if p.base == -1 else torch.pow(torch.tensor(p.base), inner)
+
+
+@register("Log")
+class Log(_Neuron):
+    def apply(self, x):
+        p = self.param.log_param
+        inner = torch.log(p.shift + p.scale * x)
+        return inner if p.base == -1 else inner / math.log(p.base)
+
+
+@register("Threshold")
+class Threshold(_Neuron):
+    def apply(self, x):
+        return (x > self.param.threshold_param.threshold).to(x.dtype)
+
+
+@register("Dropout")
+class Dropout(_Neuron):
+    def apply(self, x):
+        ratio = self.param.dropout_param.dropout_ratio
+        # Caffe scales at training time (1 / (1 - ratio)), as torch does.
+        return F.dropout(x, ratio, training=self.phase == "TRAIN")
+
+
+@register("PReLU")
+class PReLU(_Neuron):
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        p = param.prelu_param
+        channels = 1 if p.channel_shared else self.bottom_shapes[0][1]
+        if p.HasField("filler"):
+            self.add_blob((channels,), p.filler)
+        else:
+            self.add_blob((channels,), type="constant", value=0.25)
+
+    def apply(self, x):
+        slope = self.blobs[0].view((1, -1) + (1,) * (x.dim() - 2))
+        return torch.where(x > 0, x, x * slope)
+
+
+# ---------------------------------------------------------------- common
+
+
+@register("InnerProduct")
+class InnerProduct(CaffeLayer):
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        self.expect_bottoms(1)
+        p = param.inner_product_param
+        shape = self.bottom_shapes[0]
+        self.axis = canonical_axis(p.axis, len(shape), self.name)
+        fan_in = math.prod(shape[self.axis:])
+        if not p.num_output:
+            raise self.error("num_output must be set")
+        self.transpose = p.transpose
+        weight = (fan_in, p.num_output) if p.transpose else (p.num_output, fan_in)
+        self.add_blob(weight, p.weight_filler)
+        self.bias_term = p.bias_term
+        if p.bias_term:
+            self.add_blob((p.num_output,), p.bias_filler)
+
+    def forward(self, x):
+        flat = x.flatten(self.axis)
+        weight = self.blobs[0].t() if self.transpose else self.blobs[0]
+        return (F.linear(flat, weight, self.blobs[1] if self.bias_term else None),)
+
+
+@register("Reshape")
+class Reshape(CaffeLayer):
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        self.top_shape = self._shape(param.reshape_param, self.bottom_shapes[0])
+
+    def _shape(self, p, shape):
+        ndim = len(shape)
+        start = p.axis if p.axis >= 0 else ndim + 1 + p.axis
+        if not 0 <= start <= ndim:
+            raise self.error(f"axis {p.axis} out of range for a {ndim}-D bottom")
+        end = ndim if p.num_axes == -1 else start + p.num_axes
+        if end > ndim:
+            raise self.error(f"axis {p.axis} + num_axes {p.num_axes} exceeds {ndim} axes")
+        dims = [int(d) for d in p.shape.dim]
+        if dims.count(-1) > 1:
+            raise self.error("at most one dimension may be -1")
+        middle = []
+        for i, d in enumerate(dims):
+            if d == 0:
+                if start + i >= ndim:
+                    raise self.error(f"dim {i} = 0 copies a bottom axis that does not exist")
+                middle.append(shape[start + i])
+            else:
+                middle.append(d)
+        new = list(shape[:start]) + middle + list(shape[end:])
+        if -1 in new:
+            known = math.prod(d for d in new if d != -1)
+            total = math.prod(shape)
+            if known == 0 or total % known:
+                raise self.error(f"cannot infer -1: {total} values into {new}")
+            new[new.index(-1)] = total // known
+        if math.prod(new) != math.prod(shape):
+            raise self.error(f"cannot reshape {shape} ({math.prod(shape)} values) to {tuple(new)}")
+        return tuple(new)
+
+    def forward(self, x):
+        # Resolved per call: a 0 copies the bottom's axis, whatever the batch.
+        return (x.reshape(self._shape(self.param.reshape_param, tuple(x.shape))),)
+
+
+@register("Flatten")
+class Flatten(CaffeLayer):
+    def forward(self, x):
+        p = self.param.flatten_param
+        start = canonical_axis(p.axis, x.dim(), self.name)
+        end = canonical_axis(p.end_axis, x.dim(), self.name)
+        return (x.flatten(start, end),)
+
+
+@register("Concat")
+class Concat(CaffeLayer):
+    def forward(self, *xs):
+        p = self.param.concat_param
+        axis = p.axis if p.HasField("axis") or not p.HasField("concat_dim") else p.concat_dim
+        return (torch.cat(xs, canonical_axis(axis, xs[0].dim(), self.name)),)
+
+
+@register("Slice")
+class Slice(CaffeLayer):
+    def forward(self, x):
+        p = self.param.slice_param
+        axis = p.axis if p.HasField("axis") or not p.HasField("slice_dim") else p.slice_dim
+        axis = canonical_axis(axis, x.dim(), self.name)
+        tops = len(self.param.top)
+        if p.slice_point:
+            if len(p.slice_point) != tops - 1:
+                raise self.error(f"{len(p.slice_point)} slice points for {tops} tops")
+            bounds = [0] + list(p.slice_point) + [x.shape[axis]]
+            sizes = [b - a for a, b in zip(bounds, bounds[1:])]
+        else:
+            if x.shape[axis] % tops:
+                raise self.error(f"axis size {x.shape[axis]} does not split into {tops} tops")
+            sizes = [x.shape[axis] // tops] * tops
+        return tuple(torch.split(x, sizes, dim=axis))
+
+
+@register("Split")
+class Split(CaffeLayer):
+    def forward(self, x):
+        return tuple(x for _ in self.param.top)
+
+
+@register("Silence")
+class Silence(CaffeLayer):
+    def forward(self, *xs):
+        return ()
+
+
+@register("Eltwise")
+class Eltwise(CaffeLayer):
+    def forward(self, *xs):
+        p = self.param.eltwise_param
+        op = pb.EltwiseParameter.EltwiseOp.Name(p.operation)
+        if op == "PROD":
+            out = xs[0]
+            for x in xs[1:]:
+                out = out * x
+            return (out,)
+        if op == "MAX":
+            out = xs[0]
+            for x in xs[1:]:
+                out = torch.maximum(out, x)
+            return (out,)
+        coeff = list(p.coeff) or [1.0] * len(xs)
+        if len(coeff) != len(xs):
+            raise self.error(f"{len(coeff)} coefficients for {len(xs)} bottoms")
+        return (sum(c * x for c, x in zip(coeff, xs)),)
+
+
+@register("BatchNorm")
+class BatchNorm(CaffeLayer):
+    """Caffe's BatchNorm: blobs mean, variance (both scaled by the factor in
+    blob 2) and the moving-average factor; no affine part (use Scale)."""
+
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        channels = self.bottom_shapes[0][1]
+        for shape in ((channels,), (channels,), (1,)):
+            self.add_blob(shape, requires_grad=False)
+        p = param.batch_norm_param
+        self.use_global = p.use_global_stats if p.HasField("use_global_stats") else phase == "TEST"
+        self.fraction, self.eps = p.moving_average_fraction, p.eps
+
+    def top_shapes(self):
+        return [self.bottom_shapes[0]]
+
+    def forward(self, x):
+        dims = [0] + list(range(2, x.dim()))
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        if self.use_global:
+            factor = self.blobs[2].item()
+            scale = 0.0 if factor == 0 else 1.0 / factor
+            mean, var = self.blobs[0] * scale, self.blobs[1] * scale
+        else:
+            mean = x.mean(dim=dims)
+            var = ((x - mean.view(shape)) ** 2).mean(dim=dims)
+            with torch.no_grad():
+                m = x.numel() // x.shape[1]
+                correction = m / (m - 1) if m > 1 else 1.0
+                self.blobs[2].mul_(self.fraction).add_(1)
+                self.blobs[0].mul_(self.fraction).add_(mean.detach())
+                self.blobs[1].mul_(self.fraction).add_(correction * var.detach())
+        return ((x - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps),)
+
+
+class _Affine(CaffeLayer):
+    """Scale and Bias: the operand is bottom[1], or a learned blob covering
+    bottom[0]'s axes [axis, axis + num_axes)."""
+
+    def __init__(self, param, bottom_shapes, phase, p, filler, default_value):
+        super().__init__(param, bottom_shapes, phase)
+        shape = self.bottom_shapes[0]
+        self.axis = canonical_axis(p.axis, len(shape), self.name) if shape else 0
+        if len(self.bottom_shapes) == 1:
+            end = len(shape) if p.num_axes == -1 else self.axis + p.num_axes
+            blob_shape = tuple(shape[self.axis:end])
+            if filler is not None:
+                self.add_blob(blob_shape, filler)
+            else:
+                self.add_blob(blob_shape, type="constant", value=default_value)
+
+    def broadcast(self, operand, x):
+        return operand.view(operand.shape + (1,) * (x.dim() - self.axis - operand.dim()))
+
+
+@register("Scale")
+class Scale(_Affine):
+    def __init__(self, param, bottom_shapes, phase):
+        p = param.scale_param
+        super().__init__(param, bottom_shapes, phase, p,
+                         p.filler if p.HasField("filler") else None, 1.0)
+        self.bias_term = p.bias_term
+        if p.bias_term:
+            operand_shape = (tuple(self.blobs[0].shape) if len(self.bottom_shapes) == 1
+                             else self.bottom_shapes[1])
+            self.add_blob(operand_shape, p.bias_filler if p.HasField("bias_filler") else None)
+
+    def forward(self, x, *operand):
+        scale = operand[0] if operand else self.blobs[0]
+        out = x * self.broadcast(scale, x)
+        if self.bias_term:
+            out = out + self.broadcast(self.blobs[-1], x)
+        return (out,)
+
+
+@register("Bias")
+class Bias(_Affine):
+    def __init__(self, param, bottom_shapes, phase):
+        p = param.bias_param
+        super().__init__(param, bottom_shapes, phase, p,
+                         p.filler if p.HasField("filler") else None, 0.0)
+
+    def forward(self, x, *operand):
+        bias = operand[0] if operand else self.blobs[0]
+        return (x + self.broadcast(bias, x),)
+
+
+@register("Softmax")
+class Softmax(CaffeLayer):
+    def forward(self, x):
+        return (torch.softmax(x, canonical_axis(self.param.softmax_param.axis, x.dim(), self.name)),)
+
+
+@register("ArgMax")
+class ArgMax(CaffeLayer):
+    def forward(self, x):
+        p = self.param.argmax_param
+        k = p.top_k
+        if p.HasField("axis"):
+            axis = canonical_axis(p.axis, x.dim(), self.name)
+            values, indices = _caffe_topk(x.movedim(axis, -1), k)
+            out = values if p.out_max_val else indices.to(x.dtype)
+            return (out.movedim(-1, axis),)
+        values, indices = _caffe_topk(x.flatten(1), k)
+        parts = [indices.to(x.dtype)] + ([values] if p.out_max_val else [])
+        return (torch.stack(parts, dim=1),)
+
+
+def _caffe_topk(x, k):
+    """Top k along the last axis; ties go to the larger index, as Caffe's
+    partial_sort of (value, index) pairs in descending order does."""
+    flipped = x.flip(-1)
+    values, idx = torch.sort(flipped, dim=-1, descending=True, stable=True)
+    return values[..., :k], (x.shape[-1] - 1 - idx)[..., :k]
+
+
+# ---------------------------------------------------------------- losses
+
+
+def _normalizer(loss_param, outer, inner, valid, default_mode="VALID"):
+    """Caffe's LossLayer::GetNormalizer."""
+    if loss_param.HasField("normalization"):
+        mode = pb.LossParameter.NormalizationMode.Name(loss_param.normalization)
+    elif loss_param.HasField("normalize"):
+        mode = "VALID" if loss_param.normalize else "BATCH_SIZE"
+    else:
+        mode = default_mode
+    value = {"FULL": outer * inner, "VALID": valid, "BATCH_SIZE": outer, "NONE": 1}[mode]
+    return max(1.0, float(value))
+
+
+class _Loss(CaffeLayer):
+    is_loss = True
+
+    def top_shapes(self):
+        # A scalar loss; a second top (SoftmaxWithLoss) is the bottom-shaped probabilities.
+        return [()] + [self.bottom_shapes[0]] * (len(self.param.top) > 1)
+
+
+@register("SoftmaxWithLoss")
+class SoftmaxWithLoss(_Loss):
+    def forward(self, scores, label):
+        axis = canonical_axis(self.param.softmax_param.axis, scores.dim(), self.name)
+        prob = torch.softmax(scores, axis)
+        outer = math.prod(scores.shape[:axis])
+        inner = math.prod(scores.shape[axis + 1:])
+        target = label.reshape(outer, inner).long()
+        p = prob.movedim(axis, -1).reshape(outer, inner, -1)
+        lp = self.param.loss_param
+        valid = torch.ones_like(target, dtype=torch.bool)
+        if lp.HasField("ignore_label"):
+            valid = target != lp.ignore_label
+        safe = torch.where(valid, target, torch.zeros_like(target))
+        if bool(((safe < 0) | (safe >= p.shape[-1])).any()):
+            raise self.error(f"labels must lie in [0, {p.shape[-1]}) (or be the ignore_label)")
+        picked = torch.gather(p, 2, safe.unsqueeze(-1)).squeeze(-1)
+        losses = -torch.log(torch.clamp(picked, min=FLT_MIN)) * valid
+        norm = _normalizer(lp, outer, inner, int(valid.sum()))
+        loss = losses.sum() / norm
+        return (loss, prob) if len(self.param.top) > 1 else (loss,)
+
+
+@register("EuclideanLoss")
+class EuclideanLoss(_Loss):
+    def forward(self, a, b):
+        return (((a - b) ** 2).sum() / (2 * a.shape[0]),)
+
+
+@register("SigmoidCrossEntropyLoss")
+class SigmoidCrossEntropyLoss(_Loss):
+    def forward(self, x, target):
+        lp = self.param.loss_param
+        t = target.reshape(x.shape).to(x.dtype)
+        valid = torch.ones_like(t, dtype=torch.bool)
+        if lp.HasField("ignore_label"):
+            valid = t != lp.ignore_label
+        pos = (x >= 0).to(x.dtype)
+        losses = -(x * (t - pos) - torch.log1p(torch.exp(x - 2 * x * pos))) * valid
+        norm = _normalizer(lp, x.shape[0], x.numel() // x.shape[0], int(valid.sum()),
+                           default_mode="BATCH_SIZE")
+        return (losses.sum() / norm,)
+
+
+@register("HingeLoss")
+class HingeLoss(_Loss):
+    def forward(self, scores, label):
+        n = scores.shape[0]
+        flat = scores.reshape(n, -1)
+        sign = torch.ones_like(flat)
+        sign.scatter_(1, label.reshape(n, 1).long(), -1.0)
+        margin = torch.clamp(1 + sign * flat, min=0)
+        l2 = self.param.hinge_loss_param.norm == pb.HingeLossParameter.L2
+        return (((margin ** 2) if l2 else margin).sum() / n,)
+
+
+@register("ContrastiveLoss")
+class ContrastiveLoss(_Loss):
+    def forward(self, a, b, similar):
+        p = self.param.contrastive_loss_param
+        n = a.shape[0]
+        dist_sq = ((a - b) ** 2).reshape(n, -1).sum(dim=1)
+        sim = similar.reshape(n).to(a.dtype)
+        if p.legacy_version:
+            dissimilar = torch.clamp(p.margin - dist_sq, min=0)
+        else:
+            dissimilar = torch.clamp(p.margin - torch.sqrt(dist_sq), min=0) ** 2
+        return ((sim * dist_sq + (1 - sim) * dissimilar).sum() / (2 * n),)
+
+
+@register("Accuracy")
+class Accuracy(CaffeLayer):
+    def top_shapes(self):
+        axis = canonical_axis(self.param.accuracy_param.axis, len(self.bottom_shapes[0]), self.name)
+        return [()] + [(self.bottom_shapes[0][axis],)] * (len(self.param.top) > 1)
+    def forward(self, scores, label):
+        p = self.param.accuracy_param
+        axis = canonical_axis(p.axis, scores.dim(), self.name)
+        classes = scores.shape[axis]
+        s = scores.movedim(axis, -1).reshape(-1, classes)
+        target = label.reshape(-1).long()
+        valid = torch.ones_like(target, dtype=torch.bool)
+        if p.HasField("ignore_label"):
+            valid = target != p.ignore_label
+        safe = torch.where(valid, target, torch.zeros_like(target))
+        true_score = torch.gather(s, 1, safe[:, None])
+        # Correct when fewer than top_k classes score strictly higher (Caffe's rule).
+        correct = ((s > true_score).sum(dim=1) < p.top_k) & valid
+        count = int(valid.sum())
+        accuracy = correct.sum().to(scores.dtype) / max(count, 1)
+        if len(self.param.top) == 1:
+            return (accuracy,)
+        per_class = torch.zeros(classes, dtype=scores.dtype)
+        for c in range(classes):
+            in_class = valid & (target == c)
+            if in_class.any():
+                per_class[c] = (correct & in_class).sum() / in_class.sum()
+        return (accuracy, per_class)
+
+
+# ---------------------------------------------------------------- SSDH / DNNH
+
+
+@register("K1_EuclideanLoss")
+class ForcingBinaryLoss(_Loss):
+    """The original forcing-binary layer: -(1/(2NK)) sum (a - 0.5)^2 over the
+    first bottom (the second, the same blob in the authors' nets, is unused)."""
+
+    def forward(self, a, *unused):
+        return (ops.forcing_binary_loss(a.reshape(a.shape[0], -1)),)
+
+
+@register("K2_EuclideanLoss")
+class FireRateLoss(_Loss):
+    """The original 50%-fire-rate layer on its bottom b (N x D, the 1 x K average
+    pooled latent in the authors' nets): (1/(2N)) sum (b - 0.5)^2."""
+
+    def forward(self, b, *unused):
+        flat = b.reshape(b.shape[0], -1)
+        if flat.shape[1] == 1:
+            return (ops.fire_rate_loss(flat),)
+        # Over D > 1 values per sample the original sums rather than averages:
+        # D times the (negated) forcing-binary value.
+        return (-flat.shape[1] * ops.forcing_binary_loss(flat),)
+
+
+@register("MaxMarginMultiLabelLoss")
+class MaxMarginMultiLabelLoss(_Loss):
+    """Multi-label max-margin loss; labels +1/-1/0 (0 = don't care) as the
+    authors' Caffe multi-label data encodes them."""
+
+    def forward(self, scores, labels):
+        n = scores.shape[0]
+        p = self.param.max_margin_multilabel_loss_param.p
+        return (ops.max_margin_loss(scores.reshape(n, -1), labels.reshape(n, -1).to(scores.dtype),
+                                    p, label_format="signed"),)
+
+
+@register("TripletRankingHingeLoss")
+class TripletRankingHingeLoss(_Loss):
+    """DNNH: mean over the batch of max(0, margin + |q - q+|^2 - |q - q-|^2) on
+    the three bottoms (query, similar, dissimilar), each N x dim."""
+
+    def forward(self, query, similar, dissimilar):
+        p = self.param.triplet_ranking_hinge_loss_param
+        n = query.shape[0]
+        q, s, d = (t.reshape(n, -1) for t in (query, similar, dissimilar))
+        if q.shape[1] != p.dim:
+            raise self.error(f"bottoms have {q.shape[1]} units, dim is {p.dim}")
+        hinge = torch.clamp(p.margin + ((q - s) ** 2).sum(1) - ((q - d) ** 2).sum(1), min=0)
+        loss = hinge.sum() / n
+        if p.legacy_gradient_scale:
+            # The public layer's backward scales by 4/N instead of 2/N: same
+            # value, twice the gradient.
+            loss = loss + (loss - loss.detach())
+        return (loss,)

@@ -1,0 +1,326 @@
+"""CaffeNet: a Caffe NetParameter (prototxt) as a torch.nn.Module.
+
+Caffe's net semantics: include/exclude rules by phase, level and stages;
+layers run in file order; in-place layers (top == bottom) overwrite the blob;
+one blob read by several layers gets the gradients added (autograd does that;
+the blob dictionary also carries Caffe's split-blob names for comparison with
+Caffe's own dumps); ``loss_weight`` on any top (loss layers default to 1);
+``propagate_down: false`` stops the gradient to that bottom.
+"""
+import collections
+import os
+
+import numpy as np
+import torch
+from torch import nn
+
+from ssdh_port.caffe import io as caffe_io
+from ssdh_port.caffe.layers import LAYERS, CaffeLayer, Input, LayerError
+from ssdh_port.caffe.proto import caffe_pb2 as pb
+
+PHASES = ("TRAIN", "TEST")
+
+
+class NetOutput(collections.OrderedDict):
+    """Blobs by Caffe name, in the order Caffe creates them; ``loss`` holds the
+    weighted sum of the loss tops (None when the net has none)."""
+
+    loss = None
+
+
+def state_meets_rule(phase, level, stages, rule):
+    """Caffe's Net::StateMeetsRule."""
+    if rule.HasField("phase") and pb.Phase.Name(rule.phase) != phase:
+        return False
+    if rule.HasField("min_level") and level < rule.min_level:
+        return False
+    if rule.HasField("max_level") and level > rule.max_level:
+        return False
+    if any(stage not in stages for stage in rule.stage):
+        return False
+    return not any(stage in stages for stage in rule.not_stage)
+
+
+def layer_included(layer, phase, level=0, stages=()):
+    """Caffe's Net::FilterNet decision for one layer."""
+    if layer.include and layer.exclude:
+        raise LayerError(f"layer '{layer.name}' gives both include and exclude rules")
+    if layer.include:
+        return any(state_meets_rule(phase, level, stages, r) for r in layer.include)
+    return not any(state_meets_rule(phase, level, stages, r) for r in layer.exclude)
+
+
+def load_net_parameter(net):
+    """A NetParameter, a prototxt path, or prototxt text -> upgraded NetParameter."""
+    if isinstance(net, pb.NetParameter):
+        copy = pb.NetParameter()
+        copy.CopyFrom(net)
+        return caffe_io.upgrade_net(copy)
+    if isinstance(net, (str, os.PathLike)) and os.path.exists(net):
+        return caffe_io.read_net_prototxt(os.fspath(net))
+    if isinstance(net, str) and ("layer" in net or "input" in net):
+        return caffe_io.parse_net_prototxt(net)
+    raise caffe_io.CaffeFileError(f"{net}: no such prototxt file")
+
+
+class CaffeNet(nn.Module):
+    """Build a Caffe net for one phase; optionally load trained weights.
+
+    net: prototxt path, prototxt text or NetParameter. phase: "TRAIN" or "TEST".
+    weights: .caffemodel / .caffemodel.h5 / .pt path, or a NetParameter with blobs.
+    input_shapes: {blob: shape} overriding the shapes of Input layers.
+    """
+
+    def __init__(self, net, phase="TEST", weights=None, stages=(), level=0, input_shapes=None):
+        super().__init__()
+        if phase not in PHASES:
+            raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
+        self.net_param = load_net_parameter(net)
+        self.phase = phase
+        self.name = self.net_param.name
+        self.layers = nn.ModuleList()
+        self.bottoms, self.tops, self.loss_weights, self.propagate = [], [], [], []
+        self.blob_shapes = collections.OrderedDict()
+        overrides = dict(input_shapes or {})
+        for layer in self.net_param.layer:
+            if layer_included(layer, phase, level, stages):
+                self._add_layer(layer, overrides)
+        self.split_names = self._split_names()
+        self.load_report = None
+        if weights is not None:
+            self.load_report = self.copy_from(weights)
+
+    # ------------------------------------------------------------ building
+
+    def _add_layer(self, param, overrides):
+        cls = LAYERS.get(param.type)
+        if cls is None:
+            raise LayerError(
+                f"layer '{param.name}': unknown layer type '{param.type}' (supported: "
+                f"{', '.join(sorted(LAYERS))})")
+        for bottom in param.bottom:
+            if bottom not in self.blob_shapes:
+                raise LayerError(
+                    f"layer '{param.name}': bottom '{bottom}' is not produced by any earlier layer")
+        for top in param.top:
+            if top in self.blob_shapes and top not in param.bottom:
+                raise LayerError(
+                    f"layer '{param.name}': top '{top}' is produced twice (only in-place "
+                    "layers, whose top is also their bottom, may reuse a name)")
+        if param.propagate_down and len(param.propagate_down) != len(param.bottom):
+            raise LayerError(
+                f"layer '{param.name}': {len(param.propagate_down)} propagate_down values "
+                f"for {len(param.bottom)} bottoms")
+        bottom_shapes = [self.blob_shapes[b] for b in param.bottom]
+        module = cls(param, bottom_shapes, self.phase)
+        top_shapes = self._top_shapes(module, bottom_shapes, overrides)
+        if len(top_shapes) != len(param.top):
+            raise LayerError(
+                f"layer '{param.name}' ({param.type}) makes {len(top_shapes)} tops, the "
+                f"prototxt names {len(param.top)}")
+        for top, shape in zip(param.top, top_shapes):
+            self.blob_shapes[top] = tuple(shape)
+        self.layers.append(module)
+        self.bottoms.append(list(param.bottom))
+        self.tops.append(list(param.top))
+        self.propagate.append(list(param.propagate_down) or [True] * len(param.bottom))
+        self.loss_weights.append(self._top_loss_weights(module, param))
+
+    def _top_shapes(self, module, bottom_shapes, overrides):
+        if isinstance(module, Input):
+            shapes = module.top_shapes()
+            return [tuple(overrides.get(t, s)) for t, s in zip(module.param.top, shapes)]
+        if hasattr(module, "top_shapes"):
+            return module.top_shapes()
+        return infer_top_shapes(module, bottom_shapes)
+
+    @staticmethod
+    def _top_loss_weights(module, param):
+        weights = list(param.loss_weight)
+        if weights and len(weights) != len(param.top):
+            raise LayerError(
+                f"layer '{param.name}': {len(weights)} loss_weight values for "
+                f"{len(param.top)} tops")
+        if not weights:
+            weights = [0.0] * len(param.top)
+            if module.is_loss and weights:
+                weights[0] = 1.0
+        return weights
+
+    def _split_names(self):
+        """Caffe's InsertSplits names: a top read by more than one consumer (a loss
+        weight counts as one) gets '<top>_<layer>_<index>_split_<k>' copies."""
+        consumers = collections.defaultdict(list)
+        producer = {}
+        for i, (bottoms, tops) in enumerate(zip(self.bottoms, self.tops)):
+            for b in bottoms:
+                consumers[producer[b]].append(b)
+            for j, t in enumerate(tops):
+                producer[t] = (i, j)
+                consumers[(i, j)] = []
+        names = {}
+        for (i, j), readers in consumers.items():
+            count = len(readers) + (1 if self.loss_weights[i][j] else 0)
+            if count > 1:
+                top, layer = self.tops[i][j], self.layers[i].name
+                names[(i, j)] = [f"{top}_{layer}_{j}_split_{k}" for k in range(count)]
+        return names
+
+    # ------------------------------------------------------------ running
+
+    @property
+    def input_names(self):
+        return [t for m, tops in zip(self.layers, self.tops) if isinstance(m, Input) for t in tops]
+
+    def forward(self, *args, **inputs):
+        """Run the net. Input blobs come positionally (in Input-layer order) or by
+        name; returns a NetOutput of every blob, with .loss set when the phase has
+        loss tops."""
+        feeds = dict(zip(self.input_names, args))
+        feeds.update(inputs)
+        blobs = NetOutput()
+        loss = None
+        for i, module in enumerate(self.layers):
+            if isinstance(module, Input):
+                outs = tuple(self._fed(name, feeds) for name in self.tops[i])
+            else:
+                bottoms = [blobs[b] if keep else blobs[b].detach()
+                           for b, keep in zip(self.bottoms[i], self.propagate[i])]
+                outs = module(*bottoms)
+            for j, (name, value) in enumerate(zip(self.tops[i], outs)):
+                blobs[name] = value
+                weight = self.loss_weights[i][j]
+                if weight:
+                    term = weight * value.sum()
+                    loss = term if loss is None else loss + term
+                for alias in self.split_names.get((i, j), ()):
+                    blobs[alias] = value
+        blobs.loss = loss
+        return blobs
+
+    def _fed(self, name, feeds):
+        if name not in feeds:
+            raise LayerError(f"net input '{name}' was not given (inputs: {self.input_names})")
+        value = feeds[name]
+        tensor = torch.as_tensor(np.asarray(value)) if not isinstance(value, torch.Tensor) else value
+        if tensor.dim() != len(self.blob_shapes[name]):
+            raise LayerError(
+                f"net input '{name}' must have {len(self.blob_shapes[name])} axes like "
+                f"{self.blob_shapes[name]}, got shape {tuple(tensor.shape)}")
+        return tensor.float() if not tensor.is_floating_point() else tensor
+
+    # ------------------------------------------------------------ weights
+
+    def layer(self, name):
+        for module in self.layers:
+            if module.name == name:
+                return module
+        raise KeyError(f"no layer named '{name}' in net '{self.name}'")
+
+    def caffe_params(self):
+        """{layer name: [blob tensors in Caffe order]} for layers that have blobs."""
+        return collections.OrderedDict(
+            (m.name, list(m.blobs)) for m in self.layers if len(m.blobs))
+
+    def copy_from(self, weights, allow_shape_mismatch=False):
+        """Copy blobs by layer name (Caffe's CopyTrainedLayersFrom). Returns a
+        report {loaded, not_in_weights, unused, skipped}; a shape mismatch is an
+        error unless allow_shape_mismatch (then the layer is skipped and named)."""
+        source = load_weights(weights)
+        own = {m.name: m for m in self.layers}
+        report = {"loaded": [], "not_in_weights": [], "unused": [], "skipped": []}
+        for name, arrays in source.items():
+            module = own.get(name)
+            if module is None or not len(module.blobs):
+                if arrays:
+                    report["unused"].append(name)
+                continue
+            problem = _blob_mismatch(module, arrays)
+            if problem:
+                if not allow_shape_mismatch:
+                    raise LayerError(f"weights for layer '{name}': {problem}")
+                report["skipped"].append(f"{name} ({problem})")
+                continue
+            with torch.no_grad():
+                for blob, array in zip(module.blobs, arrays):
+                    blob.copy_(torch.as_tensor(np.asarray(array)).reshape(blob.shape))
+            report["loaded"].append(name)
+        report["not_in_weights"] = [m.name for m in self.layers
+                                    if len(m.blobs) and m.name not in source]
+        return report
+
+    def to_net_parameter(self):
+        """The net's layers (this phase) with their current blobs, as Caffe writes a caffemodel."""
+        net = pb.NetParameter(name=self.name)
+        for module in self.layers:
+            layer = net.layer.add()
+            layer.CopyFrom(module.param)
+            del layer.blobs[:]
+            for blob in module.blobs:
+                layer.blobs.add().CopyFrom(caffe_io.array_to_blob(blob.detach().cpu().numpy()))
+        return net
+
+    def save_caffemodel(self, path):
+        caffe_io.write_caffemodel(self.to_net_parameter(), path)
+
+    def save_pt(self, path):
+        """A .pt file: the net definition and {layer: [blobs]} in Caffe order."""
+        from google.protobuf import text_format
+
+        payload = {"prototxt": text_format.MessageToString(self.net_param),
+                   "blobs": {k: [t.detach().cpu() for t in v] for k, v in self.caffe_params().items()}}
+        with caffe_io.atomic_write(path) as f:
+            torch.save(payload, f)
+
+
+def _blob_mismatch(module, arrays):
+    if len(arrays) != len(module.blobs):
+        return f"{len(arrays)} blobs in the weights, the layer has {len(module.blobs)}"
+    for k, (blob, array) in enumerate(zip(module.blobs, arrays)):
+        shape = tuple(np.shape(array))
+        target = tuple(blob.shape)
+        if shape == target:
+            continue
+        # Legacy 4-D blobs (num, channels, height, width) match Caffe's
+        # LegacyShape: the target shape padded on the left with 1s.
+        if len(shape) == 4 and len(target) <= 4 and shape == (1,) * (4 - len(target)) + target:
+            continue
+        return f"blob {k} has shape {shape}, the layer expects {target}"
+    return None
+
+
+def load_weights(weights):
+    """caffemodel / caffemodel.h5 / .pt path or NetParameter -> {layer: [arrays]}."""
+    if isinstance(weights, pb.NetParameter):
+        return {layer.name: [caffe_io.blob_to_array(b, f"{layer.name}/{k}")
+                             for k, b in enumerate(layer.blobs)] for layer in weights.layer}
+    path = os.fspath(weights)
+    if path.endswith(".pt"):
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - report any unreadable .pt the same way
+            raise caffe_io.CaffeFileError(f"{path}: not a readable .pt weights file ({err})") from None
+        if not isinstance(payload, dict) or "blobs" not in payload:
+            raise caffe_io.CaffeFileError(f"{path}: .pt file without a 'blobs' entry")
+        return {k: [t.numpy() for t in v] for k, v in payload["blobs"].items()}
+    return load_weights(caffe_io.read_caffemodel(path))
+
+
+def infer_top_shapes(module, bottom_shapes):
+    """Top shapes of a layer by running it on fake tensors (no memory, no compute)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        fakes = [torch.empty(shape) for shape in bottom_shapes]
+        try:
+            outs = module(*fakes)
+        except LayerError:
+            raise
+        except Exception as err:  # noqa: BLE001 - any failure here is a shape error
+            raise LayerError(
+                f"layer '{module.name}' ({module.type}) cannot take bottoms of shapes "
+                f"{[tuple(s) for s in bottom_shapes]}: {err}") from None
+    return [tuple(o.shape) for o in outs]
+
+
+__all__ = ["CaffeNet", "NetOutput", "CaffeLayer", "load_weights", "layer_included"]
