@@ -193,6 +193,8 @@ class CaffeNet(nn.Module):
                 if weight:
                     term = weight * value.sum()
                     loss = term if loss is None else loss + term
+            # Caffe's Split layers follow their producer: their blobs come after all its tops.
+            for j, value in enumerate(outs):
                 for alias in self.split_names.get((i, j), ()):
                     blobs[alias] = value
         blobs.loss = loss
