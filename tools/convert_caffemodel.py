@@ -1,0 +1,72 @@
+#!/usr/bin/env python
+"""Convert trained Caffe weights to a PyTorch .pt file, or back.
+
+    python tools/convert_caffemodel.py --prototxt deploy.prototxt --caffemodel W.caffemodel --out model.pt
+    python tools/convert_caffemodel.py --prototxt deploy.prototxt --pt model.pt --to-caffemodel --out W.caffemodel
+
+The net is built from the prototxt (TEST phase unless --phase TRAIN) and the
+weights are copied by layer name, checking every blob's shape, as Caffe's
+CopyTrainedLayersFrom does. A table says what was loaded, which layers with
+parameters got nothing (left to their fillers), and which weights were unused.
+The .pt file holds the net definition and {layer: [blobs in Caffe order]};
+ssdh_port.caffe.CaffeNet(prototxt, weights="model.pt") loads it. The output is
+written to a temporary file and renamed, so a failed run leaves no partial file.
+"""
+import argparse
+import sys
+
+from ssdh_port.caffe.io import CaffeFileError
+from ssdh_port.caffe.layers import LayerError
+from ssdh_port.caffe.net import CaffeNet
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prototxt", required=True, help="net definition (deploy or train_val)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--caffemodel", help="Caffe weights (.caffemodel or .caffemodel.h5)")
+    source.add_argument("--pt", help="weights written by this tool (.pt)")
+    parser.add_argument("--to-caffemodel", action="store_true",
+                        help="write a .caffemodel (loadable by Caffe) instead of a .pt")
+    parser.add_argument("--out", required=True, help="output file")
+    parser.add_argument("--phase", default="TEST", choices=("TRAIN", "TEST"))
+    parser.add_argument("--allow-shape-mismatch", action="store_true",
+                        help="skip (and list) layers whose blob shapes differ instead of failing")
+    return parser.parse_args(argv)
+
+
+def print_table(net, report):
+    status = {name: "loaded" for name in report["loaded"]}
+    status.update({name: "NOT IN WEIGHTS (filler)" for name in report["not_in_weights"]})
+    status.update({entry.split(" ")[0]: "SKIPPED: " + entry.split(" ", 1)[1]
+                   for entry in report["skipped"]})
+    print(f"{'layer':24s} {'type':20s} {'blobs':40s} status")
+    for module in net.layers:
+        if not len(module.blobs):
+            continue
+        shapes = " ".join("x".join(map(str, b.shape)) for b in module.blobs)
+        print(f"{module.name:24s} {module.type:20s} {shapes:40s} {status.get(module.name, '?')}")
+    for name in report["unused"]:
+        print(f"{name:24s} {'':20s} {'':40s} in the weights, not in the net (unused)")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    weights = args.caffemodel or args.pt
+    try:
+        net = CaffeNet(args.prototxt, phase=args.phase)
+        report = net.copy_from(weights, allow_shape_mismatch=args.allow_shape_mismatch)
+    except (CaffeFileError, LayerError) as err:
+        print(f"convert_caffemodel: {err}", file=sys.stderr)
+        return 1
+    print_table(net, report)
+    if args.to_caffemodel:
+        net.save_caffemodel(args.out)
+    else:
+        net.save_pt(args.out)
+    print(f"wrote {args.out} ({len(report['loaded'])} layers loaded)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
