@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ssdh_port.caffe import data_layers  # noqa: F401  (registers Data, ImageData, HDF5Data)
 from ssdh_port.caffe import io as caffe_io
 from ssdh_port.caffe.layers import LAYERS, CaffeLayer, Input, LayerError
 from ssdh_port.caffe.proto import caffe_pb2 as pb

@@ -1,0 +1,205 @@
+"""Caffe's data layers: Data (LMDB of Datum records), ImageData (a list file of
+images) and HDF5Data (a list file of HDF5 files). Paths resolve against the
+working directory, as in Caffe. Batches come in database order and wrap around
+at the end; labels come out as float, as Caffe's label blobs are.
+"""
+import os
+
+import cv2
+import numpy as np
+import torch
+
+from ssdh_port.caffe.layers import CaffeLayer, register
+from ssdh_port.caffe.proto import caffe_pb2 as pb
+from ssdh_port.data.datum import decode_image
+from ssdh_port.data.lmdb_io import DatumLMDB
+from ssdh_port.data.transformer import DataTransformer
+
+
+class _SourceLayer(CaffeLayer):
+    """A data layer: no bottoms, a data top and an optional label top."""
+
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        if bottom_shapes:
+            raise self.error("a data layer takes no bottoms")
+        if len(param.top) not in (1, 2):
+            raise self.error(f"expects a data top and an optional label top, got {len(param.top)}")
+        self.transformer = DataTransformer(param.transform_param, phase)
+        self.cursor = 0
+
+    def reseed(self, seed):
+        self.transformer.rng = np.random.default_rng(seed)
+
+    def batch_indices(self, batch_size, total):
+        indices = [(self.cursor + i) % total for i in range(batch_size)]
+        self.cursor = (self.cursor + batch_size) % total
+        return indices
+
+    def outputs(self, images, labels):
+        first = images[0].shape
+        for i, image in enumerate(images):
+            if image.shape != first:
+                raise self.error(f"item {i} of the batch has shape {image.shape}, the first {first}; "
+                                 "a batch needs images of one size (resize them)")
+        data = self.transformer(torch.from_numpy(np.stack(images)))
+        if len(self.param.top) == 1:
+            return (data,)
+        return data, torch.tensor(labels, dtype=torch.float32)
+
+
+@register("Data")
+class Data(_SourceLayer):
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        p = param.data_param
+        if p.backend != pb.DataParameter.LMDB:
+            raise self.error("only backend: LMDB is supported (convert LevelDB with "
+                             "tools/convert_imageset.py --backend lmdb)")
+        if not p.source:
+            raise self.error("data_param.source is required")
+        if not p.batch_size:
+            raise self.error("data_param.batch_size must be positive")
+        self.db = DatumLMDB(p.source)
+        self.batch_size = p.batch_size
+        if p.rand_skip:
+            self.cursor = int(np.random.default_rng().integers(p.rand_skip)) % len(self.db)
+        sample, _ = self._read(0)
+        self.sample_shape = sample.shape
+
+    def _read(self, index):
+        t = self.transformer
+        return self.db.read(index, t.force_color, t.force_gray)
+
+    def top_shapes(self):
+        shape = (self.batch_size,) + self.transformer.output_shape(*self.sample_shape)
+        return [shape, (self.batch_size,)][: len(self.param.top)]
+
+    def forward(self):
+        records = [self._read(i) for i in self.batch_indices(self.batch_size, len(self.db))]
+        return self.outputs([r[0] for r in records], [r[1] for r in records])
+
+
+def read_list_file(path, layer):
+    """Caffe's image list: 'relative/path label' per line (split at the last space)."""
+    try:
+        with open(path) as f:
+            lines = [line.rstrip("\n") for line in f if line.strip()]
+    except OSError as err:
+        raise layer.error(f"cannot read list file {path} ({err.strerror})") from None
+    entries = []
+    for number, line in enumerate(lines, 1):
+        name, _, label = line.rpartition(" ")
+        if not name:
+            raise layer.error(f"{path}:{number}: expected 'path label', got {line!r}")
+        try:
+            entries.append((name, int(label)))
+        except ValueError:
+            raise layer.error(f"{path}:{number}: label {label!r} is not an integer") from None
+    if not entries:
+        raise layer.error(f"list file {path} is empty")
+    return entries
+
+
+def read_image(path, new_height=0, new_width=0, is_color=True):
+    """Caffe's ReadImageToCVMat: OpenCV read, optional resize (bilinear), CHW."""
+    image = cv2.imread(path, cv2.IMREAD_COLOR if is_color else cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        raise ValueError(f"{path}: cannot read the image")
+    if new_height and new_width:
+        image = cv2.resize(image, (new_width, new_height), interpolation=cv2.INTER_LINEAR)
+    return image[None] if image.ndim == 2 else np.ascontiguousarray(image.transpose(2, 0, 1))
+
+
+@register("ImageData")
+class ImageData(_SourceLayer):
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        p = param.image_data_param
+        if bool(p.new_height) != bool(p.new_width):
+            raise self.error("give both new_height and new_width, or neither")
+        self.p = p
+        self.entries = read_list_file(p.source, self)
+        self.order = list(range(len(self.entries)))
+        self.shuffle_rng = np.random.default_rng()
+        if p.shuffle:
+            self.shuffle_rng.shuffle(self.order)
+        if p.rand_skip:
+            self.cursor = int(self.shuffle_rng.integers(p.rand_skip)) % len(self.entries)
+        self.sample_shape = self._read(0)[0].shape
+
+    def _read(self, position):
+        name, label = self.entries[self.order[position]]
+        path = os.path.join(self.p.root_folder, name)
+        try:
+            return read_image(path, self.p.new_height, self.p.new_width, self.p.is_color), label
+        except ValueError as err:
+            raise self.error(str(err)) from None
+
+    def top_shapes(self):
+        shape = (self.p.batch_size,) + self.transformer.output_shape(*self.sample_shape)
+        return [shape, (self.p.batch_size,)][: len(self.param.top)]
+
+    def forward(self):
+        total = len(self.entries)
+        positions = self.batch_indices(self.p.batch_size, total)
+        if self.p.shuffle and self.cursor < self.p.batch_size and positions[-1] < positions[0]:
+            self.shuffle_rng.shuffle(self.order)  # a new epoch, as Caffe reshuffles
+        records = [self._read(i) for i in positions]
+        return self.outputs([r[0] for r in records], [r[1] for r in records])
+
+
+@register("HDF5Data")
+class HDF5Data(CaffeLayer):
+    """Rows of the datasets named like the tops, file after file, wrapping around."""
+
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        import h5py
+
+        p = param.hdf5_data_param
+        if not p.batch_size:
+            raise self.error("hdf5_data_param.batch_size must be positive")
+        try:
+            with open(p.source) as f:
+                files = [line.strip() for line in f if line.strip()]
+        except OSError as err:
+            raise self.error(f"cannot read HDF5 list file {p.source} ({err.strerror})") from None
+        if not files:
+            raise self.error(f"HDF5 list file {p.source} is empty")
+        self.tables = []
+        for path in files:
+            try:
+                with h5py.File(path, "r") as f:
+                    missing = [t for t in param.top if t not in f]
+                    if missing:
+                        raise self.error(f"{path} has no dataset named {missing[0]!r}")
+                    self.tables.append([np.asarray(f[t][()], dtype=np.float32) for t in param.top])
+            except OSError as err:
+                raise self.error(f"cannot read HDF5 file {path} ({err})") from None
+            rows = {len(a) for a in self.tables[-1]}
+            if len(rows) != 1:
+                raise self.error(f"{path}: datasets {list(param.top)} have different row counts")
+        self.batch_size = p.batch_size
+        self.shuffle = p.shuffle
+        self.rng = np.random.default_rng()
+        self.file_index, self.row = 0, 0
+        self.rows = list(range(len(self.tables[0][0])))
+
+    def top_shapes(self):
+        return [(self.batch_size,) + a.shape[1:] for a in self.tables[0]]
+
+    def forward(self):
+        picked = [[] for _ in self.param.top]
+        for _ in range(self.batch_size):
+            table = self.tables[self.file_index]
+            for k, array in enumerate(table):
+                picked[k].append(array[self.rows[self.row]])
+            self.row += 1
+            if self.row == len(self.rows):
+                self.row = 0
+                self.file_index = (self.file_index + 1) % len(self.tables)
+                self.rows = list(range(len(self.tables[self.file_index][0])))
+                if self.shuffle:
+                    self.rng.shuffle(self.rows)
+        return tuple(torch.from_numpy(np.stack(p)) for p in picked)

@@ -1,0 +1,125 @@
+"""Caffe's dataset tools as functions: convert_imageset (list file -> LMDB of
+Datum records) and compute_image_mean (LMDB -> mean BlobProto).
+
+convert_imageset keeps Caffe's behaviour: list lines 'relative/path label'
+(split at the last space), keys '%08d_<path>', OpenCV decoding (color unless
+gray), optional bilinear resize, raw CHW BGR bytes, or with encoded the image
+file itself when no resize or re-encoding is needed (else re-encoded to
+encode_type).
+"""
+import os
+import sys
+
+import cv2
+import numpy as np
+
+from ssdh_port.caffe import io as caffe_io
+from ssdh_port.data.datum import array_to_datum, encoded_datum
+from ssdh_port.data.lmdb_io import DatumLMDB, DatumLMDBWriter
+
+
+class ImagesetError(ValueError):
+    """Bad list file or image; the message names the file and line."""
+
+
+def read_list(path):
+    """[(relative path, int label)] of a Caffe list file."""
+    entries = []
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError as err:
+        raise ImagesetError(f"{path}: cannot read the list file ({err.strerror})") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        name, _, label = line.rstrip().rpartition(" ")
+        if not name:
+            raise ImagesetError(f"{path}:{number}: expected 'path label', got {line!r}")
+        try:
+            entries.append((name, int(label)))
+        except ValueError:
+            raise ImagesetError(f"{path}:{number}: label {label!r} is not an integer") from None
+    return entries
+
+
+def _progress(done, total, every=1000):
+    if done % every == 0 or done == total:
+        print(f"\rprocessed {done}/{total} images", end="\n" if done == total else "",
+              file=sys.stderr, flush=True)
+
+
+def image_datum(path, label, resize_height=0, resize_width=0, gray=False, encode_type=""):
+    """One image file -> Datum, as Caffe's ReadImageToDatum does."""
+    flag = cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR
+    image = cv2.imread(path, flag)
+    if image is None:
+        raise ImagesetError(f"{path}: cannot read the image")
+    resized = bool(resize_height and resize_width)
+    if resized:
+        image = cv2.resize(image, (resize_width, resize_height), interpolation=cv2.INTER_LINEAR)
+    if encode_type:
+        extension = os.path.splitext(path)[1][1:].lower()
+        same_format = extension in (encode_type, "jpeg" if encode_type == "jpg" else encode_type)
+        original_colour = (image.ndim == 3) != gray
+        if not resized and same_format and original_colour:
+            with open(path, "rb") as f:
+                return encoded_datum(f.read(), label)
+        ok, buffer = cv2.imencode("." + encode_type, image)
+        if not ok:
+            raise ImagesetError(f"{path}: cannot encode as {encode_type}")
+        return encoded_datum(buffer.tobytes(), label)
+    chw = image[None] if image.ndim == 2 else image.transpose(2, 0, 1)
+    return array_to_datum(np.ascontiguousarray(chw), label)
+
+
+def convert_imageset(root, list_file, db_path, resize_height=0, resize_width=0, shuffle=False,
+                     gray=False, encoded=False, encode_type="", check_size=False, seed=None,
+                     overwrite=False):
+    """Write the images of list_file (paths relative to root) to a new LMDB."""
+    entries = read_list(list_file)
+    if not entries:
+        raise ImagesetError(f"{list_file}: no images listed")
+    if shuffle:
+        order = np.random.default_rng(seed).permutation(len(entries))
+        entries = [entries[i] for i in order]
+    size = None
+    with DatumLMDBWriter(db_path, overwrite=overwrite) as writer:
+        for index, (name, label) in enumerate(entries):
+            enc = encode_type
+            if encoded and not enc:
+                enc = os.path.splitext(name)[1][1:].lower()  # Caffe guesses from the name
+            datum = image_datum(os.path.join(root, name), label, resize_height, resize_width,
+                                gray, enc if encoded else "")
+            if check_size and not datum.encoded:
+                shape = (datum.channels, datum.height, datum.width)
+                if size is not None and shape != size:
+                    raise ImagesetError(f"{name}: size {shape} differs from the first image {size}")
+                size = shape
+            writer.put(f"{index:08d}_{name}", datum)
+            _progress(index + 1, len(entries))
+    return len(entries)
+
+
+def compute_image_mean(db_path):
+    """Mean image (1 x C x H x W float32) of an LMDB, as compute_image_mean computes
+    it: a float32 sum (exact for byte images up to 65,000 records) divided in float32."""
+    db = DatumLMDB(db_path)
+    total = None
+    for index in range(len(db)):
+        array, _ = db.read(index)
+        if total is None:
+            total = np.zeros(array.shape, np.float32)
+        elif array.shape != total.shape:
+            raise ImagesetError(
+                f"{db_path} record {db.keys[index]!r}: shape {array.shape} differs from the "
+                f"first record's {total.shape}; a mean needs images of one size")
+        total += array
+        _progress(index + 1, len(db), every=10000)
+    return (total / np.float32(len(db)))[None]
+
+
+def write_image_mean(db_path, mean_path):
+    mean = compute_image_mean(db_path)
+    caffe_io.write_blobproto(mean, mean_path)
+    return mean

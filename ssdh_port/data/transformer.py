@@ -1,0 +1,108 @@
+"""Caffe's DataTransformer (SPEC.md section 3), for a batch at once, on the CPU
+or on the GPU (the same torch code: a uint8 batch moved to the device is cropped,
+mirrored, mean-subtracted and scaled there).
+
+Order, as in Caffe: crop (TEST: centre offsets (H - crop) / 2 with integer
+division; TRAIN: uniform random offsets), mirror (TRAIN only, random), subtract
+the mean (a full-size mean_file cropped at the same offsets, or one mean_value
+per channel), multiply by scale. Channels stay as stored (BGR for images).
+Random draws per image follow Caffe's order (mirror, then the crop offsets) from
+a seeded generator, so TRAIN batches are reproducible.
+"""
+import numpy as np
+import torch
+
+from ssdh_port.caffe import io as caffe_io
+
+
+class TransformError(ValueError):
+    """A transformation that cannot apply to the data; the message says why."""
+
+
+class DataTransformer:
+    def __init__(self, param, phase="TEST", seed=None):
+        if phase not in ("TRAIN", "TEST"):
+            raise ValueError(f"phase must be TRAIN or TEST, got {phase!r}")
+        self.phase = phase
+        self.crop = int(param.crop_size)
+        self.scale = float(param.scale)
+        self.mirror = bool(param.mirror)
+        self.force_color, self.force_gray = bool(param.force_color), bool(param.force_gray)
+        if param.mean_file and len(param.mean_value):
+            raise TransformError("give mean_file or mean_value, not both")
+        self.mean_file = param.mean_file or None
+        self.mean = None
+        if self.mean_file:
+            mean = caffe_io.read_blobproto(self.mean_file)
+            self.mean = torch.from_numpy(np.ascontiguousarray(mean.reshape(mean.shape[-3:]),
+                                                              dtype=np.float32))
+        self.mean_values = [float(v) for v in param.mean_value]
+        self.rng = np.random.default_rng(seed)
+
+    def output_shape(self, channels, height, width):
+        if self.crop:
+            return channels, self.crop, self.crop
+        return channels, height, width
+
+    def draw(self, count, height, width):
+        """Per-image (row offsets, column offsets, mirror flags), Caffe's order."""
+        rows = np.zeros(count, np.int64)
+        cols = np.zeros(count, np.int64)
+        flips = np.zeros(count, bool)
+        if self.crop and (self.crop > height or self.crop > width):
+            raise TransformError(
+                f"crop_size {self.crop} is larger than the {height} x {width} images")
+        for i in range(count):
+            if self.mirror and self.phase == "TRAIN":
+                flips[i] = bool(self.rng.integers(2))
+            if self.crop:
+                if self.phase == "TRAIN":
+                    rows[i] = self.rng.integers(height - self.crop + 1)
+                    cols[i] = self.rng.integers(width - self.crop + 1)
+                else:
+                    rows[i] = (height - self.crop) // 2
+                    cols[i] = (width - self.crop) // 2
+        return rows, cols, flips
+
+    def __call__(self, batch, rows=None, cols=None, flips=None):
+        """N x C x H x W (uint8 or float, numpy or torch, any device) -> float32
+        tensor on the same device. Offsets and flips are drawn unless given."""
+        x = torch.as_tensor(batch)
+        if x.dim() != 4:
+            raise TransformError(f"expected an N x C x H x W batch, got shape {tuple(x.shape)}")
+        n, channels, height, width = x.shape
+        self._check_mean(channels, height, width)
+        if rows is None:
+            rows, cols, flips = self.draw(n, height, width)
+        out_h = self.crop or height
+        out_w = self.crop or width
+        device = x.device
+        row_idx = torch.as_tensor(rows, device=device)[:, None] + torch.arange(out_h, device=device)
+        col_base = torch.arange(out_w, device=device)
+        flip_t = torch.as_tensor(flips, device=device)[:, None]
+        col_idx = torch.as_tensor(cols, device=device)[:, None] + torch.where(
+            flip_t, out_w - 1 - col_base, col_base)
+        # Gather the window (mirrored where drawn): out[n, c, h, w] = x[n, c, r_h, c_w].
+        picked = x[torch.arange(n, device=device)[:, None, None], :,
+                   row_idx[:, :, None], col_idx[:, None, :]]          # N x h x w x C
+        out = picked.permute(0, 3, 1, 2).to(torch.float32)
+        if self.mean is not None:
+            mean = self.mean.to(device)
+            # The mean is full size: cropped at the same offsets (and mirrored with the image).
+            out = out - mean[:, row_idx[:, :, None], col_idx[:, None, :]].permute(1, 0, 2, 3)
+        elif self.mean_values:
+            values = self.mean_values * channels if len(self.mean_values) == 1 else self.mean_values
+            out = out - torch.tensor(values, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        if self.scale != 1.0:
+            out = out * self.scale
+        return out.contiguous()
+
+    def _check_mean(self, channels, height, width):
+        if self.mean is not None and tuple(self.mean.shape) != (channels, height, width):
+            raise TransformError(
+                f"mean file {self.mean_file} has shape {tuple(self.mean.shape)}, the data is "
+                f"{(channels, height, width)} (a mean file must match the stored images)")
+        if self.mean_values and len(self.mean_values) not in (1, channels):
+            raise TransformError(
+                f"{len(self.mean_values)} mean_value entries for {channels} channels "
+                "(give 1 or one per channel)")

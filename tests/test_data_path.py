@@ -1,0 +1,143 @@
+"""The Caffe data path against what real Caffe made and produced
+(../shared/data/caffe-oracle/c_data): convert_imageset records, compute_image_mean,
+Data and ImageData batches, plus the other transform paths and bad input."""
+import hashlib
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from ssdh_port.caffe import io as caffe_io
+from ssdh_port.caffe.net import CaffeNet
+from ssdh_port.caffe.proto import caffe_pb2 as pb
+from ssdh_port.data.datum import DatumError, datum_to_array, encoded_datum
+from ssdh_port.data.imageset import convert_imageset, write_image_mean
+from ssdh_port.data.lmdb_io import DatumLMDB, DatumLMDBWriter, LMDBError
+from ssdh_port.data.transformer import DataTransformer, TransformError
+from tests.shared_data import needs_shared, oracle
+
+C_DATA = oracle("c_data")
+CONFIGS = ["d1_lmdb_color256_crop227_meanfile", "d2_lmdb_color256_crop227_meanvalue_scale",
+           "i1_imagedata_256_crop227_meanvalue"]
+
+
+@needs_shared
+@pytest.mark.parametrize("config", CONFIGS)
+def test_data_layers_match_caffe_batches(config, monkeypatch):
+    monkeypatch.chdir(C_DATA)  # the prototxts use paths relative to c_data, as Caffe did
+    net = CaffeNet(f"net_{config}.prototxt")
+    expected = np.load(f"{config}.npz")
+    for batch in range(3):  # the third batch wraps around the end of the DB
+        out = net()
+        np.testing.assert_allclose(out["data"].numpy(), expected[f"batch{batch}/data"].astype(np.float32),
+                                   rtol=0, atol=1e-6)
+        assert out["label"].dtype == torch.float32
+        np.testing.assert_array_equal(out["label"].numpy(), expected[f"batch{batch}/label"])
+
+
+@needs_shared
+def test_convert_imageset_and_mean_are_byte_identical_to_caffe(tmp_path):
+    count = convert_imageset(os.path.join(C_DATA, "demo_imgs"), os.path.join(C_DATA, "list.txt"),
+                             tmp_path / "db", resize_height=256, resize_width=256)
+    assert count == 12
+    records = json.load(open(os.path.join(C_DATA, "meta.json")))["lmdb_records"]["lmdb_color256"]
+    db = DatumLMDB(tmp_path / "db")
+    assert [k.decode() for k in db.keys] == [r["key"] for r in records]
+    for index, record in enumerate(records):
+        datum = db.datum(index)
+        assert (datum.label, datum.channels, datum.height, datum.width) == (
+            record["label"], record["channels"], record["height"], record["width"])
+        assert hashlib.md5(datum.data).hexdigest() == record["data_md5"]
+    write_image_mean(tmp_path / "db", tmp_path / "mean.binaryproto")
+    assert (tmp_path / "mean.binaryproto").read_bytes() == open(
+        os.path.join(C_DATA, "mean_color256.binaryproto"), "rb").read()
+
+
+@needs_shared
+def test_gray_encoded_and_force_paths(tmp_path):
+    root, listing = os.path.join(C_DATA, "demo_imgs"), os.path.join(C_DATA, "list.txt")
+    convert_imageset(root, listing, tmp_path / "gray", gray=True)
+    convert_imageset(root, listing, tmp_path / "enc", encoded=True)
+    convert_imageset(root, listing, tmp_path / "png", encoded=True, encode_type="png")
+    gray, enc, png = (DatumLMDB(tmp_path / n) for n in ("gray", "enc", "png"))
+    first = os.path.join(root, "air1.jpg")
+    assert gray.read(0)[0].shape == (1, 32, 32)
+    np.testing.assert_array_equal(gray.read(0)[0][0], cv2.imread(first, cv2.IMREAD_GRAYSCALE))
+    assert enc.datum(0).encoded and enc.datum(0).data == open(first, "rb").read()
+    color = cv2.imread(first, cv2.IMREAD_COLOR).transpose(2, 0, 1)
+    np.testing.assert_array_equal(enc.read(0)[0], color)
+    np.testing.assert_array_equal(png.read(0)[0], color)  # PNG is lossless
+    assert enc.read(0, force_gray=True)[0].shape == (1, 32, 32)
+    assert png.read(0, force_color=True)[0].shape == (3, 32, 32)
+
+
+def _transformer(phase="TEST", **fields):
+    param = pb.TransformationParameter(**{k: v for k, v in fields.items() if k != "mean_value"})
+    param.mean_value.extend(fields.get("mean_value", []))
+    return DataTransformer(param, phase, seed=3)
+
+
+def test_transformer_reference_semantics():
+    rng = np.random.default_rng(0)
+    batch = rng.integers(0, 256, (4, 3, 9, 11), dtype=np.uint8)
+    # No crop: (x - mean_value) * scale, channels as stored.
+    out = _transformer(mean_value=[1, 2, 3], scale=0.5)(batch).numpy()
+    np.testing.assert_allclose(out, (batch - np.array([1, 2, 3]).reshape(1, 3, 1, 1)) * 0.5)
+    # TEST crop: centre with integer division offsets.
+    out = _transformer(crop_size=5)(batch).numpy()
+    np.testing.assert_array_equal(out, batch[:, :, 2:7, 3:8])
+    # TRAIN crop + mirror: each image is some window, mirrored or not, from the drawn offsets.
+    t = _transformer("TRAIN", crop_size=5, mirror=True)
+    rows, cols, flips = t.draw(4, 9, 11)
+    out = t(batch, rows, cols, flips).numpy()
+    for i in range(4):
+        window = batch[i, :, rows[i]:rows[i] + 5, cols[i]:cols[i] + 5]
+        np.testing.assert_array_equal(out[i], window[:, :, ::-1] if flips[i] else window)
+    # Reproducible with a seed.
+    a = _transformer("TRAIN", crop_size=5, mirror=True)(batch)
+    b = _transformer("TRAIN", crop_size=5, mirror=True)(batch)
+    assert torch.equal(a, b)
+
+
+def test_transformer_mean_file_is_cropped_with_the_image(tmp_path):
+    rng = np.random.default_rng(1)
+    mean = rng.normal(100, 10, (1, 3, 9, 11)).astype(np.float32)
+    caffe_io.write_blobproto(mean, tmp_path / "mean.binaryproto")
+    batch = rng.integers(0, 256, (2, 3, 9, 11), dtype=np.uint8)
+    t = _transformer("TRAIN", crop_size=5, mirror=True, mean_file=str(tmp_path / "mean.binaryproto"))
+    rows, cols, flips = np.array([1, 4]), np.array([6, 0]), np.array([True, False])
+    out = t(batch, rows, cols, flips).numpy()
+    for i in range(2):
+        window = batch[i, :, rows[i]:rows[i] + 5, cols[i]:cols[i] + 5] - mean[0, :, rows[i]:rows[i] + 5,
+                                                                              cols[i]:cols[i] + 5]
+        np.testing.assert_allclose(out[i], window[:, :, ::-1] if flips[i] else window, rtol=1e-6)
+    with pytest.raises(TransformError, match=r"has shape \(3, 9, 11\), the data is \(3, 8, 8\)"):
+        t(np.zeros((1, 3, 8, 8), np.uint8))
+
+
+def test_bad_data_input(tmp_path):
+    with pytest.raises(LMDBError, match="no LMDB database here"):
+        DatumLMDB(tmp_path / "missing")
+    with DatumLMDBWriter(tmp_path / "db") as writer:
+        writer.put("a", encoded_datum(b"not an image", 1))
+        writer._txn.put(b"b", b"\xff\xff garbage")
+    db = DatumLMDB(tmp_path / "db")
+    with pytest.raises(DatumError, match=r"record b'a': cannot decode the encoded image"):
+        db.read(0)
+    with pytest.raises(DatumError, match=r"record b'b': not a Caffe Datum"):
+        db.read(1)
+    with pytest.raises(TransformError, match="crop_size 50 is larger than the 9 x 11 images"):
+        _transformer(crop_size=50)(np.zeros((1, 3, 9, 11), np.uint8))
+    with pytest.raises(DatumError, match="holds neither data"):
+        datum_to_array(pb.Datum(channels=1, height=1, width=1))
+
+
+def test_failed_conversion_leaves_no_database(tmp_path):
+    (tmp_path / "list.txt").write_text("missing.jpg 0\n")
+    with pytest.raises(Exception, match="missing.jpg: cannot read the image"):
+        convert_imageset(str(tmp_path), str(tmp_path / "list.txt"), tmp_path / "db")
+    assert not (tmp_path / "db").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["list.txt"]

@@ -1,0 +1,32 @@
+#!/usr/bin/env python
+"""Caffe's compute_image_mean: the mean image of an LMDB of Datum records,
+written as a .binaryproto (1 x C x H x W, legacy num/channels/height/width).
+
+    python tools/compute_image_mean.py DB mean.binaryproto
+"""
+import argparse
+import sys
+
+from ssdh_port.data.datum import DatumError
+from ssdh_port.data.imageset import ImagesetError, write_image_mean
+from ssdh_port.data.lmdb_io import LMDBError
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("db")
+    parser.add_argument("output")
+    args = parser.parse_args(argv)
+    try:
+        mean = write_image_mean(args.db, args.output)
+    except (ImagesetError, LMDBError, DatumError) as err:
+        print(f"compute_image_mean: {err}", file=sys.stderr)
+        return 1
+    for c, value in enumerate(mean.mean(axis=(0, 2, 3))):
+        print(f"mean_value channel [{c}]: {value:g}")
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

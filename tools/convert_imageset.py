@@ -1,0 +1,51 @@
+#!/usr/bin/env python
+"""Caffe's convert_imageset: images listed in LISTFILE ('relative/path label' per
+line, paths relative to ROOT) -> an LMDB of Datum records (keys '%08d_<path>').
+
+    python tools/convert_imageset.py ROOT LISTFILE DB [--resize_height H --resize_width W]
+        [--shuffle] [--gray] [--encoded] [--encode_type jpg|png] [--check_size] [--backend lmdb]
+
+Raw records hold CHW uint8 BGR bytes (1 channel with --gray); --encoded stores
+the image file (re-encoded when resized or when --encode_type differs). The DB is
+written to a temporary folder and renamed when complete.
+"""
+import argparse
+import sys
+
+from ssdh_port.data.imageset import ImagesetError, convert_imageset
+from ssdh_port.data.lmdb_io import LMDBError
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root")
+    parser.add_argument("listfile")
+    parser.add_argument("db")
+    parser.add_argument("--resize_height", type=int, default=0)
+    parser.add_argument("--resize_width", type=int, default=0)
+    parser.add_argument("--shuffle", action="store_true", help="shuffle the list order")
+    parser.add_argument("--seed", type=int, default=None, help="seed of --shuffle")
+    parser.add_argument("--gray", action="store_true", help="read images as gray")
+    parser.add_argument("--encoded", action="store_true", help="store encoded images")
+    parser.add_argument("--encode_type", default="", choices=("", "jpg", "png"))
+    parser.add_argument("--check_size", action="store_true", help="require one image size")
+    parser.add_argument("--backend", default="lmdb", choices=("lmdb",),
+                        help="only lmdb (LevelDB is not supported)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing DB")
+    args = parser.parse_args(argv)
+    if bool(args.resize_height) != bool(args.resize_width):
+        parser.error("give both --resize_height and --resize_width")
+    try:
+        count = convert_imageset(
+            args.root, args.listfile, args.db, args.resize_height, args.resize_width,
+            args.shuffle, args.gray, args.encoded, args.encode_type, args.check_size,
+            args.seed, args.overwrite)
+    except (ImagesetError, LMDBError) as err:
+        print(f"convert_imageset: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {count} records to {args.db}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
