@@ -87,6 +87,8 @@ class CaffeNet(nn.Module):
             if layer_included(layer, phase, level, stages):
                 self._add_layer(layer, overrides)
         self.split_names = self._split_names()
+        # Follows .to()/.cuda(): data layers read on the CPU, their batches move here.
+        self.register_buffer("_device_marker", torch.zeros(0), persistent=False)
         self.load_report = None
         if weights is not None:
             self.load_report = self.copy_from(weights)
@@ -170,6 +172,24 @@ class CaffeNet(nn.Module):
     # ------------------------------------------------------------ running
 
     @property
+    def output_names(self):
+        """Blobs no later layer reads, sorted by name (Caffe's net outputs)."""
+        available = set()
+        for bottoms, tops in zip(self.bottoms, self.tops):
+            available.difference_update(bottoms)
+            available.update(tops)
+        return sorted(available)
+
+    def blob_loss_weight(self, name):
+        """The loss_weight of the top that last wrote blob name (0 if none)."""
+        weight = 0.0
+        for tops, weights in zip(self.tops, self.loss_weights):
+            for top, w in zip(tops, weights):
+                if top == name:
+                    weight = w
+        return weight
+
+    @property
     def input_names(self):
         return [t for m, tops in zip(self.layers, self.tops) if isinstance(m, Input) for t in tops]
 
@@ -184,6 +204,9 @@ class CaffeNet(nn.Module):
         for i, module in enumerate(self.layers):
             if isinstance(module, Input):
                 outs = tuple(self._fed(name, feeds) for name in self.tops[i])
+            elif not self.bottoms[i]:
+                device = self._device_marker.device
+                outs = tuple(t.to(device, non_blocking=True) for t in module())
             else:
                 bottoms = [blobs[b] if keep else blobs[b].detach()
                            for b, keep in zip(self.bottoms[i], self.propagate[i])]
@@ -206,6 +229,7 @@ class CaffeNet(nn.Module):
             raise LayerError(f"net input '{name}' was not given (inputs: {self.input_names})")
         value = feeds[name]
         tensor = torch.as_tensor(np.asarray(value)) if not isinstance(value, torch.Tensor) else value
+        tensor = tensor.to(self._device_marker.device)
         if tensor.dim() != len(self.blob_shapes[name]):
             raise LayerError(
                 f"net input '{name}' must have {len(self.blob_shapes[name])} axes like "

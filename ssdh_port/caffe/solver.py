@@ -1,0 +1,428 @@
+"""Caffe's solvers (SolverParameter semantics; SPEC.md section 3).
+
+The update follows Caffe's ApplyUpdate, per iteration: learning rate of the
+policy, gradient clipping over all parameters, then for each parameter the
+iter_size normalisation, regularisation (L2: grad += decay * w; L1: grad +=
+decay * sign(w)), the solver's update value and w -= update. For SGD the
+learning rate lives inside the momentum history (v = momentum * v + lr * g,
+w -= v), which differs from torch.optim.SGD whenever the rate changes.
+local_lr = lr * lr_mult and local_decay = weight_decay * decay_mult per blob.
+"""
+import collections
+import math
+import os
+
+import numpy as np
+import torch
+
+from ssdh_port.caffe import io as caffe_io
+from ssdh_port.caffe.net import CaffeNet
+from ssdh_port.caffe.proto import caffe_pb2 as pb
+
+SOLVER_TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
+LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
+
+
+class SolverError(ValueError):
+    """A solver definition that cannot run; the message names the field."""
+
+
+def solver_type(param):
+    """The solver's type: 'type', or the deprecated solver_type enum."""
+    if param.HasField("type"):
+        name = param.type
+    elif param.HasField("solver_type"):
+        name = {"SGD": "SGD", "NESTEROV": "Nesterov", "ADAGRAD": "AdaGrad", "RMSPROP": "RMSProp",
+                "ADADELTA": "AdaDelta", "ADAM": "Adam"}[pb.SolverParameter.SolverType.Name(param.solver_type)]
+    else:
+        name = "SGD"
+    if name not in SOLVER_TYPES:
+        raise SolverError(f"solver type must be one of {SOLVER_TYPES}, got {name!r}")
+    return name
+
+
+class LearningRate:
+    """Caffe's GetLearningRate for every policy (multistep keeps its current step)."""
+
+    def __init__(self, param):
+        self.p = param
+        self.policy = param.lr_policy or "fixed"
+        if self.policy not in LR_POLICIES:
+            raise SolverError(f"lr_policy must be one of {LR_POLICIES}, got {self.policy!r}")
+        if self.policy in ("step", "sigmoid") and param.stepsize <= 0 and self.policy == "step":
+            raise SolverError("lr_policy 'step' needs a positive stepsize")
+        self.current_step = 0
+
+    def __call__(self, it):
+        p = self.p
+        if self.policy == "fixed":
+            return p.base_lr
+        if self.policy == "step":
+            self.current_step = it // p.stepsize
+            return p.base_lr * p.gamma ** self.current_step
+        if self.policy == "exp":
+            return p.base_lr * p.gamma ** it
+        if self.policy == "inv":
+            return p.base_lr * (1 + p.gamma * it) ** (-p.power)
+        if self.policy == "multistep":
+            while self.current_step < len(p.stepvalue) and it >= p.stepvalue[self.current_step]:
+                self.current_step += 1
+            return p.base_lr * p.gamma ** self.current_step
+        if self.policy == "poly":
+            return p.base_lr * (1 - it / p.max_iter) ** p.power
+        return p.base_lr / (1 + math.exp(-p.gamma * (it - p.stepsize)))
+
+
+class LearnableParam:
+    """One learnable blob with its multipliers and solver history."""
+
+    def __init__(self, layer, index, tensor, spec):
+        self.layer, self.index, self.tensor = layer, index, tensor
+        self.lr_mult = spec.lr_mult if spec is not None else 1.0
+        self.decay_mult = spec.decay_mult if spec is not None else 1.0
+        self.history = [torch.zeros_like(tensor) for _ in range(2)]
+
+    @property
+    def key(self):
+        return f"{self.layer}/{self.index}"
+
+
+def learnable_params(net):
+    params = []
+    for module in net.layers:
+        specs = list(module.param.param)
+        for i, blob in enumerate(module.blobs):
+            if blob.requires_grad:
+                params.append(LearnableParam(module.name, i, blob, specs[i] if i < len(specs) else None))
+    return params
+
+
+class Updater:
+    """The update rule of one solver type, applied to a LearnableParam."""
+
+    def __init__(self, param):
+        self.p = param
+        self.kind = solver_type(param)
+        if param.regularization_type not in ("L1", "L2"):
+            raise SolverError(
+                f"regularization_type must be L1 or L2, got {param.regularization_type!r}")
+
+    @torch.no_grad()
+    def __call__(self, lp, grad, rate, it):
+        p = self.p
+        local_rate = rate * lp.lr_mult
+        local_decay = p.weight_decay * lp.decay_mult
+        w = lp.tensor
+        if local_decay:
+            grad = grad + local_decay * (w if p.regularization_type == "L2" else torch.sign(w))
+        h, h2 = lp.history
+        if self.kind == "SGD":
+            h.mul_(p.momentum).add_(grad, alpha=local_rate)
+            update = h
+        elif self.kind == "Nesterov":
+            previous = h.clone()
+            h.mul_(p.momentum).add_(grad, alpha=local_rate)
+            update = (1 + p.momentum) * h - p.momentum * previous
+        elif self.kind == "AdaGrad":
+            h.add_(grad * grad)
+            update = local_rate * grad / (h.sqrt() + p.delta)
+        elif self.kind == "RMSProp":
+            h.mul_(p.rms_decay).add_((1 - p.rms_decay) * grad * grad)
+            update = local_rate * grad / (h.sqrt() + p.delta)
+        elif self.kind == "AdaDelta":
+            h.mul_(p.momentum).add_((1 - p.momentum) * grad * grad)
+            step = grad * (h2 + p.delta).sqrt() / (h + p.delta).sqrt()
+            h2.mul_(p.momentum).add_((1 - p.momentum) * step * step)
+            update = local_rate * step
+        else:  # Adam
+            beta1, beta2 = p.momentum, p.momentum2
+            h.mul_(beta1).add_((1 - beta1) * grad)
+            h2.mul_(beta2).add_((1 - beta2) * grad * grad)
+            t = it + 1
+            correction = math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)
+            update = local_rate * correction * h / (h2.sqrt() + p.delta)
+        w.sub_(update)
+        return update
+
+
+def clip_gradients(grads, threshold):
+    """Caffe's ClipGradients: scale all gradients when their joint L2 norm exceeds threshold."""
+    if threshold < 0:
+        return grads
+    norm = math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads))
+    if norm > threshold:
+        scale = threshold / norm
+        return [g * scale for g in grads]
+    return grads
+
+
+def share_weights(source, target):
+    """Caffe's ShareTrainedLayersWith: target's layers use source's blobs, by layer name."""
+    owners = {m.name: m for m in source.layers}
+    for module in target.layers:
+        owner = owners.get(module.name)
+        if owner is None or not len(module.blobs):
+            continue
+        if [tuple(b.shape) for b in owner.blobs] != [tuple(b.shape) for b in module.blobs]:
+            raise SolverError(f"layer '{module.name}' has different blob shapes in the train and test nets")
+        for i in range(len(module.blobs)):
+            module.blobs[i] = owner.blobs[i]
+
+
+def resolve_nets(param):
+    """(train net definition, [test net definitions]) as Caffe's Solver::InitTrainNet / InitTestNets."""
+    train_fields = [f for f in ("train_net_param", "train_net", "net_param", "net") if param.HasField(f)]
+    if len(train_fields) != 1:
+        raise SolverError("give exactly one of train_net_param, train_net, net_param or net "
+                          f"(got {train_fields or 'none'})")
+    train = getattr(param, train_fields[0])
+    tests = list(param.test_net_param) + list(param.test_net)
+    if not tests and (param.HasField("net") or param.HasField("net_param")) and param.test_iter:
+        tests = [param.net_param if param.HasField("net_param") else param.net] * len(param.test_iter)
+    if len(param.test_iter) != len(tests):
+        raise SolverError(f"{len(tests)} test nets but {len(param.test_iter)} test_iter values")
+    return train, tests
+
+
+class Solver:
+    """Caffe's Solver::Solve / Step on CaffeNets. log(line) receives Caffe-style
+    display lines; on_iteration(record) a dict per displayed iteration."""
+
+    def __init__(self, param, device="cpu", log=print, on_iteration=None, on_test=None, amp=False):
+        self.param = param
+        self.device = torch.device(device)
+        # Opt-in bf16 autocast on the GPU; off by default for Caffe fidelity.
+        self.amp = bool(amp) and self.device.type == "cuda"
+        self.log = log
+        self.on_iteration = on_iteration or (lambda record: None)
+        self.on_test = on_test or (lambda record: None)
+        if param.random_seed >= 0:
+            torch.manual_seed(param.random_seed)
+            np.random.seed(param.random_seed % 2**32)
+        train_def, test_defs = resolve_nets(param)
+        train_state = param.train_state if param.HasField("train_state") else None
+        self.net = CaffeNet(train_def, phase="TRAIN",
+                            stages=tuple(train_state.stage) if train_state else (),
+                            level=train_state.level if train_state else 0).to(self.device)
+        self.test_nets = []
+        for k, definition in enumerate(test_defs):
+            state = param.test_state[k] if k < len(param.test_state) else None
+            net = CaffeNet(definition, phase="TEST", stages=tuple(state.stage) if state else (),
+                           level=state.level if state else 0)
+            share_weights(self.net, net)
+            self.test_nets.append(net.to(self.device))
+        self._seed_data_layers()
+        self.params = learnable_params(self.net)
+        self.rate = LearningRate(param)
+        self.updater = Updater(param)
+        self.iter = 0
+        self.losses = collections.deque(maxlen=max(1, param.average_loss))
+
+    def _seed_data_layers(self):
+        if self.param.random_seed < 0:
+            return
+        for net_index, net in enumerate([self.net] + self.test_nets):
+            for layer_index, module in enumerate(net.layers):
+                if hasattr(module, "reseed"):
+                    module.reseed(self.param.random_seed + 1000 * net_index + layer_index)
+
+    # ------------------------------------------------------------ training
+
+    def forward_backward(self):
+        total = 0.0
+        outputs = None
+        for _ in range(self.param.iter_size):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                out = self.net()
+            if out.loss is None:
+                raise SolverError("the TRAIN net has no loss (no loss layer or loss_weight)")
+            out.loss.backward()
+            total += float(out.loss)
+            outputs = out
+        return total / self.param.iter_size, outputs
+
+    def apply_update(self):
+        rate = self.rate(self.iter)
+        if self.param.display and self.iter % self.param.display == 0:
+            self.log(f"Iteration {self.iter}, lr = {rate:g}")
+        grads = [lp.tensor.grad if lp.tensor.grad is not None else torch.zeros_like(lp.tensor)
+                 for lp in self.params]
+        grads = clip_gradients(grads, self.param.clip_gradients)
+        updates = {}
+        for lp, grad in zip(self.params, grads):
+            if self.param.iter_size > 1:
+                grad = grad / self.param.iter_size
+            updates[lp.key] = self.updater(lp, grad, rate, self.iter)
+        return rate, updates
+
+    def step(self, iters):
+        """Run iters iterations (tests, display and snapshots as configured)."""
+        stop = self.iter + iters
+        while self.iter < stop:
+            for lp in self.params:
+                lp.tensor.grad = None
+            p = self.param
+            if p.test_interval and self.iter % p.test_interval == 0 and (
+                    self.iter > 0 or p.test_initialization):
+                self.test_all()
+            loss, outputs = self.forward_backward()
+            self.losses.append(loss)
+            smoothed = sum(self.losses) / len(self.losses)
+            displayed = p.display and self.iter % p.display == 0
+            if displayed:
+                self.log(f"Iteration {self.iter}, loss = {smoothed:g}")
+                self._log_outputs("Train", self.net, {n: outputs[n] for n in self.net.output_names})
+            rate, _ = self.apply_update()
+            self.on_iteration({"iter": self.iter, "loss": loss, "smoothed_loss": smoothed,
+                               "lr": rate, "outputs": _scalars(outputs, self.net.output_names)})
+            self.iter += 1
+            if p.snapshot and self.iter % p.snapshot == 0:
+                self.snapshot()
+
+    def solve(self, progress=None):
+        p = self.param
+        while self.iter < p.max_iter:
+            chunk = min(max(1, p.display or 1), p.max_iter - self.iter)
+            self.step(chunk)
+            if progress:
+                progress(self.iter, p.max_iter)
+        if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
+            self.snapshot()
+        if p.test_interval and self.iter % p.test_interval == 0:
+            self.test_all()
+        self.log("Optimization Done.")
+
+    # ------------------------------------------------------------ testing
+
+    @torch.no_grad()
+    def test_all(self):
+        results = []
+        for k, net in enumerate(self.test_nets):
+            sums = collections.OrderedDict()
+            for _ in range(self.param.test_iter[k]):
+                out = net()
+                for name in net.output_names:
+                    value = out[name].detach().double().cpu().reshape(-1)
+                    sums[name] = sums[name] + value if name in sums else value
+            means = {name: (v / self.param.test_iter[k]) for name, v in sums.items()}
+            self.log(f"Iteration {self.iter}, Testing net (#{k})")
+            self._log_outputs("Test", net, means)
+            record = {"iter": self.iter, "net": k,
+                      "outputs": {n: v.tolist() if v.numel() > 1 else float(v) for n, v in means.items()}}
+            self.on_test(record)
+            results.append(record)
+        return results
+
+    def _log_outputs(self, kind, net, values):
+        index = 0
+        for name, value in values.items():
+            flat = value.detach().double().cpu().reshape(-1)
+            weight = net.blob_loss_weight(name)
+            for v in flat.tolist():
+                line = f"    {kind} net output #{index}: {name} = {v:g}"
+                if weight:
+                    line += f" (* {weight:g} = {weight * v:g} loss)"
+                self.log(line)
+                index += 1
+
+    # ------------------------------------------------------------ snapshots
+
+    def snapshot_paths(self):
+        prefix = self.param.snapshot_prefix or "snapshot"
+        base = f"{prefix}_iter_{self.iter}"
+        return base + ".caffemodel", base + ".solverstate", base + ".pt"
+
+    def snapshot(self):
+        """<prefix>_iter_<N>.caffemodel and .solverstate (as Caffe writes them) and .pt."""
+        model_path, state_path, pt_path = self.snapshot_paths()
+        self.net.save_caffemodel(model_path)
+        state = pb.SolverState(iter=self.iter, learned_net=model_path,
+                               current_step=self.rate.current_step)
+        for lp in self.params:
+            state.history.add().CopyFrom(caffe_io.array_to_blob(lp.history[0].detach().cpu().numpy()))
+        if self.updater.kind in ("AdaDelta", "Adam"):
+            for lp in self.params:
+                state.history.add().CopyFrom(caffe_io.array_to_blob(lp.history[1].detach().cpu().numpy()))
+        caffe_io.write_binary_proto(state, state_path)
+        payload = {"iter": self.iter, "current_step": self.rate.current_step,
+                   "params": {lp.key: lp.tensor.detach().cpu() for lp in self.params},
+                   "history": {lp.key: [h.cpu() for h in lp.history] for lp in self.params},
+                   "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
+                   "data_rng": self._data_rng_states(), "losses": list(self.losses)}
+        with caffe_io.atomic_write(pt_path) as f:
+            torch.save(payload, f)
+        self.log(f"Snapshotting to binary proto file {model_path}")
+        self.log(f"Snapshotting solver state to binary proto file {state_path}")
+        return model_path, state_path, pt_path
+
+    def _data_rng_states(self):
+        return {f"{i}/{m.name}": m.transformer.rng.bit_generator.state
+                for i, net in enumerate([self.net] + self.test_nets)
+                for m in net.layers if hasattr(m, "transformer")}
+
+    def restore(self, path):
+        """Resume from a .solverstate (Caffe) or .pt snapshot (adds the RNG states)."""
+        if path.endswith(".pt"):
+            payload = torch.load(path, map_location="cpu", weights_only=False)
+            with torch.no_grad():
+                for lp in self.params:
+                    lp.tensor.copy_(payload["params"][lp.key])
+                    for h, saved in zip(lp.history, payload["history"][lp.key]):
+                        h.copy_(saved)
+            torch.set_rng_state(payload["torch_rng"])
+            np.random.set_state(payload["numpy_rng"])
+            states = payload.get("data_rng", {})
+            for i, net in enumerate([self.net] + self.test_nets):
+                for m in net.layers:
+                    if hasattr(m, "transformer") and f"{i}/{m.name}" in states:
+                        m.transformer.rng.bit_generator.state = states[f"{i}/{m.name}"]
+            self.losses.extend(payload.get("losses", []))
+            self.iter, self.rate.current_step = payload["iter"], payload["current_step"]
+            return
+        state = caffe_io.read_binary_proto(path, pb.SolverState(), "solverstate (SolverState)")
+        if state.learned_net:
+            learned = state.learned_net
+            if not os.path.exists(learned):
+                learned = os.path.join(os.path.dirname(path), os.path.basename(learned))
+            self.net.copy_from(learned)
+        histories = [caffe_io.blob_to_array(b) for b in state.history]
+        per_param = len(histories) // max(1, len(self.params))
+        if per_param not in (1, 2) or len(histories) != per_param * len(self.params):
+            raise SolverError(f"{path}: {len(histories)} history blobs for {len(self.params)} parameters")
+        with torch.no_grad():
+            for slot in range(per_param):
+                for lp, array in zip(self.params, histories[slot * len(self.params):]):
+                    lp.history[slot].copy_(torch.from_numpy(array).reshape(lp.tensor.shape))
+        self.iter, self.rate.current_step = state.iter, state.current_step
+
+
+def _scalars(outputs, names):
+    result = {}
+    for name in names:
+        value = outputs[name].detach()
+        result[name] = float(value) if value.numel() == 1 else value.double().mean().item()
+    return result
+
+
+def read_solver(path):
+    """SolverParameter from a Caffe solver.prototxt or a solver.yaml (the same
+    field names; enum values as names, repeated fields as lists)."""
+    path = os.fspath(path)
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+        from google.protobuf import json_format
+
+        try:
+            with open(path) as f:
+                data = yaml.safe_load(f) or {}
+        except OSError as err:
+            raise caffe_io.CaffeFileError(f"{path}: cannot read ({err.strerror})") from None
+        except yaml.YAMLError as err:
+            raise caffe_io.CaffeFileError(f"{path}: malformed YAML: {err}") from None
+        if not isinstance(data, dict):
+            raise caffe_io.CaffeFileError(f"{path}: a solver.yaml holds a mapping of SolverParameter fields")
+        try:
+            return json_format.ParseDict(data, pb.SolverParameter())
+        except json_format.ParseError as err:
+            raise caffe_io.CaffeFileError(f"{path}: {err}") from None
+    return caffe_io.read_solver_prototxt(path)
