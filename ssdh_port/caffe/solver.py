@@ -237,7 +237,7 @@ class Solver:
             if out.loss is None:
                 raise SolverError("the TRAIN net has no loss (no loss layer or loss_weight)")
             out.loss.backward()
-            total += float(out.loss)
+            total += float(out.loss.detach())
             outputs = out
         return total / self.param.iter_size, outputs
 

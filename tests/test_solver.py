@@ -1,0 +1,227 @@
+"""The Caffe solver: update rules and lr policies against hand-written Caffe
+formulas, and a 12-iteration run against real Caffe's trajectory
+(../shared/data/caffe-oracle/e_solver)."""
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from google.protobuf import text_format
+
+from ssdh_port.caffe.net import load_weights
+from ssdh_port.caffe.proto import caffe_pb2 as pb
+from ssdh_port.caffe.solver import LearnableParam, LearningRate, Solver, SolverError, Updater, read_solver
+from tests.shared_data import ROOT, needs_shared, oracle
+
+
+def _param(**fields):
+    p = pb.SolverParameter()
+    for key, value in fields.items():
+        if isinstance(value, list):
+            getattr(p, key).extend(value)
+        else:
+            setattr(p, key, value)
+    return p
+
+
+@pytest.mark.parametrize("policy, fields, expected", [
+    ("fixed", {}, lambda it: 0.1),
+    ("step", {"gamma": 0.5, "stepsize": 3}, lambda it: 0.1 * 0.5 ** (it // 3)),
+    ("exp", {"gamma": 0.9}, lambda it: 0.1 * 0.9 ** it),
+    ("inv", {"gamma": 0.01, "power": 0.75}, lambda it: 0.1 * (1 + 0.01 * it) ** -0.75),
+    ("multistep", {"gamma": 0.1, "stepvalue": [2, 5]},
+     lambda it: 0.1 * 0.1 ** (0 if it < 2 else 1 if it < 5 else 2)),
+    ("poly", {"power": 2.0, "max_iter": 10}, lambda it: 0.1 * (1 - it / 10) ** 2),
+    ("sigmoid", {"gamma": -0.5, "stepsize": 4}, lambda it: 0.1 / (1 + math.exp(0.5 * (it - 4)))),
+])
+def test_lr_policies(policy, fields, expected):
+    rate = LearningRate(_param(base_lr=0.1, lr_policy=policy, **fields))
+    for it in range(10):
+        assert rate(it) == pytest.approx(expected(it), rel=1e-6)
+
+
+def _run_updates(kind, steps=3, **fields):
+    """Our updater over a fixed gradient sequence, and the same by Caffe's formulas."""
+    p = _param(type=kind, weight_decay=0.01, momentum=0.9, **fields)
+    w0 = np.array([0.5, -1.0, 2.0])
+    grads = [np.array([0.1, 0.2, -0.3]), np.array([-0.2, 0.05, 0.1]), np.array([0.3, -0.1, 0.2])]
+    spec = pb.ParamSpec(lr_mult=2.0, decay_mult=0.5)
+    lp = LearnableParam("ip", 0, torch.tensor(w0.copy()), spec)
+    updater = Updater(p)
+    for it in range(steps):
+        updater(lp, torch.tensor(grads[it]), 0.1, it)
+    return lp.tensor.numpy(), w0, grads
+
+
+def _caffe_reference(kind, w0, grads, steps, p):
+    w = w0.copy()
+    h = np.zeros(3)
+    h2 = np.zeros(3)
+    rate, decay = 0.1 * 2.0, 0.01 * 0.5
+    for it in range(steps):
+        g = grads[it] + decay * w
+        if kind == "SGD":
+            h = 0.9 * h + rate * g
+            upd = h
+        elif kind == "Nesterov":
+            prev = h.copy()
+            h = 0.9 * h + rate * g
+            upd = 1.9 * h - 0.9 * prev
+        elif kind == "AdaGrad":
+            h += g * g
+            upd = rate * g / (np.sqrt(h) + p["delta"])
+        elif kind == "RMSProp":
+            h = p["rms_decay"] * h + (1 - p["rms_decay"]) * g * g
+            upd = rate * g / (np.sqrt(h) + p["delta"])
+        elif kind == "AdaDelta":
+            h = 0.9 * h + 0.1 * g * g
+            step = g * np.sqrt(h2 + p["delta"]) / np.sqrt(h + p["delta"])
+            h2 = 0.9 * h2 + 0.1 * step * step
+            upd = rate * step
+        else:
+            h = 0.9 * h + 0.1 * g
+            h2 = p["momentum2"] * h2 + (1 - p["momentum2"]) * g * g
+            t = it + 1
+            upd = rate * math.sqrt(1 - p["momentum2"] ** t) / (1 - 0.9 ** t) * h / (np.sqrt(h2) + p["delta"])
+        w = w - upd
+    return w
+
+
+@pytest.mark.parametrize("kind", ["SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam"])
+def test_update_rules(kind):
+    extra = {"delta": 1e-6, "rms_decay": 0.95, "momentum2": 0.99}
+    fields = {k: v for k, v in extra.items() if k in ("delta",) or kind in ("RMSProp", "Adam")}
+    ours, w0, grads = _run_updates(kind, **fields)
+    reference = _caffe_reference(kind, w0, grads, 3, {**{"delta": 1e-6, "rms_decay": 0.95,
+                                                         "momentum2": 0.99}, **fields})
+    np.testing.assert_allclose(ours, reference, rtol=1e-6)
+
+
+def test_sgd_keeps_the_rate_inside_the_history():
+    # With a rate change, Caffe's v = m v + lr g differs from torch's v = m v + g; w -= lr v.
+    lp = LearnableParam("ip", 0, torch.tensor([1.0]), None)
+    updater = Updater(_param(momentum=0.9))
+    updater(lp, torch.tensor([1.0]), 1.0, 0)
+    updater(lp, torch.tensor([1.0]), 0.1, 1)
+    assert lp.tensor.item() == pytest.approx(1.0 - 1.0 - (0.9 * 1.0 + 0.1))
+
+
+def test_l1_regularisation_and_bad_fields():
+    lp = LearnableParam("ip", 0, torch.tensor([2.0, -3.0]), None)
+    Updater(_param(weight_decay=0.5, regularization_type="L1"))(lp, torch.zeros(2), 1.0, 0)
+    np.testing.assert_allclose(lp.tensor.numpy(), [1.5, -2.5])
+    with pytest.raises(SolverError, match="regularization_type must be L1 or L2"):
+        Updater(_param(regularization_type="L3"))
+    with pytest.raises(SolverError, match="solver type must be one of"):
+        Updater(_param(type="LBFGS"))
+    with pytest.raises(SolverError, match="lr_policy must be one of"):
+        LearningRate(_param(lr_policy="cosine"))
+
+
+@pytest.fixture
+def e_solver(tmp_path):
+    target = tmp_path / "e_solver"
+    shutil.copytree(oracle("e_solver"), target)
+    for folder, _, files in os.walk(target):
+        os.chmod(folder, 0o755)
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o644)
+    return target
+
+
+def _solver_in(folder, monkeypatch, **changes):
+    monkeypatch.chdir(folder)
+    param = read_solver("sgd_step/solver.prototxt")
+    for key, value in changes.items():
+        setattr(param, key, value)
+    solver = Solver(param, log=lambda line: None)
+    solver.net.copy_from("sgd_step/init.caffemodel")
+    return solver
+
+
+@needs_shared
+def test_trajectory_matches_caffe_every_iteration(e_solver, monkeypatch):
+    solver = _solver_in(e_solver, monkeypatch)
+    trajectory = np.load("sgd_step/trajectory.npz")
+    losses = json.load(open("sgd_step/losses.json"))["losses"]
+    for it in range(1, 13):
+        solver.step(1)
+        for lp in solver.params:
+            expected = trajectory[f"iter{it:02d}/param/{lp.key}"]
+            np.testing.assert_allclose(lp.tensor.detach().numpy(), expected, rtol=1e-5, atol=1e-7)
+    assert solver.iter == 12
+    assert len(losses) == 12
+
+
+@needs_shared
+def test_train_net_tool_reproduces_caffe(e_solver):
+    script = os.path.join(ROOT, "tools", "train_net.py")
+    result = subprocess.run([sys.executable, script, "sgd_step/solver.prototxt", "--weights",
+                             "sgd_step/init.caffemodel"], cwd=e_solver, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    # Caffe's own display line at the last iteration.
+    assert "loss_forcing_binary = 0.341202 (* -0.0833333 = -0.0284335 loss)" in result.stdout
+    final = load_weights(str(e_solver / "unused_iter_12.caffemodel"))
+    trajectory = np.load(e_solver / "sgd_step" / "trajectory.npz")
+    for layer, blobs in final.items():
+        for i, blob in enumerate(blobs):
+            np.testing.assert_allclose(blob, trajectory[f"iter12/param/{layer}/{i}"], rtol=1e-5, atol=1e-7)
+    for suffix in (".solverstate", ".pt"):
+        assert (e_solver / f"unused_iter_12{suffix}").exists()
+    assert (e_solver / "train_log.jsonl").exists() and (e_solver / "train_loss.png").exists()
+
+
+@needs_shared
+@pytest.mark.parametrize("snapshot_kind", [".solverstate", ".pt"])
+def test_resume_continues_the_same_run(e_solver, monkeypatch, snapshot_kind):
+    straight = _solver_in(e_solver, monkeypatch)
+    straight.step(12)
+    first = _solver_in(e_solver, monkeypatch, snapshot_prefix="half")
+    first.step(6)
+    first.snapshot()
+    resumed = _solver_in(e_solver, monkeypatch)
+    resumed.restore(f"half_iter_6{snapshot_kind}")
+    assert resumed.iter == 6
+    resumed.step(6)
+    for a, b in zip(straight.params, resumed.params):
+        np.testing.assert_allclose(a.tensor.detach().numpy(), b.tensor.detach().numpy(), rtol=1e-6, atol=1e-8)
+
+
+@needs_shared
+def test_iter_size_accumulates_like_a_larger_batch(e_solver, monkeypatch):
+    whole = _solver_in(e_solver, monkeypatch)
+    whole.step(2)
+    text = open("train.prototxt").read().replace("batch_size: 8", "batch_size: 4").replace(
+        "dim: 8 ", "dim: 4 ")
+    open("train_half.prototxt", "w").write(text)
+    param = read_solver("sgd_step/solver.prototxt")
+    param.net = "train_half.prototxt"
+    param.iter_size = 2
+    halves = Solver(param, log=lambda line: None)
+    halves.net.copy_from("sgd_step/init.caffemodel")
+    halves.step(2)
+    for a, b in zip(whole.params, halves.params):
+        np.testing.assert_allclose(a.tensor.detach().numpy(), b.tensor.detach().numpy(), rtol=1e-5, atol=1e-7)
+
+
+@needs_shared
+def test_solver_yaml_equals_prototxt(e_solver, monkeypatch):
+    monkeypatch.chdir(e_solver)
+    (e_solver / "solver.yaml").write_text(
+        "net: train.prototxt\ntype: SGD\nbase_lr: 0.01\nmomentum: 0.9\nlr_policy: step\n"
+        "gamma: 0.1\nstepsize: 5\nweight_decay: 0.0005\nmax_iter: 12\nsolver_mode: CPU\n"
+        "random_seed: 1701\nstepvalue: [3, 4]\n")
+    from_yaml = read_solver("solver.yaml")
+    from_proto = read_solver("sgd_step/solver.prototxt")
+    for field in ("net", "base_lr", "momentum", "lr_policy", "gamma", "stepsize", "weight_decay",
+                  "max_iter", "solver_mode", "random_seed"):
+        assert getattr(from_yaml, field) == getattr(from_proto, field), field
+    assert list(from_yaml.stepvalue) == [3, 4]
+    (e_solver / "bad.yaml").write_text("base_lr: 0.1\nlearning_rate: 3\n")
+    with pytest.raises(Exception, match="bad.yaml: .*learning_rate"):
+        read_solver("bad.yaml")
