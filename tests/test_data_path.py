@@ -15,7 +15,7 @@ from ssdh_port.caffe.net import CaffeNet
 from ssdh_port.caffe.proto import caffe_pb2 as pb
 from ssdh_port.data.datum import DatumError, datum_to_array, encoded_datum
 from ssdh_port.data.imageset import convert_imageset, write_image_mean
-from ssdh_port.data.lmdb_io import DatumLMDB, DatumLMDBWriter, LMDBError
+from ssdh_port.data.db import DatumLMDB, DatumDBWriter, LMDBError
 from ssdh_port.data.transformer import DataTransformer, TransformError
 from tests.shared_data import needs_shared, oracle
 
@@ -121,9 +121,9 @@ def test_transformer_mean_file_is_cropped_with_the_image(tmp_path):
 def test_bad_data_input(tmp_path):
     with pytest.raises(LMDBError, match="no LMDB database here"):
         DatumLMDB(tmp_path / "missing")
-    with DatumLMDBWriter(tmp_path / "db") as writer:
+    with DatumDBWriter(tmp_path / "db") as writer:
         writer.put("a", encoded_datum(b"not an image", 1))
-        writer._txn.put(b"b", b"\xff\xff garbage")
+        writer.put_raw(b"b", b"\xff\xff garbage")
     db = DatumLMDB(tmp_path / "db")
     with pytest.raises(DatumError, match=r"record b'a': cannot decode the encoded image"):
         db.read(0)

@@ -2,23 +2,24 @@
 """Caffe's compute_image_mean: the mean image of an LMDB of Datum records,
 written as a .binaryproto (1 x C x H x W, legacy num/channels/height/width).
 
-    python tools/compute_image_mean.py DB mean.binaryproto
+    python tools/compute_image_mean.py DB mean.binaryproto [--backend lmdb|leveldb]
 """
 import argparse
 import sys
 
 from ssdh_port.data.datum import DatumError
 from ssdh_port.data.imageset import ImagesetError, write_image_mean
-from ssdh_port.data.lmdb_io import LMDBError
+from ssdh_port.data.db import LMDBError
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("db")
     parser.add_argument("output")
+    parser.add_argument("--backend", default="lmdb", choices=("lmdb", "leveldb"))
     args = parser.parse_args(argv)
     try:
-        mean = write_image_mean(args.db, args.output)
+        mean = write_image_mean(args.db, args.output, args.backend)
     except (ImagesetError, LMDBError, DatumError) as err:
         print(f"compute_image_mean: {err}", file=sys.stderr)
         return 1

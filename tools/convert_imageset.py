@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """Caffe's convert_imageset: images listed in LISTFILE ('relative/path label' per
-line, paths relative to ROOT) -> an LMDB of Datum records (keys '%08d_<path>').
+line, paths relative to ROOT) -> an LMDB (or LevelDB) of Datum records (keys
+'%08d_<path>').
 
     python tools/convert_imageset.py ROOT LISTFILE DB [--resize_height H --resize_width W]
-        [--shuffle] [--gray] [--encoded] [--encode_type jpg|png] [--check_size] [--backend lmdb]
+        [--shuffle] [--gray] [--encoded] [--encode_type jpg|png] [--check_size] [--backend lmdb|leveldb]
 
 Raw records hold CHW uint8 BGR bytes (1 channel with --gray); --encoded stores
 the image file (re-encoded when resized or when --encode_type differs). The DB is
@@ -13,7 +14,7 @@ import argparse
 import sys
 
 from ssdh_port.data.imageset import ImagesetError, convert_imageset
-from ssdh_port.data.lmdb_io import LMDBError
+from ssdh_port.data.db import LMDBError
 
 
 def main(argv=None):
@@ -29,8 +30,7 @@ def main(argv=None):
     parser.add_argument("--encoded", action="store_true", help="store encoded images")
     parser.add_argument("--encode_type", default="", choices=("", "jpg", "png"))
     parser.add_argument("--check_size", action="store_true", help="require one image size")
-    parser.add_argument("--backend", default="lmdb", choices=("lmdb",),
-                        help="only lmdb (LevelDB is not supported)")
+    parser.add_argument("--backend", default="lmdb", choices=("lmdb", "leveldb"))
     parser.add_argument("--overwrite", action="store_true", help="replace an existing DB")
     args = parser.parse_args(argv)
     if bool(args.resize_height) != bool(args.resize_width):
@@ -39,7 +39,7 @@ def main(argv=None):
         count = convert_imageset(
             args.root, args.listfile, args.db, args.resize_height, args.resize_width,
             args.shuffle, args.gray, args.encoded, args.encode_type, args.check_size,
-            args.seed, args.overwrite)
+            args.seed, args.overwrite, args.backend)
     except (ImagesetError, LMDBError) as err:
         print(f"convert_imageset: {err}", file=sys.stderr)
         return 1

@@ -22,7 +22,7 @@ from ssdh_port.caffe.io import CaffeFileError
 from ssdh_port.caffe.layers import LayerError
 from ssdh_port.caffe.proto import caffe_pb2 as pb
 from ssdh_port.caffe.solver import Solver, SolverError, read_solver
-from ssdh_port.data.lmdb_io import LMDBError
+from ssdh_port.data.db import LMDBError
 
 
 def parse_args(argv):

@@ -12,7 +12,7 @@ import torch
 from ssdh_port.caffe.layers import CaffeLayer, register
 from ssdh_port.caffe.proto import caffe_pb2 as pb
 from ssdh_port.data.datum import decode_image
-from ssdh_port.data.lmdb_io import DatumLMDB
+from ssdh_port.data.db import open_db
 from ssdh_port.data.transformer import DataTransformer
 
 
@@ -53,14 +53,12 @@ class Data(_SourceLayer):
     def __init__(self, param, bottom_shapes, phase):
         super().__init__(param, bottom_shapes, phase)
         p = param.data_param
-        if p.backend != pb.DataParameter.LMDB:
-            raise self.error("only backend: LMDB is supported (convert LevelDB with "
-                             "tools/convert_imageset.py --backend lmdb)")
         if not p.source:
             raise self.error("data_param.source is required")
         if not p.batch_size:
             raise self.error("data_param.batch_size must be positive")
-        self.db = DatumLMDB(p.source)
+        backend = "lmdb" if p.backend == pb.DataParameter.LMDB else "leveldb"
+        self.db = open_db(p.source, backend)
         self.batch_size = p.batch_size
         if p.rand_skip:
             self.cursor = int(np.random.default_rng().integers(p.rand_skip)) % len(self.db)

@@ -115,17 +115,23 @@ class CaffeNet(nn.Module):
                 f"layer '{param.name}': {len(param.propagate_down)} propagate_down values "
                 f"for {len(param.bottom)} bottoms")
         bottom_shapes = [self.blob_shapes[b] for b in param.bottom]
+        if not param.top and cls.is_loss:
+            # Caffe's AutoTopBlobs: a loss layer without a top (old nets) gets one.
+            name, k = "(automatic)", 1
+            while name in self.blob_shapes:
+                name, k = f"(automatic)#{k}", k + 1
+            param = _with_top(param, name)
         module = cls(param, bottom_shapes, self.phase)
         top_shapes = self._top_shapes(module, bottom_shapes, overrides)
         if len(top_shapes) != len(param.top):
             raise LayerError(
                 f"layer '{param.name}' ({param.type}) makes {len(top_shapes)} tops, the "
                 f"prototxt names {len(param.top)}")
-        for top, shape in zip(param.top, top_shapes):
+        for top, shape in zip(module.param.top, top_shapes):
             self.blob_shapes[top] = tuple(shape)
         self.layers.append(module)
         self.bottoms.append(list(param.bottom))
-        self.tops.append(list(param.top))
+        self.tops.append(list(module.param.top))
         self.propagate.append(list(param.propagate_down) or [True] * len(param.bottom))
         self.loss_weights.append(self._top_loss_weights(module, param))
 
@@ -298,6 +304,13 @@ class CaffeNet(nn.Module):
                    "blobs": {k: [t.detach().cpu() for t in v] for k, v in self.caffe_params().items()}}
         with caffe_io.atomic_write(path) as f:
             torch.save(payload, f)
+
+
+def _with_top(param, name):
+    copy = pb.LayerParameter()
+    copy.CopyFrom(param)
+    copy.top.append(name)
+    return copy
 
 
 def _blob_mismatch(module, arrays):

@@ -15,7 +15,7 @@ import numpy as np
 
 from ssdh_port.caffe import io as caffe_io
 from ssdh_port.data.datum import array_to_datum, encoded_datum
-from ssdh_port.data.lmdb_io import DatumLMDB, DatumLMDBWriter
+from ssdh_port.data.db import DatumDBWriter, open_db
 
 
 class ImagesetError(ValueError):
@@ -75,8 +75,8 @@ def image_datum(path, label, resize_height=0, resize_width=0, gray=False, encode
 
 def convert_imageset(root, list_file, db_path, resize_height=0, resize_width=0, shuffle=False,
                      gray=False, encoded=False, encode_type="", check_size=False, seed=None,
-                     overwrite=False):
-    """Write the images of list_file (paths relative to root) to a new LMDB."""
+                     overwrite=False, backend="lmdb"):
+    """Write the images of list_file (paths relative to root) to a new LMDB (or LevelDB)."""
     entries = read_list(list_file)
     if not entries:
         raise ImagesetError(f"{list_file}: no images listed")
@@ -84,7 +84,7 @@ def convert_imageset(root, list_file, db_path, resize_height=0, resize_width=0, 
         order = np.random.default_rng(seed).permutation(len(entries))
         entries = [entries[i] for i in order]
     size = None
-    with DatumLMDBWriter(db_path, overwrite=overwrite) as writer:
+    with DatumDBWriter(db_path, overwrite=overwrite, backend=backend) as writer:
         for index, (name, label) in enumerate(entries):
             enc = encode_type
             if encoded and not enc:
@@ -101,10 +101,10 @@ def convert_imageset(root, list_file, db_path, resize_height=0, resize_width=0, 
     return len(entries)
 
 
-def compute_image_mean(db_path):
+def compute_image_mean(db_path, backend="lmdb"):
     """Mean image (1 x C x H x W float32) of an LMDB, as compute_image_mean computes
     it: a float32 sum (exact for byte images up to 65,000 records) divided in float32."""
-    db = DatumLMDB(db_path)
+    db = open_db(db_path, backend)
     total = None
     for index in range(len(db)):
         array, _ = db.read(index)
@@ -119,7 +119,7 @@ def compute_image_mean(db_path):
     return (total / np.float32(len(db)))[None]
 
 
-def write_image_mean(db_path, mean_path):
-    mean = compute_image_mean(db_path)
+def write_image_mean(db_path, mean_path, backend="lmdb"):
+    mean = compute_image_mean(db_path, backend)
     caffe_io.write_blobproto(mean, mean_path)
     return mean

@@ -1,0 +1,86 @@
+"""Every net and solver definition in ../shared/data builds, in both phases.
+
+Data layers need their databases, which Caffe would also open at set-up: each
+data layer gets a small database of the right image size (the size of its mean
+file where that file exists), written in the backend the prototxt names."""
+import glob
+import os
+
+import numpy as np
+import pytest
+
+from ssdh_port.caffe import io as caffe_io
+from ssdh_port.caffe.net import CaffeNet
+from ssdh_port.caffe.proto import caffe_pb2 as pb
+from ssdh_port.caffe.solver import read_solver
+from ssdh_port.data.db import DatumDBWriter
+from tests.shared_data import SHARED, needs_shared
+
+PROTOTXTS = sorted(glob.glob(os.path.join(SHARED, "**", "*.prototxt"), recursive=True))
+NETS = [p for p in PROTOTXTS if "base_lr" not in open(p).read()]
+SOLVERS = [p for p in PROTOTXTS if "base_lr" in open(p).read()]
+
+
+def _ids(paths):
+    return [os.path.relpath(p, SHARED) for p in paths]
+
+
+def _real_mean(mean_file, prototxt):
+    for candidate in (mean_file, os.path.join(os.path.dirname(prototxt), mean_file),
+                      mean_file.replace("/work/steering/shared/data", SHARED)):
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def _with_fixture_data(net, prototxt, folder):
+    """Point every data layer of net at a fresh database (and mean file) in folder."""
+    for index, layer in enumerate(net.layer):
+        if layer.type not in ("Data", "ImageData", "HDF5Data"):
+            continue
+        transform = layer.transform_param
+        shape = (1, 28, 28) if "mnist" in layer.data_param.source else (3, 32, 32)
+        if transform.crop_size > 32:
+            shape = (3, 256, 256)  # ImageNet-style nets crop 224/227 out of 256
+        if transform.mean_file:
+            real = _real_mean(transform.mean_file, prototxt)
+            if real:
+                shape = caffe_io.read_blobproto(real).shape[1:]
+                transform.mean_file = real
+            else:
+                transform.mean_file = os.path.join(folder, f"mean{index}.binaryproto")
+                caffe_io.write_blobproto(np.full((1,) + shape, 100, np.float32), transform.mean_file)
+        assert layer.type == "Data", f"{layer.name}: add a fixture for {layer.type}"
+        backend = "lmdb" if layer.data_param.backend == pb.DataParameter.LMDB else "leveldb"
+        source = os.path.join(folder, f"db{index}_{backend}")
+        rng = np.random.default_rng(index)
+        with DatumDBWriter(source, backend=backend) as writer:
+            for k in range(3):
+                writer.put_array(f"{k:08d}", rng.integers(0, 256, shape, dtype=np.uint8), label=k)
+        layer.data_param.source = source
+    return net
+
+
+@needs_shared
+@pytest.mark.parametrize("prototxt", NETS, ids=_ids(NETS))
+def test_every_shared_net_builds_in_both_phases(prototxt, tmp_path, monkeypatch):
+    net = caffe_io.read_net_prototxt(prototxt)
+    has_data = any(layer.type in ("Data", "ImageData", "HDF5Data") for layer in net.layer)
+    if "c_data" in prototxt or "e_solver" in prototxt:
+        monkeypatch.chdir(os.path.dirname(prototxt))  # their own relative data
+    elif has_data:
+        net = _with_fixture_data(net, prototxt, str(tmp_path))
+    for phase in ("TRAIN", "TEST"):
+        built = CaffeNet(net, phase=phase)
+        assert len(built.layers) > 0
+        small = sum(p.numel() for p in built.parameters()) < 5_000_000
+        out = built() if small and not built.input_names else None  # ImageNet nets: too slow here
+        if out is not None and phase == "TRAIN" and any(m.is_loss for m in built.layers):
+            assert out.loss is not None and bool(out.loss.isfinite())
+
+
+@needs_shared
+@pytest.mark.parametrize("solver", SOLVERS, ids=_ids(SOLVERS))
+def test_every_shared_solver_parses(solver):
+    param = read_solver(solver)
+    assert param.base_lr > 0 and (param.net or param.train_net)
