@@ -35,7 +35,7 @@ def _extension():
     sources = _sources("*.cpp") + _sources("cpu/*.cpp") + _sources("autograd/*.cpp")
     # No FP-exception semantics are relied on; without them GCC can turn the
     # selects of the loss terms into vector blends.
-    cxx_flags = ["-O3", "-fno-trapping-math", "-fopenmp", "-std=c++17"]
+    cxx_flags = ["-O3", "-fno-trapping-math", "-fopenmp"]
     macros = []
     kwargs = {}
     if with_cuda:

@@ -61,6 +61,29 @@ inline void check_max_margin_args(
   }
 }
 
+// Packed codes (pack_bits layout): 2-D uint8, the same byte width for queries
+// and database, on one device. Distances are kept in 16 bits.
+inline void check_codes(const at::Tensor& queries, const at::Tensor& database, const char* op) {
+  for (const auto* t : {&queries, &database}) {
+    const char* name = t == &queries ? "queries" : "database";
+    TORCH_CHECK(
+        t->dim() == 2, op, ": ", name, " must be 2-D packed codes (N x bytes), got shape ",
+        t->sizes());
+    TORCH_CHECK(
+        t->scalar_type() == at::kByte, op, ": ", name,
+        " must be uint8 packed codes (ssdh_port.ops.pack_bits), got ", t->scalar_type());
+  }
+  TORCH_CHECK(
+      queries.size(1) == database.size(1), op, ": queries have ", queries.size(1),
+      " bytes per code, the database ", database.size(1));
+  TORCH_CHECK(
+      queries.size(1) >= 1 && queries.size(1) <= 8191, op,
+      ": codes must have 1 to 8191 bytes (65,528 bits), got ", queries.size(1));
+  TORCH_CHECK(
+      queries.device() == database.device(), op, ": queries are on ", queries.device(),
+      ", the database on ", database.device());
+}
+
 // Byte width of a packed code of k bits.
 inline int64_t packed_bytes(int64_t k) {
   return (k + 7) / 8;

@@ -98,6 +98,9 @@ TORCH_LIBRARY(ssdh, m) {
       "Tensor? mask, int p, bool signed_labels) -> Tensor");
   m.def("pack_bits(Tensor a, float threshold) -> Tensor");
   m.def("unpack_bits(Tensor packed, int k) -> Tensor");
+  m.def("hamming_topk(Tensor queries, Tensor database, int k) -> (Tensor, Tensor)");
+  m.def("hamming_radius(Tensor queries, Tensor database, int radius) -> (Tensor, Tensor, Tensor)");
+  m.def("hamming_distance(Tensor queries, Tensor database) -> Tensor");
 }
 
 }  // namespace ssdh

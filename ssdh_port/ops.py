@@ -44,6 +44,9 @@ __all__ = [
     "max_margin_loss",
     "pack_bits",
     "unpack_bits",
+    "hamming_topk",
+    "hamming_radius",
+    "hamming_distance",
     "ForcingBinaryLoss",
     "FireRateLoss",
     "MaxMarginMultiLabelLoss",
@@ -251,3 +254,71 @@ def _(a, threshold):
 @torch.library.register_fake("ssdh::unpack_bits")
 def _(packed, k):
     return packed.new_empty((packed.shape[0], k))
+
+
+# ---------------------------------------------------------------- Hamming search
+
+
+def _check_codes(queries, database, op):
+    for name, t in (("queries", queries), ("database", database)):
+        _check_tensor(t, op, name)
+        if t.dtype != torch.uint8 or t.dim() != 2:
+            raise TypeError(
+                f"{op}: {name} must be 2-D uint8 packed codes (ssdh_port.ops.pack_bits), got "
+                f"{t.dtype} with shape {tuple(t.shape)}")
+    if queries.shape[1] != database.shape[1]:
+        raise ValueError(
+            f"{op}: queries have {queries.shape[1]} bytes per code, the database {database.shape[1]}")
+    if queries.device != database.device:
+        raise ValueError(f"{op}: queries are on {queries.device}, the database on {database.device}")
+
+
+def hamming_topk(queries: Tensor, database: Tensor, k: int):
+    """Exact k nearest database codes of each query by Hamming distance.
+
+    queries Q x B and database N x B are packed codes (pack_bits layout). Returns
+    (distances int32 Q x k, indices int64 Q x k), sorted by distance with ties in
+    database order (the original evaluation's stable sort)."""
+    _check_codes(queries, database, "hamming_topk")
+    if not isinstance(k, int) or not 1 <= k <= database.shape[0]:
+        raise ValueError(
+            f"hamming_topk: k must be an int between 1 and the database size {database.shape[0]}, "
+            f"got {k!r}")
+    return torch.ops.ssdh.hamming_topk(queries, database, k)
+
+
+def hamming_radius(queries: Tensor, database: Tensor, radius: int):
+    """All database codes within Hamming distance radius of each query.
+
+    Returns (lims int64 Q+1, distances int32 M, indices int64 M): query q's
+    results are [lims[q], lims[q+1]), sorted by distance, ties in database order
+    (faiss's range-search layout)."""
+    _check_codes(queries, database, "hamming_radius")
+    if not isinstance(radius, int) or radius < 0:
+        raise ValueError(f"hamming_radius: radius must be an int >= 0, got {radius!r}")
+    return torch.ops.ssdh.hamming_radius(queries, database, radius)
+
+
+def hamming_distance(queries: Tensor, database: Tensor) -> Tensor:
+    """All Q x N Hamming distances (int32) between packed codes."""
+    _check_codes(queries, database, "hamming_distance")
+    return torch.ops.ssdh.hamming_distance(queries, database)
+
+
+@torch.library.register_fake("ssdh::hamming_topk")
+def _(queries, database, k):
+    return (queries.new_empty((queries.shape[0], k), dtype=torch.int32),
+            queries.new_empty((queries.shape[0], k), dtype=torch.int64))
+
+
+@torch.library.register_fake("ssdh::hamming_radius")
+def _(queries, database, radius):
+    total = torch.library.get_ctx().new_dynamic_size()
+    return (queries.new_empty((queries.shape[0] + 1,), dtype=torch.int64),
+            queries.new_empty((total,), dtype=torch.int32),
+            queries.new_empty((total,), dtype=torch.int64))
+
+
+@torch.library.register_fake("ssdh::hamming_distance")
+def _(queries, database):
+    return queries.new_empty((queries.shape[0], database.shape[0]), dtype=torch.int32)

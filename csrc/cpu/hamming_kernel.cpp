@@ -1,0 +1,174 @@
+// Exact Hamming search on packed codes (CPU).
+//
+// Distances are small integers (0..8*bytes), so the k nearest codes are a
+// counting problem (DESIGN.md): a histogram of one query's distances gives the
+// cut-off distance, then one pass in database order places each winner at the
+// next free slot of its distance bucket. The result is sorted by distance with
+// ties in database order, as the original evaluation's stable sort ranks them.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "../checks.h"
+#include "popcount.h"
+
+namespace ssdh {
+namespace cpu {
+namespace {
+
+// Database rows per distance batch: a few hundred KB of codes stay in cache.
+constexpr int64_t kDbBlock = 4096;
+
+struct Codes {
+  at::Tensor queries, database;
+  int64_t n_queries, n_db, bytes, bits;
+};
+
+Codes prepare(const at::Tensor& queries, const at::Tensor& database, const char* op) {
+  check_codes(queries, database, op);
+  Codes c{queries.contiguous(), database.contiguous(), queries.size(0), database.size(0),
+          queries.size(1), 8 * queries.size(1)};
+  return c;
+}
+
+// All distances of one query, written to dist[0..n_db).
+void query_distances(const Codes& c, int64_t q, uint16_t* dist) {
+  const uint8_t* query = c.queries.const_data_ptr<uint8_t>() + q * c.bytes;
+  const uint8_t* db = c.database.const_data_ptr<uint8_t>();
+  const DistanceFn distances = best_distance_fn();
+  for (int64_t first = 0; first < c.n_db; first += kDbBlock) {
+    const int64_t last = std::min(c.n_db, first + kDbBlock);
+    distances(query, db, c.bytes, first, last, dist + first);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> hamming_topk_kernel(
+    const at::Tensor& queries, const at::Tensor& database, int64_t k) {
+  const Codes c = prepare(queries, database, "hamming_topk");
+  TORCH_CHECK(
+      k >= 1 && k <= c.n_db, "hamming_topk: k must be between 1 and the database size ",
+      c.n_db, ", got ", k);
+  at::Tensor out_dist = at::empty({c.n_queries, k}, queries.options().dtype(at::kInt));
+  at::Tensor out_idx = at::empty({c.n_queries, k}, queries.options().dtype(at::kLong));
+  int32_t* dist_out = out_dist.mutable_data_ptr<int32_t>();
+  int64_t* idx_out = out_idx.mutable_data_ptr<int64_t>();
+  at::parallel_for(0, c.n_queries, 1, [&](int64_t begin, int64_t end) {
+    std::vector<uint16_t> dist(c.n_db);
+    std::vector<int64_t> slot(c.bits + 2);
+    for (int64_t q = begin; q < end; ++q) {
+      query_distances(c, q, dist.data());
+      // Histogram, then the first k positions of the counting sort.
+      std::fill(slot.begin(), slot.end(), 0);
+      for (int64_t j = 0; j < c.n_db; ++j) {
+        ++slot[dist[j] + 1];
+      }
+      int64_t cutoff = 0;
+      for (int64_t d = 1; d <= c.bits + 1; ++d) {
+        slot[d] += slot[d - 1];  // slot[d] = codes closer than d
+        if (slot[d] < k) {
+          cutoff = d;
+        }
+      }
+      // Codes at distance <= cutoff fill the k slots (the last bucket only partly).
+      int32_t* d_row = dist_out + q * k;
+      int64_t* i_row = idx_out + q * k;
+      for (int64_t j = 0; j < c.n_db; ++j) {
+        const int64_t d = dist[j];
+        if (d > cutoff) {
+          continue;
+        }
+        const int64_t position = slot[d]++;
+        if (position < k) {
+          d_row[position] = static_cast<int32_t>(d);
+          i_row[position] = j;
+        }
+      }
+    }
+  });
+  return {out_dist, out_idx};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> hamming_radius_kernel(
+    const at::Tensor& queries, const at::Tensor& database, int64_t radius) {
+  const Codes c = prepare(queries, database, "hamming_radius");
+  TORCH_CHECK(radius >= 0, "hamming_radius: radius must be >= 0, got ", radius);
+  const int64_t r = std::min(radius, c.bits);
+  // Pass 1: how many codes each query returns.
+  at::Tensor lims = at::zeros({c.n_queries + 1}, queries.options().dtype(at::kLong));
+  int64_t* counts = lims.mutable_data_ptr<int64_t>() + 1;
+  at::parallel_for(0, c.n_queries, 1, [&](int64_t begin, int64_t end) {
+    std::vector<uint16_t> dist(c.n_db);
+    for (int64_t q = begin; q < end; ++q) {
+      query_distances(c, q, dist.data());
+      int64_t n = 0;
+      for (int64_t j = 0; j < c.n_db; ++j) {
+        n += dist[j] <= r;
+      }
+      counts[q] = n;
+    }
+  });
+  int64_t* offsets = lims.mutable_data_ptr<int64_t>();
+  for (int64_t q = 0; q < c.n_queries; ++q) {
+    offsets[q + 1] += offsets[q];
+  }
+  const int64_t total = offsets[c.n_queries];
+  at::Tensor out_dist = at::empty({total}, queries.options().dtype(at::kInt));
+  at::Tensor out_idx = at::empty({total}, queries.options().dtype(at::kLong));
+  int32_t* dist_out = out_dist.mutable_data_ptr<int32_t>();
+  int64_t* idx_out = out_idx.mutable_data_ptr<int64_t>();
+  // Pass 2: each query's results sorted by distance, ties in database order.
+  at::parallel_for(0, c.n_queries, 1, [&](int64_t begin, int64_t end) {
+    std::vector<uint16_t> dist(c.n_db);
+    std::vector<int64_t> slot(r + 2);
+    for (int64_t q = begin; q < end; ++q) {
+      query_distances(c, q, dist.data());
+      std::fill(slot.begin(), slot.end(), 0);
+      for (int64_t j = 0; j < c.n_db; ++j) {
+        if (dist[j] <= r) {
+          ++slot[dist[j] + 1];
+        }
+      }
+      slot[0] = offsets[q];
+      for (int64_t d = 1; d <= r + 1; ++d) {
+        slot[d] += slot[d - 1];
+      }
+      for (int64_t j = 0; j < c.n_db; ++j) {
+        if (dist[j] <= r) {
+          const int64_t position = slot[dist[j]]++;
+          dist_out[position] = dist[j];
+          idx_out[position] = j;
+        }
+      }
+    }
+  });
+  return {lims, out_dist, out_idx};
+}
+
+at::Tensor hamming_distance_kernel(const at::Tensor& queries, const at::Tensor& database) {
+  const Codes c = prepare(queries, database, "hamming_distance");
+  at::Tensor out = at::empty({c.n_queries, c.n_db}, queries.options().dtype(at::kInt));
+  int32_t* data = out.mutable_data_ptr<int32_t>();
+  at::parallel_for(0, c.n_queries, 1, [&](int64_t begin, int64_t end) {
+    std::vector<uint16_t> dist(c.n_db);
+    for (int64_t q = begin; q < end; ++q) {
+      query_distances(c, q, dist.data());
+      std::copy(dist.begin(), dist.end(), data + q * c.n_db);
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ssdh, CPU, m) {
+  m.impl("hamming_topk", &hamming_topk_kernel);
+  m.impl("hamming_radius", &hamming_radius_kernel);
+  m.impl("hamming_distance", &hamming_distance_kernel);
+}
+
+}  // namespace cpu
+}  // namespace ssdh

@@ -1,0 +1,52 @@
+// Hamming distance of packed codes on the CPU: 8 bytes at a time as uint64
+// words, then the remaining bytes. Two builds of the same loop, one compiled
+// for the POPCNT instruction, picked once at run time (faiss's approach of one
+// implementation per instruction set behind one interface).
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+namespace ssdh {
+namespace cpu {
+
+// Distance between two codes of `bytes` bytes (kBytes > 0: known at compile
+// time, so the loop unrolls). Always inlined, so that __builtin_popcountll
+// becomes the POPCNT instruction inside a caller compiled for it and a
+// portable bit count elsewhere.
+template <int kBytes>
+__attribute__((always_inline)) inline int code_distance(
+    const uint8_t* a, const uint8_t* b, int64_t runtime_bytes) {
+  const int64_t bytes = kBytes > 0 ? kBytes : runtime_bytes;
+  int d = 0;
+  int64_t i = 0;
+  for (; i + 8 <= bytes; i += 8) {
+    uint64_t x, y;
+    std::memcpy(&x, a + i, 8);
+    std::memcpy(&y, b + i, 8);
+    d += __builtin_popcountll(x ^ y);
+  }
+  if (i < bytes) {  // the last 1..7 bytes as one zero-padded word
+    uint64_t x = 0, y = 0;
+    std::memcpy(&x, a + i, bytes - i);
+    std::memcpy(&y, b + i, bytes - i);
+    d += __builtin_popcountll(x ^ y);
+  }
+  return d;
+}
+
+// Distances from one query to database rows [first, last) into out[].
+void distances_generic(
+    const uint8_t* query, const uint8_t* db, int64_t bytes, int64_t first, int64_t last,
+    uint16_t* out);
+void distances_popcnt(
+    const uint8_t* query, const uint8_t* db, int64_t bytes, int64_t first, int64_t last,
+    uint16_t* out);
+
+using DistanceFn = void (*)(const uint8_t*, const uint8_t*, int64_t, int64_t, int64_t, uint16_t*);
+
+// The fastest implementation this CPU supports.
+DistanceFn best_distance_fn();
+
+}  // namespace cpu
+}  // namespace ssdh

@@ -1,0 +1,112 @@
+"""Exact Hamming search (hamming_topk, hamming_radius, hamming_distance) against
+a NumPy reference: brute-force distances and a stable sort."""
+import numpy as np
+import pytest
+import torch
+
+import ssdh_port
+from ssdh_port import ops
+
+
+def _codes(n, bits, seed, clustered=False):
+    rng = np.random.default_rng(seed)
+    if clustered:  # few distinct codes: many ties
+        base = rng.integers(0, 2, (4, bits))
+        bits01 = base[rng.integers(0, 4, n)] ^ (rng.random((n, bits)) < 0.05)
+    else:
+        bits01 = rng.integers(0, 2, (n, bits))
+    return ops.pack_bits(torch.from_numpy(bits01.astype(np.uint8))), bits01
+
+
+def _reference(q_bits, db_bits):
+    dist = (q_bits[:, None, :] != db_bits[None, :, :]).sum(axis=2)
+    order = np.argsort(dist, axis=1, kind="stable")
+    return dist, order
+
+
+@pytest.mark.parametrize("bits", [1, 12, 48, 64, 65, 128, 1024, 4096])
+@pytest.mark.parametrize("clustered", [False, True])
+def test_topk_matches_stable_sort(bits, clustered):
+    db, db_bits = _codes(300, bits, 1, clustered)
+    q, q_bits = _codes(17, bits, 2, clustered)
+    dist, order = _reference(q_bits, db_bits)
+    for k in (1, 10, 300):
+        d, i = ops.hamming_topk(q, db, k)
+        assert d.dtype == torch.int32 and i.dtype == torch.int64
+        np.testing.assert_array_equal(i.numpy(), order[:, :k])
+        np.testing.assert_array_equal(d.numpy(), np.take_along_axis(dist, order[:, :k], axis=1))
+    np.testing.assert_array_equal(ops.hamming_distance(q, db).numpy(), dist)
+
+
+@pytest.mark.parametrize("bits", [8, 48, 64, 100])
+def test_radius_matches_reference(bits):
+    db, db_bits = _codes(400, bits, 3, clustered=True)
+    q, q_bits = _codes(9, bits, 4, clustered=True)
+    dist, order = _reference(q_bits, db_bits)
+    for radius in (0, 2, bits // 4, bits):
+        lims, d, i = ops.hamming_radius(q, db, radius)
+        assert lims[0] == 0 and lims[-1] == len(i)
+        for row in range(len(q)):
+            expected = [j for j in order[row] if dist[row, j] <= radius]
+            got = i[lims[row]:lims[row + 1]].numpy()
+            np.testing.assert_array_equal(got, expected)
+            np.testing.assert_array_equal(d[lims[row]:lims[row + 1]].numpy(), dist[row, expected])
+
+
+def test_ties_keep_database_order():
+    db = torch.zeros(6, 1, dtype=torch.uint8)
+    db[2, 0] = 1  # one code at distance 1, five at distance 0
+    d, i = ops.hamming_topk(torch.zeros(1, 1, dtype=torch.uint8), db, 6)
+    assert i.tolist() == [[0, 1, 3, 4, 5, 2]] and d.tolist() == [[0, 0, 0, 0, 0, 1]]
+
+
+def test_non_contiguous_codes():
+    db, _ = _codes(50, 64, 5)
+    q, _ = _codes(8, 64, 6)
+    wide = torch.cat([db, db], dim=1)[:, :8]
+    assert not wide.is_contiguous()
+    assert torch.equal(ops.hamming_topk(q, wide, 5)[1], ops.hamming_topk(q, db, 5)[1])
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: ops.hamming_topk(torch.zeros(2, 3), torch.zeros(5, 3, dtype=torch.uint8), 1),
+     TypeError, "queries must be 2-D uint8 packed codes"),
+    (lambda: ops.hamming_topk(torch.zeros(2, 3, dtype=torch.uint8), torch.zeros(5, 4, dtype=torch.uint8), 1),
+     ValueError, "queries have 3 bytes per code, the database 4"),
+    (lambda: ops.hamming_topk(torch.zeros(2, 3, dtype=torch.uint8), torch.zeros(5, 3, dtype=torch.uint8), 6),
+     ValueError, "k must be an int between 1 and the database size 5"),
+    (lambda: ops.hamming_radius(torch.zeros(2, 3, dtype=torch.uint8), torch.zeros(5, 3, dtype=torch.uint8), -1),
+     ValueError, "radius must be an int >= 0"),
+    (lambda: ops.hamming_topk(torch.zeros(2, 3, dtype=torch.uint8),
+                              torch.zeros(5, 3, dtype=torch.uint8, device="meta"), 1),
+     ValueError, "the database on meta"),
+])
+def test_bad_input(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_opcheck():
+    db, _ = _codes(40, 48, 7)
+    q, _ = _codes(5, 48, 8)
+    torch.library.opcheck(torch.ops.ssdh.hamming_topk.default, (q, db, 7))
+    torch.library.opcheck(torch.ops.ssdh.hamming_distance.default, (q, db))
+    torch.library.opcheck(torch.ops.ssdh.hamming_radius.default, (q, db, 20),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and ssdh_port._native.WITH_CUDA),
+                    reason="needs a CUDA device and the extension built with CUDA")
+@pytest.mark.parametrize("bits", [8, 48, 64, 65, 256, 1024, 4096])
+def test_cuda_matches_cpu(bits):
+    db, _ = _codes(3000, bits, 9, clustered=True)
+    q, _ = _codes(37, bits, 10, clustered=True)
+    for k in (1, 100, 3000):
+        d_cpu, i_cpu = ops.hamming_topk(q, db, k)
+        d_gpu, i_gpu = ops.hamming_topk(q.cuda(), db.cuda(), k)
+        assert torch.equal(d_gpu.cpu(), d_cpu) and torch.equal(i_gpu.cpu(), i_cpu)
+    cpu = ops.hamming_radius(q, db, bits // 8)
+    gpu = ops.hamming_radius(q.cuda(), db.cuda(), bits // 8)
+    for a, b in zip(cpu, gpu):
+        assert torch.equal(a, b.cpu())
+    assert torch.equal(ops.hamming_distance(q.cuda(), db.cuda()).cpu(), ops.hamming_distance(q, db))
