@@ -31,7 +31,6 @@ def nvcc_command(source, output, arch):
         source,
         "-o",
         output,
-        "-std=c++17",
         f"-arch={arch}",
         "-O1",
         "-DSSDH_WITH_CUDA",
