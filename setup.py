@@ -80,7 +80,7 @@ class BuildExtension(cpp_extension.BuildExtension):
         tmp = info + ".tmp"
         with open(tmp, "w") as f:
             f.write("# Written by setup.py after a successful build; do not edit.\n")
-            f.write(f"SOURCE_HASH = {source_hash(CSRC)!r}\n")
+            f.write(f"SOURCE_HASH = {source_hash(CSRC, with_cuda)!r}\n")
             f.write(f"WITH_CUDA = {with_cuda!r}\n")
         os.replace(tmp, info)
 

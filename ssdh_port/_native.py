@@ -22,12 +22,12 @@ def _check_fresh():
     from ssdh_port._source_hash import source_hash
 
     try:
-        from ssdh_port._build_info import SOURCE_HASH
+        from ssdh_port._build_info import SOURCE_HASH, WITH_CUDA
     except ImportError:
         raise ImportError(
             f"ssdh_port: the native extension has not been built; {_HOW_TO_BUILD}"
         ) from None
-    if SOURCE_HASH != source_hash(_CSRC_DIR):
+    if SOURCE_HASH != source_hash(_CSRC_DIR, WITH_CUDA):
         raise ImportError(
             "ssdh_port: the native extension is stale (csrc/ changed since it was "
             f"built); {_HOW_TO_BUILD}"

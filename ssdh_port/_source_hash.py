@@ -2,15 +2,18 @@
 import hashlib
 import os
 
-_SOURCE_SUFFIXES = (".h", ".cuh", ".cpp", ".cu")
+_SOURCE_SUFFIXES = (".h", ".cpp")
+_CUDA_SUFFIXES = (".cuh", ".cu")
 
 
-def source_hash(csrc_dir):
-    """sha256 over the relative paths and contents of every source in csrc_dir."""
+def source_hash(csrc_dir, with_cuda=True):
+    """sha256 over the relative paths and contents of the sources in csrc_dir that
+    a build compiles (the CUDA ones only for a CUDA build)."""
+    suffixes = _SOURCE_SUFFIXES + (_CUDA_SUFFIXES if with_cuda else ())
     digest = hashlib.sha256()
     for folder, _, files in sorted(os.walk(csrc_dir)):
         for name in sorted(files):
-            if not name.endswith(_SOURCE_SUFFIXES):
+            if not name.endswith(suffixes):
                 continue
             path = os.path.join(folder, name)
             digest.update(os.path.relpath(path, csrc_dir).encode())

@@ -110,7 +110,7 @@ def test_hamming_distances_exact():
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda: evaluate(np.zeros((2, 4)), np.zeros((3, 5)), [0, 1], [0, 1, 2], 2), "4 bits, database codes 5"),
+    (lambda: evaluate(np.zeros((2, 4)), np.zeros((3, 9)), [0, 1], [0, 1, 2], 2), "query codes have 1 bytes"),
     (lambda: evaluate(np.zeros((2, 4)), np.zeros((3, 4)), [0, 1], [0, 1], 2), "2 database labels for 3"),
     (lambda: evaluate(np.zeros((2, 4)), np.zeros((3, 4)), [0, 1], [0, 1, 2], 4), "topk must be between 1"),
     (lambda: evaluate(np.full((2, 4), 0.7), np.zeros((3, 4)), [0, 1], [0, 1, 2], 2), "must hold 0/1 bits"),

@@ -37,6 +37,16 @@ def as_bits(codes, name="codes"):
     return c.to(torch.uint8).cpu()
 
 
+def as_packed(codes, name="codes"):
+    """0/1 codes or packed uint8 codes -> packed uint8 codes (pack_bits layout)."""
+    c = codes if isinstance(codes, torch.Tensor) else torch.as_tensor(np.asarray(codes))
+    if c.dtype == torch.uint8:
+        if c.dim() != 2:
+            raise ValueError(f"{name} must be a 2-D N x bytes array, got shape {tuple(c.shape)}")
+        return c
+    return ops.pack_bits(as_bits(c, name))
+
+
 def hamming_distances(query_bits, db_bits):
     """B x N int32 Hamming distances between 0/1 code rows.
 

@@ -19,7 +19,8 @@ ceil(K/8)). Labels are class ids (N) or multi-hot rows (N x M).
 import numpy as np
 import torch
 
-from ssdh_port.hashing.codes import as_bits, hamming_distances
+from ssdh_port import ops
+from ssdh_port.hashing.codes import as_bits, as_packed
 
 RELEVANCE = ("any", "exact")
 
@@ -58,8 +59,6 @@ def relevance_matrix(query_labels, db_labels, relevance="any"):
 
 
 def _distances(query, db, mode):
-    if mode == "hamming":
-        return hamming_distances(query, db)
     if mode == "euclidean":
         return torch.cdist(query.double(), db.double())
     raise ValueError(f"mode must be 'hamming' or 'euclidean', got {mode!r}")
@@ -74,10 +73,11 @@ def evaluate(query_codes, db_codes, query_labels, db_labels, topk, radius=2,
     topk=None ranks the whole database (the authors' README protocol).
     """
     if mode == "hamming":
-        query, db = as_bits(query_codes, "query_codes"), as_bits(db_codes, "db_codes")
+        query, db = as_packed(query_codes, "query_codes"), as_packed(db_codes, "db_codes")
         if query.shape[1] != db.shape[1]:
             raise ValueError(
-                f"query codes have {query.shape[1]} bits, database codes {db.shape[1]}")
+                f"query codes have {query.shape[1]} bytes ({8 * query.shape[1]} bits with "
+                f"padding), database codes {db.shape[1]}")
     else:
         query, db = _as_tensor(query_codes).double(), _as_tensor(db_codes).double()
     n_queries, n_db = query.shape[0], db.shape[0]
@@ -91,16 +91,21 @@ def evaluate(query_codes, db_codes, query_labels, db_labels, topk, radius=2,
     ap = torch.zeros(n_queries, dtype=torch.float64)
     hits_at = torch.zeros(k, dtype=torch.float64)
     in_radius = torch.zeros(n_queries, dtype=torch.float64)
-    bits = query.shape[1]
+    bits = query.shape[1] * 8 if mode == "hamming" else 0
     pr_rel = torch.zeros(bits + 1, dtype=torch.float64)
     pr_prec = torch.zeros(bits + 1, dtype=torch.float64)
     ranks = torch.arange(1, k + 1, dtype=torch.float64)
     for start in range(0, n_queries, batch_size):
         stop = min(start + batch_size, n_queries)
-        dist = _distances(query[start:stop], db, mode)
         relevant = relevance_matrix(q_labels[start:stop], d_labels, relevance)
-        # Stable: equal distances stay in database order, as in the original.
-        order = torch.sort(dist, dim=1, stable=True).indices[:, :k]
+        if mode == "hamming":
+            # Exact counting top-k: equal distances stay in database order, as the
+            # original's stable sort keeps them.
+            order = ops.hamming_topk(query[start:stop], db, k)[1]
+            dist = ops.hamming_distance(query[start:stop], db)
+        else:
+            dist = _distances(query[start:stop], db, mode)
+            order = torch.sort(dist, dim=1, stable=True).indices[:, :k]
         hits = torch.gather(relevant, 1, order).double()
         cum = hits.cumsum(dim=1)
         n_rel = cum[:, -1]
