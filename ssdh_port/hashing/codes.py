@@ -37,13 +37,18 @@ def as_bits(codes, name="codes"):
     return c.to(torch.uint8).cpu()
 
 
-def as_packed(codes, name="codes"):
-    """0/1 codes or packed uint8 codes -> packed uint8 codes (pack_bits layout)."""
+def as_packed(codes, name="codes", bits=None):
+    """0/1 codes or packed uint8 codes -> packed uint8 codes (pack_bits layout).
+
+    uint8 input is taken as packed, unless bits is given and the rows have
+    exactly bits (> 8) columns: then they are 0/1 codes."""
     c = codes if isinstance(codes, torch.Tensor) else torch.as_tensor(np.asarray(codes))
     if c.dtype == torch.uint8:
         if c.dim() != 2:
             raise ValueError(f"{name} must be a 2-D N x bytes array, got shape {tuple(c.shape)}")
-        return c
+        if not (bits and bits > 8 and c.shape[1] == bits):
+            return c
+        c = c.to(torch.int16)  # 0/1 codes that happen to be stored as bytes
     return ops.pack_bits(as_bits(c, name))
 
 
