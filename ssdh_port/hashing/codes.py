@@ -61,3 +61,28 @@ def hamming_distances(query_bits, db_bits):
     q = query_bits.float() * 2 - 1
     d = db_bits.float() * 2 - 1
     return ((k - q @ d.T) / 2).round().to(torch.int32)
+
+
+def code_report(activations, threshold=0.5):
+    """Health of latent activations (N x K) and their codes, with warnings for
+    what made users of the original report a 10% mAP: a mean file that was not
+    applied or weights that were not loaded (activations of 0.5 everywhere),
+    bits constant over the whole set, all codes equal."""
+    a = torch.as_tensor(np.asarray(activations)).double()
+    bits = (a > threshold).double()
+    balance = bits.mean(dim=0)
+    near_half = float(((a - 0.5).abs() < 0.01).double().mean())
+    constant = [int(i) for i in torch.nonzero((balance == 0) | (balance == 1)).flatten()]
+    distinct = len(torch.unique(bits, dim=0)) if len(bits) else 0
+    warnings = []
+    if near_half > 0.5:
+        warnings.append(f"{near_half:.0%} of activations lie within 0.01 of 0.5: are the "
+                        "trained weights loaded and the mean file applied?")
+    if constant:
+        warnings.append(f"{len(constant)} of {a.shape[1]} bits are constant over all "
+                        f"{len(a)} items: {constant[:16]}{' ...' if len(constant) > 16 else ''}")
+    if len(a) > 1 and distinct == 1:
+        warnings.append("all codes are equal: the codes carry no information")
+    return {"items": len(a), "bits": a.shape[1], "bit_balance": balance.tolist(),
+            "mean_bit_balance": float(balance.mean()), "near_half_fraction": near_half,
+            "constant_bits": constant, "distinct_codes": distinct, "warnings": warnings}
