@@ -10,7 +10,7 @@ DEPS_STAMP := $(VENV)/.requirements-installed
 BUILD_INFO := ssdh_port/_build_info.py
 NATIVE_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
 
-.PHONY: all demo test build bench cuda-check device-test clean
+.PHONY: all demo test build bench proto cuda-check device-test clean
 
 all: build
 
@@ -36,6 +36,13 @@ demo: build
 
 bench: build
 	$(PY) bench/bench_ops.py
+
+# Regenerate ssdh_port/caffe/proto/caffe_pb2.py (committed) from caffe.proto with
+# protoc from grpcio-tools, in a tool venv of its own.
+proto:
+	test -x .proto-venv/bin/python || $(PYTHON) -m venv .proto-venv
+	.proto-venv/bin/python -m pip install --quiet grpcio-tools==1.85.1
+	cd ssdh_port/caffe/proto && ../../../.proto-venv/bin/python -m grpc_tools.protoc -I. --python_out=. caffe.proto
 
 cuda-check: $(DEPS_STAMP)
 	$(PY) tools/check_cuda_compile.py

@@ -1,13 +1,18 @@
 #!/usr/bin/env python
-"""End-to-end SSDH on MNIST (the data shipped in data/mnist), CPU-sized.
+"""The main job: SSDH end to end on MNIST (shipped in data/mnist), on the CPU.
 
-Trains LeNet-SSDH (LeNet + a sigmoid latent layer of K units) with the three
-SSDH terms (softmax E1, forcing-binary E2, 50%-fire-rate E3), encodes the test
-and training images to K-bit codes, and evaluates Hamming retrieval with the
-original protocol: test images query the training set, mAP@k, precision@k and
-precision within Hamming radius 2. Writes a JSON report under --out.
+    python tools/demo.py [--bits 48] [--iters 5000] [--p 2] [--out runs/demo]
 
-    python tools/demo.py [--bits 48] [--iters 2000] [--queries 1000] [--out runs/demo]
+1. MNIST idx -> LMDBs (tools/prepare_dataset.py mnist);
+2. tools/train_net.py trains LeNet-SSDH (prototxt/lenet_ssdh, code length --bits)
+   with E1 + E2 + E3, Caffe's solver, snapshots and logs;
+3. tools/encode.py encodes the 10,000 test images (queries) and the 60,000
+   training images (database) with the deploy net into code files;
+4. the codes go into a HammingIndex; tools/eval_retrieval.py evaluates with the
+   original protocol (mAP@1000 and over the whole ranking, P@k, P within r=2);
+5. a report (Markdown + JSON) with classification accuracy, a P@k / PR plot and
+   a picture of retrieval results (queries with their top 10, wrong ones marked).
+It prints where everything went.
 """
 import argparse
 import json
@@ -16,108 +21,156 @@ import sys
 import time
 
 import numpy as np
-import torch
 
-from ssdh_port import ops
-from ssdh_port.data import mnist
-from ssdh_port.hashing import evaluate
-from ssdh_port.models import LeNetSSDH, SSDHLoss
+import encode
+import eval_retrieval
+import train_net
+from ssdh_port.caffe.io import atomic_write
+from ssdh_port.data import datasets, mnist
+from ssdh_port.hashing.index import HammingIndex
+from ssdh_port.recipes import write_solver, write_variant
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPE = os.path.join(ROOT, "prototxt", "lenet_ssdh")
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bits", type=int, default=48, help="code length K")
-    parser.add_argument("--iters", type=int, default=2000, help="training iterations")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=0.01)
-    parser.add_argument("--p", type=int, default=2, choices=(1, 2), help="loss exponent")
-    parser.add_argument("--queries", type=int, default=1000,
-                        help="number of test images used as queries (0: all 10,000)")
-    parser.add_argument("--topk", type=int, default=1000, help="mAP cut-off k")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="runs/demo", help="folder for the report")
+    parser.add_argument("--bits", type=int, default=48)
+    parser.add_argument("--iters", type=int, default=5000)
+    parser.add_argument("--p", type=int, default=2, choices=(1, 2), help="exponent of E2 and E3")
+    parser.add_argument("--out", default="runs/demo")
+    parser.add_argument("--data", default="runs/mnist", help="where the MNIST LMDBs go")
     return parser.parse_args(argv)
 
 
-def to_input(images):
-    # Caffe's LeNet: raw bytes times scale 0.00390625 (1/256).
-    return torch.from_numpy(images).float().unsqueeze(1) * 0.00390625
+def step(title):
+    print(f"\n=== {title}", flush=True)
 
 
-def train(model, objective, images, labels, args):
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
-    generator = torch.Generator().manual_seed(args.seed)
-    start = time.time()
-    for it in range(1, args.iters + 1):
-        idx = torch.randint(0, len(images), (args.batch,), generator=generator).numpy()
-        latent, scores = model(to_input(images[idx]))
-        loss, terms = objective(latent, scores, torch.from_numpy(labels[idx]).long())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if it % 100 == 0 or it == args.iters:
-            parts = ", ".join(f"{name} {value.item():.4f}" for name, value in terms.items())
-            print(f"iter {it}/{args.iters}: loss {loss.item():.4f} ({parts}), "
-                  f"{time.time() - start:.1f}s", flush=True)
+def retrieval_picture(query_images, query_labels, db_images, db_labels, ids, path, rows=8):
+    import matplotlib
 
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-@torch.no_grad()
-def encode(model, images, batch=1000):
-    """(packed codes, latent activations, predicted classes)."""
-    model.eval()
-    codes, latents, predictions = [], [], []
-    for start in range(0, len(images), batch):
-        latent, scores = model(to_input(images[start:start + batch]))
-        codes.append(ops.pack_bits(latent))
-        latents.append(latent)
-        predictions.append(scores.argmax(dim=1))
-    return torch.cat(codes), torch.cat(latents), torch.cat(predictions)
+    top = ids.shape[1]
+    fig, axes = plt.subplots(rows, top + 1, figsize=(1.1 * (top + 1), 1.15 * rows))
+    for r in range(rows):
+        axes[r][0].imshow(query_images[r], cmap="gray")
+        axes[r][0].set_title("query", fontsize=7)
+        for c in range(top):
+            j = int(ids[r, c])
+            ax = axes[r][c + 1]
+            ax.imshow(db_images[j], cmap="gray")
+            wrong = db_labels[j] != query_labels[r]
+            for spine in ax.spines.values():
+                spine.set_visible(bool(wrong))
+                spine.set_color("red")
+                spine.set_linewidth(3)
+            if wrong:
+                ax.set_title(f"wrong ({db_labels[j]})", fontsize=6, color="red")
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle("Hamming retrieval: queries and their top 10 (wrong class in red)", fontsize=9)
+    fig.tight_layout()
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    torch.manual_seed(args.seed)
-    train_images, train_labels = mnist.load_split("train")
-    test_images, test_labels = mnist.load_split("test")
-    print(f"MNIST: {len(train_images)} training and {len(test_images)} test images")
-
-    model = LeNetSSDH(bits=args.bits)
-    objective = SSDHLoss(alpha=1.0, beta=1.0, gamma=1.0, p=args.p)
-    train(model, objective, train_images, train_labels, args)
-
-    db_codes, _, _ = encode(model, train_images)
-    test_codes, test_latent, predictions = encode(model, test_images)
-    accuracy = float((predictions.numpy() == test_labels).mean())
-    bit_rate = float(test_latent.gt(0.5).float().mean())
-    queries = len(test_images) if args.queries == 0 else args.queries
     start = time.time()
-    result = evaluate(test_codes[:queries], db_codes, test_labels[:queries], train_labels,
-                      topk=args.topk, radius=2)
-    report = {
-        "bits": args.bits, "iters": args.iters, "p": args.p, "queries": queries,
-        "database": len(train_images), "topk": args.topk,
-        "map": result["map"],
-        "precision_at": {str(k): float(result["precision_at_k"][k - 1])
-                         for k in (1, 10, 100, args.topk) if k <= args.topk},
-        "precision_within_radius_2": result["precision_within_radius"],
-        "classification_accuracy": accuracy,
-        "fraction_of_bits_on": bit_rate,
-        "evaluation_seconds": time.time() - start,
-    }
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "report.json")
-    with open(path + ".tmp", "w") as f:
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+
+    step("1. MNIST -> LMDB")
+    lmdbs = datasets.prepare_mnist(args.data)
+
+    step(f"2. train LeNet-SSDH-{args.bits} ({args.iters} iterations)")
+    train_val = write_variant(os.path.join(RECIPE, "train_val.prototxt"),
+                              os.path.join(out, "train_val.prototxt"), bits=args.bits, p=args.p)
+    deploy = write_variant(os.path.join(RECIPE, "deploy.prototxt"),
+                           os.path.join(out, "deploy.prototxt"), bits=args.bits)
+    _use_sources(train_val, lmdbs)
+    prefix = os.path.join(out, f"lenet_ssdh{args.bits}")
+    solver = write_solver(os.path.join(RECIPE, "solver.yaml"), os.path.join(out, "solver.prototxt"),
+                          net=train_val, max_iter=args.iters, snapshot_prefix=prefix,
+                          test_interval=max(1, args.iters // 5))
+    if train_net.main([solver, "--log-dir", out]) != 0:
+        return 1
+    weights = f"{prefix}_iter_{args.iters}.caffemodel"
+
+    step("3. encode queries (test set) and database (training set)")
+    codes = {}
+    for split in ("test", "train"):
+        codes[split] = os.path.join(out, f"{split}.ssdh")
+        if encode.main(["--prototxt", deploy, "--weights", weights, "--input", lmdbs[split],
+                        "--scale", "0.00390625", "--batch-size", "500", "--out", codes[split],
+                        "--features", "ip2", "--features-out",
+                        os.path.join(out, f"{split}_scores.npy")]) != 0:
+            return 1
+
+    step("4. Hamming index and evaluation (original protocol)")
+    evals = {}
+    for name, topk in (("top1000", 1000), ("all", 0)):
+        evals[name] = os.path.join(out, f"eval_{name}")
+        if eval_retrieval.main(["--query", codes["test"], "--database", codes["train"],
+                                "--name", f"SSDH-{args.bits}", "--topk", str(topk),
+                                "--out", evals[name]]) != 0:
+            return 1
+
+    step("5. report")
+    test_images, test_labels = mnist.load_split("test")
+    train_images, train_labels = mnist.load_split("train")
+    scores = np.load(os.path.join(out, "test_scores.npy"))
+    accuracy = float((scores.argmax(axis=1) == test_labels).mean())
+    index = HammingIndex.load(codes["train"])
+    queries = HammingIndex.load(codes["test"])
+    _, ids = index.search(queries.codes[:8], 10)
+    picture = os.path.join(out, "retrieval_examples.png")
+    retrieval_picture(test_images[:8], test_labels, train_images, train_labels, ids.numpy(), picture)
+    rows = {name: json.load(open(path + ".json"))["rows"][0] for name, path in evals.items()}
+    report = {"bits": args.bits, "iterations": args.iters, "classification_accuracy": accuracy,
+              "map_at_1000": rows["top1000"]["map"], "map_whole_ranking": rows["all"]["map"],
+              "precision_at": rows["top1000"]["precision_at"],
+              "precision_within_radius_2": rows["top1000"]["precision_within_radius"],
+              "queries": len(test_labels), "database": len(train_labels),
+              "seconds": round(time.time() - start, 1),
+              "files": {"weights": weights, "codes": codes, "log": os.path.join(out, "train_log.jsonl"),
+                        "loss_plot": os.path.join(out, "train_loss.png"),
+                        "pk_pr_plot": evals["top1000"] + ".png", "retrieval_examples": picture}}
+    with atomic_write(os.path.join(out, "report.json"), "w") as f:
         json.dump(report, f, indent=1)
-    os.replace(path + ".tmp", path)
-    print(f"classification accuracy: {accuracy:.4f}")
-    print(f"mAP@{args.topk} ({queries} test queries vs {len(train_images)} training images, "
-          f"{args.bits} bits): {result['map']:.4f}")
-    print(f"precision@{args.topk}: {report['precision_at'][str(args.topk)]:.4f}, "
-          f"precision within Hamming radius 2: {result['precision_within_radius']:.4f}")
-    print(f"report: {path}")
+    lines = [f"# SSDH on MNIST: LeNet-SSDH-{args.bits}", "",
+             f"- classification accuracy (10,000 test images): {accuracy:.4f}",
+             f"- mAP@1000 (10,000 test queries vs 60,000 training images): {report['map_at_1000']:.4f}",
+             f"- mAP over the whole ranking: {report['map_whole_ranking']:.4f}",
+             f"- precision@1000: {report['precision_at']['1000']:.4f}; within Hamming radius 2: "
+             f"{report['precision_within_radius_2']:.4f}",
+             f"- {args.iters} iterations, {report['seconds']} s in all", ""]
+    lines += [f"- {key}: {value}" for key, value in report["files"].items()]
+    with atomic_write(os.path.join(out, "report.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"report: {os.path.join(out, 'report.md')}")
     return 0
 
 
+def _use_sources(train_val, lmdbs):
+    """Point the recipe's Data layers at the LMDBs this run made."""
+    from ssdh_port.caffe import io as caffe_io
+    from ssdh_port.caffe.proto import caffe_pb2 as pb
+
+    net = caffe_io.read_net_prototxt(train_val)
+    for layer in net.layer:
+        if layer.type == "Data":
+            phases = [pb.Phase.Name(r.phase) for r in layer.include]
+            layer.data_param.source = os.path.abspath(lmdbs["train" if "TRAIN" in phases else "test"])
+    caffe_io.write_text_proto(net, train_val)
+
+
 if __name__ == "__main__":
-    np.set_printoptions(precision=4)
     sys.exit(main())

@@ -773,10 +773,11 @@ class Accuracy(CaffeLayer):
 @register("K1_EuclideanLoss")
 class ForcingBinaryLoss(_Loss):
     """The original forcing-binary layer: -(1/(2NK)) sum (a - 0.5)^2 over the
-    first bottom (the second, the same blob in the authors' nets, is unused)."""
+    first bottom (the second, the same blob in the authors' nets, is unused);
+    ssdh_loss_param { p: 1 } gives the p = 1 variant."""
 
     def forward(self, a, *unused):
-        return (ops.forcing_binary_loss(a.reshape(a.shape[0], -1)),)
+        return (ops.forcing_binary_loss(a.reshape(a.shape[0], -1), self.param.ssdh_loss_param.p),)
 
 
 @register("K2_EuclideanLoss")
@@ -786,11 +787,12 @@ class FireRateLoss(_Loss):
 
     def forward(self, b, *unused):
         flat = b.reshape(b.shape[0], -1)
+        p = self.param.ssdh_loss_param.p
         if flat.shape[1] == 1:
-            return (ops.fire_rate_loss(flat),)
+            return (ops.fire_rate_loss(flat, p),)
         # Over D > 1 values per sample the original sums rather than averages:
         # D times the (negated) forcing-binary value.
-        return (-flat.shape[1] * ops.forcing_binary_loss(flat),)
+        return (-flat.shape[1] * ops.forcing_binary_loss(flat, p),)
 
 
 @register("MaxMarginMultiLabelLoss")

@@ -1,0 +1,60 @@
+#!/usr/bin/env python
+"""Prepare datasets as Caffe list files and Datum databases.
+
+    python tools/prepare_dataset.py mnist --out runs/mnist [--idx-dir data/mnist]
+    python tools/prepare_dataset.py cifar10-jpg ARCHIVE --out runs/cifar10 [--sizes 32 256]
+    python tools/prepare_dataset.py cifar10-batches cifar-10-python.tar.gz|cifar-10-binary.tar.gz --out DIR
+    python tools/prepare_dataset.py folder ROOT --list list.txt
+
+cifar10-jpg reads the authors' archive (cvprw15-cifar10-dataset-jpg.tar.gz):
+train in the authors' order, test in canonical order, LMDBs at 32 x 32 and at
+each other size given (resized like the authors' 256 x 256 AlexNet input), and
+a mean file per size.
+"""
+import argparse
+import sys
+
+from ssdh_port.data import datasets
+from ssdh_port.data.db import LMDBError
+from ssdh_port.data.imageset import ImagesetError
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="dataset", required=True)
+    p = sub.add_parser("mnist")
+    p.add_argument("--out", required=True)
+    p.add_argument("--idx-dir", default=datasets.mnist.DEFAULT_ROOT)
+    p = sub.add_parser("cifar10-jpg")
+    p.add_argument("archive")
+    p.add_argument("--out", required=True)
+    p.add_argument("--sizes", type=int, nargs="+", default=[32])
+    p = sub.add_parser("cifar10-batches")
+    p.add_argument("archive")
+    p.add_argument("--out", required=True)
+    p = sub.add_parser("folder")
+    p.add_argument("root")
+    p.add_argument("--list", required=True)
+    for name in ("mnist", "cifar10-jpg", "cifar10-batches"):
+        sub.choices[name].add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        if args.dataset == "mnist":
+            result = datasets.prepare_mnist(args.out, args.idx_dir, args.overwrite)
+        elif args.dataset == "cifar10-jpg":
+            result = datasets.prepare_cifar10_jpg(args.archive, args.out, tuple(args.sizes), args.overwrite)
+        elif args.dataset == "cifar10-batches":
+            result = datasets.prepare_cifar10_batches(args.archive, args.out, args.overwrite)
+        else:
+            classes, count = datasets.folder_to_list(args.root, args.list)
+            result = {"list": args.list, "classes": len(classes), "images": count}
+    except (datasets.DatasetError, ImagesetError, LMDBError, ValueError) as err:
+        print(f"prepare_dataset: {err}", file=sys.stderr)
+        return 1
+    for key, value in result.items():
+        print(f"{key}: {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
