@@ -47,6 +47,7 @@ __all__ = [
     "hamming_topk",
     "hamming_radius",
     "hamming_distance",
+    "hamming_rank_stats",
     "ForcingBinaryLoss",
     "FireRateLoss",
     "MaxMarginMultiLabelLoss",
@@ -322,3 +323,32 @@ def _(queries, database, radius):
 @torch.library.register_fake("ssdh::hamming_distance")
 def _(queries, database):
     return queries.new_empty((queries.shape[0], database.shape[0]), dtype=torch.int32)
+
+
+def hamming_rank_stats(queries: Tensor, database: Tensor, relevant: Tensor, k: int):
+    """Retrieval statistics in one pass per query (CPU): the Hamming ranking's
+    first k positions (ties in database order) and the distance histograms.
+
+    relevant: Q x N bool (is database item n relevant to query q). Returns
+    (ap float64 Q: AP@k as precision.m defines it, hits_at_rank int64 k: cumulative
+    hits at ranks 1..k summed over the queries, hist_all int64 Q x (bits+1): codes
+    per distance, hist_relevant int64 Q x (bits+1): relevant codes per distance)."""
+    _check_codes(queries, database, "hamming_rank_stats")
+    if not isinstance(k, int) or not 1 <= k <= database.shape[0]:
+        raise ValueError(
+            f"hamming_rank_stats: k must be an int between 1 and the database size "
+            f"{database.shape[0]}, got {k!r}")
+    if relevant.dtype != torch.bool or relevant.shape != (queries.shape[0], database.shape[0]):
+        raise ValueError(
+            f"hamming_rank_stats: relevant must be a bool {queries.shape[0]} x {database.shape[0]} "
+            f"matrix, got {relevant.dtype} {tuple(relevant.shape)}")
+    return torch.ops.ssdh.hamming_rank_stats(queries, database, relevant, k)
+
+
+@torch.library.register_fake("ssdh::hamming_rank_stats")
+def _(queries, database, relevant, k):
+    buckets = 8 * queries.shape[1] + 1
+    return (queries.new_empty((queries.shape[0],), dtype=torch.float64),
+            queries.new_empty((k,), dtype=torch.int64),
+            queries.new_empty((queries.shape[0], buckets), dtype=torch.int64),
+            queries.new_empty((queries.shape[0], buckets), dtype=torch.int64))

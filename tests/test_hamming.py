@@ -110,3 +110,27 @@ def test_cuda_matches_cpu(bits):
     for a, b in zip(cpu, gpu):
         assert torch.equal(a, b.cpu())
     assert torch.equal(ops.hamming_distance(q.cuda(), db.cuda()).cpu(), ops.hamming_distance(q, db))
+
+
+@pytest.mark.parametrize("bits", [12, 48, 65])
+def test_rank_stats_match_reference(bits):
+    db, db_bits = _codes(250, bits, 11, clustered=True)
+    q, q_bits = _codes(13, bits, 12, clustered=True)
+    rng = np.random.default_rng(13)
+    relevant = rng.random((13, 250)) < 0.3
+    dist, order = _reference(q_bits, db_bits)
+    k = 40
+    ap, hits_at, hist_all, hist_rel = ops.hamming_rank_stats(q, db, torch.from_numpy(relevant), k)
+    hits = np.take_along_axis(relevant, order[:, :k], axis=1)
+    cum = hits.cumsum(axis=1)
+    expected_ap = [(cum[i] / np.arange(1, k + 1))[hits[i]].sum() / max(hits[i].sum(), 1)
+                   for i in range(13)]
+    np.testing.assert_allclose(ap.numpy(), expected_ap, rtol=1e-12)
+    np.testing.assert_array_equal(hits_at.numpy(), cum.sum(axis=0))
+    for i in range(13):
+        np.testing.assert_array_equal(hist_all[i].numpy(), np.bincount(dist[i], minlength=8 * q.shape[1] + 1))
+        np.testing.assert_array_equal(
+            hist_rel[i].numpy(), np.bincount(dist[i], weights=relevant[i], minlength=8 * q.shape[1] + 1))
+    torch.library.opcheck(torch.ops.ssdh.hamming_rank_stats.default, (q, db, torch.from_numpy(relevant), k))
+    with pytest.raises(ValueError, match="relevant must be a bool 13 x 250 matrix"):
+        ops.hamming_rank_stats(q, db, torch.ones(13, 250), k)

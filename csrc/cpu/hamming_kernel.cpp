@@ -11,6 +11,7 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <mutex>
 #include <vector>
 
 #include "../checks.h"
@@ -148,6 +149,86 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hamming_radius_kernel(
   return {lims, out_dist, out_idx};
 }
 
+// One pass per query for the retrieval metrics (SPEC.md section 2): the
+// ranking's first k positions (counting placement, ties in database order)
+// with their relevance give AP@k and the hits at each rank; the distance
+// histograms of all and of relevant codes give precision within a radius and
+// the precision-recall curve over radii.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> hamming_rank_stats_kernel(
+    const at::Tensor& queries, const at::Tensor& database, const at::Tensor& relevant_in,
+    int64_t k) {
+  const Codes c = prepare(queries, database, "hamming_rank_stats");
+  TORCH_CHECK(
+      k >= 1 && k <= c.n_db, "hamming_rank_stats: k must be between 1 and the database size ",
+      c.n_db, ", got ", k);
+  TORCH_CHECK(
+      relevant_in.dim() == 2 && relevant_in.size(0) == c.n_queries && relevant_in.size(1) == c.n_db &&
+          relevant_in.scalar_type() == at::kBool,
+      "hamming_rank_stats: relevant must be a bool Q x N matrix (", c.n_queries, " x ", c.n_db,
+      "), got ", relevant_in.scalar_type(), " ", relevant_in.sizes());
+  const at::Tensor relevant = relevant_in.contiguous();
+  const bool* rel = relevant.const_data_ptr<bool>();
+  const int64_t buckets = c.bits + 1;
+  auto opts = queries.options();
+  at::Tensor ap = at::empty({c.n_queries}, opts.dtype(at::kDouble));
+  at::Tensor hist_all = at::zeros({c.n_queries, buckets}, opts.dtype(at::kLong));
+  at::Tensor hist_rel = at::zeros({c.n_queries, buckets}, opts.dtype(at::kLong));
+  at::Tensor hits_at_rank = at::zeros({k}, opts.dtype(at::kLong));
+  double* ap_out = ap.mutable_data_ptr<double>();
+  int64_t* all_out = hist_all.mutable_data_ptr<int64_t>();
+  int64_t* rel_out = hist_rel.mutable_data_ptr<int64_t>();
+  std::mutex merge;
+  int64_t* hits_out = hits_at_rank.mutable_data_ptr<int64_t>();
+  at::parallel_for(0, c.n_queries, 1, [&](int64_t begin, int64_t end) {
+    std::vector<uint16_t> dist(c.n_db);
+    std::vector<int64_t> slot(c.bits + 2);
+    std::vector<uint8_t> hit(k);
+    std::vector<int64_t> hits_local(k, 0);
+    for (int64_t q = begin; q < end; ++q) {
+      query_distances(c, q, dist.data());
+      const bool* rel_row = rel + q * c.n_db;
+      int64_t* all_row = all_out + q * buckets;
+      int64_t* rel_hist = rel_out + q * buckets;
+      for (int64_t j = 0; j < c.n_db; ++j) {
+        ++all_row[dist[j]];
+        rel_hist[dist[j]] += rel_row[j];
+      }
+      slot[0] = 0;
+      int64_t cutoff = 0;
+      for (int64_t d = 1; d <= c.bits + 1; ++d) {
+        slot[d] = slot[d - 1] + all_row[d - 1];
+        if (slot[d] < k) {
+          cutoff = d;
+        }
+      }
+      for (int64_t j = 0; j < c.n_db; ++j) {
+        const int64_t d = dist[j];
+        if (d <= cutoff) {
+          const int64_t position = slot[d]++;
+          if (position < k) {
+            hit[position] = rel_row[j];
+          }
+        }
+      }
+      int64_t found = 0;
+      double sum = 0.0;
+      for (int64_t p = 0; p < k; ++p) {
+        if (hit[p]) {
+          ++found;
+          sum += static_cast<double>(found) / static_cast<double>(p + 1);
+        }
+        hits_local[p] += found;  // cumulative hits of this query at rank p + 1
+      }
+      ap_out[q] = found ? sum / static_cast<double>(found) : 0.0;
+    }
+    std::lock_guard<std::mutex> lock(merge);
+    for (int64_t p = 0; p < k; ++p) {
+      hits_out[p] += hits_local[p];
+    }
+  });
+  return {ap, hits_at_rank, hist_all, hist_rel};
+}
+
 at::Tensor hamming_distance_kernel(const at::Tensor& queries, const at::Tensor& database) {
   const Codes c = prepare(queries, database, "hamming_distance");
   at::Tensor out = at::empty({c.n_queries, c.n_db}, queries.options().dtype(at::kInt));
@@ -168,6 +249,7 @@ TORCH_LIBRARY_IMPL(ssdh, CPU, m) {
   m.impl("hamming_topk", &hamming_topk_kernel);
   m.impl("hamming_radius", &hamming_radius_kernel);
   m.impl("hamming_distance", &hamming_distance_kernel);
+  m.impl("hamming_rank_stats", &hamming_rank_stats_kernel);
 }
 
 }  // namespace cpu

@@ -73,7 +73,8 @@ def evaluate(query_codes, db_codes, query_labels, db_labels, topk, radius=2,
     topk=None ranks the whole database (the authors' README protocol).
     """
     if mode == "hamming":
-        query, db = as_packed(query_codes, "query_codes"), as_packed(db_codes, "db_codes")
+        query = as_packed(query_codes, "query_codes").cpu()
+        db = as_packed(db_codes, "db_codes").cpu()
         if query.shape[1] != db.shape[1]:
             raise ValueError(
                 f"query codes have {query.shape[1]} bytes ({8 * query.shape[1]} bits with "
@@ -98,29 +99,29 @@ def evaluate(query_codes, db_codes, query_labels, db_labels, topk, radius=2,
     for start in range(0, n_queries, batch_size):
         stop = min(start + batch_size, n_queries)
         relevant = relevance_matrix(q_labels[start:stop], d_labels, relevance)
-        if mode == "hamming":
-            # Exact counting top-k: equal distances stay in database order, as the
-            # original's stable sort keeps them.
-            order = ops.hamming_topk(query[start:stop], db, k)[1]
-            dist = ops.hamming_distance(query[start:stop], db)
-        else:
+        if mode == "euclidean":
+            # Stable sort: equal distances stay in database order, as in the original.
             dist = _distances(query[start:stop], db, mode)
             order = torch.sort(dist, dim=1, stable=True).indices[:, :k]
-        hits = torch.gather(relevant, 1, order).double()
-        cum = hits.cumsum(dim=1)
-        n_rel = cum[:, -1]
-        ap[start:stop] = torch.where(
-            n_rel > 0, (cum / ranks * hits).sum(dim=1) / n_rel.clamp(min=1), 0.0)
-        hits_at += cum.sum(dim=0)
-        if mode == "hamming":
-            within = dist <= radius
-            returned = within.sum(dim=1).double()
-            found = (within & relevant).sum(dim=1).double()
-            in_radius[start:stop] = torch.where(returned > 0, found / returned.clamp(min=1), 0.0)
-            if pr_curve:
-                rel_prec, rel_recall = _pr_by_radius(dist, relevant, bits)
-                pr_prec += rel_prec
-                pr_rel += rel_recall
+            hits = torch.gather(relevant, 1, order)
+            ap[start:stop] = _average_precision(hits)
+            # Summed over queries, the cumulative hits at each rank are the
+            # cumulative sum of the per-rank hit counts.
+            hits_at += hits.sum(dim=0, dtype=torch.float64).cumsum(dim=0)
+            continue
+        # Hamming: one native pass per query (counting top-k, ties in database order).
+        batch_ap, batch_hits, hist_all, hist_rel = ops.hamming_rank_stats(
+            query[start:stop], db, relevant, k)
+        ap[start:stop] = batch_ap
+        hits_at += batch_hits.double()
+        cum_all, cum_rel = hist_all.cumsum(dim=1).double(), hist_rel.cumsum(dim=1).double()
+        r = min(int(radius), bits)
+        in_radius[start:stop] = torch.where(
+            cum_all[:, r] > 0, cum_rel[:, r] / cum_all[:, r].clamp(min=1), 0.0)
+        if pr_curve:
+            total = cum_rel[:, -1:]
+            pr_prec += torch.where(cum_all > 0, cum_rel / cum_all.clamp(min=1), 0.0).sum(dim=0)
+            pr_rel += torch.where(total > 0, cum_rel / total.clamp(min=1), 0.0).sum(dim=0)
     result = {
         "map": float(ap.mean()),
         "ap": ap.numpy(),
@@ -136,15 +137,14 @@ def evaluate(query_codes, db_codes, query_labels, db_labels, topk, radius=2,
     return result
 
 
-def _pr_by_radius(dist, relevant, bits):
-    """Sums over the batch of precision and recall at each radius 0..bits."""
-    d = dist.long()
-    rows = torch.arange(d.shape[0])[:, None].expand_as(d)
-    flat = rows * (bits + 1) + d
-    size = d.shape[0] * (bits + 1)
-    returned = torch.bincount(flat.flatten(), minlength=size).view(-1, bits + 1).cumsum(1)
-    found = torch.bincount(flat[relevant], minlength=size).view(-1, bits + 1).cumsum(1)
-    total = relevant.sum(dim=1, keepdim=True)
-    precision = torch.where(returned > 0, found / returned.clamp(min=1), 0.0).double()
-    recall = torch.where(total > 0, found / total.clamp(min=1), 0.0).double()
-    return precision.sum(dim=0), recall.sum(dim=0)
+def _average_precision(hits):
+    """AP of each row of a B x k bool hit matrix: the mean over the hits of
+    (hits so far) / (rank), 0 for a row without hits. Works on the hit
+    positions only, so a whole-ranking evaluation stays cheap."""
+    rows, cols = hits.nonzero(as_tuple=True)
+    counts = hits.sum(dim=1)
+    first = torch.cumsum(counts, 0) - counts  # index of each row's first hit
+    rank_among_hits = torch.arange(len(rows)) - first[rows] + 1
+    terms = rank_among_hits.double() / (cols + 1).double()
+    sums = torch.zeros(len(hits), dtype=torch.float64).index_add_(0, rows, terms)
+    return torch.where(counts > 0, sums / counts.clamp(min=1), 0.0)
