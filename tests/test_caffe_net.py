@@ -234,3 +234,43 @@ def test_bad_weight_files(tmp_path):
     report = net.copy_from(lenet, allow_shape_mismatch=True)
     assert report["loaded"] == [] and report["skipped"][0].startswith("conv1 (blob 0 has shape")
     assert "ip2" in report["unused"] and "fc6" in report["not_in_weights"]
+
+
+def _cifar_test_images():
+    """The authors' CIFAR-10 JPEG test set in canonical order (test/<i>.jpg is
+    test image i-1), decoded by OpenCV and laid out RGB planar as Caffe's
+    convert_cifar_data stores the binary set."""
+    import tarfile
+
+    import cv2
+
+    archive = shared("ssdh-reference", "caffe-cvprw15", "cvprw15-cifar10-dataset-jpg.tar.gz")
+    images = np.zeros((10000, 3, 32, 32), np.uint8)
+    with tarfile.open(archive) as tar:
+        for member in tar:
+            parts = member.name.split("/")
+            if len(parts) > 2 and parts[-2] == "test" and parts[-1].endswith(".jpg"):
+                index = int(parts[-1][:-4]) - 1
+                data = np.frombuffer(tar.extractfile(member).read(), np.uint8)
+                bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+                images[index] = bgr[:, :, ::-1].transpose(2, 0, 1)
+    return images
+
+
+@needs_shared
+def test_real_cifar10_quick_on_the_whole_test_set():
+    import hashlib
+
+    images = _cifar_test_images()
+    info = json.load(open(oracle("d_real_models", "inputs_info.json")))
+    assert hashlib.md5(images.tobytes()).hexdigest() == info["cifar_pixels_md5_all"]
+    folder = shared("caffe-models", "cifar10_quick")
+    net = CaffeNet(f"{folder}/cifar10_quick.prototxt", weights=f"{folder}/cifar10_quick_iter_4000.caffemodel")
+    mean = torch.from_numpy(caffe_io.read_blobproto(f"{folder}/mean.binaryproto"))
+    with torch.no_grad():
+        scores = torch.cat([net(torch.from_numpy(images[i:i + 500]).float() - mean)["ip2"]
+                            for i in range(0, 10000, 500)]).numpy()
+    ref = np.load(oracle("d_real_models", "cifar10_quick_v2_iter4000", "outputs.npz"))
+    labels = np.load(oracle("d_real_models", "inputs_first200.npz"))["cifar_test_labels_all"]
+    assert (scores.argmax(axis=1) == ref["pred_all"]).all()
+    assert (scores.argmax(axis=1) == labels).mean() == pytest.approx(0.6985, abs=1e-9)
