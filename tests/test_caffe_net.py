@@ -274,3 +274,24 @@ def test_real_cifar10_quick_on_the_whole_test_set():
     labels = np.load(oracle("d_real_models", "inputs_first200.npz"))["cifar_test_labels_all"]
     assert (scores.argmax(axis=1) == ref["pred_all"]).all()
     assert (scores.argmax(axis=1) == labels).mean() == pytest.approx(0.6985, abs=1e-9)
+
+
+@needs_shared
+@pytest.mark.parametrize("model", [
+    "caffe-models/lenet/lenet_iter_10000.caffemodel",
+    "caffe-models/lenet/v1_everpeace_2014/lenet_iter_10000.caffemodel",
+    "caffe-models/cifar10_quick/cifar10_quick_iter_4000.caffemodel",
+    "caffe-oracle/a_layers/mini_alexnet_ssdh/weights.caffemodel",
+])
+def test_streaming_reader_equals_protobuf(model):
+    from ssdh_port.caffe import wire
+
+    path = shared(*model.split("/"))
+    streamed = wire.read_blobs(path)
+    parsed = caffe_io.read_caffemodel(path)
+    expected = {layer.name: [caffe_io.blob_to_array(b) for b in layer.blobs] for layer in parsed.layer}
+    assert list(streamed) == list(expected)
+    for name, blobs in expected.items():
+        assert len(streamed[name]) == len(blobs)
+        for a, b in zip(streamed[name], blobs):
+            assert a.shape == b.shape and np.array_equal(a, b)

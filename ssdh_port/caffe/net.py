@@ -16,6 +16,7 @@ from torch import nn
 
 from ssdh_port.caffe import data_layers  # noqa: F401  (registers Data, ImageData, HDF5Data)
 from ssdh_port.caffe import io as caffe_io
+from ssdh_port.caffe import wire
 from ssdh_port.caffe.layers import LAYERS, CaffeLayer, Input, LayerError
 from ssdh_port.caffe.proto import caffe_pb2 as pb
 
@@ -276,25 +277,32 @@ class CaffeNet(nn.Module):
                 continue
             with torch.no_grad():
                 for blob, array in zip(module.blobs, arrays):
-                    blob.copy_(torch.as_tensor(np.asarray(array)).reshape(blob.shape))
+                    # One blob at a time: a mapped caffemodel is read-only, so copy it in.
+                    blob.copy_(torch.from_numpy(np.array(array, dtype=np.float32)).reshape(blob.shape))
             report["loaded"].append(name)
         report["not_in_weights"] = [m.name for m in self.layers
                                     if len(m.blobs) and m.name not in source]
         return report
 
+    def _layers_and_blobs(self):
+        for module in self.layers:
+            layer = pb.LayerParameter()
+            layer.CopyFrom(module.param)
+            del layer.blobs[:]
+            yield layer, [blob.detach().cpu().numpy() for blob in module.blobs]
+
     def to_net_parameter(self):
         """The net's layers (this phase) with their current blobs, as Caffe writes a caffemodel."""
         net = pb.NetParameter(name=self.name)
-        for module in self.layers:
-            layer = net.layer.add()
-            layer.CopyFrom(module.param)
-            del layer.blobs[:]
-            for blob in module.blobs:
-                layer.blobs.add().CopyFrom(caffe_io.array_to_blob(blob.detach().cpu().numpy()))
+        for layer, arrays in self._layers_and_blobs():
+            layer.blobs.extend(caffe_io.array_to_blob(a) for a in arrays)
+            net.layer.add().CopyFrom(layer)
         return net
 
     def save_caffemodel(self, path):
-        caffe_io.write_caffemodel(self.to_net_parameter(), path)
+        """A .caffemodel Caffe loads, written blob by blob (no whole-model copy)."""
+        with caffe_io.atomic_write(path) as f:
+            wire.write_net(f, self.name, self._layers_and_blobs())
 
     def save_pt(self, path):
         """A .pt file: the net definition and {layer: [blobs]} in Caffe order."""
@@ -335,6 +343,13 @@ def load_weights(weights):
         return {layer.name: [caffe_io.blob_to_array(b, f"{layer.name}/{k}")
                              for k, b in enumerate(layer.blobs)] for layer in weights.layer}
     path = os.fspath(weights)
+    if not path.endswith((".pt", ".h5")):
+        try:
+            return wire.read_blobs(path)  # memory-mapped, no copy of the file
+        except OSError as err:
+            raise caffe_io.CaffeFileError(f"{path}: cannot read ({err.strerror})") from None
+        except wire.WireError as err:
+            raise caffe_io.CaffeFileError(str(err)) from None
     if path.endswith(".pt"):
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
