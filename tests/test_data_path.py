@@ -141,3 +141,30 @@ def test_failed_conversion_leaves_no_database(tmp_path):
         convert_imageset(str(tmp_path), str(tmp_path / "list.txt"), tmp_path / "db")
     assert not (tmp_path / "db").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["list.txt"]
+
+
+@needs_shared
+def test_torch_dataset_matches_the_data_layer(monkeypatch):
+    from ssdh_port.data.dataset import DatumDataset
+
+    monkeypatch.chdir(C_DATA)
+    param = pb.TransformationParameter(crop_size=227, mean_file="mean_color256.binaryproto")
+    dataset = DatumDataset("lmdb_color256", transform=DataTransformer(param, "TEST"))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=5, num_workers=2)
+    data, labels = next(iter(loader))
+    expected = np.load("d1_lmdb_color256_crop227_meanfile.npz")
+    np.testing.assert_allclose(data.numpy(), expected["batch0/data"].astype(np.float32), atol=1e-6)
+    assert labels.tolist() == [0, 1, 2, 3, 4]
+    raw, label = DatumDataset("lmdb_color256")[11]
+    assert raw.dtype == torch.uint8 and tuple(raw.shape) == (3, 256, 256) and label == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_transform_equals_cpu():
+    rng = np.random.default_rng(2)
+    batch = rng.integers(0, 256, (8, 3, 40, 40), dtype=np.uint8)
+    t = _transformer("TRAIN", crop_size=32, mirror=True, mean_value=[10, 20, 30], scale=0.5)
+    rows, cols, flips = t.draw(8, 40, 40)
+    cpu = t(batch, rows, cols, flips)
+    gpu = t(torch.from_numpy(batch).cuda(), rows, cols, flips)
+    assert torch.equal(gpu.cpu(), cpu)

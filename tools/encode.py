@@ -2,7 +2,7 @@
 """Encode images to binary codes with a trained SSDH net and write a code file.
 
     python tools/encode.py --prototxt deploy.prototxt --weights W --input DB|list|.npy|.npz
-        --out codes.ssdh [--blob latent_sigmoid] [--features fc7 --features-out fc7.npy]
+        --out codes.ssdh [--blob latent_sigmoid] [--features fc7[,fc9] [--features-out fc7.npy]]
         [extract_features.py's source options]
 
 The latent activations (default blob: the Sigmoid output named like
@@ -43,22 +43,26 @@ def main(argv=None):
     add_source_arguments(parser)
     parser.add_argument("--out", required=True, help="code file to write (.ssdh)")
     parser.add_argument("--blob", help="latent activations blob (default: found by name)")
-    parser.add_argument("--features", help="also keep this blob (e.g. fc7) for re-ranking")
-    parser.add_argument("--features-out", help=".npy file for --features")
+    parser.add_argument("--features", help="also keep these blobs (comma-separated, e.g. fc7 for "
+                        "re-ranking): <out>.<blob>.npy each")
+    parser.add_argument("--features-out", help=".npy file for a single --features blob")
     args = parser.parse_args(argv)
     try:
         net, device = build_net(args)
         blob = args.blob or latent_blob(net)
-        wanted = [blob] + ([args.features] if args.features else [])
+        extra = args.features.split(",") if args.features else []
+        if args.features_out and len(extra) != 1:
+            raise ValueError("--features-out goes with a single --features blob")
+        wanted = [blob] + extra
         arrays, labels = extract(net, wanted, batches_for(args, net), args.iterations, device)
         activations = arrays[blob].reshape(len(arrays[blob]), -1)
         report = code_report(activations)
         index = HammingIndex(activations.shape[1])
         index.add(ops.pack_bits(torch.from_numpy(activations)), labels=labels)
         index.save(args.out)
-        if args.features:
-            with atomic_write(args.features_out or args.out + f".{args.features}.npy") as f:
-                np.save(f, arrays[args.features].reshape(len(activations), -1))
+        for name in extra:
+            with atomic_write(args.features_out or args.out + f".{name}.npy") as f:
+                np.save(f, arrays[name].reshape(len(activations), -1))
     except (CaffeFileError, LayerError, LMDBError, DatumError, ValueError) as err:
         print(f"encode: {err}", file=sys.stderr)
         return 1

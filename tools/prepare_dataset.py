@@ -2,7 +2,7 @@
 """Prepare datasets as Caffe list files and Datum databases.
 
     python tools/prepare_dataset.py mnist --out runs/mnist [--idx-dir data/mnist]
-    python tools/prepare_dataset.py cifar10-jpg ARCHIVE --out runs/cifar10 [--sizes 32 256]
+    python tools/prepare_dataset.py cifar10-jpg ARCHIVE --out runs/cifar10 [--sizes 32 256] [--layout bgr|rgb]
     python tools/prepare_dataset.py cifar10-batches cifar-10-python.tar.gz|cifar-10-binary.tar.gz --out DIR
     python tools/prepare_dataset.py folder ROOT --list list.txt
 
@@ -29,6 +29,8 @@ def main(argv=None):
     p.add_argument("archive")
     p.add_argument("--out", required=True)
     p.add_argument("--sizes", type=int, nargs="+", default=[32])
+    p.add_argument("--layout", default="bgr", choices=("bgr", "rgb"),
+                   help="bgr: convert_imageset records; rgb: convert_cifar_data's RGB planar bytes")
     p = sub.add_parser("cifar10-batches")
     p.add_argument("archive")
     p.add_argument("--out", required=True)
@@ -42,7 +44,8 @@ def main(argv=None):
         if args.dataset == "mnist":
             result = datasets.prepare_mnist(args.out, args.idx_dir, args.overwrite)
         elif args.dataset == "cifar10-jpg":
-            result = datasets.prepare_cifar10_jpg(args.archive, args.out, tuple(args.sizes), args.overwrite)
+            result = datasets.prepare_cifar10_jpg(args.archive, args.out, tuple(args.sizes),
+                                                  args.overwrite, args.layout)
         elif args.dataset == "cifar10-batches":
             result = datasets.prepare_cifar10_batches(args.archive, args.out, args.overwrite)
         else:

@@ -27,6 +27,8 @@ class _SourceLayer(CaffeLayer):
             raise self.error(f"expects a data top and an optional label top, got {len(param.top)}")
         self.transformer = DataTransformer(param.transform_param, phase)
         self.cursor = 0
+        # Set by CaffeNet: on a GPU the uint8 batch moves there before the transform.
+        self.transform_device = None
 
     def reseed(self, seed):
         self.transformer.rng = np.random.default_rng(seed)
@@ -42,7 +44,10 @@ class _SourceLayer(CaffeLayer):
             if image.shape != first:
                 raise self.error(f"item {i} of the batch has shape {image.shape}, the first {first}; "
                                  "a batch needs images of one size (resize them)")
-        data = self.transformer(torch.from_numpy(np.stack(images)))
+        batch = torch.from_numpy(np.stack(images))
+        if self.transform_device is not None and self.transform_device.type == "cuda":
+            batch = batch.pin_memory().to(self.transform_device, non_blocking=True)
+        data = self.transformer(batch)
         if len(self.param.top) == 1:
             return (data,)
         return data, torch.tensor(labels, dtype=torch.float32)

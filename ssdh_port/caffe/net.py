@@ -213,6 +213,8 @@ class CaffeNet(nn.Module):
                 outs = tuple(self._fed(name, feeds) for name in self.tops[i])
             elif not self.bottoms[i]:
                 device = self._device_marker.device
+                if hasattr(module, "transform_device"):
+                    module.transform_device = device
                 outs = tuple(t.to(device, non_blocking=True) for t in module())
             else:
                 bottoms = [blobs[b] if keep else blobs[b].detach()

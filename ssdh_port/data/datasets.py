@@ -65,10 +65,16 @@ def _safe_members(archive, prefix):
             yield member
 
 
-def prepare_cifar10_jpg(archive, out_dir, sizes=(32,), overwrite=False):
+def prepare_cifar10_jpg(archive, out_dir, sizes=(32,), overwrite=False, layout="bgr"):
     """The authors' CIFAR-10 JPEG archive -> images, list files, LMDBs and means.
 
-    Returns {"train_list", "test_list", "<split>_lmdb_<size>", "mean_<size>"}."""
+    layout "bgr": convert_imageset's records (OpenCV BGR), as the authors' own
+    pipeline made them. layout "rgb": RGB planar bytes at 32 x 32, what Caffe's
+    convert_cifar_data writes from the binary set, for models trained on that
+    (the cifar10_quick example). Returns {"train_list", "test_list",
+    "<split>_lmdb_<size>", "mean_<size>"}."""
+    if layout not in ("bgr", "rgb"):
+        raise DatasetError(f"layout must be 'bgr' or 'rgb', got {layout!r}")
     prefix = os.path.join("examples", "cvprw15-cifar10", "dataset")
     images_dir = os.path.join(out_dir, "images")
     try:
@@ -90,6 +96,8 @@ def prepare_cifar10_jpg(archive, out_dir, sizes=(32,), overwrite=False):
             db = os.path.join(out_dir, f"{split}_lmdb_{size}")
             if os.path.exists(db) and not overwrite:
                 _log(f"{db} exists, kept")
+            elif layout == "rgb":
+                _write_rgb_db(images_dir, lists[f"{split}_list"], db, size, overwrite)
             else:
                 resize = (size, size) if size != 32 else (0, 0)
                 convert_imageset(images_dir, lists[f"{split}_list"], db, *resize, overwrite=overwrite)
@@ -99,6 +107,23 @@ def prepare_cifar10_jpg(archive, out_dir, sizes=(32,), overwrite=False):
             write_image_mean(result[f"train_lmdb_{size}"], mean)
         result[f"mean_{size}"] = mean
     return result
+
+
+def _write_rgb_db(root, list_file, db, size, overwrite):
+    import cv2
+
+    from ssdh_port.data.imageset import read_list
+
+    entries = read_list(list_file)
+    images = np.zeros((len(entries), 3, size, size), np.uint8)
+    for i, (name, _) in enumerate(entries):
+        bgr = cv2.imread(os.path.join(root, name), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise DatasetError(f"{os.path.join(root, name)}: cannot read the image")
+        if bgr.shape[:2] != (size, size):
+            bgr = cv2.resize(bgr, (size, size), interpolation=cv2.INTER_LINEAR)
+        images[i] = bgr[:, :, ::-1].transpose(2, 0, 1)
+    write_array_db(db, images, [label for _, label in entries], overwrite=overwrite)
 
 
 def _cifar_lists(images_dir, out_dir):

@@ -28,9 +28,14 @@ _LEVELDBS = {}
 
 
 def _shared_environment(path):
-    key = (os.path.realpath(path), os.getpid())
+    real = os.path.realpath(path)
+    key = (real, os.getpid())
     env = _ENVIRONMENTS.get(key)
     if env is None:
+        # After a fork (a DataLoader worker) the parent's handle is inherited and
+        # LMDB refuses a second one for the same file: drop the inherited one.
+        for old in [k for k in _ENVIRONMENTS if k[0] == real]:
+            _ENVIRONMENTS.pop(old).close()
         try:
             env = lmdb.open(path, readonly=True, lock=False, readahead=False, meminit=False,
                             subdir=os.path.isdir(path), max_readers=512)

@@ -104,7 +104,7 @@ def evaluate(query_codes, db_codes, query_labels, db_labels, topk, radius=2,
             dist = _distances(query[start:stop], db, mode)
             order = torch.sort(dist, dim=1, stable=True).indices[:, :k]
             hits = torch.gather(relevant, 1, order)
-            ap[start:stop] = _average_precision(hits)
+            ap[start:stop] = average_precision(hits)
             # Summed over queries, the cumulative hits at each rank are the
             # cumulative sum of the per-rank hit counts.
             hits_at += hits.sum(dim=0, dtype=torch.float64).cumsum(dim=0)
@@ -137,7 +137,7 @@ def evaluate(query_codes, db_codes, query_labels, db_labels, topk, radius=2,
     return result
 
 
-def _average_precision(hits):
+def average_precision(hits):
     """AP of each row of a B x k bool hit matrix: the mean over the hits of
     (hits so far) / (rank), 0 for a row without hits. Works on the hit
     positions only, so a whole-ranking evaluation stays cheap."""
