@@ -295,3 +295,47 @@ def test_streaming_reader_equals_protobuf(model):
         assert len(streamed[name]) == len(blobs)
         for a, b in zip(streamed[name], blobs):
             assert a.shape == b.shape and np.array_equal(a, b)
+
+
+def test_multilabel_layers_against_numpy():
+    text = """
+    layer { name: "in" type: "Input" top: "s" top: "y" input_param { shape { dim: 3 dim: 4 } } }
+    layer { name: "loss" type: "MultiLabelSigmoidLoss" bottom: "s" bottom: "y" top: "loss" }
+    layer { name: "acc" type: "MultiLabelAccuracy" bottom: "s" bottom: "y" top: "acc" top: "sens" top: "spec" }
+    """
+    net = CaffeNet(text)
+    s = np.array([[2.0, -1.0, 0.5, -3.0], [-0.2, 0.3, 1.0, 4.0], [0.0, -2.0, 3.0, -1.0]], np.float32)
+    y = np.array([[1, -1, 0, 1], [-1, 1, -1, 0], [1, 0, 1, -1]], np.float32)
+    out = net(s=torch.from_numpy(s), y=torch.from_numpy(y))
+    known, t = y != 0, (y > 0)
+    ce = -(t * np.log(1 / (1 + np.exp(-s))) + (1 - t) * np.log(1 - 1 / (1 + np.exp(-s))))
+    assert float(out["loss"]) == pytest.approx((ce * known).sum() / 3, rel=1e-5)
+    predicted = s > 0
+    assert float(out["acc"]) == pytest.approx(((predicted == t) & known).sum() / known.sum())
+    assert float(out["sens"]) == pytest.approx((predicted & (y > 0)).sum() / (y > 0).sum())
+    assert float(out["spec"]) == pytest.approx((~predicted & (y < 0)).sum() / (y < 0).sum())
+    assert out.loss == out["loss"]
+
+
+def test_label_database_must_be_in_step(tmp_path, monkeypatch):
+    from ssdh_port.data.datum import float_datum
+    from ssdh_port.data.db import DatumDBWriter
+
+    monkeypatch.chdir(tmp_path)
+    with DatumDBWriter("images") as w:
+        for k in range(4):
+            w.put_array(f"{k:04d}", np.full((1, 2, 2), k, np.uint8), 0)
+    with DatumDBWriter("labels") as w:
+        for k in range(4):
+            w.put(f"{k:04d}", float_datum([k % 2, 1 - k % 2, -1]))
+    text = """
+    layer { name: "d" type: "Data" top: "data" data_param { source: "images" batch_size: 2 backend: LMDB } }
+    layer { name: "l" type: "Data" top: "label" data_param { source: "%s" batch_size: 2 backend: LMDB } }
+    """
+    out = CaffeNet(text % "labels")()
+    assert out["label"].shape == (2, 3, 1, 1) and out["label"].reshape(2, 3).tolist() == [[0, 1, -1], [1, 0, -1]]
+    with DatumDBWriter("shifted") as w:
+        for k in range(4):
+            w.put(f"{k + 1:04d}", float_datum([0, 1, 0]))
+    with pytest.raises(LayerError, match="out of step with images at record 0: key b'0001' vs b'0000'"):
+        CaffeNet(text % "shifted")

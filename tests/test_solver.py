@@ -222,6 +222,20 @@ def test_solver_yaml_equals_prototxt(e_solver, monkeypatch):
                   "max_iter", "solver_mode", "random_seed"):
         assert getattr(from_yaml, field) == getattr(from_proto, field), field
     assert list(from_yaml.stepvalue) == [3, 4]
-    (e_solver / "bad.yaml").write_text("base_lr: 0.1\nlearning_rate: 3\n")
-    with pytest.raises(Exception, match="bad.yaml: .*learning_rate"):
+    (e_solver / "bad.yaml").write_text("base_lr: 0.1\nmomentun: 0.9\n")
+    with pytest.raises(Exception, match="bad.yaml: unknown solver field 'momentun' .did you mean 'momentum'"):
         read_solver("bad.yaml")
+    (e_solver / "bad.prototxt").write_text("base_lr: 0.1\nweight_decy: 0.1\n")
+    with pytest.raises(Exception, match="bad.prototxt:2:.*did you mean 'weight_decay'"):
+        read_solver("bad.prototxt")
+
+
+@needs_shared
+def test_divergence_stops_with_the_iteration_and_the_loss(e_solver, monkeypatch):
+    solver = _solver_in(e_solver, monkeypatch, base_lr=1e6, snapshot_prefix="diverged")
+    solver.step(1)
+    solver.snapshot()
+    with pytest.raises(SolverError, match=r"iteration \d+: the loss is (nan|inf)"):
+        solver.step(20)
+    assert os.path.exists("diverged_iter_1.caffemodel")
+    assert solver.iter > 1 and solver.iter <= 21

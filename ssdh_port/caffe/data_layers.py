@@ -69,6 +69,10 @@ class Data(_SourceLayer):
             self.cursor = int(np.random.default_rng().integers(p.rand_skip)) % len(self.db)
         sample, _ = self._read(0)
         self.sample_shape = sample.shape
+        first = self.db.datum(0)
+        # A database of float_data vectors is a label database (multi-label data),
+        # read in step with an image database key by key.
+        self.is_label_db = bool(first.float_data) and not first.data
 
     def _read(self, index):
         t = self.transformer
@@ -81,6 +85,24 @@ class Data(_SourceLayer):
     def forward(self):
         records = [self._read(i) for i in self.batch_indices(self.batch_size, len(self.db))]
         return self.outputs([r[0] for r in records], [r[1] for r in records])
+
+
+def check_paired_databases(layers):
+    """Label databases must be in step with the image database of the same net:
+    same length, same keys in the same order (Caffe pairs them by position)."""
+    data = [m for m in layers if isinstance(m, Data)]
+    images = [m for m in data if not m.is_label_db]
+    for labels in (m for m in data if m.is_label_db):
+        for image in images:
+            if len(image.db) != len(labels.db):
+                raise labels.error(
+                    f"label database {labels.db.path} has {len(labels.db)} records, the image "
+                    f"database {image.db.path} {len(image.db)}: they are out of step")
+            for index, (a, b) in enumerate(zip(image.db.keys, labels.db.keys)):
+                if a != b:
+                    raise labels.error(
+                        f"label database {labels.db.path} is out of step with {image.db.path} "
+                        f"at record {index}: key {b!r} vs {a!r}")
 
 
 def read_list_file(path, layer):

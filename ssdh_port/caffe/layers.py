@@ -767,6 +767,55 @@ class Accuracy(CaffeLayer):
         return (accuracy, per_class)
 
 
+# ---------------------------------------------------------------- multi-label
+
+
+def _signed_targets(scores, labels, name):
+    """Multi-label targets of the Caffe multi-label forks: +1 positive, -1
+    negative, 0 unknown (ignored)."""
+    y = labels.reshape(scores.shape[0], -1).to(scores.dtype)
+    if y.shape != scores.reshape(scores.shape[0], -1).shape:
+        raise LayerError(f"layer '{name}': labels {tuple(labels.shape)} do not match scores "
+                         f"{tuple(scores.shape)}")
+    return y
+
+
+@register("MultiLabelSigmoidLoss")
+class MultiLabelSigmoidLoss(_Loss):
+    """Sigmoid cross-entropy over the known labels (+1 / -1; 0 ignored), summed
+    and divided by the batch size N."""
+
+    def forward(self, scores, labels):
+        x = scores.reshape(scores.shape[0], -1)
+        y = _signed_targets(scores, labels, self.name)
+        known = (y != 0).to(x.dtype)
+        target = (y > 0).to(x.dtype)
+        losses = F.binary_cross_entropy_with_logits(x, target, reduction="none") * known
+        return (losses.sum() / x.shape[0],)
+
+
+@register("MultiLabelAccuracy")
+class MultiLabelAccuracy(CaffeLayer):
+    """Over the known labels (+1 / -1; 0 ignored), with score > 0 read as positive:
+    accuracy, then optionally sensitivity (true-positive rate) and specificity
+    (true-negative rate) as second and third tops."""
+
+    def top_shapes(self):
+        return [()] * len(self.param.top)
+
+    def forward(self, scores, labels):
+        x = scores.reshape(scores.shape[0], -1)
+        y = _signed_targets(scores, labels, self.name)
+        predicted = x > 0
+        positive, negative = y > 0, y < 0
+        true_pos = (predicted & positive).sum()
+        true_neg = (~predicted & negative).sum()
+        rate = lambda hits, total: hits.to(x.dtype) / max(int(total), 1)
+        outs = (rate(true_pos + true_neg, positive.sum() + negative.sum()),
+                rate(true_pos, positive.sum()), rate(true_neg, negative.sum()))
+        return outs[: len(self.param.top)]
+
+
 # ---------------------------------------------------------------- SSDH / DNNH
 
 

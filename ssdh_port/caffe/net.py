@@ -87,6 +87,7 @@ class CaffeNet(nn.Module):
         for layer in self.net_param.layer:
             if layer_included(layer, phase, level, stages):
                 self._add_layer(layer, overrides)
+        data_layers.check_paired_databases(self.layers)
         self.split_names = self._split_names()
         # Follows .to()/.cuda(): data layers read on the CPU, their batches move here.
         self.register_buffer("_device_marker", torch.zeros(0), persistent=False)

@@ -11,6 +11,7 @@ local_lr = lr * lr_mult and local_decay = weight_decay * decay_mult per blob.
 import collections
 import math
 import os
+import re
 
 import numpy as np
 import torch
@@ -241,6 +242,12 @@ class Solver:
             outputs = out
         return total / self.param.iter_size, outputs
 
+    def _divergence(self, loss, outputs):
+        bad = [name for name in self.net.output_names
+               if not bool(torch.isfinite(outputs[name].detach()).all())]
+        return (f"iteration {self.iter}: the loss is {loss} (non-finite: {bad or 'the total'}); "
+                "training stopped, no update applied and the last snapshot kept")
+
     def apply_update(self):
         rate = self.rate(self.iter)
         if self.param.display and self.iter % self.param.display == 0:
@@ -266,6 +273,8 @@ class Solver:
                     self.iter > 0 or p.test_initialization):
                 self.test_all()
             loss, outputs = self.forward_backward()
+            if not math.isfinite(loss):
+                raise SolverError(self._divergence(loss, outputs))
             self.losses.append(loss)
             smoothed = sum(self.losses) / len(self.losses)
             displayed = p.display and self.iter % p.display == 0
@@ -421,8 +430,26 @@ def read_solver(path):
             raise caffe_io.CaffeFileError(f"{path}: malformed YAML: {err}") from None
         if not isinstance(data, dict):
             raise caffe_io.CaffeFileError(f"{path}: a solver.yaml holds a mapping of SolverParameter fields")
+        unknown = [key for key in data if key not in pb.SolverParameter.DESCRIPTOR.fields_by_name]
+        if unknown:
+            raise caffe_io.CaffeFileError(f"{path}: {_unknown_field(unknown[0])}")
         try:
             return json_format.ParseDict(data, pb.SolverParameter())
         except json_format.ParseError as err:
             raise caffe_io.CaffeFileError(f"{path}: {err}") from None
-    return caffe_io.read_solver_prototxt(path)
+    try:
+        return caffe_io.read_solver_prototxt(path)
+    except caffe_io.CaffeFileError as err:
+        match = re.search(r'has no field named "([^"]+)"', str(err))
+        if match:
+            raise caffe_io.CaffeFileError(f"{err}; {_unknown_field(match.group(1))}") from None
+        raise
+
+
+def _unknown_field(name):
+    """'unknown solver field X' with the nearest valid SolverParameter field."""
+    import difflib
+
+    valid = list(pb.SolverParameter.DESCRIPTOR.fields_by_name)
+    near = difflib.get_close_matches(name, valid, n=1, cutoff=0.0)
+    return f"unknown solver field '{name}' (did you mean '{near[0]}'?)"
