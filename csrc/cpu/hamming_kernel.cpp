@@ -36,14 +36,80 @@ Codes prepare(const at::Tensor& queries, const at::Tensor& database, const char*
   return c;
 }
 
-// All distances of one query, written to dist[0..n_db).
-void query_distances(const Codes& c, int64_t q, uint16_t* dist) {
-  const uint8_t* query = c.queries.const_data_ptr<uint8_t>() + q * c.bytes;
+// Queries that share one pass over the database: each database block is read
+// from memory once and used for all of them while it sits in cache.
+constexpr int64_t kQueryBlock = 8;
+
+using Distances = std::vector<std::vector<uint16_t>>;
+
+// All distances of queries [q0, q1): dist[q - q0][0..n_db).
+void block_distances(const Codes& c, int64_t q0, int64_t q1, Distances& dist) {
+  const uint8_t* queries = c.queries.const_data_ptr<uint8_t>();
   const uint8_t* db = c.database.const_data_ptr<uint8_t>();
   const DistanceFn distances = best_distance_fn();
   for (int64_t first = 0; first < c.n_db; first += kDbBlock) {
     const int64_t last = std::min(c.n_db, first + kDbBlock);
-    distances(query, db, c.bytes, first, last, dist + first);
+    for (int64_t q = q0; q < q1; ++q) {
+      distances(queries + q * c.bytes, db, c.bytes, first, last, dist[q - q0].data() + first);
+    }
+  }
+}
+
+// body(q0, q1, dist) for blocks of queries in parallel, with their distances.
+template <typename Body>
+void for_each_query_block(const Codes& c, const Body& body) {
+  const int64_t blocks = (c.n_queries + kQueryBlock - 1) / kQueryBlock;
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    Distances dist(std::min(kQueryBlock, c.n_queries), std::vector<uint16_t>(c.n_db));
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t q0 = b * kQueryBlock;
+      const int64_t q1 = std::min(c.n_queries, q0 + kQueryBlock);
+      block_distances(c, q0, q1, dist);
+      body(q0, q1, dist);
+    }
+  });
+}
+
+// body(q0, q1, candidates) for blocks of queries in parallel, each query's
+// candidates scanned with the given start bound (and k, 0 for a fixed bound).
+template <typename Body>
+void scan_query_blocks(const Codes& c, int bound, int64_t k, const Body& body) {
+  const int64_t blocks = (c.n_queries + kQueryBlock - 1) / kQueryBlock;
+  const uint8_t* queries = c.queries.const_data_ptr<uint8_t>();
+  const uint8_t* db = c.database.const_data_ptr<uint8_t>();
+  const ScanFn scan = best_scan_fn();
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<Candidates> found(kQueryBlock);
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t q0 = b * kQueryBlock;
+      const int64_t q1 = std::min(c.n_queries, q0 + kQueryBlock);
+      for (int64_t q = q0; q < q1; ++q) {
+        found[q - q0].reset(bound, k, c.bits);
+      }
+      for (int64_t first = 0; first < c.n_db; first += kDbBlock) {
+        const int64_t last = std::min(c.n_db, first + kDbBlock);
+        for (int64_t q = q0; q < q1; ++q) {
+          scan(queries + q * c.bytes, db, c.bytes, first, last, found[q - q0]);
+        }
+      }
+      body(q0, q1, found);
+    }
+  });
+}
+
+// Place candidates with distance <= cutoff at slot[d]++ (positions < end kept).
+void place(const Candidates& cand, int64_t cutoff, std::vector<int64_t>& slot, int64_t end,
+           int32_t* dist_out, int64_t* idx_out) {
+  for (size_t i = 0; i < cand.index.size(); ++i) {
+    const int64_t d = cand.distance[i];
+    if (d > cutoff) {
+      continue;
+    }
+    const int64_t position = slot[d]++;
+    if (position < end) {
+      dist_out[position] = static_cast<int32_t>(d);
+      idx_out[position] = cand.index[i];
+    }
   }
 }
 
@@ -57,37 +123,21 @@ std::tuple<at::Tensor, at::Tensor> hamming_topk_kernel(
   at::Tensor out_idx = at::empty({c.n_queries, k}, queries.options().dtype(at::kLong));
   int32_t* dist_out = out_dist.mutable_data_ptr<int32_t>();
   int64_t* idx_out = out_idx.mutable_data_ptr<int64_t>();
-  at::parallel_for(0, c.n_queries, 1, [&](int64_t begin, int64_t end) {
-    std::vector<uint16_t> dist(c.n_db);
+  scan_query_blocks(c, static_cast<int>(c.bits), k, [&](int64_t q0, int64_t q1,
+                                                       const std::vector<Candidates>& found) {
     std::vector<int64_t> slot(c.bits + 2);
-    for (int64_t q = begin; q < end; ++q) {
-      query_distances(c, q, dist.data());
-      // Histogram, then the first k positions of the counting sort.
-      std::fill(slot.begin(), slot.end(), 0);
-      for (int64_t j = 0; j < c.n_db; ++j) {
-        ++slot[dist[j] + 1];
-      }
+    for (int64_t q = q0; q < q1; ++q) {
+      const Candidates& cand = found[q - q0];
+      // slot[d] = candidates closer than d, over the distances the scan kept whole.
+      slot[0] = 0;
       int64_t cutoff = 0;
-      for (int64_t d = 1; d <= c.bits + 1; ++d) {
-        slot[d] += slot[d - 1];  // slot[d] = codes closer than d
+      for (int64_t d = 1; d <= cand.bound + 1; ++d) {
+        slot[d] = slot[d - 1] + cand.count[d - 1];
         if (slot[d] < k) {
           cutoff = d;
         }
       }
-      // Codes at distance <= cutoff fill the k slots (the last bucket only partly).
-      int32_t* d_row = dist_out + q * k;
-      int64_t* i_row = idx_out + q * k;
-      for (int64_t j = 0; j < c.n_db; ++j) {
-        const int64_t d = dist[j];
-        if (d > cutoff) {
-          continue;
-        }
-        const int64_t position = slot[d]++;
-        if (position < k) {
-          d_row[position] = static_cast<int32_t>(d);
-          i_row[position] = j;
-        }
-      }
+      place(cand, std::min<int64_t>(cutoff, cand.bound), slot, k, dist_out + q * k, idx_out + q * k);
     }
   });
   return {out_dist, out_idx};
@@ -98,52 +148,39 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hamming_radius_kernel(
   const Codes c = prepare(queries, database, "hamming_radius");
   TORCH_CHECK(radius >= 0, "hamming_radius: radius must be >= 0, got ", radius);
   const int64_t r = std::min(radius, c.bits);
-  // Pass 1: how many codes each query returns.
-  at::Tensor lims = at::zeros({c.n_queries + 1}, queries.options().dtype(at::kLong));
-  int64_t* counts = lims.mutable_data_ptr<int64_t>() + 1;
-  at::parallel_for(0, c.n_queries, 1, [&](int64_t begin, int64_t end) {
-    std::vector<uint16_t> dist(c.n_db);
-    for (int64_t q = begin; q < end; ++q) {
-      query_distances(c, q, dist.data());
-      int64_t n = 0;
-      for (int64_t j = 0; j < c.n_db; ++j) {
-        n += dist[j] <= r;
-      }
-      counts[q] = n;
+  // One scan per query with the fixed bound r; each query's codes are kept
+  // until the output can be sized.
+  std::vector<Candidates> results(c.n_queries);
+  scan_query_blocks(c, static_cast<int>(r), 0, [&](int64_t q0, int64_t q1,
+                                                   const std::vector<Candidates>& found) {
+    for (int64_t q = q0; q < q1; ++q) {
+      results[q].index = found[q - q0].index;
+      results[q].distance = found[q - q0].distance;
     }
   });
+  at::Tensor lims = at::zeros({c.n_queries + 1}, queries.options().dtype(at::kLong));
   int64_t* offsets = lims.mutable_data_ptr<int64_t>();
   for (int64_t q = 0; q < c.n_queries; ++q) {
-    offsets[q + 1] += offsets[q];
+    offsets[q + 1] = offsets[q] + static_cast<int64_t>(results[q].index.size());
   }
   const int64_t total = offsets[c.n_queries];
   at::Tensor out_dist = at::empty({total}, queries.options().dtype(at::kInt));
   at::Tensor out_idx = at::empty({total}, queries.options().dtype(at::kLong));
   int32_t* dist_out = out_dist.mutable_data_ptr<int32_t>();
   int64_t* idx_out = out_idx.mutable_data_ptr<int64_t>();
-  // Pass 2: each query's results sorted by distance, ties in database order.
-  at::parallel_for(0, c.n_queries, 1, [&](int64_t begin, int64_t end) {
-    std::vector<uint16_t> dist(c.n_db);
+  // Each query's results sorted by distance, ties in database order.
+  at::parallel_for(0, c.n_queries, 16, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> slot(r + 2);
     for (int64_t q = begin; q < end; ++q) {
-      query_distances(c, q, dist.data());
       std::fill(slot.begin(), slot.end(), 0);
-      for (int64_t j = 0; j < c.n_db; ++j) {
-        if (dist[j] <= r) {
-          ++slot[dist[j] + 1];
-        }
+      for (const uint16_t d : results[q].distance) {
+        ++slot[d + 1];
       }
       slot[0] = offsets[q];
       for (int64_t d = 1; d <= r + 1; ++d) {
         slot[d] += slot[d - 1];
       }
-      for (int64_t j = 0; j < c.n_db; ++j) {
-        if (dist[j] <= r) {
-          const int64_t position = slot[dist[j]]++;
-          dist_out[position] = dist[j];
-          idx_out[position] = j;
-        }
-      }
+      place(results[q], r, slot, offsets[q + 1], dist_out, idx_out);
     }
   });
   return {lims, out_dist, out_idx};
@@ -179,13 +216,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> hamming_rank_stats_ke
   int64_t* rel_out = hist_rel.mutable_data_ptr<int64_t>();
   std::mutex merge;
   int64_t* hits_out = hits_at_rank.mutable_data_ptr<int64_t>();
-  at::parallel_for(0, c.n_queries, 1, [&](int64_t begin, int64_t end) {
-    std::vector<uint16_t> dist(c.n_db);
+  for_each_query_block(c, [&](int64_t q0, int64_t q1, const Distances& block) {
     std::vector<int64_t> slot(c.bits + 2);
     std::vector<uint8_t> hit(k);
     std::vector<int64_t> hits_local(k, 0);
-    for (int64_t q = begin; q < end; ++q) {
-      query_distances(c, q, dist.data());
+    for (int64_t q = q0; q < q1; ++q) {
+      const uint16_t* dist = block[q - q0].data();
       const bool* rel_row = rel + q * c.n_db;
       int64_t* all_row = all_out + q * buckets;
       int64_t* rel_hist = rel_out + q * buckets;
@@ -233,11 +269,9 @@ at::Tensor hamming_distance_kernel(const at::Tensor& queries, const at::Tensor& 
   const Codes c = prepare(queries, database, "hamming_distance");
   at::Tensor out = at::empty({c.n_queries, c.n_db}, queries.options().dtype(at::kInt));
   int32_t* data = out.mutable_data_ptr<int32_t>();
-  at::parallel_for(0, c.n_queries, 1, [&](int64_t begin, int64_t end) {
-    std::vector<uint16_t> dist(c.n_db);
-    for (int64_t q = begin; q < end; ++q) {
-      query_distances(c, q, dist.data());
-      std::copy(dist.begin(), dist.end(), data + q * c.n_db);
+  for_each_query_block(c, [&](int64_t q0, int64_t q1, const Distances& block) {
+    for (int64_t q = q0; q < q1; ++q) {
+      std::copy(block[q - q0].begin(), block[q - q0].end(), data + q * c.n_db);
     }
   });
   return out;

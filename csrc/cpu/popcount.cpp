@@ -30,7 +30,64 @@ __attribute__((always_inline)) inline void distances_any(
   }
 }
 
+template <int kBytes>
+__attribute__((always_inline)) inline void scan_fixed(
+    const uint8_t* query, const uint8_t* db, int64_t bytes, int64_t first, int64_t last,
+    Candidates& c) {
+  int bound = c.bound;
+  for (int64_t j = first; j < last; ++j) {
+    const int d = code_distance<kBytes>(query, db + j * bytes, bytes);
+    if (d > bound) {
+      continue;
+    }
+    c.index.push_back(j);
+    c.distance.push_back(static_cast<uint16_t>(d));
+    if (c.k > 0) {
+      ++c.count[d];
+      if (d < bound && ++c.below >= c.k) {
+        while (bound > 0 && c.below >= c.k) {
+          --bound;
+          c.below -= c.count[bound];
+        }
+      }
+    }
+  }
+  c.bound = bound;
+}
+
+__attribute__((always_inline)) inline void scan_any(
+    const uint8_t* query, const uint8_t* db, int64_t bytes, int64_t first, int64_t last,
+    Candidates& c) {
+  switch (bytes) {
+    case 2: return scan_fixed<2>(query, db, bytes, first, last, c);
+    case 4: return scan_fixed<4>(query, db, bytes, first, last, c);
+    case 6: return scan_fixed<6>(query, db, bytes, first, last, c);
+    case 8: return scan_fixed<8>(query, db, bytes, first, last, c);
+    case 16: return scan_fixed<16>(query, db, bytes, first, last, c);
+    case 32: return scan_fixed<32>(query, db, bytes, first, last, c);
+    case 64: return scan_fixed<64>(query, db, bytes, first, last, c);
+    default: return scan_fixed<0>(query, db, bytes, first, last, c);
+  }
+}
+
+void scan_generic(
+    const uint8_t* query, const uint8_t* db, int64_t bytes, int64_t first, int64_t last,
+    Candidates& c) {
+  scan_any(query, db, bytes, first, last, c);
+}
+
+__attribute__((target("popcnt"))) void scan_popcnt(
+    const uint8_t* query, const uint8_t* db, int64_t bytes, int64_t first, int64_t last,
+    Candidates& c) {
+  scan_any(query, db, bytes, first, last, c);
+}
+
 }  // namespace
+
+ScanFn best_scan_fn() {
+  static const ScanFn chosen = __builtin_cpu_supports("popcnt") ? &scan_popcnt : &scan_generic;
+  return chosen;
+}
 
 void distances_generic(
     const uint8_t* query, const uint8_t* db, int64_t bytes, int64_t first, int64_t last,

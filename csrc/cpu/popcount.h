@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 namespace ssdh {
 namespace cpu {
@@ -47,6 +48,34 @@ using DistanceFn = void (*)(const uint8_t*, const uint8_t*, int64_t, int64_t, in
 
 // The fastest implementation this CPU supports.
 DistanceFn best_distance_fn();
+
+// The codes of one query within a distance bound, in database order. With k > 0
+// the bound tightens as the scan goes: once at least k codes lie below it, no
+// code at the bound can be among the k nearest, so the bound drops by one.
+// Every code at a distance <= the final bound is kept, which is all that the k
+// nearest (and their ties) need; nothing else is stored.
+struct Candidates {
+  std::vector<int64_t> index;
+  std::vector<uint16_t> distance;
+  std::vector<int64_t> count;  // candidates per distance (when k > 0)
+  int64_t below = 0;           // candidates closer than the bound
+  int64_t k = 0;               // 0: a fixed bound (radius search)
+  int bound = 0;
+
+  void reset(int start_bound, int64_t nearest, int64_t bits) {
+    index.clear();
+    distance.clear();
+    count.assign(bits + 1, 0);
+    below = 0;
+    k = nearest;
+    bound = start_bound;
+  }
+};
+
+using ScanFn = void (*)(const uint8_t*, const uint8_t*, int64_t, int64_t, int64_t, Candidates&);
+
+// Scan database rows [first, last) for one query into its candidates.
+ScanFn best_scan_fn();
 
 }  // namespace cpu
 }  // namespace ssdh
