@@ -142,3 +142,59 @@ def test_main_job_smoke(tmp_path):
     assert report["bits"] == 12 and 0 < report["map_at_1000"] <= 1
     for key in ("loss_plot", "pk_pr_plot", "retrieval_examples"):
         assert os.path.getsize(report["files"][key]) > 5000
+
+
+def test_search_tool_and_web_server(tmp_path):
+    import threading
+    import urllib.request
+    from http.server import ThreadingHTTPServer
+
+    import cv2
+
+    images, labels = _tiny_mnist(tmp_path, n=200)
+    deploy = os.path.join(LENET_SSDH, "deploy.prototxt")
+    CaffeNet(deploy).save_caffemodel(tmp_path / "w.caffemodel")
+    assert run("encode.py", "--prototxt", deploy, "--weights", tmp_path / "w.caffemodel", "--input",
+               tmp_path / "db", "--scale", "0.00390625", "--out", tmp_path / "c.ssdh").returncode == 0
+    cv2.imwrite(str(tmp_path / "q.png"), images[3])
+    found = run("search.py", "--prototxt", deploy, "--weights", tmp_path / "w.caffemodel", "--index",
+                tmp_path / "c.ssdh", "--scale", "0.00390625", tmp_path / "q.png", "--k", "5")
+    assert found.returncode == 0, found.stderr
+    # The query is database item 3 itself: a code at distance 0 comes first.
+    assert "distance   0" in found.stdout.splitlines()[1]
+
+    sys.path.insert(0, TOOLS)
+    try:
+        import serve
+        import search as search_tool
+    finally:
+        sys.path.remove(TOOLS)
+    args = argparse_namespace(prototxt=deploy, weights=str(tmp_path / "w.caffemodel"),
+                              index=str(tmp_path / "c.ssdh"), blob=None, mean_file=None,
+                              mean_value=None, scale=0.00390625)
+    engine = search_tool.build(args, str(tmp_path / "db"))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), serve.make_handler(engine))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        page = urllib.request.urlopen(base + "/").read().decode()
+        assert "SSDH image search" in page and "200 items, 48-bit codes" in page
+        body = open(tmp_path / "q.png", "rb").read()
+        answer = json.load(urllib.request.urlopen(urllib.request.Request(base + "/search?k=4", data=body)))
+        assert len(answer["results"]) == 4 and answer["results"][0]["distance"] == 0
+        assert {"id", "distance", "label"} <= set(answer["results"][0])
+        png = urllib.request.urlopen(base + f"/image/{answer['results'][0]['id']}.png").read()
+        assert png[:4] == b"\x89PNG"
+        bad = urllib.request.Request(base + "/search?k=4", data=b"not an image")
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(bad)
+        assert err.value.code == 400
+    finally:
+        server.shutdown()
+
+
+def argparse_namespace(**fields):
+    import argparse
+
+    return argparse.Namespace(**fields)

@@ -28,14 +28,7 @@ from ssdh_port.data.db import LMDBError
 from ssdh_port.features import extract
 from ssdh_port.hashing.codes import code_report
 from ssdh_port.hashing.index import HammingIndex
-
-
-def latent_blob(net):
-    sigmoid_tops = [t for m, tops in zip(net.layers, net.tops) if m.type == "Sigmoid" for t in tops]
-    named = [t for t in sigmoid_tops if "latent" in t]
-    if named or sigmoid_tops:
-        return (named or sigmoid_tops)[-1]
-    raise LayerError("no Sigmoid layer in the net: name the latent blob with --blob")
+from ssdh_port.search import find_latent_blob
 
 
 def main(argv=None):
@@ -49,7 +42,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         net, device = build_net(args)
-        blob = args.blob or latent_blob(net)
+        blob = args.blob or find_latent_blob(net)
         extra = args.features.split(",") if args.features else []
         if args.features_out and len(extra) != 1:
             raise ValueError("--features-out goes with a single --features blob")
