@@ -166,11 +166,15 @@ class ImageData(_SourceLayer):
         return [shape, (self.p.batch_size,)][: len(self.param.top)]
 
     def forward(self):
-        total = len(self.entries)
-        positions = self.batch_indices(self.p.batch_size, total)
-        if self.p.shuffle and self.cursor < self.p.batch_size and positions[-1] < positions[0]:
-            self.shuffle_rng.shuffle(self.order)  # a new epoch, as Caffe reshuffles
-        records = [self._read(i) for i in positions]
+        records = []
+        for _ in range(self.p.batch_size):
+            records.append(self._read(self.cursor))
+            self.cursor += 1
+            if self.cursor == len(self.entries):
+                # End of an epoch: as Caffe, start over, in a new order when shuffling.
+                self.cursor = 0
+                if self.p.shuffle:
+                    self.shuffle_rng.shuffle(self.order)
         return self.outputs([r[0] for r in records], [r[1] for r in records])
 
 
