@@ -17,6 +17,8 @@ from ssdh_port.data.db import DatumDBWriter
 from tests.shared_data import SHARED, needs_shared
 
 PROTOTXTS = sorted(glob.glob(os.path.join(SHARED, "**", "*.prototxt"), recursive=True))
+RECIPES = sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                        "prototxt", "*", "*.prototxt")))
 NETS = [p for p in PROTOTXTS if "base_lr" not in open(p).read()]
 SOLVERS = [p for p in PROTOTXTS if "base_lr" in open(p).read()]
 
@@ -77,6 +79,22 @@ def test_every_shared_net_builds_in_both_phases(prototxt, tmp_path, monkeypatch)
         out = built() if small and not built.input_names else None  # ImageNet nets: too slow here
         if out is not None and phase == "TRAIN" and any(m.is_loss for m in built.layers):
             assert out.loss is not None and bool(out.loss.isfinite())
+
+
+@pytest.mark.parametrize("prototxt", RECIPES, ids=[os.path.relpath(p, os.path.dirname(os.path.dirname(p)))
+                                                   for p in RECIPES])
+def test_every_recipe_builds_in_both_phases(prototxt, tmp_path):
+    net = _with_fixture_data(caffe_io.read_net_prototxt(prototxt), prototxt, str(tmp_path))
+    for phase in ("TRAIN", "TEST"):
+        built = CaffeNet(net, phase=phase)
+        assert len(built.layers) > 0
+
+
+@pytest.mark.parametrize("solver", sorted(glob.glob(os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "prototxt", "*", "solver.yaml"))))
+def test_every_recipe_solver_parses(solver):
+    param = read_solver(solver)
+    assert param.base_lr > 0 and (param.net or param.train_net)
 
 
 @needs_shared
