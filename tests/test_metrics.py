@@ -8,7 +8,8 @@ from ssdh_port import ops
 from ssdh_port.hashing import evaluate, hamming_distances
 
 
-def precision_m(db_labels, db_codes, query_labels, query_codes, top_k, mode=1):
+def precision_m(db_labels, db_codes, query_labels, query_codes, top_k, mode=1,
+                relevant=lambda q, d: q == d):
     """Transcription of precision.m: per query, sort by distance (stable), walk the
     first top_k, AP = sum(P .* hit) / sum(hit)."""
     n_queries = query_codes.shape[0]
@@ -23,7 +24,7 @@ def precision_m(db_labels, db_codes, query_labels, query_codes, top_k, mode=1):
         order = np.argsort(dist, kind="stable")
         buffer_yes = np.zeros(top_k)
         for j in range(top_k):
-            if query_labels[i] == db_labels[order[j]]:
+            if relevant(query_labels[i], db_labels[order[j]]):
                 buffer_yes[j] = 1
         p = np.cumsum(buffer_yes) / ns
         ap[i] = 0 if buffer_yes.sum() == 0 else (p * buffer_yes).sum() / buffer_yes.sum()
@@ -120,3 +121,16 @@ def test_hamming_distances_exact():
 def test_bad_input(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+@pytest.mark.parametrize("relevance", ["any", "exact"])
+def test_multilabel_map_matches_precision_m(relevance):
+    db, _, q, _ = _data(n_db=200, n_q=25, bits=16)
+    rng = np.random.default_rng(5)
+    db_labels = (rng.random((200, 4)) < 0.4).astype(np.int64)
+    q_labels = (rng.random((25, 4)) < 0.4).astype(np.int64)
+    rule = (lambda a, b: bool((a & b).any())) if relevance == "any" else (lambda a, b: bool((a == b).all()))
+    ref_map, ref_prec = precision_m(db_labels, db, q_labels, q, 50, relevant=rule)
+    result = evaluate(q, db, q_labels, db_labels, topk=50, relevance=relevance)
+    assert result["map"] == pytest.approx(ref_map, abs=1e-12)
+    np.testing.assert_allclose(result["precision_at_k"], ref_prec, atol=1e-12)
