@@ -111,6 +111,14 @@ def plot(rows, results, references, out):
     plt.close(fig)
 
 
+def _sampled_curve(curve, points=1000):
+    """{k: precision@k}: every k up to 1000, then 1000 evenly spaced ranks."""
+    n = len(curve)
+    ks = np.unique(np.concatenate([np.arange(1, min(n, 1000) + 1),
+                                   np.linspace(1, n, points).round().astype(int)]))
+    return {int(k): round(float(curve[k - 1]), 6) for k in ks}
+
+
 def main(argv=None):
     args = parse_args(argv)
     names = args.name or [os.path.splitext(os.path.basename(q))[0] for q in args.query]
@@ -134,7 +142,7 @@ def main(argv=None):
     with atomic_write(args.out + ".md", "w") as f:
         f.write(text + "\n")
     with atomic_write(args.out + ".json", "w") as f:
-        json.dump({"rows": rows, "curves": {r["name"]: res["precision_at_k"].tolist()
+        json.dump({"rows": rows, "curves": {r["name"]: _sampled_curve(res["precision_at_k"])
                                             for r, res in zip(rows, results)}}, f, indent=1)
     references = reference_curves(args.reference_curves) if args.reference_curves else {}
     plot(rows, results, references, args.out)

@@ -107,6 +107,9 @@ def main(argv=None):
         log_file = open(log_path + ".tmp", "w")
 
         def on_iteration(record):
+            # The machine-readable log follows the display lines: every `display` iterations.
+            if param.display and record["iter"] % param.display:
+                return
             records.append(record)
             log_file.write(json.dumps({"kind": "train", **record}) + "\n")
 
