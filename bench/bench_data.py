@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from ssdh_port.caffe.proto import caffe_pb2 as pb
-from ssdh_port.data.datum import array_to_datum, datum_to_array, encoded_datum, parse_datum
+from ssdh_port.data.datum import array_to_datum, encoded_datum, parse_datum
 from ssdh_port.data.db import DatumDBWriter, DatumLMDB
 from ssdh_port.data.transformer import DataTransformer
 
@@ -38,10 +38,12 @@ def make_db(path, count, encoded, rng):
 
 
 def ours(db, transformer, batch):
-    """Records -> uint8 batch -> one vectorised crop/mirror/mean/scale."""
+    """What the Data layer does: raw records copied once from the mapped database into
+    a reused uint8 batch (encoded ones decoded), then crop/mirror/mean/scale per batch."""
+    staging = np.empty((batch, 3, 256, 256), np.uint8)
     for start in range(0, len(db) - batch + 1, batch):
-        arrays = [db.read(i)[0] for i in range(start, start + batch)]
-        transformer(torch.from_numpy(np.stack(arrays)))
+        db.read_batch(range(start, start + batch), staging)
+        transformer(torch.from_numpy(staging))
 
 
 def baseline(db, mean, batch, rng):

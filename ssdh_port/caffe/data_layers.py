@@ -44,7 +44,9 @@ class _SourceLayer(CaffeLayer):
             if image.shape != first:
                 raise self.error(f"item {i} of the batch has shape {image.shape}, the first {first}; "
                                  "a batch needs images of one size (resize them)")
-        batch = torch.from_numpy(np.stack(images))
+        return self._transformed(torch.from_numpy(np.stack(images)), labels)
+
+    def _transformed(self, batch, labels):
         if self.transform_device is not None and self.transform_device.type == "cuda":
             batch = batch.pin_memory().to(self.transform_device, non_blocking=True)
         data = self.transformer(batch)
@@ -73,6 +75,9 @@ class Data(_SourceLayer):
         # A database of float_data vectors is a label database (multi-label data),
         # read in step with an image database key by key.
         self.is_label_db = bool(first.float_data) and not first.data
+        # Raw byte records take the one-copy batch path (force_* only touch encoded ones).
+        self.raw_records = bool(first.data) and not first.encoded
+        self._staging = None
 
     def _read(self, index):
         t = self.transformer
@@ -83,8 +88,18 @@ class Data(_SourceLayer):
         return [shape, (self.batch_size,)][: len(self.param.top)]
 
     def forward(self):
-        records = [self._read(i) for i in self.batch_indices(self.batch_size, len(self.db))]
+        indices = self.batch_indices(self.batch_size, len(self.db))
+        t = self.transformer
+        if self.raw_records and hasattr(self.db, "read_batch"):
+            # Raw byte records: one copy from the mapped database into a staging
+            # batch reused across forwards (the transform writes a new tensor).
+            if self._staging is None:
+                self._staging = np.empty((self.batch_size,) + self.sample_shape, np.uint8)
+            labels = self.db.read_batch(indices, self._staging)
+            return self._transformed(torch.from_numpy(self._staging), labels)
+        records = [self._read(i) for i in indices]
         return self.outputs([r[0] for r in records], [r[1] for r in records])
+
 
 
 def check_paired_databases(layers):

@@ -11,6 +11,7 @@ import shutil
 import tempfile
 
 import lmdb
+import numpy as np
 
 from ssdh_port.data.datum import DatumError, array_to_datum, datum_to_array, parse_datum
 
@@ -84,6 +85,41 @@ class DatumLMDB(_DatumDB):
     def _environment(self):
         # Keyed by process: a DataLoader worker opens its own after the fork.
         return _shared_environment(self.path)
+
+    def read_batch(self, indices, out):
+        """Raw uint8 records indices -> out (N x C x H x W uint8, preallocated) in one
+        read transaction, copying each record's bytes once from the mapped file;
+        encoded or float records fall back to read(). Returns the labels."""
+        from ssdh_port.caffe.wire import LENGTH, VARINT, WireError, fields
+
+        labels = []
+        with self._environment().begin(buffers=True) as txn:
+            for slot, index in enumerate(indices):
+                value = txn.get(self.keys[index])
+                if value is None:
+                    raise LMDBError(f"{self.path}: record {self.keys[index]!r} vanished while reading")
+                header, data = {}, None
+                try:
+                    for number, kind, item in fields(value, 0, len(value)):
+                        if kind == VARINT:
+                            header[number] = item
+                        elif number == 4 and kind == LENGTH:
+                            data = item
+                except WireError as err:
+                    raise DatumError(f"{self.path} record {self.keys[index]!r}: not a Caffe Datum ({err})") from None
+                shape = (header.get(1, 0), header.get(2, 0), header.get(3, 0))
+                if header.get(7) or data is None or shape != out.shape[1:] or data[1] != out[slot].size:
+                    array, label = self.read(index)  # the general path names any problem
+                    if array.shape != out.shape[1:]:
+                        raise DatumError(f"{self.path} record {self.keys[index]!r}: shape {array.shape}, "
+                                         f"the batch holds {out.shape[1:]} (one size per batch)")
+                    out[slot] = array
+                    labels.append(label)
+                    continue
+                out[slot] = np.frombuffer(value, np.uint8, data[1], data[0]).reshape(shape)
+                label = header.get(5, 0)
+                labels.append(label - (1 << 64) if label >= 1 << 63 else label)
+        return labels
 
     def raw(self, index):
         key = self.keys[index]

@@ -76,13 +76,42 @@ class DataTransformer:
             rows, cols, flips = self.draw(n, height, width)
         out_h = self.crop or height
         out_w = self.crop or width
-        device = x.device
+        if x.device.type == "cpu":
+            out = self._windows_cpu(x, rows, cols, flips, out_h, out_w)
+        else:
+            out = self._windows_gathered(x, rows, cols, flips, out_h, out_w)
+        if self.mean is None and self.mean_values:
+            values = self.mean_values * channels if len(self.mean_values) == 1 else self.mean_values
+            out -= torch.tensor(values, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+        if self.scale != 1.0:
+            out *= self.scale
+        return out
+
+    def _windows_cpu(self, x, rows, cols, flips, out_h, out_w):
+        """Per image: the window (a view), mirrored if drawn, converted to float and
+        mean-subtracted in one pass into the output; no gather, no intermediate."""
+        out = torch.empty((x.shape[0], x.shape[1], out_h, out_w), dtype=torch.float32)
+        for i in range(x.shape[0]):
+            r, c = int(rows[i]), int(cols[i])
+            window = x[i, :, r:r + out_h, c:c + out_w]
+            if self.mean is not None:
+                mean = self.mean[:, r:r + out_h, c:c + out_w]
+                if flips[i]:
+                    window, mean = window.flip(-1), mean.flip(-1)
+                torch.sub(window, mean, out=out[i])
+            else:
+                out[i].copy_(window.flip(-1) if flips[i] else window)
+        return out
+
+    def _windows_gathered(self, x, rows, cols, flips, out_h, out_w):
+        """The same as one gather per batch (few large kernels: the GPU path)."""
+        n, device = x.shape[0], x.device
         row_idx = torch.as_tensor(rows, device=device)[:, None] + torch.arange(out_h, device=device)
         col_base = torch.arange(out_w, device=device)
         flip_t = torch.as_tensor(flips, device=device)[:, None]
         col_idx = torch.as_tensor(cols, device=device)[:, None] + torch.where(
             flip_t, out_w - 1 - col_base, col_base)
-        # Gather the window (mirrored where drawn): out[n, c, h, w] = x[n, c, r_h, c_w].
+        # out[n, c, h, w] = x[n, c, r_h, c_w] (mirrored where drawn).
         picked = x[torch.arange(n, device=device)[:, None, None], :,
                    row_idx[:, :, None], col_idx[:, None, :]]          # N x h x w x C
         out = picked.permute(0, 3, 1, 2).to(torch.float32)
@@ -90,11 +119,6 @@ class DataTransformer:
             mean = self.mean.to(device)
             # The mean is full size: cropped at the same offsets (and mirrored with the image).
             out = out - mean[:, row_idx[:, :, None], col_idx[:, None, :]].permute(1, 0, 2, 3)
-        elif self.mean_values:
-            values = self.mean_values * channels if len(self.mean_values) == 1 else self.mean_values
-            out = out - torch.tensor(values, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        if self.scale != 1.0:
-            out = out * self.scale
         return out.contiguous()
 
     def _check_mean(self, channels, height, width):
