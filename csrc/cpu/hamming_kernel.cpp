@@ -11,6 +11,7 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <cstring>
 #include <mutex>
 #include <vector>
 
@@ -78,6 +79,7 @@ void scan_query_blocks(const Codes& c, int bound, int64_t k, const Body& body) {
   const uint8_t* queries = c.queries.const_data_ptr<uint8_t>();
   const uint8_t* db = c.database.const_data_ptr<uint8_t>();
   const ScanFn scan = best_scan_fn();
+  const Scan64Fn scan64 = best_scan64_fn();
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     std::vector<Candidates> found(kQueryBlock);
     for (int64_t b = b0; b < b1; ++b) {
@@ -86,10 +88,21 @@ void scan_query_blocks(const Codes& c, int bound, int64_t k, const Body& body) {
       for (int64_t q = q0; q < q1; ++q) {
         found[q - q0].reset(bound, k, c.bits);
       }
-      for (int64_t first = 0; first < c.n_db; first += kDbBlock) {
-        const int64_t last = std::min(c.n_db, first + kDbBlock);
+      if (c.bytes == 8) {
+        uint64_t words[kQueryBlock];
         for (int64_t q = q0; q < q1; ++q) {
-          scan(queries + q * c.bytes, db, c.bytes, first, last, found[q - q0]);
+          std::memcpy(&words[q - q0], queries + q * 8, 8);
+        }
+        for (int64_t first = 0; first < c.n_db; first += kDbBlock) {
+          const int64_t last = std::min(c.n_db, first + kDbBlock);
+          scan64(words, static_cast<int>(q1 - q0), db, first, last, found.data());
+        }
+      } else {
+        for (int64_t first = 0; first < c.n_db; first += kDbBlock) {
+          const int64_t last = std::min(c.n_db, first + kDbBlock);
+          for (int64_t q = q0; q < q1; ++q) {
+            scan(queries + q * c.bytes, db, c.bytes, first, last, found[q - q0]);
+          }
         }
       }
       body(q0, q1, found);

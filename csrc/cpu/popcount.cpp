@@ -37,27 +37,56 @@ struct ScanLoop {
   __attribute__((always_inline)) static inline void run(
       const uint8_t* query, const uint8_t* db, int64_t bytes, int64_t first, int64_t last,
       Candidates& c) {
-    int bound = c.bound;
     for (int64_t j = first; j < last; ++j) {
       const int d = code_distance<kBytes>(query, db + j * bytes, bytes);
-      if (d > bound) {
-        continue;
-      }
-      c.index.push_back(j);
-      c.distance.push_back(static_cast<uint16_t>(d));
-      if (c.k > 0) {
-        ++c.count[d];
-        if (d < bound && ++c.below >= c.k) {
-          while (bound > 0 && c.below >= c.k) {
-            --bound;
-            c.below -= c.count[bound];
-          }
-        }
+      if (d <= c.bound) {
+        add_candidate(c, j, d);
       }
     }
-    c.bound = bound;
   }
 };
+
+template <int kQueries>
+__attribute__((always_inline)) inline void scan64_fixed(
+    const uint64_t* queries, const uint8_t* db, int64_t first, int64_t last, Candidates* c) {
+  int bound[kQueries];
+  for (int q = 0; q < kQueries; ++q) {
+    bound[q] = c[q].bound;
+  }
+  for (int64_t j = first; j < last; ++j) {
+    uint64_t code;
+    std::memcpy(&code, db + j * 8, 8);
+    for (int q = 0; q < kQueries; ++q) {
+      const int d = __builtin_popcountll(code ^ queries[q]);
+      if (__builtin_expect(d <= bound[q], 0)) {
+        add_candidate(c[q], j, d);
+        bound[q] = c[q].bound;
+      }
+    }
+  }
+}
+
+__attribute__((always_inline)) inline void scan64_any(
+    const uint64_t* queries, int n, const uint8_t* db, int64_t first, int64_t last, Candidates* c) {
+  switch (n) {
+    case 8: return scan64_fixed<8>(queries, db, first, last, c);
+    case 4: return scan64_fixed<4>(queries, db, first, last, c);
+    default:
+      for (int q = 0; q < n; ++q) {
+        scan64_fixed<1>(queries + q, db, first, last, c + q);
+      }
+  }
+}
+
+void scan64_generic(const uint64_t* queries, int n, const uint8_t* db, int64_t first,
+                    int64_t last, Candidates* c) {
+  scan64_any(queries, n, db, first, last, c);
+}
+
+__attribute__((target("popcnt"))) void scan64_popcnt(
+    const uint64_t* queries, int n, const uint8_t* db, int64_t first, int64_t last, Candidates* c) {
+  scan64_any(queries, n, db, first, last, c);
+}
 
 void scan_generic(
     const uint8_t* query, const uint8_t* db, int64_t bytes, int64_t first, int64_t last,
@@ -72,6 +101,12 @@ __attribute__((target("popcnt"))) void scan_popcnt(
 }
 
 }  // namespace
+
+Scan64Fn best_scan64_fn() {
+  static const Scan64Fn chosen =
+      __builtin_cpu_supports("popcnt") ? &scan64_popcnt : &scan64_generic;
+  return chosen;
+}
 
 ScanFn best_scan_fn() {
   static const ScanFn chosen = __builtin_cpu_supports("popcnt") ? &scan_popcnt : &scan_generic;

@@ -77,5 +77,25 @@ using ScanFn = void (*)(const uint8_t*, const uint8_t*, int64_t, int64_t, int64_
 // Scan database rows [first, last) for one query into its candidates.
 ScanFn best_scan_fn();
 
+// 64-bit codes, up to 8 queries at once: each database code is loaded once and
+// compared with every query of the block (the common case, kept in registers).
+using Scan64Fn = void (*)(const uint64_t*, int, const uint8_t*, int64_t, int64_t, Candidates*);
+Scan64Fn best_scan64_fn();
+
+// Append code j at distance d to c, tightening the bound (the rare path of a scan).
+inline void add_candidate(Candidates& c, int64_t j, int d) {
+  c.index.push_back(j);
+  c.distance.push_back(static_cast<uint16_t>(d));
+  if (c.k > 0) {
+    ++c.count[d];
+    if (d < c.bound && ++c.below >= c.k) {
+      while (c.bound > 0 && c.below >= c.k) {
+        --c.bound;
+        c.below -= c.count[c.bound];
+      }
+    }
+  }
+}
+
 }  // namespace cpu
 }  // namespace ssdh
