@@ -13,19 +13,12 @@ import sys
 import numpy as np
 import torch
 
-from ssdh_port.caffe.data_layers import read_image, read_list_file
+from ssdh_port.caffe.data_layers import read_image
 from ssdh_port.caffe.layers import LayerError
 from ssdh_port.caffe.proto import caffe_pb2 as pb
 from ssdh_port.data.db import open_db
+from ssdh_port.data.imageset import read_list
 from ssdh_port.data.transformer import DataTransformer
-
-
-class _ListReader:
-    """read_list_file wants a layer for its errors; this stands in for one."""
-
-    @staticmethod
-    def error(message):
-        return LayerError(message)
 
 
 def array_batches(arrays, batch_size):
@@ -43,7 +36,7 @@ def db_batches(path, batch_size, transform_param, backend="lmdb", resize=None):
     """Datum database or image list -> batches (data tensor, labels array)."""
     transformer = DataTransformer(transform_param or pb.TransformationParameter(), "TEST")
     if os.path.isfile(path):
-        entries = read_list_file(path, _ListReader)
+        entries = read_list(path)
         root = os.path.dirname(path)
         resize = resize or (0, 0)
 

@@ -13,6 +13,7 @@ from ssdh_port.caffe.layers import CaffeLayer, register
 from ssdh_port.caffe.proto import caffe_pb2 as pb
 from ssdh_port.data.datum import decode_image
 from ssdh_port.data.db import open_db
+from ssdh_port.data.imageset import ImagesetError, read_list
 from ssdh_port.data.transformer import DataTransformer
 
 
@@ -120,27 +121,6 @@ def check_paired_databases(layers):
                         f"at record {index}: key {b!r} vs {a!r}")
 
 
-def read_list_file(path, layer):
-    """Caffe's image list: 'relative/path label' per line (split at the last space)."""
-    try:
-        with open(path) as f:
-            lines = [line.rstrip("\n") for line in f if line.strip()]
-    except OSError as err:
-        raise layer.error(f"cannot read list file {path} ({err.strerror})") from None
-    entries = []
-    for number, line in enumerate(lines, 1):
-        name, _, label = line.rpartition(" ")
-        if not name:
-            raise layer.error(f"{path}:{number}: expected 'path label', got {line!r}")
-        try:
-            entries.append((name, int(label)))
-        except ValueError:
-            raise layer.error(f"{path}:{number}: label {label!r} is not an integer") from None
-    if not entries:
-        raise layer.error(f"list file {path} is empty")
-    return entries
-
-
 def read_image(path, new_height=0, new_width=0, is_color=True):
     """Caffe's ReadImageToCVMat: OpenCV read, optional resize (bilinear), CHW."""
     image = cv2.imread(path, cv2.IMREAD_COLOR if is_color else cv2.IMREAD_GRAYSCALE)
@@ -159,7 +139,12 @@ class ImageData(_SourceLayer):
         if bool(p.new_height) != bool(p.new_width):
             raise self.error("give both new_height and new_width, or neither")
         self.p = p
-        self.entries = read_list_file(p.source, self)
+        try:
+            self.entries = read_list(p.source)
+        except ImagesetError as err:
+            raise self.error(str(err)) from None
+        if not self.entries:
+            raise self.error(f"list file {p.source} is empty")
         self.order = list(range(len(self.entries)))
         self.shuffle_rng = np.random.default_rng()
         if p.shuffle:
