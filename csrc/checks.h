@@ -84,6 +84,26 @@ inline void check_codes(const at::Tensor& queries, const at::Tensor& database, c
       ", the database on ", database.device());
 }
 
+// Label words of the retrieval metrics: int64 rows of the same width, one per
+// query and one per database code.
+inline void check_label_words(
+    const at::Tensor& query_labels, const at::Tensor& db_labels, int64_t n_queries, int64_t n_db,
+    const char* op) {
+  for (const auto* t : {&query_labels, &db_labels}) {
+    const char* name = t == &query_labels ? "query_labels" : "database_labels";
+    const int64_t rows = t == &query_labels ? n_queries : n_db;
+    TORCH_CHECK(
+        t->dim() == 2 && t->size(0) == rows && t->size(1) >= 1, op, ": ", name,
+        " must be a 2-D tensor of ", rows, " rows of label words, got shape ", t->sizes());
+    TORCH_CHECK(
+        t->scalar_type() == at::kLong, op, ": ", name, " must be int64 label words, got ",
+        t->scalar_type());
+  }
+  TORCH_CHECK(
+      query_labels.size(1) == db_labels.size(1), op, ": query labels have ", query_labels.size(1),
+      " words per row, database labels ", db_labels.size(1));
+}
+
 // Byte width of a packed code of k bits.
 inline int64_t packed_bytes(int64_t k) {
   return (k + 7) / 8;

@@ -102,7 +102,8 @@ TORCH_LIBRARY(ssdh, m) {
   m.def("hamming_radius(Tensor queries, Tensor database, int radius) -> (Tensor, Tensor, Tensor)");
   m.def("hamming_distance(Tensor queries, Tensor database) -> Tensor");
   m.def(
-      "hamming_rank_stats(Tensor queries, Tensor database, Tensor relevant, int k) -> "
+      "hamming_rank_stats(Tensor queries, Tensor database, Tensor query_labels, "
+      "Tensor database_labels, int k, bool exact) -> "
       "(Tensor, Tensor, Tensor, Tensor)");
 }
 

@@ -325,28 +325,36 @@ def _(queries, database):
     return queries.new_empty((queries.shape[0], database.shape[0]), dtype=torch.int32)
 
 
-def hamming_rank_stats(queries: Tensor, database: Tensor, relevant: Tensor, k: int):
-    """Retrieval statistics in one pass per query (CPU): the Hamming ranking's
-    first k positions (ties in database order) and the distance histograms.
+def hamming_rank_stats(queries: Tensor, database: Tensor, query_labels: Tensor,
+                       database_labels: Tensor, k: int, exact: bool):
+    """Retrieval statistics of the Hamming ranking (CPU), ties in database order,
+    without sorting: the counting passes of DESIGN.md.
 
-    relevant: Q x N bool (is database item n relevant to query q). Returns
-    (ap float64 Q: AP@k as precision.m defines it, hits_at_rank int64 k: cumulative
-    hits at ranks 1..k summed over the queries, hist_all int64 Q x (bits+1): codes
-    per distance, hist_relevant int64 Q x (bits+1): relevant codes per distance)."""
+    Relevance comes from label words, int64 rows of equal width W (Q x W and
+    N x W): with exact=True an item is relevant when its words equal the
+    query's (class ids: W = 1), otherwise when some word shares a bit (multi-hot
+    labels packed 64 per word). ssdh_port.hashing.metrics.label_words builds them.
+    Returns (ap float64 Q: AP@k as precision.m defines it, hits_at_rank int64 k:
+    cumulative hits at ranks 1..k summed over the queries, hist_all int64
+    Q x (bits+1): codes per distance, hist_relevant int64 Q x (bits+1): relevant
+    codes per distance)."""
     _check_codes(queries, database, "hamming_rank_stats")
     if not isinstance(k, int) or not 1 <= k <= database.shape[0]:
         raise ValueError(
             f"hamming_rank_stats: k must be an int between 1 and the database size "
             f"{database.shape[0]}, got {k!r}")
-    if relevant.dtype != torch.bool or relevant.shape != (queries.shape[0], database.shape[0]):
-        raise ValueError(
-            f"hamming_rank_stats: relevant must be a bool {queries.shape[0]} x {database.shape[0]} "
-            f"matrix, got {relevant.dtype} {tuple(relevant.shape)}")
-    return torch.ops.ssdh.hamming_rank_stats(queries, database, relevant, k)
+    for name, words, rows in (("query_labels", query_labels, queries.shape[0]),
+                              ("database_labels", database_labels, database.shape[0])):
+        if words.dtype != torch.int64 or words.dim() != 2 or words.shape[0] != rows:
+            raise ValueError(
+                f"hamming_rank_stats: {name} must be int64 label words with {rows} rows "
+                f"(Q x W / N x W), got {words.dtype} {tuple(words.shape)}")
+    return torch.ops.ssdh.hamming_rank_stats(queries, database, query_labels, database_labels,
+                                             k, bool(exact))
 
 
 @torch.library.register_fake("ssdh::hamming_rank_stats")
-def _(queries, database, relevant, k):
+def _(queries, database, query_labels, database_labels, k, exact):
     buckets = 8 * queries.shape[1] + 1
     return (queries.new_empty((queries.shape[0],), dtype=torch.float64),
             queries.new_empty((k,), dtype=torch.int64),

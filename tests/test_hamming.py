@@ -1,11 +1,16 @@
 """Exact Hamming search (hamming_topk, hamming_radius, hamming_distance) against
 a NumPy reference: brute-force distances and a stable sort."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 
 import ssdh_port
 from ssdh_port import ops
+from ssdh_port.hashing import metrics
 
 
 def _codes(n, bits, seed, clustered=False):
@@ -24,11 +29,12 @@ def _reference(q_bits, db_bits):
     return dist, order
 
 
-@pytest.mark.parametrize("bits", [1, 12, 48, 64, 65, 128, 1024, 4096])
+@pytest.mark.parametrize("bits", [1, 12, 24, 40, 48, 56, 64, 65, 128, 1024, 4096])
 @pytest.mark.parametrize("clustered", [False, True])
 def test_topk_matches_stable_sort(bits, clustered):
+    # 300 codes: a partial last group of 8; 23 queries: blocks of 8, 4 and 1.
     db, db_bits = _codes(300, bits, 1, clustered)
-    q, q_bits = _codes(17, bits, 2, clustered)
+    q, q_bits = _codes(23, bits, 2, clustered)
     dist, order = _reference(q_bits, db_bits)
     for k in (1, 10, 300):
         d, i = ops.hamming_topk(q, db, k)
@@ -51,6 +57,25 @@ def test_radius_matches_reference(bits):
             got = i[lims[row]:lims[row + 1]].numpy()
             np.testing.assert_array_equal(got, expected)
             np.testing.assert_array_equal(d[lims[row]:lims[row + 1]].numpy(), dist[row, expected])
+
+
+@pytest.mark.parametrize("level", ["generic", "popcnt"])
+def test_every_instruction_set_build(level):
+    """The builds this CPU does not pick by itself, through the same tests."""
+    env = dict(os.environ, SSDH_CPU_POPCOUNT=level)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+         "-k", "topk_matches or radius_matches or rank_stats_match or ties or non_contiguous"],
+        env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert " passed" in result.stdout
+
+
+def test_bad_instruction_set_name():
+    env = dict(os.environ, SSDH_CPU_POPCOUNT="sse9")
+    code = "import torch, ssdh_port.ops as o; o.hamming_topk(torch.zeros(1, 1, dtype=torch.uint8), torch.zeros(2, 1, dtype=torch.uint8), 1)"
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert result.returncode != 0 and "SSDH_CPU_POPCOUNT must be generic, popcnt or avx512" in result.stderr
 
 
 def test_ties_keep_database_order():
@@ -113,14 +138,30 @@ def test_cuda_matches_cpu(bits):
 
 
 @pytest.mark.parametrize("bits", [12, 48, 65])
-def test_rank_stats_match_reference(bits):
+@pytest.mark.parametrize("k", [1, 40, 250])
+@pytest.mark.parametrize("labels", ["ids", "multi_hot", "multi_hot_exact", "wide"])
+def test_rank_stats_match_reference(bits, k, labels):
     db, db_bits = _codes(250, bits, 11, clustered=True)
     q, q_bits = _codes(13, bits, 12, clustered=True)
     rng = np.random.default_rng(13)
-    relevant = rng.random((13, 250)) < 0.3
+    if labels == "ids":
+        q_labels, db_labels = rng.integers(0, 4, 13), rng.integers(0, 4, 250)
+        relevant = q_labels[:, None] == db_labels[None, :]
+        words = (torch.from_numpy(q_labels)[:, None], torch.from_numpy(db_labels)[:, None], True)
+    else:
+        m = 130 if labels == "wide" else 5  # 130 labels: three words per row
+        q_hot, db_hot = rng.random((13, m)) < 0.3, rng.random((250, m)) < 0.3
+        exact = labels == "multi_hot_exact"
+        if exact:  # few distinct label sets, so that exact matches happen
+            q_hot, db_hot = q_hot[:, :3], db_hot[:, :3]
+        relevant = ((q_hot[:, None, :] == db_hot[None, :, :]).all(axis=2) if exact
+                    else (q_hot.astype(int) @ db_hot.T.astype(int)) > 0)
+        q_words, d_words, exact_flag = metrics.label_words(
+            torch.from_numpy(q_hot), torch.from_numpy(db_hot), "exact" if exact else "any")
+        assert exact_flag == exact and q_words.shape[1] == (3 if labels == "wide" else 1)
+        words = (q_words, d_words, exact)
     dist, order = _reference(q_bits, db_bits)
-    k = 40
-    ap, hits_at, hist_all, hist_rel = ops.hamming_rank_stats(q, db, torch.from_numpy(relevant), k)
+    ap, hits_at, hist_all, hist_rel = ops.hamming_rank_stats(q, db, *words[:2], k, words[2])
     hits = np.take_along_axis(relevant, order[:, :k], axis=1)
     cum = hits.cumsum(axis=1)
     expected_ap = [(cum[i] / np.arange(1, k + 1))[hits[i]].sum() / max(hits[i].sum(), 1)
@@ -131,6 +172,19 @@ def test_rank_stats_match_reference(bits):
         np.testing.assert_array_equal(hist_all[i].numpy(), np.bincount(dist[i], minlength=8 * q.shape[1] + 1))
         np.testing.assert_array_equal(
             hist_rel[i].numpy(), np.bincount(dist[i], weights=relevant[i], minlength=8 * q.shape[1] + 1))
-    torch.library.opcheck(torch.ops.ssdh.hamming_rank_stats.default, (q, db, torch.from_numpy(relevant), k))
-    with pytest.raises(ValueError, match="relevant must be a bool 13 x 250 matrix"):
-        ops.hamming_rank_stats(q, db, torch.ones(13, 250), k)
+    if k == 40 and labels == "ids":
+        torch.library.opcheck(torch.ops.ssdh.hamming_rank_stats.default, (q, db, *words[:2], k, words[2]))
+
+
+def test_rank_stats_bad_labels():
+    q, _ = _codes(13, 48, 12)
+    db, _ = _codes(250, 48, 11)
+    ids = torch.zeros(13, 1, dtype=torch.int64)
+    with pytest.raises(ValueError, match="database_labels must be int64 label words with 250 rows"):
+        ops.hamming_rank_stats(q, db, ids, torch.ones(250, 1), 10, True)
+    with pytest.raises(RuntimeError, match="query labels have 1 words per row, database labels 2"):
+        torch.ops.ssdh.hamming_rank_stats(q, db, ids, torch.zeros(250, 2, dtype=torch.int64), 10, True)
+    with pytest.raises(ValueError, match="class ids must be whole numbers"):
+        metrics.label_words(torch.tensor([0.5]), torch.tensor([1.0]))
+
+

@@ -11,6 +11,7 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstring>
 #include <mutex>
 #include <vector>
@@ -47,7 +48,7 @@ using Distances = std::vector<std::vector<uint16_t>>;
 void block_distances(const Codes& c, int64_t q0, int64_t q1, Distances& dist) {
   const uint8_t* queries = c.queries.const_data_ptr<uint8_t>();
   const uint8_t* db = c.database.const_data_ptr<uint8_t>();
-  const DistanceFn distances = best_distance_fn();
+  const DistanceFn distances = best_distance_fn(c.bytes);
   for (int64_t first = 0; first < c.n_db; first += kDbBlock) {
     const int64_t last = std::min(c.n_db, first + kDbBlock);
     for (int64_t q = q0; q < q1; ++q) {
@@ -71,38 +72,46 @@ void for_each_query_block(const Codes& c, const Body& body) {
   });
 }
 
+// Queries per scan block: they share each database block while it sits in
+// cache, so larger blocks read the database from memory fewer times; small
+// query sets still get a block per thread.
+int64_t scan_block_size(int64_t n_queries) {
+  const int64_t threads = at::get_num_threads();
+  const int64_t per_thread = (n_queries + threads - 1) / threads;
+  return std::clamp<int64_t>((per_thread + 7) / 8 * 8, 8, 32);
+}
+
 // body(q0, q1, candidates) for blocks of queries in parallel, each query's
 // candidates scanned with the given start bound (and k, 0 for a fixed bound).
 template <typename Body>
 void scan_query_blocks(const Codes& c, int bound, int64_t k, const Body& body) {
-  const int64_t blocks = (c.n_queries + kQueryBlock - 1) / kQueryBlock;
+  const int64_t block = scan_block_size(c.n_queries);
+  const int64_t blocks = (c.n_queries + block - 1) / block;
   const uint8_t* queries = c.queries.const_data_ptr<uint8_t>();
   const uint8_t* db = c.database.const_data_ptr<uint8_t>();
   const ScanFn scan = best_scan_fn();
-  const Scan64Fn scan64 = best_scan64_fn();
+  const ShortScanFn short_scan = best_short_scan_fn(c.bytes);
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<Candidates> found(kQueryBlock);
+    std::vector<Candidates> found(block);
+    std::vector<uint64_t> words(block);
     for (int64_t b = b0; b < b1; ++b) {
-      const int64_t q0 = b * kQueryBlock;
-      const int64_t q1 = std::min(c.n_queries, q0 + kQueryBlock);
+      const int64_t q0 = b * block;
+      const int64_t q1 = std::min(c.n_queries, q0 + block);
       for (int64_t q = q0; q < q1; ++q) {
         found[q - q0].reset(bound, k, c.bits);
+        words[q - q0] = 0;  // short codes zero-extended, as the database's are loaded
+        if (short_scan) {
+          std::memcpy(&words[q - q0], queries + q * c.bytes, c.bytes);
+        }
       }
-      if (c.bytes == 8) {
-        uint64_t words[kQueryBlock];
+      for (int64_t first = 0; first < c.n_db; first += kDbBlock) {
+        const int64_t last = std::min(c.n_db, first + kDbBlock);
+        if (short_scan) {
+          short_scan(words.data(), static_cast<int>(q1 - q0), db, c.bytes, first, last, found.data());
+          continue;
+        }
         for (int64_t q = q0; q < q1; ++q) {
-          std::memcpy(&words[q - q0], queries + q * 8, 8);
-        }
-        for (int64_t first = 0; first < c.n_db; first += kDbBlock) {
-          const int64_t last = std::min(c.n_db, first + kDbBlock);
-          scan64(words, static_cast<int>(q1 - q0), db, first, last, found.data());
-        }
-      } else {
-        for (int64_t first = 0; first < c.n_db; first += kDbBlock) {
-          const int64_t last = std::min(c.n_db, first + kDbBlock);
-          for (int64_t q = q0; q < q1; ++q) {
-            scan(queries + q * c.bytes, db, c.bytes, first, last, found[q - q0]);
-          }
+          scan(queries + q * c.bytes, db, c.bytes, first, last, found[q - q0]);
         }
       }
       body(q0, q1, found);
@@ -199,82 +208,197 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hamming_radius_kernel(
   return {lims, out_dist, out_idx};
 }
 
-// One pass per query for the retrieval metrics (SPEC.md section 2): the
-// ranking's first k positions (counting placement, ties in database order)
-// with their relevance give AP@k and the hits at each rank; the distance
-// histograms of all and of relevant codes give precision within a radius and
-// the precision-recall curve over radii.
+// ---- Retrieval metrics (SPEC.md section 2) --------------------------------
+//
+// A query's ranking is never materialised. Each database code gets a key
+// 2 * distance + relevant; a histogram of the keys gives, for every distance,
+// how many codes (and how many relevant ones) rank before it. A second pass in
+// database order then knows each code's rank (the next free slot of its
+// distance) and, for a relevant code, how many relevant codes rank before it:
+// exactly the terms of AP@k and of the hits per rank. Both passes walk
+// kSegments contiguous parts of the database side by side, each with its own
+// counters (the start slots of a later part follow from the earlier parts'
+// histograms), so that consecutive codes at the same distance do not wait on
+// each other's counter update.
+constexpr int kSegments = 4;
+
+// Relevance from label words: a query's row of `words` int64 values against
+// each database row's; relevant when some word shares a bit (any) or when all
+// words are equal (exact; class ids are one word compared this way).
+struct LabelWords {
+  const int64_t* query;
+  const int64_t* database;
+  int64_t words;
+  bool exact;
+};
+
+// keys[j] = 2 * keys[j] + (database row j is relevant to query q), rows [0, n).
+void add_relevance(const LabelWords& labels, int64_t q, int64_t n, uint16_t* keys) {
+  const int64_t w = labels.words;
+  const int64_t* mine = labels.query + q * w;
+  const int64_t* theirs = labels.database;
+  if (w == 1) {  // class ids or up to 64 labels: a loop the compiler vectorises
+    const int64_t label = mine[0];
+    if (labels.exact) {
+      for (int64_t j = 0; j < n; ++j) {
+        keys[j] = static_cast<uint16_t>(2 * keys[j] + (theirs[j] == label));
+      }
+    } else {
+      for (int64_t j = 0; j < n; ++j) {
+        keys[j] = static_cast<uint16_t>(2 * keys[j] + ((theirs[j] & label) != 0));
+      }
+    }
+    return;
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    bool relevant = labels.exact;
+    for (int64_t i = 0; i < w; ++i) {
+      const int64_t a = mine[i], b = theirs[j * w + i];
+      relevant = labels.exact ? relevant && a == b : relevant || (a & b) != 0;
+    }
+    keys[j] = static_cast<uint16_t>(2 * keys[j] + relevant);
+  }
+}
+
+// visit(segment, j) for every database row, the segments side by side, each
+// in database order.
+template <typename Visit>
+__attribute__((always_inline)) inline void walk_segments(int64_t n, const Visit& visit) {
+  int64_t begin[kSegments + 1];
+  for (int s = 0; s <= kSegments; ++s) {
+    begin[s] = s * n / kSegments;
+  }
+  const int64_t common = n / kSegments;  // the shortest segment's length
+  for (int64_t i = 0; i < common; ++i) {
+    for (int s = 0; s < kSegments; ++s) {
+      visit(s, begin[s] + i);
+    }
+  }
+  for (int s = 0; s < kSegments; ++s) {
+    for (int64_t j = begin[s] + common; j < begin[s + 1]; ++j) {
+      visit(s, j);
+    }
+  }
+}
+
+// Per-thread buffers of the ranking passes.
+struct RankScratch {
+  int64_t buckets;
+  std::vector<int64_t> count;     // [segment][key]
+  std::vector<int64_t> slot;      // [segment][distance]: next rank
+  std::vector<int64_t> rel_slot;  // [segment][distance]: relevant codes ranked so far
+  std::vector<int64_t> hits;      // [rank]: relevant codes at each rank (over queries); [k]: unused
+  explicit RankScratch(int64_t bits, int64_t k)
+      : buckets(bits + 1),
+        count(kSegments * 2 * (bits + 1)),
+        slot(kSegments * (bits + 1)),
+        rel_slot(kSegments * (bits + 1)),
+        hits(k + 1, 0) {}
+};
+
+// One query: fills its histograms and returns its AP@k; adds its hits per rank.
+double rank_one_query(const uint16_t* keys, int64_t n, int64_t k, const double* inv_rank,
+                      RankScratch& s, int64_t* hist_all, int64_t* hist_rel) {
+  const int64_t buckets = s.buckets, n_keys = 2 * buckets;
+  std::fill(s.count.begin(), s.count.end(), 0);
+  int64_t* count = s.count.data();
+  walk_segments(n, [&](int seg, int64_t j) { ++count[seg * n_keys + keys[j]]; });
+
+  // Codes and relevant codes per distance; the distance holding rank k.
+  int64_t cutoff = buckets - 1, ranked = 0, rel_ranked = 0;
+  for (int64_t d = buckets - 1; d >= 0; --d) {
+    hist_all[d] = hist_rel[d] = 0;
+  }
+  for (int64_t d = 0; d < buckets; ++d) {
+    for (int seg = 0; seg < kSegments; ++seg) {
+      const int64_t rel = count[seg * n_keys + 2 * d + 1];
+      const int64_t all = count[seg * n_keys + 2 * d] + rel;
+      s.slot[seg * buckets + d] = ranked + hist_all[d];
+      s.rel_slot[seg * buckets + d] = rel_ranked + hist_rel[d];
+      hist_all[d] += all;
+      hist_rel[d] += rel;
+    }
+    if (ranked < k && ranked + hist_all[d] >= k) {
+      cutoff = d;
+    }
+    ranked += hist_all[d];
+    rel_ranked += hist_rel[d];
+  }
+
+  // Rank of each code at a distance <= cutoff; AP terms of the relevant ones.
+  double sum[kSegments] = {};
+  int64_t in_top[kSegments] = {};
+  int64_t* slot = s.slot.data();
+  int64_t* rel_slot = s.rel_slot.data();
+  int64_t* hits = s.hits.data();
+  walk_segments(n, [&](int seg, int64_t j) {
+    const int64_t key = keys[j], d = key >> 1, relevant = key & 1;
+    if (d > cutoff) {
+      return;
+    }
+    const int64_t rank = slot[seg * buckets + d]++;  // 0-based
+    const int64_t found = (rel_slot[seg * buckets + d] += relevant);
+    const int64_t counted = relevant & static_cast<int64_t>(rank < k);
+    const int64_t at = rank < k ? rank : k;  // inv_rank[k] = 0
+    sum[seg] += static_cast<double>(counted * found) * inv_rank[at];
+    hits[at] += counted;
+    in_top[seg] += counted;
+  });
+  double total = 0.0;
+  int64_t relevant_in_top = 0;
+  for (int seg = 0; seg < kSegments; ++seg) {
+    total += sum[seg];
+    relevant_in_top += in_top[seg];
+  }
+  return relevant_in_top ? total / static_cast<double>(relevant_in_top) : 0.0;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> hamming_rank_stats_kernel(
-    const at::Tensor& queries, const at::Tensor& database, const at::Tensor& relevant_in,
-    int64_t k) {
+    const at::Tensor& queries, const at::Tensor& database, const at::Tensor& query_labels_in,
+    const at::Tensor& db_labels_in, int64_t k, bool exact) {
   const Codes c = prepare(queries, database, "hamming_rank_stats");
   TORCH_CHECK(
       k >= 1 && k <= c.n_db, "hamming_rank_stats: k must be between 1 and the database size ",
       c.n_db, ", got ", k);
   TORCH_CHECK(
-      relevant_in.dim() == 2 && relevant_in.size(0) == c.n_queries && relevant_in.size(1) == c.n_db &&
-          relevant_in.scalar_type() == at::kBool,
-      "hamming_rank_stats: relevant must be a bool Q x N matrix (", c.n_queries, " x ", c.n_db,
-      "), got ", relevant_in.scalar_type(), " ", relevant_in.sizes());
-  const at::Tensor relevant = relevant_in.contiguous();
-  const bool* rel = relevant.const_data_ptr<bool>();
+      c.bits <= 32760, "hamming_rank_stats: codes of at most 32,760 bits, got ", c.bits);
+  check_label_words(query_labels_in, db_labels_in, c.n_queries, c.n_db, "hamming_rank_stats");
+  const at::Tensor query_labels = query_labels_in.contiguous();
+  const at::Tensor db_labels = db_labels_in.contiguous();
+  const LabelWords labels{query_labels.const_data_ptr<int64_t>(), db_labels.const_data_ptr<int64_t>(),
+                          query_labels.size(1), exact};
   const int64_t buckets = c.bits + 1;
   auto opts = queries.options();
   at::Tensor ap = at::empty({c.n_queries}, opts.dtype(at::kDouble));
-  at::Tensor hist_all = at::zeros({c.n_queries, buckets}, opts.dtype(at::kLong));
-  at::Tensor hist_rel = at::zeros({c.n_queries, buckets}, opts.dtype(at::kLong));
+  at::Tensor hist_all = at::empty({c.n_queries, buckets}, opts.dtype(at::kLong));
+  at::Tensor hist_rel = at::empty({c.n_queries, buckets}, opts.dtype(at::kLong));
   at::Tensor hits_at_rank = at::zeros({k}, opts.dtype(at::kLong));
   double* ap_out = ap.mutable_data_ptr<double>();
   int64_t* all_out = hist_all.mutable_data_ptr<int64_t>();
   int64_t* rel_out = hist_rel.mutable_data_ptr<int64_t>();
-  std::mutex merge;
   int64_t* hits_out = hits_at_rank.mutable_data_ptr<int64_t>();
-  for_each_query_block(c, [&](int64_t q0, int64_t q1, const Distances& block) {
-    std::vector<int64_t> slot(c.bits + 2);
-    std::vector<uint8_t> hit(k);
-    std::vector<int64_t> hits_local(k, 0);
+  std::vector<double> inv_rank(k + 1, 0.0);
+  for (int64_t r = 0; r < k; ++r) {
+    inv_rank[r] = 1.0 / static_cast<double>(r + 1);
+  }
+  std::mutex merge;
+  for_each_query_block(c, [&](int64_t q0, int64_t q1, Distances& block) {
+    RankScratch scratch(c.bits, k);
     for (int64_t q = q0; q < q1; ++q) {
-      const uint16_t* dist = block[q - q0].data();
-      const bool* rel_row = rel + q * c.n_db;
-      int64_t* all_row = all_out + q * buckets;
-      int64_t* rel_hist = rel_out + q * buckets;
-      for (int64_t j = 0; j < c.n_db; ++j) {
-        ++all_row[dist[j]];
-        rel_hist[dist[j]] += rel_row[j];
-      }
-      slot[0] = 0;
-      int64_t cutoff = 0;
-      for (int64_t d = 1; d <= c.bits + 1; ++d) {
-        slot[d] = slot[d - 1] + all_row[d - 1];
-        if (slot[d] < k) {
-          cutoff = d;
-        }
-      }
-      for (int64_t j = 0; j < c.n_db; ++j) {
-        const int64_t d = dist[j];
-        if (d <= cutoff) {
-          const int64_t position = slot[d]++;
-          if (position < k) {
-            hit[position] = rel_row[j];
-          }
-        }
-      }
-      int64_t found = 0;
-      double sum = 0.0;
-      for (int64_t p = 0; p < k; ++p) {
-        if (hit[p]) {
-          ++found;
-          sum += static_cast<double>(found) / static_cast<double>(p + 1);
-        }
-        hits_local[p] += found;  // cumulative hits of this query at rank p + 1
-      }
-      ap_out[q] = found ? sum / static_cast<double>(found) : 0.0;
+      uint16_t* keys = block[q - q0].data();
+      add_relevance(labels, q, c.n_db, keys);
+      ap_out[q] = rank_one_query(keys, c.n_db, k, inv_rank.data(), scratch,
+                                 all_out + q * buckets, rel_out + q * buckets);
     }
     std::lock_guard<std::mutex> lock(merge);
-    for (int64_t p = 0; p < k; ++p) {
-      hits_out[p] += hits_local[p];
+    for (int64_t r = 0; r < k; ++r) {
+      hits_out[r] += scratch.hits[r];
     }
   });
+  // Hits at each rank -> cumulative hits within the first r + 1 ranks.
+  for (int64_t r = 1; r < k; ++r) {
+    hits_out[r] += hits_out[r - 1];
+  }
   return {ap, hits_at_rank, hist_all, hist_rel};
 }
 

@@ -1,5 +1,11 @@
-// The two builds of the distance loop (portable and POPCNT) and the run-time choice.
+// The portable and POPCNT builds of the loops and the run-time choice of a build.
 #include "popcount.h"
+
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <string>
 
 namespace ssdh {
 namespace cpu {
@@ -68,23 +74,27 @@ __attribute__((always_inline)) inline void scan64_fixed(
 
 __attribute__((always_inline)) inline void scan64_any(
     const uint64_t* queries, int n, const uint8_t* db, int64_t first, int64_t last, Candidates* c) {
-  switch (n) {
-    case 8: return scan64_fixed<8>(queries, db, first, last, c);
-    case 4: return scan64_fixed<4>(queries, db, first, last, c);
-    default:
-      for (int q = 0; q < n; ++q) {
-        scan64_fixed<1>(queries + q, db, first, last, c + q);
-      }
+  int q = 0;
+  for (; q + 8 <= n; q += 8) {
+    scan64_fixed<8>(queries + q, db, first, last, c + q);
+  }
+  for (; q + 4 <= n; q += 4) {
+    scan64_fixed<4>(queries + q, db, first, last, c + q);
+  }
+  for (; q < n; ++q) {
+    scan64_fixed<1>(queries + q, db, first, last, c + q);
   }
 }
 
-void scan64_generic(const uint64_t* queries, int n, const uint8_t* db, int64_t first,
+// The 8-byte block scans (their `bytes` argument is always 8).
+void scan64_generic(const uint64_t* queries, int n, const uint8_t* db, int64_t, int64_t first,
                     int64_t last, Candidates* c) {
   scan64_any(queries, n, db, first, last, c);
 }
 
 __attribute__((target("popcnt"))) void scan64_popcnt(
-    const uint64_t* queries, int n, const uint8_t* db, int64_t first, int64_t last, Candidates* c) {
+    const uint64_t* queries, int n, const uint8_t* db, int64_t, int64_t first, int64_t last,
+    Candidates* c) {
   scan64_any(queries, n, db, first, last, c);
 }
 
@@ -100,19 +110,6 @@ __attribute__((target("popcnt"))) void scan_popcnt(
   by_code_length<ScanLoop>(bytes, query, db, bytes, first, last, c);
 }
 
-}  // namespace
-
-Scan64Fn best_scan64_fn() {
-  static const Scan64Fn chosen =
-      __builtin_cpu_supports("popcnt") ? &scan64_popcnt : &scan64_generic;
-  return chosen;
-}
-
-ScanFn best_scan_fn() {
-  static const ScanFn chosen = __builtin_cpu_supports("popcnt") ? &scan_popcnt : &scan_generic;
-  return chosen;
-}
-
 void distances_generic(
     const uint8_t* query, const uint8_t* db, int64_t bytes, int64_t first, int64_t last,
     uint16_t* out) {
@@ -125,10 +122,65 @@ __attribute__((target("popcnt"))) void distances_popcnt(
   by_code_length<DistanceLoop>(bytes, query, db, bytes, first, last, out);
 }
 
-DistanceFn best_distance_fn() {
-  static const DistanceFn chosen =
-      __builtin_cpu_supports("popcnt") ? &distances_popcnt : &distances_generic;
-  return chosen;
+PopcountLevel detect_level() {
+  PopcountLevel level = PopcountLevel::kGeneric;
+  if (__builtin_cpu_supports("popcnt")) {
+    level = PopcountLevel::kPopcnt;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vbmi") &&
+        __builtin_cpu_supports("avx512vpopcntdq")) {
+      level = PopcountLevel::kAvx512;
+    }
+  }
+  const char* cap = std::getenv("SSDH_CPU_POPCOUNT");
+  if (cap == nullptr || *cap == '\0') {
+    return level;
+  }
+  const std::string name(cap);
+  PopcountLevel wanted;
+  if (name == "generic") {
+    wanted = PopcountLevel::kGeneric;
+  } else if (name == "popcnt") {
+    wanted = PopcountLevel::kPopcnt;
+  } else if (name == "avx512") {
+    wanted = PopcountLevel::kAvx512;
+  } else {
+    TORCH_CHECK(false, "SSDH_CPU_POPCOUNT must be generic, popcnt or avx512, got '", name, "'");
+  }
+  return std::min(level, wanted);
+}
+
+}  // namespace
+
+PopcountLevel popcount_level() {
+  static const PopcountLevel level = detect_level();
+  return level;
+}
+
+ShortScanFn best_short_scan_fn(int64_t bytes) {
+  switch (popcount_level()) {
+    case PopcountLevel::kAvx512:
+      return bytes <= 8 ? &scan_short_avx512 : nullptr;
+    case PopcountLevel::kPopcnt:
+      return bytes == 8 ? &scan64_popcnt : nullptr;
+    default:
+      return bytes == 8 ? &scan64_generic : nullptr;
+  }
+}
+
+ScanFn best_scan_fn() {
+  return popcount_level() >= PopcountLevel::kPopcnt ? &scan_popcnt : &scan_generic;
+}
+
+DistanceFn best_distance_fn(int64_t bytes) {
+  switch (popcount_level()) {
+    case PopcountLevel::kAvx512:
+      return bytes <= 8 ? &distances_short_avx512 : &distances_popcnt;
+    case PopcountLevel::kPopcnt:
+      return &distances_popcnt;
+    default:
+      return &distances_generic;
+  }
 }
 
 }  // namespace cpu

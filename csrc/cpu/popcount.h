@@ -1,7 +1,8 @@
 // Hamming distance of packed codes on the CPU: 8 bytes at a time as uint64
-// words, then the remaining bytes. Two builds of the same loop, one compiled
-// for the POPCNT instruction, picked once at run time (faiss's approach of one
-// implementation per instruction set behind one interface).
+// words, then the remaining bytes. Builds of the same loops for several
+// instruction sets (portable, POPCNT, AVX-512 VPOPCNTQ for codes of up to 64
+// bits), picked once at run time: one implementation per instruction set
+// behind one interface.
 #pragma once
 
 #include <cstdint>
@@ -36,18 +37,17 @@ __attribute__((always_inline)) inline int code_distance(
   return d;
 }
 
-// Distances from one query to database rows [first, last) into out[].
-void distances_generic(
-    const uint8_t* query, const uint8_t* db, int64_t bytes, int64_t first, int64_t last,
-    uint16_t* out);
-void distances_popcnt(
-    const uint8_t* query, const uint8_t* db, int64_t bytes, int64_t first, int64_t last,
-    uint16_t* out);
+// The instruction sets with a build of the loops, in increasing order. The
+// level used is the best the CPU has, capped by the environment variable
+// SSDH_CPU_POPCOUNT=generic|popcnt|avx512 (to test or compare the builds).
+enum class PopcountLevel { kGeneric = 0, kPopcnt = 1, kAvx512 = 2 };
+PopcountLevel popcount_level();
 
+// Distances from one query to database rows [first, last) into out[].
 using DistanceFn = void (*)(const uint8_t*, const uint8_t*, int64_t, int64_t, int64_t, uint16_t*);
 
-// The fastest implementation this CPU supports.
-DistanceFn best_distance_fn();
+// The fastest implementation for codes of `bytes` bytes on this CPU.
+DistanceFn best_distance_fn(int64_t bytes);
 
 // The codes of one query within a distance bound, in database order. With k > 0
 // the bound tightens as the scan goes: once at least k codes lie below it, no
@@ -77,10 +77,23 @@ using ScanFn = void (*)(const uint8_t*, const uint8_t*, int64_t, int64_t, int64_
 // Scan database rows [first, last) for one query into its candidates.
 ScanFn best_scan_fn();
 
-// 64-bit codes, up to 8 queries at once: each database code is loaded once and
-// compared with every query of the block (the common case, kept in registers).
-using Scan64Fn = void (*)(const uint64_t*, int, const uint8_t*, int64_t, int64_t, Candidates*);
-Scan64Fn best_scan64_fn();
+// Codes of at most 8 bytes, n queries at once (each given as its code in a
+// zero-extended word): each database code is loaded once and compared with
+// every query while the queries sit in registers.
+using ShortScanFn =
+    void (*)(const uint64_t*, int, const uint8_t*, int64_t, int64_t, int64_t, Candidates*);
+
+// The block scan for codes of `bytes` bytes, or nullptr where this CPU has
+// none (then scan each query with best_scan_fn).
+ShortScanFn best_short_scan_fn(int64_t bytes);
+
+// The AVX-512 builds (popcount_avx512.cpp), for codes of 1 to 8 bytes.
+void scan_short_avx512(
+    const uint64_t* queries, int n, const uint8_t* db, int64_t bytes, int64_t first,
+    int64_t last, Candidates* c);
+void distances_short_avx512(
+    const uint8_t* query, const uint8_t* db, int64_t bytes, int64_t first, int64_t last,
+    uint16_t* out);
 
 // Append code j at distance d to c, tightening the bound (the rare path of a scan).
 inline void add_candidate(Candidates& c, int64_t j, int d) {

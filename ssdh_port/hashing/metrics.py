@@ -58,10 +58,29 @@ def relevance_matrix(query_labels, db_labels, relevance="any"):
     return (q[:, None, :] == d[None, :, :]).all(dim=2)
 
 
-def _distances(query, db, mode):
-    if mode == "euclidean":
-        return torch.cdist(query.double(), db.double(), compute_mode="donot_use_mm_for_euclid_dist")
-    raise ValueError(f"mode must be 'hamming' or 'euclidean', got {mode!r}")
+def label_words(query_labels, db_labels, relevance="any"):
+    """Labels as the int64 words ops.hamming_rank_stats compares: (query words
+    Q x W, database words N x W, exact). Class ids are one word compared for
+    equality; multi-hot rows are packed 64 labels per word, relevant when a bit
+    is shared (any) or when all are equal (exact)."""
+    if relevance not in RELEVANCE:
+        raise ValueError(f"relevance must be one of {RELEVANCE}, got {relevance!r}")
+    if query_labels.dim() == 1:
+        for name, ids in (("query", query_labels), ("database", db_labels)):
+            if ids.is_floating_point() and not torch.equal(ids, ids.round()):
+                raise ValueError(f"{name} class ids must be whole numbers")
+        return query_labels.long()[:, None], db_labels.long()[:, None], True
+    return _pack_labels(query_labels), _pack_labels(db_labels), relevance == "exact"
+
+
+def _pack_labels(multi_hot):
+    """N x M multi-hot (nonzero = label present) -> N x ceil(M/64) int64 words."""
+    n, m = multi_hot.shape
+    words = max(1, -(-m // 64))
+    present = torch.zeros(n, words * 64, dtype=torch.int64)
+    present[:, :m] = (multi_hot != 0).long()
+    # Distinct powers of two: their sum is their bitwise or (bit 63 wraps to the sign).
+    return (present.view(n, words, 64) << torch.arange(64)).sum(dim=2)
 
 
 def evaluate(query_codes, db_codes, query_labels, db_labels, topk, radius=2,
@@ -72,6 +91,8 @@ def evaluate(query_codes, db_codes, query_labels, db_labels, topk, radius=2,
     (Hamming mode), and with pr_curve=True, pr_precision / pr_recall over radii 0..K.
     topk=None ranks the whole database (the authors' README protocol).
     """
+    if mode not in ("hamming", "euclidean"):
+        raise ValueError(f"mode must be 'hamming' or 'euclidean', got {mode!r}")
     if mode == "hamming":
         query = as_packed(query_codes, "query_codes").cpu()
         db = as_packed(db_codes, "db_codes").cpu()
@@ -89,39 +110,12 @@ def evaluate(query_codes, db_codes, query_labels, db_labels, topk, radius=2,
     if not 1 <= k <= n_db:
         raise ValueError(f"topk must be between 1 and the database size {n_db}, got {topk}")
 
-    ap = torch.zeros(n_queries, dtype=torch.float64)
-    hits_at = torch.zeros(k, dtype=torch.float64)
-    in_radius = torch.zeros(n_queries, dtype=torch.float64)
-    bits = query.shape[1] * 8 if mode == "hamming" else 0
-    pr_rel = torch.zeros(bits + 1, dtype=torch.float64)
-    pr_prec = torch.zeros(bits + 1, dtype=torch.float64)
     ranks = torch.arange(1, k + 1, dtype=torch.float64)
-    for start in range(0, n_queries, batch_size):
-        stop = min(start + batch_size, n_queries)
-        relevant = relevance_matrix(q_labels[start:stop], d_labels, relevance)
-        if mode == "euclidean":
-            # Stable sort: equal distances stay in database order, as in the original.
-            dist = _distances(query[start:stop], db, mode)
-            order = torch.sort(dist, dim=1, stable=True).indices[:, :k]
-            hits = torch.gather(relevant, 1, order)
-            ap[start:stop] = average_precision(hits)
-            # Summed over queries, the cumulative hits at each rank are the
-            # cumulative sum of the per-rank hit counts.
-            hits_at += hits.sum(dim=0, dtype=torch.float64).cumsum(dim=0)
-            continue
-        # Hamming: one native pass per query (counting top-k, ties in database order).
-        batch_ap, batch_hits, hist_all, hist_rel = ops.hamming_rank_stats(
-            query[start:stop], db, relevant, k)
-        ap[start:stop] = batch_ap
-        hits_at += batch_hits.double()
-        cum_all, cum_rel = hist_all.cumsum(dim=1).double(), hist_rel.cumsum(dim=1).double()
-        r = min(int(radius), bits)
-        in_radius[start:stop] = torch.where(
-            cum_all[:, r] > 0, cum_rel[:, r] / cum_all[:, r].clamp(min=1), 0.0)
-        if pr_curve:
-            total = cum_rel[:, -1:]
-            pr_prec += torch.where(cum_all > 0, cum_rel / cum_all.clamp(min=1), 0.0).sum(dim=0)
-            pr_rel += torch.where(total > 0, cum_rel / total.clamp(min=1), 0.0).sum(dim=0)
+    if mode == "hamming":
+        ap, hits_at, in_radius, pr_prec, pr_rel = _hamming_stats(
+            query, db, q_labels, d_labels, k, radius, relevance)
+    else:
+        ap, hits_at = _euclidean_stats(query, db, q_labels, d_labels, k, relevance, batch_size)
     result = {
         "map": float(ap.mean()),
         "ap": ap.numpy(),
@@ -135,6 +129,39 @@ def evaluate(query_codes, db_codes, query_labels, db_labels, topk, radius=2,
             result["pr_precision"] = (pr_prec / n_queries).numpy()
             result["pr_recall"] = (pr_rel / n_queries).numpy()
     return result
+
+
+def _hamming_stats(query, db, q_labels, d_labels, k, radius, relevance):
+    """AP, cumulative hits per rank, precision within the radius and the
+    summed PR terms over radii, from one native call (counting passes per
+    query, ties in database order)."""
+    q_words, d_words, exact = label_words(q_labels, d_labels, relevance)
+    ap, hits, hist_all, hist_rel = ops.hamming_rank_stats(query, db, q_words, d_words, k, exact)
+    cum_all, cum_rel = hist_all.cumsum(dim=1).double(), hist_rel.cumsum(dim=1).double()
+    r = min(int(radius), cum_all.shape[1] - 1)
+    in_radius = torch.where(cum_all[:, r] > 0, cum_rel[:, r] / cum_all[:, r].clamp(min=1), 0.0)
+    total = cum_rel[:, -1:]
+    pr_prec = torch.where(cum_all > 0, cum_rel / cum_all.clamp(min=1), 0.0).sum(dim=0)
+    pr_rel = torch.where(total > 0, cum_rel / total.clamp(min=1), 0.0).sum(dim=0)
+    return ap, hits.double(), in_radius, pr_prec, pr_rel
+
+
+def _euclidean_stats(query, db, q_labels, d_labels, k, relevance, batch_size):
+    """AP and cumulative hits per rank of the exact Euclidean ranking, by batches."""
+    ap = torch.zeros(len(query), dtype=torch.float64)
+    hits_at = torch.zeros(k, dtype=torch.float64)
+    for start in range(0, len(query), batch_size):
+        stop = min(start + batch_size, len(query))
+        relevant = relevance_matrix(q_labels[start:stop], d_labels, relevance)
+        # Stable sort: equal distances stay in database order, as in the original.
+        dist = torch.cdist(query[start:stop], db, compute_mode="donot_use_mm_for_euclid_dist")
+        order = torch.sort(dist, dim=1, stable=True).indices[:, :k]
+        hits = torch.gather(relevant, 1, order)
+        ap[start:stop] = average_precision(hits)
+        # Summed over queries, the cumulative hits at each rank are the
+        # cumulative sum of the per-rank hit counts.
+        hits_at += hits.sum(dim=0, dtype=torch.float64).cumsum(dim=0)
+    return ap, hits_at
 
 
 def average_precision(hits):
