@@ -211,24 +211,44 @@ class HDF5Data(CaffeLayer):
                 raise self.error(f"{path}: datasets {list(param.top)} have different row counts")
         self.batch_size = p.batch_size
         self.shuffle = p.shuffle
-        self.rng = np.random.default_rng()
-        self.file_index, self.row = 0, 0
-        self.rows = list(range(len(self.tables[0][0])))
+        self.reseed(None)
+
+    def reseed(self, seed):
+        """Caffe's order from the start: with shuffle, the files and the rows of
+        each loaded file in a random order (this generator's)."""
+        self.rng = np.random.default_rng(seed)
+        self.file_order = np.arange(len(self.tables))
+        if self.shuffle:
+            self.rng.shuffle(self.file_order)
+        self._start_file(0)
+
+    def _start_file(self, position):
+        self.file_position, self.row = position, 0
+        self.rows = np.arange(len(self.tables[self.file_order[position]][0]))
+        if self.shuffle:
+            self.rng.shuffle(self.rows)
+
+    def _next_file(self):
+        position = self.file_position + 1
+        if position == len(self.tables):
+            position = 0
+            if self.shuffle:
+                self.rng.shuffle(self.file_order)
+        self._start_file(position)
 
     def top_shapes(self):
         return [(self.batch_size,) + a.shape[1:] for a in self.tables[0]]
 
     def forward(self):
-        picked = [[] for _ in self.param.top]
-        for _ in range(self.batch_size):
-            table = self.tables[self.file_index]
+        parts = [[] for _ in self.param.top]
+        needed = self.batch_size
+        while needed:
+            table = self.tables[self.file_order[self.file_position]]
+            rows = self.rows[self.row:self.row + needed]
             for k, array in enumerate(table):
-                picked[k].append(array[self.rows[self.row]])
-            self.row += 1
+                parts[k].append(array[rows])
+            needed -= len(rows)
+            self.row += len(rows)
             if self.row == len(self.rows):
-                self.row = 0
-                self.file_index = (self.file_index + 1) % len(self.tables)
-                self.rows = list(range(len(self.tables[self.file_index][0])))
-                if self.shuffle:
-                    self.rng.shuffle(self.rows)
-        return tuple(torch.from_numpy(np.stack(p)) for p in picked)
+                self._next_file()
+        return tuple(torch.from_numpy(np.concatenate(p)) for p in parts)
