@@ -14,6 +14,7 @@ from ssdh_port.caffe.net import CaffeNet
 from ssdh_port.caffe.proto import caffe_pb2 as pb
 from ssdh_port.caffe.solver import read_solver
 from ssdh_port.data.db import DatumDBWriter
+from ssdh_port.recipes import latent_layer, remove_latent
 from tests.shared_data import SHARED, needs_shared
 
 PROTOTXTS = sorted(glob.glob(os.path.join(SHARED, "**", "*.prototxt"), recursive=True))
@@ -40,6 +41,9 @@ def _with_fixture_data(net, prototxt, folder):
     for index, layer in enumerate(net.layer):
         if layer.type not in ("Data", "ImageData", "HDF5Data"):
             continue
+        if layer.type == "HDF5Data":
+            _hdf5_fixture(layer, folder, index)
+            continue
         transform = layer.transform_param
         shape = (1, 28, 28) if "mnist" in layer.data_param.source else (3, 32, 32)
         if transform.crop_size > 32:
@@ -61,6 +65,21 @@ def _with_fixture_data(net, prototxt, folder):
                 writer.put_array(f"{k:08d}", rng.integers(0, 256, shape, dtype=np.uint8), label=k)
         layer.data_param.source = source
     return net
+
+
+def _hdf5_fixture(layer, folder, index):
+    """Three rows of two-digit mosaics with signed multi-labels (the multi-label recipe)."""
+    import h5py
+
+    assert "pairs" in layer.hdf5_data_param.source, f"{layer.name}: add a fixture for this HDF5 source"
+    path = os.path.join(folder, f"h5_{index}.h5")
+    rng = np.random.default_rng(index)
+    with h5py.File(path, "w") as f:
+        f["data"] = rng.random((3, 1, 28, 56), dtype=np.float32)
+        f["label"] = rng.choice([-1.0, 0.0, 1.0], (3, 10)).astype(np.float32)
+    with open(os.path.join(folder, f"h5_{index}.txt"), "w") as f:
+        f.write(path + "\n")
+    layer.hdf5_data_param.source = os.path.join(folder, f"h5_{index}.txt")
 
 
 @needs_shared
@@ -88,6 +107,31 @@ def test_every_recipe_builds_in_both_phases(prototxt, tmp_path):
     for phase in ("TRAIN", "TEST"):
         built = CaffeNet(net, phase=phase)
         assert len(built.layers) > 0
+
+
+TRAIN_VALS = [p for p in RECIPES if p.endswith("train_val.prototxt")]
+
+
+@pytest.mark.parametrize("prototxt", TRAIN_VALS, ids=[os.path.basename(os.path.dirname(p)) for p in TRAIN_VALS])
+def test_every_recipe_without_its_latent_layer(prototxt, tmp_path):
+    """The backbone variant: no latent layer, no E2/E3, the classifier on the latent's input."""
+    net = caffe_io.read_net_prototxt(prototxt)
+    latent = latent_layer(net)
+    latent_input = latent.bottom[0]
+    sigmoid = next(layer.top[0] for layer in net.layer if layer.type == "Sigmoid" and layer.bottom[0] == latent.top[0])
+    classifiers = [layer.name for layer in net.layer if layer.type == "InnerProduct" and sigmoid in layer.bottom]
+    remove_latent(net)
+    assert not any(layer.type in ("K1_EuclideanLoss", "K2_EuclideanLoss", "Sigmoid") or layer.name == latent.name
+                   for layer in net.layer)
+    for layer in net.layer:
+        if layer.name in classifiers:
+            assert list(layer.bottom) == [latent_input]
+    built = CaffeNet(_with_fixture_data(net, prototxt, str(tmp_path)), phase="TRAIN")
+    assert latent.top[0] not in built.blob_shapes and classifiers
+    if sum(p.numel() for p in built.parameters()) < 5_000_000:
+        assert bool(built().loss.isfinite())
+    with pytest.raises(ValueError, match="no latent layer"):
+        remove_latent(net)
 
 
 @pytest.mark.parametrize("solver", sorted(glob.glob(os.path.join(
