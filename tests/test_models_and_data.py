@@ -60,3 +60,32 @@ def test_lenet_ssdh_shapes_and_objective():
                 + 0.5 * ops.forcing_binary_loss(latent) + 2 * ops.fire_rate_loss(latent))
     torch.testing.assert_close(total, expected)
     assert set(terms) == {"classification", "forcing_binary", "fire_rate"}
+
+
+def test_pair_mosaics_and_dont_care_labels(tmp_path):
+    import h5py
+
+    from ssdh_port.data.mosaics import pair_mosaics, signed_labels, write_hdf5_set
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (50, 4, 3), dtype=np.uint8)
+    labels = rng.integers(0, 5, 50)
+    mosaics, multi_hot = pair_mosaics(images, labels, 5, seed=1)
+    assert mosaics.shape == (50, 4, 6) and np.array_equal(mosaics[:, :, :3], images)
+    # Every image is the right half of exactly one other mosaic, labelled with both classes.
+    rights = [next(j for j in range(50) if np.array_equal(mosaics[i, :, 3:], images[j])
+                   and j != i) for i in range(50)]
+    assert sorted(rights) == list(range(50))
+    for i, j in enumerate(rights):
+        assert set(np.flatnonzero(multi_hot[i])) == {labels[i], labels[j]}
+    signed = signed_labels(multi_hot, dont_care=0.4, seed=2)
+    assert ((signed == 0).sum(axis=1) == 2).all()  # 40 % of 5 labels per row
+    known = signed != 0
+    assert np.array_equal(signed[known] > 0, multi_hot[known] > 0)
+    listing = write_hdf5_set(str(tmp_path), "set", mosaics, signed, scale=0.5)
+    with h5py.File(open(listing).read().strip()) as f:
+        assert f["data"].shape == (50, 1, 4, 6) and f["data"].dtype == np.float32
+        np.testing.assert_array_equal(f["data"][:, 0], mosaics * 0.5)
+        np.testing.assert_array_equal(f["label"][()], signed)
+    with pytest.raises(ValueError, match="need N >= 2 images"):
+        pair_mosaics(images[:1], labels[:1], 5, seed=0)

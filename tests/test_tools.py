@@ -134,14 +134,28 @@ def test_train_net_reports_bad_solver(tmp_path):
     assert result.returncode == 1 and "missing.prototxt: no such prototxt file" in result.stderr
 
 
-def test_main_job_smoke(tmp_path):
+def test_main_job_smoke_and_backbone_comparison(tmp_path):
     result = run("demo.py", "--iters", "20", "--bits", "12", "--out", tmp_path / "demo",
-                 "--data", tmp_path / "mnist")
+                 "--data", tmp_path / "mnist", "--solver-set", "test_iter=5")
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.load(open(tmp_path / "demo" / "report.json"))
     assert report["bits"] == 12 and 0 < report["map_at_1000"] <= 1
     for key in ("loss_plot", "pk_pr_plot", "retrieval_examples"):
         assert os.path.getsize(report["files"][key]) > 5000
+    assert "test_iter: 5" in (tmp_path / "demo" / "solver.prototxt").read_text()
+    bad = run("demo.py", "--solver-set", "test_itr=5")
+    assert bad.returncode == 2 and "expected FIELD=VALUE with a SolverParameter field" in bad.stderr
+
+    # The same run without the latent layer: same solver, a table of both accuracies.
+    result = run("compare_backbone.py", "--run", tmp_path / "demo", "--name", "LeNet smoke",
+                 "--out", tmp_path / "backbone")
+    assert result.returncode == 0, result.stderr[-2000:]
+    row = json.load(open(tmp_path / "backbone" / "table.json"))[0]
+    assert row["name"] == "LeNet smoke" and row["iterations"] == 20
+    assert 0 <= row["ssdh_accuracy"] <= 1 and 0 <= row["backbone_accuracy"] <= 1
+    variant = (tmp_path / "backbone" / "runs" / "LeNet_smoke" / "train_val.prototxt").read_text()
+    assert "latent" not in variant and 'bottom: "ip1"' in variant
+    assert "| LeNet smoke | 20 |" in (tmp_path / "backbone" / "table.md").read_text()
 
 
 def test_search_tool_and_web_server(tmp_path):

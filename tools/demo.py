@@ -2,6 +2,7 @@
 """The main job: SSDH end to end on MNIST (shipped in data/mnist), on the CPU.
 
     python tools/demo.py [--bits 48] [--iters 5000] [--p 2] [--out runs/demo]
+        [--solver-set FIELD=VALUE ...]
 
 1. MNIST idx -> LMDBs (tools/prepare_dataset.py mnist);
 2. tools/train_net.py trains LeNet-SSDH (prototxt/lenet_ssdh, code length --bits)
@@ -41,7 +42,33 @@ def parse_args(argv):
     parser.add_argument("--p", type=int, default=2, choices=(1, 2), help="exponent of E2 and E3")
     parser.add_argument("--out", default="runs/demo")
     parser.add_argument("--data", default="runs/mnist", help="where the MNIST LMDBs go")
-    return parser.parse_args(argv)
+    parser.add_argument("--solver-set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="replace a field of the recipe's solver (SolverParameter name; "
+                        "comma-separated values for a repeated field), e.g. lr_policy=multistep")
+    args = parser.parse_args(argv)
+    args.solver_fields = solver_overrides(args.solver_set, parser)
+    return args
+
+
+def solver_overrides(items, parser):
+    """["lr_policy=multistep", "stepvalue=20000,26000"] -> solver fields, typed
+    by the SolverParameter schema."""
+    from ssdh_port.caffe.proto import caffe_pb2 as pb
+
+    fields = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        field = pb.SolverParameter.DESCRIPTOR.fields_by_name.get(key)
+        if not sep or field is None:
+            parser.error(f"--solver-set {item!r}: expected FIELD=VALUE with a SolverParameter field")
+        cast = {field.TYPE_STRING: str, field.TYPE_FLOAT: float, field.TYPE_DOUBLE: float,
+                field.TYPE_BOOL: lambda v: v.lower() in ("1", "true")}.get(field.type, int)
+        try:
+            values = [cast(v) for v in value.split(",")]
+        except ValueError:
+            parser.error(f"--solver-set {item!r}: {value!r} is not a valid {key}")
+        fields[key] = values if field.is_repeated else values[0]
+    return fields
 
 
 def step(title):
@@ -98,7 +125,7 @@ def main(argv=None):
     prefix = os.path.join(out, f"lenet_ssdh{args.bits}")
     solver = write_solver(os.path.join(RECIPE, "solver.yaml"), os.path.join(out, "solver.prototxt"),
                           net=train_val, max_iter=args.iters, snapshot_prefix=prefix,
-                          test_interval=max(1, args.iters // 5))
+                          test_interval=max(1, args.iters // 5), **args.solver_fields)
     if train_net.main([solver, "--log-dir", out]) != 0:
         return 1
     weights = f"{prefix}_iter_{args.iters}.caffemodel"
