@@ -13,7 +13,7 @@ the 60,000 training mosaics, with relevance "any shared label" and "exact label
 set", mAP@1000 and over the whole ranking. Classification: a label is predicted
 when its score passes 0.5 (the max-margin loss pushes present labels to >= 1 and
 absent ones to <= 0); reported per label and per mosaic (whole set right).
-Writes <out>/table.md, <out>/table.json, <out>/pk_any.png; each run's logs,
+Writes <out>/table.md, <out>/table.json, <out>/precision_at_k.png (any / exact); each run's logs,
 plots and evaluations stay under <out>/runs/.
 """
 import argparse
@@ -135,8 +135,9 @@ def run_one(args, name, p, dont_care, sets, lists):
             if label == "1000":
                 row[f"p1000_{relevance}"] = result["precision_at"]["1000"]
                 row[f"r2_{relevance}"] = result["precision_within_radius"]
-    row.update(name=name, p=p, dont_care=dont_care, seconds=round(time.time() - start),
-               curve=json.load(open(os.path.join(run_dir, "eval_any_1000.json")))["curves"][name],
+    curves = {relevance: json.load(open(os.path.join(run_dir, f"eval_{relevance}_1000.json")))["curves"][name]
+              for relevance in ("any", "exact")}
+    row.update(name=name, p=p, dont_care=dont_care, seconds=round(time.time() - start), curves=curves,
                command=f"python tools/reproduce_multilabel.py --iters {args.iters} --runs {name}")
     return row
 
@@ -168,15 +169,17 @@ def plot(rows, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in rows:
-        ks = [int(k) for k in r["curve"]]
-        ax.plot(ks, list(r["curve"].values()), label=f"{r['name']} (mAP@1000 {100 * r['map_any_1000']:.1f})")
-    ax.set_xlabel("number of retrieved mosaics")
-    ax.set_ylabel("precision (any shared label)")
-    ax.set_title("Multi-label MNIST mosaics, LeNet-SSDH-48")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, relevance, title in zip(axes, ("any", "exact"), ("any shared label", "exact label set")):
+        for r in rows:
+            curve = r["curves"][relevance]
+            ax.plot([int(k) for k in curve], list(curve.values()),
+                    label=f"{r['name']} (mAP@1000 {100 * r[f'map_{relevance}_1000']:.1f})")
+        ax.set_xlabel("number of retrieved mosaics")
+        ax.set_ylabel(f"precision ({title})")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("Multi-label MNIST mosaics, LeNet-SSDH-48")
     fig.tight_layout()
     with atomic_write(path) as f:
         fig.savefig(f, format="png", dpi=100)
@@ -196,7 +199,7 @@ def main(argv=None):
             rows.append(run_one(args, name, p, dont_care, sets, lists))
     rows.sort(key=lambda r: [n for n, _, _ in RUNS].index(r["name"]))
     write_table(args, rows)
-    plot(rows, os.path.join(args.out, "pk_any.png"))
+    plot(rows, os.path.join(args.out, "precision_at_k.png"))
     return 0
 
 
