@@ -29,6 +29,7 @@ import train_net
 from ssdh_port.caffe.io import atomic_write
 from ssdh_port.data import datasets, mnist
 from ssdh_port.hashing.index import HammingIndex
+from ssdh_port.plotting import pyplot, save_png
 from ssdh_port.recipes import write_solver, write_variant
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,11 +77,7 @@ def step(title):
 
 
 def retrieval_picture(query_images, query_labels, db_images, db_labels, ids, path, rows=8):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     top = ids.shape[1]
     fig, axes = plt.subplots(rows, top + 1, figsize=(1.1 * (top + 1), 1.15 * rows))
     for r in range(rows):
@@ -101,10 +98,7 @@ def retrieval_picture(query_images, query_labels, db_images, db_labels, ids, pat
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle("Hamming retrieval: queries and their top 10 (wrong class in red)", fontsize=9)
-    fig.tight_layout()
-    with atomic_write(path) as f:
-        fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def main(argv=None):

@@ -24,6 +24,7 @@ import numpy as np
 from ssdh_port.caffe.io import atomic_write
 from ssdh_port.hashing import evaluate
 from ssdh_port.hashing.index import HammingIndex, IndexFileError
+from ssdh_port.plotting import pyplot, save_png
 
 P_AT = (100, 200, 400, 600, 800, 1000)
 
@@ -77,11 +78,7 @@ def reference_curves(folder):
 
 
 def plot(rows, results, references, out):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     ax = axes[0]
     for row, result in zip(rows, results):
@@ -105,10 +102,7 @@ def plot(rows, results, references, out):
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
     ax.set(xlabel="code length (bits)", ylabel="mAP", title="mAP against code length")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_write(out + ".png") as f:
-        fig.savefig(f, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, out + ".png", dpi=110)
 
 
 def _sampled_curve(curve, points=1000):

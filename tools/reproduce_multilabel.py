@@ -34,6 +34,7 @@ from ssdh_port.data import mnist
 from ssdh_port.data.mosaics import pair_mosaics, signed_labels, write_hdf5_set
 from ssdh_port.features import array_batches, extract
 from ssdh_port.hashing.index import HammingIndex
+from ssdh_port.plotting import pyplot, save_png
 from ssdh_port.recipes import write_solver, write_variant
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -164,11 +165,7 @@ def write_table(args, rows):
 
 
 def plot(rows, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, relevance, title in zip(axes, ("any", "exact"), ("any shared label", "exact label set")):
         for r in rows:
@@ -180,10 +177,7 @@ def plot(rows, path):
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle("Multi-label MNIST mosaics, LeNet-SSDH-48")
-    fig.tight_layout()
-    with atomic_write(path) as f:
-        fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def main(argv=None):

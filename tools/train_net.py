@@ -23,6 +23,7 @@ from ssdh_port.caffe.layers import LayerError
 from ssdh_port.caffe.proto import caffe_pb2 as pb
 from ssdh_port.caffe.solver import Solver, SolverError, read_solver
 from ssdh_port.data.db import LMDBError
+from ssdh_port.plotting import pyplot, save_png
 
 
 def parse_args(argv):
@@ -66,11 +67,7 @@ class Progress:
 
 
 def plot_log(records, tests, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2 if tests else 1, figsize=(11 if tests else 6, 4), squeeze=False)
     ax = axes[0][0]
     iters = [r["iter"] for r in records]
@@ -89,10 +86,7 @@ def plot_log(records, tests, path):
         ax.set_xlabel("iteration")
         ax.set_title("test net outputs")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path + ".tmp.png", dpi=110)
-    plt.close(fig)
-    os.replace(path + ".tmp.png", path)
+    save_png(fig, path, dpi=110)
 
 
 def main(argv=None):
