@@ -4,7 +4,13 @@ plain PyTorch xor + popcount-table version), same data, same run; and the
 CIFAR-10 evaluation protocol (10,000 x 50,000, 48 bits, whole-ranking mAP + P@k):
 ssdh_port.hashing.evaluate vs a plain NumPy version with a stable argsort per query.
 
-    python bench/bench_hamming.py [--database 1000000] [--queries 1000] [--k 100] [--json out.json]
+    python bench/bench_hamming.py [--device cpu|cuda] [--database 1000000] [--queries N]
+        [--k 100] [--json out.json]
+
+With --device cuda (default 10,000 queries) the search and the protocol run on
+the GPU, timed with CUDA events after a warm-up; the plain PyTorch baseline is
+then an int8 matrix product of +-1 bits with a top-k over unique (distance,
+index) keys on the same GPU, and faiss (if installed) runs on the machine's CPU.
 """
 import argparse
 import json
@@ -36,6 +42,94 @@ def torch_topk(queries, database, k):
     return torch.stack(out)
 
 
+def gpu_time(fn, repeats=5):
+    """Best of `repeats` CUDA-event timings of fn() after one warm-up call."""
+    result = fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        result = fn()
+        stop.record()
+        torch.cuda.synchronize()
+        best = min(best, start.elapsed_time(stop) / 1e3)
+    return best, result
+
+
+def torch_topk_matmul(queries, database, k, chunk=1000):
+    """Plain PyTorch on the GPU: bits as +-1 int8, distances from one int8 matrix
+    product per chunk of queries (bits - dot) / 2, then the k smallest of the
+    unique keys distance * N + index (ties in database order)."""
+    def signs(codes):
+        bits = (codes[:, :, None] >> torch.arange(8, device=codes.device, dtype=torch.uint8)) & 1
+        return (bits.reshape(len(codes), -1).to(torch.int8) * 2 - 1).contiguous()
+    n, bits = database.shape[0], database.shape[1] * 8
+    db_signs = signs(database).T  # k x N, column-major: the layout cuBLAS takes without a copy
+    positions = torch.arange(n, device=database.device)
+    out = []
+    for start in range(0, len(queries), chunk):
+        dot = torch._int_mm(signs(queries[start:start + chunk]), db_signs)
+        keys = (bits - dot).to(torch.int64) // 2 * n + positions
+        out.append(torch.topk(keys, k, dim=1, largest=False, sorted=True).values % n)
+    return torch.cat(out)
+
+
+def bench_cuda(args, rng, results):
+    device = torch.device("cuda")
+    queries = args.queries or 10_000
+    db = rng.integers(0, 256, (args.database, 8), dtype=np.uint8)
+    q = rng.integers(0, 256, (queries, 8), dtype=np.uint8)
+    db_gpu, q_gpu = torch.from_numpy(db).to(device), torch.from_numpy(q).to(device)
+    comparisons = args.database * queries
+    results.update(gpu=torch.cuda.get_device_name(device), queries=queries)
+    ours_s, (ours_d, ours_i) = gpu_time(lambda: ops.hamming_topk(q_gpu, db_gpu, args.k))
+    results["ours_s"] = ours_s
+    print(f"ssdh hamming_topk (GPU): {ours_s * 1e3:8.2f} ms  {comparisons / ours_s / 1e12:6.3f} T comparisons/s")
+    cpu_s, (cpu_d, cpu_i) = best_time(lambda: ops.hamming_topk(torch.from_numpy(q), torch.from_numpy(db), args.k), 1)
+    same = torch.equal(cpu_i, ours_i.cpu()) and torch.equal(cpu_d, ours_d.cpu())
+    results.update(ours_cpu_s=cpu_s, ratio_vs_ours_cpu=cpu_s / ours_s, same_as_cpu=same)
+    print(f"ssdh hamming_topk (CPU, {torch.get_num_threads()} threads): {cpu_s * 1e3:8.1f} ms -> GPU "
+          f"{cpu_s / ours_s:.0f}x faster; same result: {same}")
+    plain_s, plain_i = gpu_time(lambda: torch_topk_matmul(q_gpu, db_gpu, args.k), 2)
+    same = torch.equal(plain_i.cpu(), cpu_i)
+    results.update(torch_gpu_s=plain_s, ratio_vs_torch_gpu=plain_s / ours_s, torch_gpu_same=same)
+    print(f"plain PyTorch (int8 matmul + top-k, GPU): {plain_s * 1e3:8.2f} ms -> ours "
+          f"{plain_s / ours_s:.1f}x faster; same indices: {same}")
+    try:
+        import faiss
+
+        index = faiss.IndexBinaryFlat(64)
+        index.add(db)
+        faiss_s, (fd, _) = best_time(lambda: index.search(q, args.k), 1)
+        results.update(faiss_cpu_s=faiss_s, ratio_vs_faiss_cpu=faiss_s / ours_s,
+                       faiss_same_distances=bool(np.array_equal(fd, cpu_d.numpy())))
+        print(f"faiss IndexBinaryFlat (CPU, {faiss.omp_get_max_threads()} threads): "
+              f"{faiss_s * 1e3:8.1f} ms -> ours {faiss_s / ours_s:.0f}x faster")
+    except ImportError:
+        print("faiss not installed: skipped")
+
+    q_codes, d_codes, labels_q, labels_db = protocol_data(rng)
+    args_ = (torch.from_numpy(q_codes), torch.from_numpy(d_codes), labels_q, labels_db)
+    gpu_s, gpu_result = gpu_time(lambda: evaluate(*args_, topk=None, device=device), 3)
+    cpu_s, cpu_result = best_time(lambda: evaluate(*args_, topk=None), 1)
+    same = abs(gpu_result["map"] - cpu_result["map"]) < 1e-9
+    results.update(protocol_gpu_s=gpu_s, protocol_cpu_s=cpu_s, protocol_ratio=cpu_s / gpu_s,
+                   protocol_same_map=same)
+    print(f"CIFAR-10 protocol 10k x 50k, 48 bits, whole ranking: GPU {gpu_s * 1e3:.1f} ms, CPU "
+          f"{cpu_s:.2f} s -> {cpu_s / gpu_s:.0f}x; same mAP: {same}")
+
+
+def protocol_data(rng):
+    """Codes and labels of the CIFAR-10 protocol's size: 10 noisy class centres."""
+    labels_db = rng.integers(0, 10, 50_000)
+    labels_q = rng.integers(0, 10, 10_000)
+    centres = rng.integers(0, 2, (10, 48), dtype=np.uint8)
+    noisy = lambda labels: centres[labels] ^ (rng.random((len(labels), 48)) < 0.2)
+    d_codes = np.packbits(noisy(labels_db).astype(np.uint8), axis=1, bitorder="little")
+    q_codes = np.packbits(noisy(labels_q).astype(np.uint8), axis=1, bitorder="little")
+    return q_codes, d_codes, labels_q, labels_db
+
+
 def numpy_protocol(q_codes, d_codes, q_labels, d_labels):
     """mAP over the whole ranking and P@k, a stable argsort per query."""
     q_bits = np.unpackbits(q_codes, axis=1)
@@ -52,18 +146,31 @@ def numpy_protocol(q_codes, d_codes, q_labels, d_labels):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--database", type=int, default=1_000_000)
-    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--queries", type=int, default=None,
+                        help="default 1,000 on the CPU, 10,000 on the GPU")
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--numpy-queries", type=int, default=500,
                         help="queries timed for the NumPy protocol (scaled to 10,000)")
     parser.add_argument("--json")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
+    results = {"threads": torch.get_num_threads(), "device": args.device}
+    if args.device == "cuda":
+        bench_cuda(args, rng, results)
+    else:
+        bench_cpu(args, rng, results)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+def bench_cpu(args, rng, results):
+    args.queries = args.queries or 1000
     db = rng.integers(0, 256, (args.database, 8), dtype=np.uint8)
     q = rng.integers(0, 256, (args.queries, 8), dtype=np.uint8)
     comparisons = args.database * args.queries
-    results = {"threads": torch.get_num_threads()}
     ours_s, (ours_d, ours_i) = best_time(lambda: ops.hamming_topk(torch.from_numpy(q), torch.from_numpy(db), args.k))
     results["ours_s"] = ours_s
     print(f"ssdh hamming_topk: {ours_s * 1e3:8.1f} ms  {comparisons / ours_s / 1e9:6.2f} G comparisons/s")
@@ -87,12 +194,7 @@ def main():
           f"{torch_s / ours_s:.1f}x faster; same indices: {torch.equal(torch_i, ours_i[:small])}")
 
     # The CIFAR-10 protocol: 10,000 x 50,000, 48 bits, whole ranking.
-    labels_db = rng.integers(0, 10, 50_000)
-    labels_q = rng.integers(0, 10, 10_000)
-    centres = rng.integers(0, 2, (10, 48), dtype=np.uint8)
-    noisy = lambda labels: centres[labels] ^ (rng.random((len(labels), 48)) < 0.2)
-    d_codes = np.packbits(noisy(labels_db).astype(np.uint8), axis=1, bitorder="little")
-    q_codes = np.packbits(noisy(labels_q).astype(np.uint8), axis=1, bitorder="little")
+    q_codes, d_codes, labels_q, labels_db = protocol_data(rng)
     eval_s, result = best_time(lambda: evaluate(torch.from_numpy(q_codes), torch.from_numpy(d_codes),
                                                 labels_q, labels_db, topk=None), 1)
     n = args.numpy_queries
@@ -104,9 +206,6 @@ def main():
     print(f"CIFAR-10 protocol 10k x 50k, 48 bits, whole ranking: ours {eval_s:.2f} s, NumPy "
           f"{np_s:.1f} s (from {n} queries) -> {np_s / eval_s:.0f}x; same mAP on those queries: "
           f"{abs(ours_map - np_map) < 1e-9}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -327,8 +327,8 @@ def _(queries, database):
 
 def hamming_rank_stats(queries: Tensor, database: Tensor, query_labels: Tensor,
                        database_labels: Tensor, k: int, exact: bool):
-    """Retrieval statistics of the Hamming ranking (CPU), ties in database order,
-    without sorting: the counting passes of DESIGN.md.
+    """Retrieval statistics of the Hamming ranking (CPU or CUDA), ties in
+    database order, without sorting: the counting passes of DESIGN.md.
 
     Relevance comes from label words, int64 rows of equal width W (Q x W and
     N x W): with exact=True an item is relevant when its words equal the
@@ -349,6 +349,9 @@ def hamming_rank_stats(queries: Tensor, database: Tensor, query_labels: Tensor,
             raise ValueError(
                 f"hamming_rank_stats: {name} must be int64 label words with {rows} rows "
                 f"(Q x W / N x W), got {words.dtype} {tuple(words.shape)}")
+        if words.device != queries.device:
+            raise ValueError(f"hamming_rank_stats: the codes are on {queries.device}, {name} on "
+                             f"{words.device}")
     return torch.ops.ssdh.hamming_rank_stats(queries, database, query_labels, database_labels,
                                              k, bool(exact))
 

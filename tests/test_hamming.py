@@ -120,8 +120,12 @@ def test_opcheck():
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
 
-@pytest.mark.skipif(not (torch.cuda.is_available() and ssdh_port._native.WITH_CUDA),
-                    reason="needs a CUDA device and the extension built with CUDA")
+needs_cuda = pytest.mark.skipif(
+    not (torch.cuda.is_available() and ssdh_port._native.WITH_CUDA),
+    reason="needs a CUDA device and the extension built with CUDA")
+
+
+@needs_cuda
 @pytest.mark.parametrize("bits", [8, 48, 64, 65, 256, 1024, 4096])
 def test_cuda_matches_cpu(bits):
     db, _ = _codes(3000, bits, 9, clustered=True)
@@ -135,6 +139,51 @@ def test_cuda_matches_cpu(bits):
     for a, b in zip(cpu, gpu):
         assert torch.equal(a, b.cpu())
     assert torch.equal(ops.hamming_distance(q.cuda(), db.cuda()).cpu(), ops.hamming_distance(q, db))
+
+
+@needs_cuda
+@pytest.mark.parametrize("bits", [24, 48, 64, 128, 256])
+@pytest.mark.parametrize("clustered", [False, True])
+def test_cuda_filtering_path_matches_cpu(bits, clustered):
+    # 200,000 codes: large enough for the sampled bound and the candidate lists;
+    # clustered codes overflow the lists and exercise the fallback per query.
+    db, _ = _codes(200_000, bits, 14, clustered)
+    q, _ = _codes(300, bits, 15, clustered)
+    # Rows out of order, so that the strided sample does not see the database sorted.
+    db = db[torch.randperm(len(db), generator=torch.Generator().manual_seed(0))]
+    q_gpu, db_gpu = q.cuda(), db.cuda()
+    for k in (1, 100, 256, 257):
+        d_cpu, i_cpu = ops.hamming_topk(q, db, k)
+        d_gpu, i_gpu = ops.hamming_topk(q_gpu, db_gpu, k)
+        assert torch.equal(d_gpu.cpu(), d_cpu) and torch.equal(i_gpu.cpu(), i_cpu)
+    # A view that starts inside a row: the kernels read from an aligned copy.
+    d_cpu, i_cpu = ops.hamming_topk(q[1:], db[3:], 10)
+    d_gpu, i_gpu = ops.hamming_topk(q_gpu[1:], db_gpu[3:], 10)
+    assert torch.equal(d_gpu.cpu(), d_cpu) and torch.equal(i_gpu.cpu(), i_cpu)
+
+
+@needs_cuda
+@pytest.mark.parametrize("bits", [12, 48, 65])
+@pytest.mark.parametrize("relevance", ["ids", "any", "exact"])
+def test_cuda_rank_stats_match_cpu(bits, relevance):
+    db, _ = _codes(5000, bits, 16, clustered=True)
+    q, _ = _codes(77, bits, 17, clustered=True)
+    rng = np.random.default_rng(18)
+    if relevance == "ids":
+        q_labels, d_labels = torch.from_numpy(rng.integers(0, 10, 77)), torch.from_numpy(rng.integers(0, 10, 5000))
+    else:
+        q_labels = torch.from_numpy(rng.random((77, 70)) < 0.05)
+        d_labels = torch.from_numpy(rng.random((5000, 70)) < 0.05)
+    q_words, d_words, exact = metrics.label_words(q_labels, d_labels, "exact" if relevance == "exact" else "any")
+    for k in (1, 100, 5000):
+        cpu = ops.hamming_rank_stats(q, db, q_words, d_words, k, exact)
+        gpu = ops.hamming_rank_stats(q.cuda(), db.cuda(), q_words.cuda(), d_words.cuda(), k, exact)
+        torch.testing.assert_close(gpu[0].cpu(), cpu[0], rtol=1e-12, atol=1e-15)
+        for a, b in zip(cpu[1:], gpu[1:]):
+            assert torch.equal(a, b.cpu())
+    cpu = metrics.evaluate(q, db, q_labels, d_labels, topk=None)
+    gpu = metrics.evaluate(q, db, q_labels, d_labels, topk=None, device="cuda")
+    assert gpu["map"] == pytest.approx(cpu["map"], rel=1e-12)
 
 
 @pytest.mark.parametrize("bits", [12, 48, 65])
@@ -186,5 +235,8 @@ def test_rank_stats_bad_labels():
         torch.ops.ssdh.hamming_rank_stats(q, db, ids, torch.zeros(250, 2, dtype=torch.int64), 10, True)
     with pytest.raises(ValueError, match="class ids must be whole numbers"):
         metrics.label_words(torch.tensor([0.5]), torch.tensor([1.0]))
+    with pytest.raises(ValueError, match="the codes are on cpu, database_labels on meta"):
+        ops.hamming_rank_stats(q, db, ids, torch.zeros(250, 1, dtype=torch.int64, device="meta"),
+                               10, True)
 
 

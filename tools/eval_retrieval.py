@@ -3,7 +3,7 @@
 
     python tools/eval_retrieval.py --query Q.ssdh --database D.ssdh [--query Q2.ssdh --database D2.ssdh ...]
         [--name SSDH-48 ...] [--topk 1000] [--radius 2] [--relevance any|exact]
-        [--reference-curves DIR] [--out results/eval]
+        [--reference-curves DIR] [--device cpu|cuda] [--out results/eval]
 
 Each (query, database) pair of code files (tools/encode.py) is one method or code
 length; labels come from the code files. Prints and saves a table (Markdown and
@@ -38,6 +38,8 @@ def parse_args(argv):
     parser.add_argument("--radius", type=int, default=2)
     parser.add_argument("--relevance", default="any", choices=("any", "exact"))
     parser.add_argument("--reference-curves", help="folder of <method>-p-at-k.txt files")
+    parser.add_argument("--device", default="cpu",
+                        help="where the ranking runs (cuda: the CUDA kernel; default cpu)")
     parser.add_argument("--out", default="results/eval")
     args = parser.parse_args(argv)
     if len(args.query) != len(args.database):
@@ -47,13 +49,13 @@ def parse_args(argv):
     return args
 
 
-def evaluate_pair(query_path, db_path, topk, radius, relevance):
+def evaluate_pair(query_path, db_path, topk, radius, relevance, device="cpu"):
     query, db = HammingIndex.load(query_path), HammingIndex.load(db_path)
     if query.labels is None or db.labels is None:
         raise IndexFileError(f"{query_path} / {db_path}: code files without labels cannot be evaluated")
     k = len(db) if topk == 0 else topk
     result = evaluate(query.codes, db.codes, query.labels.numpy(), db.labels.numpy(), topk=k,
-                      radius=radius, relevance=relevance, pr_curve=True)
+                      radius=radius, relevance=relevance, pr_curve=True, device=device)
     result["bits"] = query.bits
     return result
 
@@ -119,7 +121,7 @@ def main(argv=None):
     rows, results = [], []
     try:
         for name, query, db in zip(names, args.query, args.database):
-            result = evaluate_pair(query, db, args.topk, args.radius, args.relevance)
+            result = evaluate_pair(query, db, args.topk, args.radius, args.relevance, args.device)
             curve = result["precision_at_k"]
             rows.append({"name": name, "bits": result["bits"], "map": result["map"],
                          "precision_at": {str(k): float(curve[k - 1]) for k in P_AT if k <= len(curve)},

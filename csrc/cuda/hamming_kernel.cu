@@ -1,8 +1,19 @@
-// Exact Hamming search on packed codes (CUDA). The same counting method as the
-// CPU kernel: one warp per query builds the histogram of its distances in
-// shared memory, finds the cut-off, then walks the database in order, 32 codes
-// at a time; lanes holding the same distance rank themselves with
-// __match_any_sync, so each bucket fills in database order (ties stay stable).
+// Exact Hamming search on packed codes (CUDA); ties stay in database order.
+//
+// Two top-k paths:
+// * the counting path (any code length, any k): one warp per query builds the
+//   histogram of its distances in shared memory, finds the cut-off, then walks
+//   the database in order, 32 codes at a time; lanes holding the same distance
+//   rank themselves with __match_any_sync, so each bucket fills in database
+//   order. Every query reads the whole database twice.
+// * the filtering path (codes of at most 256 bits, k <= kMaxTiledK), for large
+//   databases: a strided sample of the database gives each query a distance
+//   bound expected to keep about kTargetFactor * k codes; one tiled pass
+//   compares blocks of queries (held in registers) with every code and appends
+//   the codes within the bound to the query's candidate list; a block per query
+//   sorts its candidates by (distance, index) and keeps k. A query whose list
+//   holds fewer than k codes or overflowed falls back to the counting path, so
+//   the result is exact whatever the data.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/cumsum.h>
 #include <ATen/ops/empty.h>
@@ -11,74 +22,34 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <cub/block/block_radix_sort.cuh>
+
 #include <algorithm>
 
 #include "../checks.h"
+#include "hamming_codes.cuh"
 #include "reduce.cuh"
 
 namespace ssdh {
 namespace cuda {
 namespace {
 
-constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int kSkip = 0xffff;  // a distance no bucket holds
 
-// Distance between a query (in shared memory) and a database code.
-__device__ inline int code_distance(const uint8_t* q, const uint8_t* c, int bytes) {
-  int d = 0;
-  if (bytes % 8 == 0) {
-    const auto* q64 = reinterpret_cast<const unsigned long long*>(q);
-    const auto* c64 = reinterpret_cast<const unsigned long long*>(c);
-    for (int w = 0; w < bytes / 8; ++w) {
-      d += __popcll(q64[w] ^ c64[w]);
-    }
-  } else if (bytes % 4 == 0) {
-    const auto* q32 = reinterpret_cast<const unsigned*>(q);
-    const auto* c32 = reinterpret_cast<const unsigned*>(c);
-    for (int w = 0; w < bytes / 4; ++w) {
-      d += __popc(q32[w] ^ c32[w]);
-    }
-  } else {
-    for (int b = 0; b < bytes; ++b) {
-      d += __popc(static_cast<unsigned>(q[b] ^ c[b]));
-    }
-  }
-  return d;
-}
+// ---------------------------------------------------------------- counting path
 
-// Shared memory of one warp: its query code (8-byte aligned) and bucket counters.
-struct WarpScratch {
-  uint8_t* query;
-  int* slot;
-};
-
-__device__ inline WarpScratch warp_scratch(int bytes, int buckets) {
-  extern __shared__ unsigned long long shared_words[];
-  const int warp = threadIdx.x / 32;
-  const int query_words = (bytes + 7) / 8;
-  const int slot_words = (buckets + 1) / 2;
-  unsigned long long* base = shared_words + warp * (query_words + slot_words);
-  return {reinterpret_cast<uint8_t*>(base), reinterpret_cast<int*>(base + query_words)};
-}
-
-__device__ inline void load_query(const uint8_t* queries, int64_t q, int bytes, uint8_t* dst) {
-  for (int b = threadIdx.x % 32; b < bytes; b += 32) {
-    dst[b] = queries[q * bytes + b];
-  }
-  __syncwarp();
-}
-
-// Each warp: slot[d] = number of codes (with distance <= limit) closer than d,
-// plus `start`. Returns the total count in lane 0's view (all lanes agree).
-__device__ inline int64_t bucket_offsets(
-    const uint8_t* db, int64_t n, int bytes, int limit, int64_t start, WarpScratch s) {
+// Each warp: slot[d] = number of codes with distance <= limit closer than d,
+// plus `start`, over the codes at rows 0, stride, 2 * stride, ... (count of them).
+__device__ inline void bucket_offsets(
+    const uint8_t* db, int64_t count, int64_t stride, int bytes, int limit, int64_t start,
+    WarpScratch s) {
   const int lane = threadIdx.x % 32;
   for (int b = lane; b <= limit + 1; b += 32) {
     s.slot[b] = 0;
   }
   __syncwarp();
-  for (int64_t j = lane; j < n; j += 32) {
-    const int d = code_distance(s.query, db + j * bytes, bytes);
+  for (int64_t i = lane; i < count; i += 32) {
+    const int d = code_distance(s.query, db + i * stride * bytes, bytes);
     if (d <= limit) {
       atomicAdd(&s.slot[d + 1], 1);
     }
@@ -91,7 +62,20 @@ __device__ inline int64_t bucket_offsets(
     }
   }
   __syncwarp();
-  return s.slot[limit + 1];
+}
+
+// The cut-off of a top-k: the largest distance whose bucket starts before k
+// (slot as bucket_offsets leaves it, start 0). All lanes get it.
+__device__ inline int topk_cutoff(const WarpScratch& s, int bits, int64_t k) {
+  int cutoff = 0;
+  if (threadIdx.x % 32 == 0) {
+    for (int d = 1; d <= bits; ++d) {
+      if (s.slot[d] < k) {
+        cutoff = d;
+      }
+    }
+  }
+  return __shfl_sync(kFullMask, cutoff, 0);
 }
 
 // Walk the database in order and place every code with distance <= limit at
@@ -129,29 +113,211 @@ __device__ inline void place_in_order(
   }
 }
 
-__global__ void topk_kernel(
+// One warp per query. With `fits` given (the filtering path's candidate
+// counts), only the queries whose candidate list cannot give the answer run.
+__global__ void topk_counting_kernel(
     const uint8_t* queries, const uint8_t* db, int64_t n_queries, int64_t n, int bytes, int64_t k,
-    int32_t* out_dist, int64_t* out_idx) {
+    const int* candidate_count, int capacity, int32_t* out_dist, int64_t* out_idx) {
+  const int64_t q = blockIdx.x * int64_t(blockDim.x / 32) + threadIdx.x / 32;
+  if (q >= n_queries) {
+    return;
+  }
+  if (candidate_count != nullptr && candidate_count[q] >= k && candidate_count[q] <= capacity) {
+    return;
+  }
+  const int bits = 8 * bytes;
+  WarpScratch s = warp_scratch(bytes, bits + 2);
+  load_query(queries, q, bytes, s);
+  bucket_offsets(db, n, 1, bytes, bits, 0, s);
+  const int cutoff = topk_cutoff(s, bits, k);
+  place_in_order(db, n, bytes, cutoff, k, s, out_dist + q * k, out_idx + q * k);
+}
+
+// ---------------------------------------------------------------- filtering path
+
+// The bound aims at about kTargetFactor * k candidates; one distance more
+// multiplies the count by a few for codes of 32-256 bits, so k <= kMaxTiledK
+// keeps the list within kCapacity (the sort block's size) in most queries.
+constexpr int kMaxTiledWords = 4;       // codes of up to 256 bits
+constexpr int kMaxTiledK = 256;
+constexpr int kTargetFactor = 3;
+constexpr int kSortThreads = 256;
+constexpr int kSortItems = 16;
+constexpr int kCapacity = kSortThreads * kSortItems;
+constexpr int64_t kSampleSize = 32768;  // sampled codes per query for its bound
+constexpr int kFilterThreads = 256;
+constexpr int kSlabRows = 65536;        // database rows per filtering block
+
+// Each query's bound from a strided sample: the smallest distance whose sample
+// count, scaled to the database, reaches kTargetFactor * k (the whole-database
+// count is checked later). With the whole database as the sample, the exact
+// cut-off.
+__global__ void bound_kernel(
+    const uint8_t* queries, const uint8_t* db, int64_t n_queries, int64_t n, int bytes, int64_t k,
+    int64_t sample, int* bound) {
   const int64_t q = blockIdx.x * int64_t(blockDim.x / 32) + threadIdx.x / 32;
   if (q >= n_queries) {
     return;
   }
   const int bits = 8 * bytes;
   WarpScratch s = warp_scratch(bytes, bits + 2);
-  load_query(queries, q, bytes, s.query);
-  bucket_offsets(db, n, bytes, bits, 0, s);
-  // The cut-off: the largest distance whose bucket starts before position k.
-  int cutoff = 0;
+  load_query(queries, q, bytes, s);
+  const int64_t stride = n / sample;
+  bucket_offsets(db, sample, stride, bytes, bits, 0, s);
   if (threadIdx.x % 32 == 0) {
-    for (int d = 1; d <= bits; ++d) {
-      if (s.slot[d] < k) {
-        cutoff = d;
+    // slot[d + 1] = sampled codes at distance <= d.
+    const double want = sample == n ? double(k) : double(kTargetFactor * k) * sample / n;
+    int d = 0;
+    while (d < bits && s.slot[d + 1] < want) {
+      ++d;
+    }
+    bound[q] = d;
+  }
+}
+
+// Blocks of QT queries (their words in registers) against one slab of the
+// database; every code within a query's bound is appended to its list as the
+// key (distance << 32) | row. Warps append with one atomic per hit group.
+template <int WORDS, int QT>
+__global__ void filter_kernel(
+    const uint8_t* queries, const uint8_t* db, int64_t n_queries, int64_t n, int bytes,
+    const int* bound, int* count, unsigned long long* candidates) {
+  const int64_t q0 = int64_t(blockIdx.x) * QT;
+  unsigned long long query[QT][WORDS];
+  int limit[QT];
+#pragma unroll
+  for (int t = 0; t < QT; ++t) {
+    const bool real = q0 + t < n_queries;
+    limit[t] = real ? bound[q0 + t] : -1;
+#pragma unroll
+    for (int w = 0; w < WORDS; ++w) {
+      query[t][w] = real && w < words_of(bytes) ? code_word(queries + (q0 + t) * bytes, bytes, w) : 0;
+    }
+  }
+  const int lane = threadIdx.x % 32;
+  const unsigned lower_lanes = (1u << lane) - 1;
+  const int64_t slab_begin = int64_t(blockIdx.y) * kSlabRows;
+  const int64_t slab_end = min(n, slab_begin + kSlabRows);
+  for (int64_t base = slab_begin + (threadIdx.x / 32) * 32; base < slab_end;
+       base += kFilterThreads) {
+    const int64_t j = base + lane;
+    const bool valid = j < slab_end;
+    unsigned long long code[WORDS];
+#pragma unroll
+    for (int w = 0; w < WORDS; ++w) {
+      code[w] = valid && w < words_of(bytes) ? code_word(db + j * bytes, bytes, w) : 0;
+    }
+#pragma unroll
+    for (int t = 0; t < QT; ++t) {
+      int d = 0;
+#pragma unroll
+      for (int w = 0; w < WORDS; ++w) {
+        d += __popcll(query[t][w] ^ code[w]);
+      }
+      const bool hit = valid && d <= limit[t];
+      const unsigned hits = __ballot_sync(kFullMask, hit);
+      if (hits != 0) {  // warp-uniform
+        const int leader = __ffs(hits) - 1;
+        int first = 0;
+        if (lane == leader) {
+          first = atomicAdd(&count[q0 + t], __popc(hits));
+        }
+        first = __shfl_sync(kFullMask, first, leader);
+        const int slot = first + __popc(hits & lower_lanes);
+        if (hit && slot < kCapacity) {
+          candidates[(q0 + t) * kCapacity + slot] =
+              (static_cast<unsigned long long>(d) << 32) | static_cast<unsigned long long>(j);
+        }
       }
     }
   }
-  cutoff = __shfl_sync(kFullMask, cutoff, 0);
-  place_in_order(db, n, bytes, cutoff, k, s, out_dist + q * k, out_idx + q * k);
 }
+
+// A block per query: sort its candidates by (distance, row) and keep k. Queries
+// whose list cannot give the answer are left to the counting path.
+__global__ void select_kernel(
+    const int* count, const unsigned long long* candidates, int64_t k, int key_bits,
+    int32_t* out_dist, int64_t* out_idx) {
+  using Sort = cub::BlockRadixSort<unsigned long long, kSortThreads, kSortItems>;
+  __shared__ typename Sort::TempStorage scratch;
+  const int64_t q = blockIdx.x;
+  const int total = count[q];
+  if (total < k || total > kCapacity) {
+    return;  // block-uniform
+  }
+  unsigned long long keys[kSortItems];
+#pragma unroll
+  for (int i = 0; i < kSortItems; ++i) {
+    const int at = threadIdx.x * kSortItems + i;
+    keys[i] = at < total ? candidates[q * kCapacity + at] : ~0ull;
+  }
+  Sort(scratch).Sort(keys, 0, key_bits);
+#pragma unroll
+  for (int i = 0; i < kSortItems; ++i) {
+    const int64_t position = int64_t(threadIdx.x) * kSortItems + i;  // blocked arrangement
+    if (position < k) {
+      out_dist[q * k + position] = static_cast<int32_t>(keys[i] >> 32);
+      out_idx[q * k + position] = static_cast<int64_t>(keys[i] & 0xffffffffull);
+    }
+  }
+}
+
+bool use_filtering(int bytes, int64_t n, int64_t k) {
+  // Small databases: two in-order passes are cheap and need no candidate lists.
+  // Rows and candidate counts must fit the 32-bit fields of the keys and counters.
+  return bytes <= 8 * kMaxTiledWords && k <= kMaxTiledK && n >= 4 * kSampleSize &&
+         n < (int64_t(1) << 31);
+}
+
+template <int WORDS, int QT>
+void launch_filter(const at::Tensor& queries, const at::Tensor& database, const at::Tensor& bound,
+                   at::Tensor& count, at::Tensor& candidates, cudaStream_t stream) {
+  const int64_t nq = queries.size(0);
+  const int64_t n = database.size(0);
+  const dim3 grid(static_cast<unsigned>((nq + QT - 1) / QT),
+                  static_cast<unsigned>((n + kSlabRows - 1) / kSlabRows));
+  filter_kernel<WORDS, QT><<<grid, kFilterThreads, 0, stream>>>(
+      queries.const_data_ptr<uint8_t>(), database.const_data_ptr<uint8_t>(), nq, n,
+      static_cast<int>(queries.size(1)), bound.const_data_ptr<int>(), count.mutable_data_ptr<int>(),
+      reinterpret_cast<unsigned long long*>(candidates.mutable_data_ptr<int64_t>()));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Fills what it can of (dist, idx) and the candidate counts the counting path reads.
+at::Tensor filter_and_select(const at::Tensor& queries, const at::Tensor& database, int64_t k,
+                             at::Tensor& dist, at::Tensor& idx) {
+  const int64_t nq = queries.size(0);
+  const int64_t n = database.size(0);
+  const int bytes = static_cast<int>(queries.size(1));
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  at::Tensor bound = at::empty({nq}, queries.options().dtype(at::kInt));
+  const WarpLaunch warps = plan_warps(bytes, 8 * bytes + 2, "hamming_topk");
+  const int64_t sample = std::min<int64_t>(n, kSampleSize);
+  bound_kernel<<<(nq + warps.warps - 1) / warps.warps, warps.warps * 32, warps.shared_bytes,
+                 stream>>>(queries.const_data_ptr<uint8_t>(), database.const_data_ptr<uint8_t>(),
+                           nq, n, bytes, k, sample, bound.mutable_data_ptr<int>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+
+  at::Tensor count = at::zeros({nq}, queries.options().dtype(at::kInt));
+  at::Tensor candidates = at::empty({nq, kCapacity}, queries.options().dtype(at::kLong));
+  switch ((bytes + 7) / 8) {
+    case 1: launch_filter<1, 16>(queries, database, bound, count, candidates, stream); break;
+    case 2: launch_filter<2, 8>(queries, database, bound, count, candidates, stream); break;
+    default: launch_filter<4, 4>(queries, database, bound, count, candidates, stream); break;
+  }
+  int key_bits = 32;
+  while ((1 << (key_bits - 32)) <= 8 * bytes) {
+    ++key_bits;
+  }
+  select_kernel<<<nq, kSortThreads, 0, stream>>>(
+      count.const_data_ptr<int>(),
+      reinterpret_cast<const unsigned long long*>(candidates.const_data_ptr<int64_t>()), k,
+      key_bits, dist.mutable_data_ptr<int32_t>(), idx.mutable_data_ptr<int64_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return count;
+}
+
+// ---------------------------------------------------------------- radius, distances
 
 __global__ void radius_count_kernel(
     const uint8_t* queries, const uint8_t* db, int64_t n_queries, int64_t n, int bytes, int radius,
@@ -161,15 +327,13 @@ __global__ void radius_count_kernel(
     return;
   }
   WarpScratch s = warp_scratch(bytes, radius + 2);
-  load_query(queries, q, bytes, s.query);
+  load_query(queries, q, bytes, s);
   const int lane = threadIdx.x % 32;
   int64_t count = 0;
   for (int64_t j = lane; j < n; j += 32) {
     count += code_distance(s.query, db + j * bytes, bytes) <= radius;
   }
-  for (int offset = 16; offset > 0; offset /= 2) {
-    count += __shfl_down_sync(kFullMask, count, offset);
-  }
+  count = warp_sum(count);
   if (lane == 0) {
     counts[q] = count;
   }
@@ -183,8 +347,8 @@ __global__ void radius_fill_kernel(
     return;
   }
   WarpScratch s = warp_scratch(bytes, radius + 2);
-  load_query(queries, q, bytes, s.query);
-  bucket_offsets(db, n, bytes, radius, lims[q], s);
+  load_query(queries, q, bytes, s);
+  bucket_offsets(db, n, 1, bytes, radius, lims[q], s);
   place_in_order(db, n, bytes, radius, lims[q + 1], s, out_dist, out_idx);
 }
 
@@ -196,25 +360,14 @@ __global__ void distance_kernel(
     const int64_t q = i / n;
     const int64_t j = i % n;
     int d = 0;
-    for (int b = 0; b < bytes; ++b) {
-      d += __popc(static_cast<unsigned>(queries[q * bytes + b] ^ db[j * bytes + b]));
+    for (int w = 0; w < words_of(bytes); ++w) {
+      d += __popcll(code_word(queries + q * bytes, bytes, w) ^ code_word(db + j * bytes, bytes, w));
     }
     out[i] = d;
   }
 }
 
-// Warps per block so that each warp's scratch fits in 48 KB of shared memory.
-struct Launch {
-  int warps;
-  size_t shared_bytes;
-};
-
-Launch plan(int bytes, int buckets) {
-  const size_t per_warp = 8 * (size_t((bytes + 7) / 8) + size_t((buckets + 1) / 2));
-  const int warps = static_cast<int>(std::max<size_t>(1, std::min<size_t>(8, (48 * 1024) / per_warp)));
-  TORCH_CHECK(per_warp <= 48 * 1024, "hamming search: codes too long for the CUDA kernel");
-  return {warps, warps * per_warp};
-}
+// ---------------------------------------------------------------- host side
 
 std::tuple<at::Tensor, at::Tensor> hamming_topk_cuda(
     const at::Tensor& queries_in, const at::Tensor& database_in, int64_t k) {
@@ -223,20 +376,26 @@ std::tuple<at::Tensor, at::Tensor> hamming_topk_cuda(
               "hamming_topk: k must be between 1 and the database size ", database_in.size(0),
               ", got ", k);
   c10::cuda::CUDAGuard guard(queries_in.device());
-  const at::Tensor queries = queries_in.contiguous();
-  const at::Tensor database = database_in.contiguous();
+  const at::Tensor queries = aligned_codes(queries_in);
+  const at::Tensor database = aligned_codes(database_in);
   const int64_t nq = queries.size(0);
+  const int64_t n = database.size(0);
   const int bytes = static_cast<int>(queries.size(1));
   at::Tensor dist = at::empty({nq, k}, queries.options().dtype(at::kInt));
   at::Tensor idx = at::empty({nq, k}, queries.options().dtype(at::kLong));
   if (nq == 0) {
     return {dist, idx};
   }
-  const Launch launch = plan(bytes, 8 * bytes + 2);
-  const int64_t blocks = (nq + launch.warps - 1) / launch.warps;
-  topk_kernel<<<blocks, launch.warps * 32, launch.shared_bytes, c10::cuda::getCurrentCUDAStream()>>>(
-      queries.const_data_ptr<uint8_t>(), database.const_data_ptr<uint8_t>(), nq, database.size(0),
-      bytes, k, dist.mutable_data_ptr<int32_t>(), idx.mutable_data_ptr<int64_t>());
+  at::Tensor count;
+  if (use_filtering(bytes, n, k)) {
+    count = filter_and_select(queries, database, k, dist, idx);
+  }
+  const WarpLaunch launch = plan_warps(bytes, 8 * bytes + 2, "hamming_topk");
+  topk_counting_kernel<<<(nq + launch.warps - 1) / launch.warps, launch.warps * 32,
+                         launch.shared_bytes, c10::cuda::getCurrentCUDAStream()>>>(
+      queries.const_data_ptr<uint8_t>(), database.const_data_ptr<uint8_t>(), nq, n, bytes, k,
+      count.defined() ? count.const_data_ptr<int>() : nullptr, kCapacity,
+      dist.mutable_data_ptr<int32_t>(), idx.mutable_data_ptr<int64_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {dist, idx};
 }
@@ -246,8 +405,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hamming_radius_cuda(
   check_codes(queries_in, database_in, "hamming_radius");
   TORCH_CHECK(radius >= 0, "hamming_radius: radius must be >= 0, got ", radius);
   c10::cuda::CUDAGuard guard(queries_in.device());
-  const at::Tensor queries = queries_in.contiguous();
-  const at::Tensor database = database_in.contiguous();
+  const at::Tensor queries = aligned_codes(queries_in);
+  const at::Tensor database = aligned_codes(database_in);
   const int64_t nq = queries.size(0);
   const int bytes = static_cast<int>(queries.size(1));
   const int r = static_cast<int>(std::min<int64_t>(radius, 8 * bytes));
@@ -256,7 +415,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hamming_radius_cuda(
     return {lims, at::empty({0}, queries.options().dtype(at::kInt)),
             at::empty({0}, queries.options().dtype(at::kLong))};
   }
-  const Launch launch = plan(bytes, r + 2);
+  const WarpLaunch launch = plan_warps(bytes, r + 2, "hamming_radius");
   const int64_t blocks = (nq + launch.warps - 1) / launch.warps;
   auto stream = c10::cuda::getCurrentCUDAStream();
   radius_count_kernel<<<blocks, launch.warps * 32, launch.shared_bytes, stream>>>(
@@ -279,8 +438,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hamming_radius_cuda(
 at::Tensor hamming_distance_cuda(const at::Tensor& queries_in, const at::Tensor& database_in) {
   check_codes(queries_in, database_in, "hamming_distance");
   c10::cuda::CUDAGuard guard(queries_in.device());
-  const at::Tensor queries = queries_in.contiguous();
-  const at::Tensor database = database_in.contiguous();
+  const at::Tensor queries = aligned_codes(queries_in);
+  const at::Tensor database = aligned_codes(database_in);
   const int64_t nq = queries.size(0);
   const int64_t n = database.size(0);
   at::Tensor out = at::empty({nq, n}, queries.options().dtype(at::kInt));

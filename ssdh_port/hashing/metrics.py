@@ -84,12 +84,14 @@ def _pack_labels(multi_hot):
 
 
 def evaluate(query_codes, db_codes, query_labels, db_labels, topk, radius=2,
-             relevance="any", mode="hamming", batch_size=256, pr_curve=False):
+             relevance="any", mode="hamming", batch_size=256, pr_curve=False, device="cpu"):
     """The papers' retrieval metrics; returns a dict with
 
     map (mAP@topk), precision_at_k (array over j = 1..topk), precision_within_radius
     (Hamming mode), and with pr_curve=True, pr_precision / pr_recall over radii 0..K.
     topk=None ranks the whole database (the authors' README protocol).
+    device: where the Hamming ranking runs ("cuda" uses the CUDA kernel); the
+    results come back on the CPU.
     """
     if mode not in ("hamming", "euclidean"):
         raise ValueError(f"mode must be 'hamming' or 'euclidean', got {mode!r}")
@@ -113,7 +115,7 @@ def evaluate(query_codes, db_codes, query_labels, db_labels, topk, radius=2,
     ranks = torch.arange(1, k + 1, dtype=torch.float64)
     if mode == "hamming":
         ap, hits_at, in_radius, pr_prec, pr_rel = _hamming_stats(
-            query, db, q_labels, d_labels, k, radius, relevance)
+            query, db, q_labels, d_labels, k, radius, relevance, torch.device(device))
     else:
         ap, hits_at = _euclidean_stats(query, db, q_labels, d_labels, k, relevance, batch_size)
     result = {
@@ -131,12 +133,14 @@ def evaluate(query_codes, db_codes, query_labels, db_labels, topk, radius=2,
     return result
 
 
-def _hamming_stats(query, db, q_labels, d_labels, k, radius, relevance):
+def _hamming_stats(query, db, q_labels, d_labels, k, radius, relevance, device):
     """AP, cumulative hits per rank, precision within the radius and the
     summed PR terms over radii, from one native call (counting passes per
-    query, ties in database order)."""
+    query, ties in database order) on `device`."""
     q_words, d_words, exact = label_words(q_labels, d_labels, relevance)
-    ap, hits, hist_all, hist_rel = ops.hamming_rank_stats(query, db, q_words, d_words, k, exact)
+    stats = ops.hamming_rank_stats(query.to(device), db.to(device), q_words.to(device),
+                                   d_words.to(device), k, exact)
+    ap, hits, hist_all, hist_rel = (t.cpu() for t in stats)
     cum_all, cum_rel = hist_all.cumsum(dim=1).double(), hist_rel.cumsum(dim=1).double()
     r = min(int(radius), cum_all.shape[1] - 1)
     in_radius = torch.where(cum_all[:, r] > 0, cum_rel[:, r] / cum_all[:, r].clamp(min=1), 0.0)
