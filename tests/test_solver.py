@@ -134,12 +134,12 @@ def e_solver(tmp_path):
     return target
 
 
-def _solver_in(folder, monkeypatch, **changes):
+def _solver_in(folder, monkeypatch, modes=None, **changes):
     monkeypatch.chdir(folder)
     param = read_solver("sgd_step/solver.prototxt")
     for key, value in changes.items():
         setattr(param, key, value)
-    solver = Solver(param, log=lambda line: None)
+    solver = Solver(param, log=lambda line: None, **(modes or {}))
     solver.net.copy_from("sgd_step/init.caffemodel")
     return solver
 
@@ -156,6 +156,33 @@ def test_trajectory_matches_caffe_every_iteration(e_solver, monkeypatch):
             np.testing.assert_allclose(lp.tensor.detach().numpy(), expected, rtol=1e-5, atol=1e-7)
     assert solver.iter == 12
     assert len(losses) == 12
+
+
+@needs_shared
+def test_channels_last_keeps_caffes_trajectory(e_solver, monkeypatch):
+    solver = _solver_in(e_solver, monkeypatch, modes={"channels_last": True})
+    conv = solver.net.layers[1].blobs[0]
+    assert conv.is_contiguous(memory_format=torch.channels_last) and conv.shape[1] > 1
+    trajectory = np.load("sgd_step/trajectory.npz")
+    solver.step(12)
+    for lp in solver.params:
+        np.testing.assert_allclose(lp.tensor.detach().numpy(), trajectory[f"iter12/param/{lp.key}"],
+                                   rtol=1e-5, atol=1e-7)
+
+
+@needs_shared
+def test_bf16_autocast_stays_near_the_float32_run(e_solver, monkeypatch):
+    exact = _solver_in(e_solver, monkeypatch)
+    fast = _solver_in(e_solver, monkeypatch, modes={"amp": True, "channels_last": True})
+    start = [lp.tensor.detach().clone() for lp in exact.params]
+    exact.step(12)
+    fast.step(12)
+    for a, b, a0 in zip(exact.params, fast.params, start):
+        assert b.tensor.dtype == torch.float32  # master weights stay float32
+        change = (a.tensor - a0).abs().max()
+        # bf16 keeps 8 bits of mantissa: the runs part by a small fraction of the change.
+        assert (a.tensor - b.tensor).abs().max() <= 0.05 * change + 1e-6
+    assert not torch.equal(exact.params[0].tensor, fast.params[0].tensor)  # autocast did act
 
 
 @needs_shared

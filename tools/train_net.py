@@ -2,7 +2,7 @@
 """Train a Caffe net from a solver, as `caffe train -solver S [-weights W]` does.
 
     python tools/train_net.py solver.yaml|solver.prototxt [--weights W.caffemodel|.pt]
-        [--resume SNAPSHOT.solverstate|.pt] [--gpu N] [--amp] [--log-dir DIR]
+        [--resume SNAPSHOT.solverstate|.pt] [--gpu N] [--amp] [--channels-last] [--log-dir DIR]
 
 Relative paths inside the solver and net (net, data sources, mean files,
 snapshot_prefix) resolve against the working directory, as in Caffe. Writes
@@ -34,7 +34,9 @@ def parse_args(argv):
     start.add_argument("--resume", help="snapshot to resume from (.solverstate or .pt)")
     parser.add_argument("--gpu", type=int, default=None, help="CUDA device (default: solver_mode)")
     parser.add_argument("--amp", action="store_true",
-                        help="bf16 autocast on the GPU (off by default, for fidelity)")
+                        help="bf16 autocast of the training passes (off by default, for fidelity)")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="NHWC layout of images and conv weights (for GPU tensor cores)")
     parser.add_argument("--log-dir", default=None)
     return parser.parse_args(argv)
 
@@ -112,7 +114,8 @@ def main(argv=None):
             log_file.write(json.dumps({"kind": "test", **record}) + "\n")
 
         solver = Solver(param, device=device, log=lambda line: print(line, flush=True),
-                        on_iteration=on_iteration, on_test=on_test, amp=args.amp)
+                        on_iteration=on_iteration, on_test=on_test, amp=args.amp,
+                        channels_last=args.channels_last)
         print(f"Solver: {solver.updater.kind}, lr_policy {solver.rate.policy}, device {device}, "
               f"{len(solver.params)} learnable blobs, max_iter {param.max_iter}", flush=True)
         if args.weights:

@@ -91,6 +91,8 @@ class CaffeNet(nn.Module):
         self.split_names = self._split_names()
         # Follows .to()/.cuda(): data layers read on the CPU, their batches move here.
         self.register_buffer("_device_marker", torch.zeros(0), persistent=False)
+        # 4-D blobs from data and input layers take this layout (see use_channels_last).
+        self.memory_format = torch.contiguous_format
         self.load_report = None
         if weights is not None:
             self.load_report = self.copy_from(weights)
@@ -177,6 +179,16 @@ class CaffeNet(nn.Module):
                 names[(i, j)] = [f"{top}_{layer}_{j}_split_{k}" for k in range(count)]
         return names
 
+    def use_channels_last(self, enabled=True):
+        """Opt-in NHWC layout for the GPU's tensor cores: 4-D weights and the
+        batches of data and input layers become channels_last. The values and
+        the blob shapes stay Caffe's (N x C x H x W); only the strides change."""
+        self.memory_format = torch.channels_last if enabled else torch.contiguous_format
+        return self.to(memory_format=self.memory_format)
+
+    def _laid_out(self, tensor):
+        return tensor.contiguous(memory_format=self.memory_format) if tensor.dim() == 4 else tensor
+
     # ------------------------------------------------------------ running
 
     @property
@@ -211,12 +223,12 @@ class CaffeNet(nn.Module):
         loss = None
         for i, module in enumerate(self.layers):
             if isinstance(module, Input):
-                outs = tuple(self._fed(name, feeds) for name in self.tops[i])
+                outs = tuple(self._laid_out(self._fed(name, feeds)) for name in self.tops[i])
             elif not self.bottoms[i]:
                 device = self._device_marker.device
                 if hasattr(module, "transform_device"):
                     module.transform_device = device
-                outs = tuple(t.to(device, non_blocking=True) for t in module())
+                outs = tuple(self._laid_out(t.to(device, non_blocking=True)) for t in module())
             else:
                 bottoms = [blobs[b] if keep else blobs[b].detach()
                            for b, keep in zip(self.bottoms[i], self.propagate[i])]

@@ -189,11 +189,15 @@ class Solver:
     """Caffe's Solver::Solve / Step on CaffeNets. log(line) receives Caffe-style
     display lines; on_iteration(record) a dict per displayed iteration."""
 
-    def __init__(self, param, device="cpu", log=print, on_iteration=None, on_test=None, amp=False):
+    def __init__(self, param, device="cpu", log=print, on_iteration=None, on_test=None, amp=False,
+                 channels_last=False):
         self.param = param
         self.device = torch.device(device)
-        # Opt-in bf16 autocast on the GPU; off by default for Caffe fidelity.
-        self.amp = bool(amp) and self.device.type == "cuda"
+        # Opt-in speed modes for the GPU's tensor cores, off by default for Caffe
+        # fidelity: bf16 autocast of the training forward passes (weights, their
+        # gradients and the update stay float32) and channels_last layout.
+        self.amp = bool(amp)
+        self.channels_last = bool(channels_last)
         self.log = log
         self.on_iteration = on_iteration or (lambda record: None)
         self.on_test = on_test or (lambda record: None)
@@ -212,6 +216,8 @@ class Solver:
                            level=state.level if state else 0)
             share_weights(self.net, net)
             self.test_nets.append(net.to(self.device))
+        for net in [self.net] + self.test_nets:
+            net.use_channels_last(self.channels_last)
         self._seed_data_layers()
         self.params = learnable_params(self.net)
         self.rate = LearningRate(param)
