@@ -19,6 +19,7 @@ from ssdh_port.caffe.proto import caffe_pb2 as pb
 from ssdh_port.data.db import open_db
 from ssdh_port.data.imageset import read_list
 from ssdh_port.data.transformer import DataTransformer
+from ssdh_port.precision import set_tf32
 
 
 def array_batches(arrays, batch_size):
@@ -58,7 +59,10 @@ def db_batches(path, batch_size, transform_param, backend="lmdb", resize=None):
 
 def extract(net, blobs, batches=None, iterations=None, device="cpu", progress=True):
     """Run net over batches (or its own data layers for `iterations` batches) and
-    return ({blob: concatenated array}, labels array or None)."""
+    return ({blob: concatenated array}, labels array or None). On a GPU the
+    convolutions run in full float32, as Caffe's do (see ssdh_port.precision)."""
+    if torch.device(device).type == "cuda":
+        set_tf32(False)
     net = net.to(device).eval()
     collected = {name: [] for name in blobs}
     labels = []

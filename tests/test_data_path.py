@@ -26,9 +26,12 @@ CONFIGS = ["d1_lmdb_color256_crop227_meanfile", "d2_lmdb_color256_crop227_meanva
 
 @needs_shared
 @pytest.mark.parametrize("config", CONFIGS)
-def test_data_layers_match_caffe_batches(config, monkeypatch):
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_data_layers_match_caffe_batches(config, prefetch, monkeypatch):
     monkeypatch.chdir(C_DATA)  # the prototxts use paths relative to c_data, as Caffe did
     net = CaffeNet(f"net_{config}.prototxt")
+    if prefetch:  # batches read ahead on a thread are the same batches
+        net.start_prefetch(prefetch)
     expected = np.load(f"{config}.npz")
     for batch in range(3):  # the third batch wraps around the end of the DB
         out = net()
@@ -36,6 +39,29 @@ def test_data_layers_match_caffe_batches(config, monkeypatch):
                                    rtol=0, atol=1e-6)
         assert out["label"].dtype == torch.float32
         np.testing.assert_array_equal(out["label"].numpy(), expected[f"batch{batch}/label"])
+    net.stop_prefetch()
+
+
+def test_prefetcher_keeps_order_and_reports_errors():
+    from ssdh_port.data.prefetch import BatchPrefetcher
+
+    produced = iter(range(5))
+
+    def read():
+        value = next(produced)
+        if value == 4:
+            raise OSError("record 4 is corrupt")
+        return value
+
+    prefetcher = BatchPrefetcher(read, depth=2)
+    assert [prefetcher.next() for _ in range(4)] == [0, 1, 2, 3]
+    with pytest.raises(OSError, match="record 4 is corrupt"):
+        prefetcher.next()
+    assert not prefetcher.running
+    with pytest.raises(RuntimeError, match="closed"):
+        prefetcher.next()
+    with pytest.raises(ValueError, match="depth must be >= 1"):
+        BatchPrefetcher(read, depth=0)
 
 
 @needs_shared

@@ -267,3 +267,16 @@ def test_divergence_stops_with_the_iteration_and_the_loss(e_solver, monkeypatch)
         solver.step(20)
     assert os.path.exists("diverged_iter_1.caffemodel")
     assert solver.iter > 1 and solver.iter <= 21
+
+
+def test_tf32_switch_sets_both_backends():
+    from ssdh_port.precision import set_tf32
+
+    conv, matmul = torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
+    try:
+        set_tf32(False)
+        assert (torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision) == ("ieee", "ieee")
+        set_tf32(True)
+        assert (torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision) == ("tf32", "tf32")
+    finally:
+        torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = conv, matmul

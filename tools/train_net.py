@@ -2,7 +2,8 @@
 """Train a Caffe net from a solver, as `caffe train -solver S [-weights W]` does.
 
     python tools/train_net.py solver.yaml|solver.prototxt [--weights W.caffemodel|.pt]
-        [--resume SNAPSHOT.solverstate|.pt] [--gpu N] [--amp] [--channels-last] [--log-dir DIR]
+        [--resume SNAPSHOT.solverstate|.pt] [--gpu N] [--amp] [--channels-last] [--tf32]
+        [--log-dir DIR]
 
 Relative paths inside the solver and net (net, data sources, mean files,
 snapshot_prefix) resolve against the working directory, as in Caffe. Writes
@@ -37,6 +38,8 @@ def parse_args(argv):
                         help="bf16 autocast of the training passes (off by default, for fidelity)")
     parser.add_argument("--channels-last", action="store_true",
                         help="NHWC layout of images and conv weights (for GPU tensor cores)")
+    parser.add_argument("--tf32", action="store_true",
+                        help="TF32 float32 convolutions on the GPU (default: full float32, as Caffe)")
     parser.add_argument("--log-dir", default=None)
     return parser.parse_args(argv)
 
@@ -115,7 +118,7 @@ def main(argv=None):
 
         solver = Solver(param, device=device, log=lambda line: print(line, flush=True),
                         on_iteration=on_iteration, on_test=on_test, amp=args.amp,
-                        channels_last=args.channels_last)
+                        channels_last=args.channels_last, tf32=args.tf32)
         print(f"Solver: {solver.updater.kind}, lr_policy {solver.rate.policy}, device {device}, "
               f"{len(solver.params)} learnable blobs, max_iter {param.max_iter}", flush=True)
         if args.weights:

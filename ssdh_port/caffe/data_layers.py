@@ -14,6 +14,7 @@ from ssdh_port.caffe.proto import caffe_pb2 as pb
 from ssdh_port.data.datum import decode_image
 from ssdh_port.data.db import open_db
 from ssdh_port.data.imageset import ImagesetError, read_list
+from ssdh_port.data.prefetch import BatchPrefetcher
 from ssdh_port.data.transformer import DataTransformer
 
 
@@ -39,17 +40,19 @@ class _SourceLayer(CaffeLayer):
         self.cursor = (self.cursor + batch_size) % total
         return indices
 
-    def outputs(self, images, labels):
+    def stacked(self, images):
         first = images[0].shape
         for i, image in enumerate(images):
             if image.shape != first:
                 raise self.error(f"item {i} of the batch has shape {image.shape}, the first {first}; "
                                  "a batch needs images of one size (resize them)")
-        return self._transformed(torch.from_numpy(np.stack(images)), labels)
+        return torch.from_numpy(np.stack(images))
 
     def _transformed(self, batch, labels):
         if self.transform_device is not None and self.transform_device.type == "cuda":
-            batch = batch.pin_memory().to(self.transform_device, non_blocking=True)
+            if not batch.is_pinned():
+                batch = batch.pin_memory()
+            batch = batch.to(self.transform_device, non_blocking=True)
         data = self.transformer(batch)
         if len(self.param.top) == 1:
             return (data,)
@@ -79,6 +82,7 @@ class Data(_SourceLayer):
         # Raw byte records take the one-copy batch path (force_* only touch encoded ones).
         self.raw_records = bool(first.data) and not first.encoded
         self._staging = None
+        self._prefetcher = None
 
     def _read(self, index):
         t = self.transformer
@@ -89,18 +93,45 @@ class Data(_SourceLayer):
         return [shape, (self.batch_size,)][: len(self.param.top)]
 
     def forward(self):
-        indices = self.batch_indices(self.batch_size, len(self.db))
-        t = self.transformer
-        if self.raw_records and hasattr(self.db, "read_batch"):
-            # Raw byte records: one copy from the mapped database into a staging
-            # batch reused across forwards (the transform writes a new tensor).
-            if self._staging is None:
-                self._staging = np.empty((self.batch_size,) + self.sample_shape, np.uint8)
-            labels = self.db.read_batch(indices, self._staging)
-            return self._transformed(torch.from_numpy(self._staging), labels)
-        records = [self._read(i) for i in indices]
-        return self.outputs([r[0] for r in records], [r[1] for r in records])
+        if self._prefetcher is not None:
+            batch, labels = self._prefetcher.next()
+        else:
+            batch, labels = self._read_next()
+        return self._transformed(batch, labels)
 
+    def start_prefetch(self, depth=3, pin_memory=False):
+        """Read the next `depth` batches ahead on a thread (as Caffe's data layers
+        do), into page-locked memory with pin_memory (batches bound for a GPU).
+        The batches and their order are the same as without."""
+        self.stop_prefetch()
+        self._prefetcher = BatchPrefetcher(lambda: self._read_next(pin_memory), depth,
+                                           name=f"prefetch {self.name}")
+
+    def stop_prefetch(self):
+        if self._prefetcher is not None:
+            self._prefetcher.close()
+            self._prefetcher = None
+
+    def _read_next(self, pin_memory=False):
+        """The next batch as stored: (uint8 N x C x H x W tensor, labels)."""
+        indices = self.batch_indices(self.batch_size, len(self.db))
+        if self.raw_records and hasattr(self.db, "read_batch"):
+            # Raw byte records: one copy from the mapped database into the batch;
+            # without read-ahead, into a staging batch reused across forwards (the
+            # transform writes a new tensor).
+            shape = (self.batch_size,) + self.sample_shape
+            if pin_memory:
+                batch = torch.empty(shape, dtype=torch.uint8, pin_memory=True)
+            elif self._prefetcher is None:
+                if self._staging is None:
+                    self._staging = torch.empty(shape, dtype=torch.uint8)
+                batch = self._staging
+            else:
+                batch = torch.empty(shape, dtype=torch.uint8)
+            labels = self.db.read_batch(indices, batch.numpy())
+            return batch, labels
+        records = [self._read(i) for i in indices]
+        return self.stacked([r[0] for r in records]), [r[1] for r in records]
 
 
 def check_paired_databases(layers):
@@ -175,7 +206,7 @@ class ImageData(_SourceLayer):
                 self.cursor = 0
                 if self.p.shuffle:
                     self.shuffle_rng.shuffle(self.order)
-        return self.outputs([r[0] for r in records], [r[1] for r in records])
+        return self._transformed(self.stacked([r[0] for r in records]), [r[1] for r in records])
 
 
 @register("HDF5Data")

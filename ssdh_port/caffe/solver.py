@@ -19,6 +19,7 @@ import torch
 from ssdh_port.caffe import io as caffe_io
 from ssdh_port.caffe.net import CaffeNet
 from ssdh_port.caffe.proto import caffe_pb2 as pb
+from ssdh_port.precision import set_tf32
 
 SOLVER_TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
 LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
@@ -190,14 +191,17 @@ class Solver:
     display lines; on_iteration(record) a dict per displayed iteration."""
 
     def __init__(self, param, device="cpu", log=print, on_iteration=None, on_test=None, amp=False,
-                 channels_last=False):
+                 channels_last=False, tf32=False, prefetch=None):
         self.param = param
         self.device = torch.device(device)
         # Opt-in speed modes for the GPU's tensor cores, off by default for Caffe
         # fidelity: bf16 autocast of the training forward passes (weights, their
-        # gradients and the update stay float32) and channels_last layout.
+        # gradients and the update stay float32), channels_last layout, and TF32
+        # for the float32 convolutions (set process-wide on a GPU).
         self.amp = bool(amp)
         self.channels_last = bool(channels_last)
+        if self.device.type == "cuda":
+            set_tf32(tf32)
         self.log = log
         self.on_iteration = on_iteration or (lambda record: None)
         self.on_test = on_test or (lambda record: None)
@@ -216,8 +220,13 @@ class Solver:
                            level=state.level if state else 0)
             share_weights(self.net, net)
             self.test_nets.append(net.to(self.device))
+        # Data layers read ahead on a GPU (Caffe's prefetch threads), where the
+        # reads would otherwise leave it idle; the batches do not change.
+        prefetch = (3 if self.device.type == "cuda" else 0) if prefetch is None else int(prefetch)
         for net in [self.net] + self.test_nets:
             net.use_channels_last(self.channels_last)
+            if prefetch:
+                net.start_prefetch(prefetch)
         self._seed_data_layers()
         self.params = learnable_params(self.net)
         self.rate = LearningRate(param)
