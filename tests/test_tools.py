@@ -212,3 +212,18 @@ def argparse_namespace(**fields):
     import argparse
 
     return argparse.Namespace(**fields)
+
+
+def test_bench_train_runs_the_recipe_step(tmp_path):
+    # A smoke run of the training benchmark on the CPU (tiny batch): every mode
+    # builds the recipe's solver and steps it; the numbers are not checked here.
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "bench_train.py"), "--device", "cpu",
+         "--batch", "2", "--iters", "1", "--warmup", "0", "--images", "4", "--modes", "fp32,bf16-cl",
+         "--json", str(out)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert set(report["modes"]) == {"fp32", "bf16-cl"}
+    assert all(row["images_per_s"] > 0 for row in report["modes"].values())
+    assert report["data_images_per_s"] > 0
