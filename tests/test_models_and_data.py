@@ -1,6 +1,8 @@
 """MNIST reader, fillers and the plain-PyTorch SSDH model."""
 import gzip
 import math
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -60,6 +62,44 @@ def test_lenet_ssdh_shapes_and_objective():
                 + 0.5 * ops.forcing_binary_loss(latent) + 2 * ops.fire_rate_loss(latent))
     torch.testing.assert_close(total, expected)
     assert set(terms) == {"classification", "forcing_binary", "fire_rate"}
+
+
+def test_resnet_ssdh_latent_stays_float32_under_autocast():
+    from ssdh_port.models.resnet import ResNetSSDH
+
+    model = ResNetSSDH(bits=16, width=4).eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        latent, scores = model(images)
+    assert latent.dtype == torch.float32 and scores.dtype == torch.float32
+    assert latent.shape == (2, 16) and scores.shape == (2, 10)
+    # Zero-initialised last norms: each block starts as the identity (plus the shortcut).
+    block = model.stages[0]
+    x = torch.relu(torch.randn(1, 4, 8, 8))
+    torch.testing.assert_close(block(x), x)
+    # The SSDH losses' gradients reach the backbone.
+    latent, scores = model.train()(images)
+    SSDHLoss()(latent, scores, torch.tensor([1, 2]))[0].backward()
+    assert model.stem[0].weight.grad.abs().sum() > 0
+
+
+def test_scratch_trainer_augmentation_and_schedule():
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools"))
+    from train_cifar10_scratch import Augment, schedule
+
+    batch = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).reshape(2, 3, 32, 32)
+    generator = torch.Generator().manual_seed(0)
+    out = Augment(pad=4, generator=generator)(batch)
+    assert out.shape == batch.shape
+    # Each output is a 32 x 32 window of the reflect-padded image, mirrored or not.
+    padded = torch.nn.functional.pad(batch, (4,) * 4, mode="reflect")
+    for i in range(2):
+        windows = [padded[i, :, r:r + 32, c:c + 32] for r in range(9) for c in range(9)]
+        assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(-1)) for w in windows)
+    rates = [schedule(step, 100, 1.0) for step in range(100)]
+    assert rates[0] == pytest.approx(1 / 15) and max(rates) == pytest.approx(1.0)
+    assert rates[14] == pytest.approx(1.0) and rates[-1] == pytest.approx(1 / 85)
+    assert all(a <= b for a, b in zip(rates[:15], rates[1:15]))
 
 
 def test_pair_mosaics_and_dont_care_labels(tmp_path):
