@@ -9,7 +9,8 @@
 #   tools/gpu_suite.sh train OUT_DIR    build; LeNet-SSDH-48 on MNIST on the GPU (compare with the
 #                                       CPU row of results/mnist); CIFAR-10 from scratch (ResNet-18)
 #
-# Environment: PYTHON (python3), WHEELS (.whl), BUNDLE (.carry), EPOCHS (30, the train part).
+# Environment: PYTHON (python3), WHEELS (.whl), BUNDLE (.carry), EPOCHS (30, the train part),
+# SANITIZE=1 (verify: also the CUDA Hamming tests under compute-sanitizer's memcheck).
 set -euo pipefail
 part=${1:?usage: tools/gpu_suite.sh verify|bench|train OUT_DIR}
 out=${2:?usage: tools/gpu_suite.sh verify|bench|train OUT_DIR}
@@ -35,6 +36,10 @@ case "$part" in
   verify)
     SSDH_SHARED_DATA=$BUNDLE/shared "$PYTHON" -m pytest -q -p no:cacheprovider tests \
       2>&1 | tee "$out/tests.log"
+    if [ "${SANITIZE:-0}" = 1 ]; then
+      compute-sanitizer --tool memcheck --error-exitcode 1 "$PYTHON" -m pytest -q -p no:cacheprovider \
+        tests/test_hamming.py -k cuda 2>&1 | tail -40 | tee "$out/memcheck.log"
+    fi
     ;;
   bench)
     "$PYTHON" bench/bench_ops.py --device cuda --json "$out/bench_ops.json" 2>&1 | tee "$out/bench.log"

@@ -240,7 +240,7 @@ def main(argv=None):
         json.dump(report, f, indent=1)
     table = (f"| backbone | bits | epochs | mAP@1000 | mAP (whole ranking) | P(r<=2) | accuracy | "
              f"train time | device |\n|---|---|---|---|---|---|---|---|---|\n"
-             f"| ResNet-18 (scratch) | {args.bits} | {args.epochs} | {100 * report['map_at_1000']:.2f} | "
+             f"| ResNet-18, width {args.width} (scratch) | {args.bits} | {args.epochs} | {100 * report['map_at_1000']:.2f} | "
              f"{100 * report['map_whole_ranking']:.2f} | {100 * report['precision_within_radius_2']:.2f} | "
              f"{100 * report['test_accuracy']:.2f} | {train_seconds:.0f} s | {report['device']} |\n")
     with atomic_write(os.path.join(args.out, "table.md"), "w") as f:
