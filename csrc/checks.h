@@ -40,8 +40,11 @@ inline void check_like(
       " (", ref.device(), "), got ", t.device());
 }
 
-inline void check_scalar_grad(const at::Tensor& grad, const at::Tensor& ref, const char* op) {
-  TORCH_CHECK(grad.numel() == 1, op, ": grad must hold one value, got shape ", grad.sizes());
+inline void check_scalar_grad(
+    const at::Tensor& grad, const at::Tensor& ref, const char* op, int64_t values = 1) {
+  TORCH_CHECK(
+      grad.numel() == values, op, ": grad must hold ", values, " value(s), got shape ",
+      grad.sizes());
   TORCH_CHECK(
       grad.device() == ref.device(), op, ": grad must be on ", ref.device(), ", got ",
       grad.device());
@@ -82,6 +85,17 @@ inline void check_codes(const at::Tensor& queries, const at::Tensor& database, c
   TORCH_CHECK(
       queries.device() == database.device(), op, ": queries are on ", queries.device(),
       ", the database on ", database.device());
+}
+
+// The per-sample means a forward saved for its backward: one per row of a.
+inline void check_row_means(const at::Tensor& row_mean, const at::Tensor& a, const char* op) {
+  TORCH_CHECK(
+      row_mean.dim() == 1 && row_mean.size(0) == a.size(0), op,
+      ": row_mean must be 1-D with one mean per row of a (", a.size(0), "), got shape ",
+      row_mean.sizes());
+  TORCH_CHECK(
+      row_mean.scalar_type() == a.scalar_type() && row_mean.device() == a.device(), op,
+      ": row_mean must have a's dtype and device");
 }
 
 // Label words of the retrieval metrics: int64 rows of the same width, one per

@@ -59,6 +59,17 @@ at::Tensor fire_rate_loss_backward(
   return op.call(grad, row_mean, k, p);
 }
 
+std::tuple<at::Tensor, at::Tensor> latent_losses(const at::Tensor& a, int64_t p) {
+  static auto op = find_op<decltype(latent_losses)>("ssdh::latent_losses");
+  return op.call(a, p);
+}
+
+at::Tensor latent_losses_backward(
+    const at::Tensor& grad, const at::Tensor& a, const at::Tensor& row_mean, int64_t p) {
+  static auto op = find_op<decltype(latent_losses_backward)>("ssdh::_latent_losses_backward");
+  return op.call(grad, a, row_mean, p);
+}
+
 at::Tensor max_margin_loss(
     const at::Tensor& scores, const at::Tensor& labels,
     const std::optional<at::Tensor>& mask, int64_t p, bool signed_labels) {
@@ -90,6 +101,10 @@ TORCH_LIBRARY(ssdh, m) {
   m.def("fire_rate_loss(Tensor a, int p) -> (Tensor, Tensor)");
   m.def(
       "_fire_rate_loss_backward(Tensor grad, Tensor row_mean, int k, int p) -> Tensor");
+  m.def(
+      "latent_losses(Tensor a, int p) -> (Tensor, Tensor)");
+  m.def(
+      "_latent_losses_backward(Tensor grad, Tensor a, Tensor row_mean, int p) -> Tensor");
   m.def(
       "max_margin_loss(Tensor scores, Tensor labels, Tensor? mask, int p, "
       "bool signed_labels) -> Tensor");

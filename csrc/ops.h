@@ -20,6 +20,13 @@ std::tuple<at::Tensor, at::Tensor> fire_rate_loss(const at::Tensor& a, int64_t p
 at::Tensor fire_rate_loss_backward(
     const at::Tensor& grad, const at::Tensor& row_mean, int64_t k, int64_t p);
 
+// E2 and E3 in one pass over a (the two latent-layer terms of every SSDH
+// step); returns ([E2, E3], per-sample means). The backward takes the
+// gradients of both terms as one 2-element tensor.
+std::tuple<at::Tensor, at::Tensor> latent_losses(const at::Tensor& a, int64_t p);
+at::Tensor latent_losses_backward(
+    const at::Tensor& grad, const at::Tensor& a, const at::Tensor& row_mean, int64_t p);
+
 // Multi-label max-margin loss. signed_labels: labels are +1/-1/0 (0 = don't
 // care) and mask must be absent; otherwise labels are 0/1 and a non-zero mask
 // entry marks a label that counts.

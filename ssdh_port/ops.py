@@ -12,6 +12,9 @@ Losses (SPEC.md section 1; a is the N x K output of the latent sigmoid):
 * ``fire_rate_loss(a, p)`` -- E3 (``K2_EuclideanLoss`` after the 1 x K average
   pooling): with m_n the mean of row n, ``(1 / (2*N)) * sum (m_n - 0.5)^2`` (p = 2)
   or ``(1 / N) * sum |m_n - 0.5|`` (p = 1).
+* ``latent_losses(a, p)`` -- E2 and E3 fused, as a 2-element tensor: one pass over a
+  forward, one kernel backward (the values of the two ops above, summed in another
+  order). ``beta * t[0] + gamma * t[1]`` is SSDH's latent-layer objective.
 * ``max_margin_loss(scores, labels, p, mask)`` -- multi-label max-margin loss on raw
   scores, ``0.5 * |y - s|^p`` outside the margins (positives want s >= 1, negatives
   s <= 0), summed over labels and averaged over the N samples.
@@ -41,6 +44,7 @@ from ssdh_port import _native  # noqa: F401  (registers torch.ops.ssdh)
 __all__ = [
     "forcing_binary_loss",
     "fire_rate_loss",
+    "latent_losses",
     "max_margin_loss",
     "pack_bits",
     "unpack_bits",
@@ -107,6 +111,14 @@ def fire_rate_loss(a: Tensor, p: int = 2) -> Tensor:
     _check_p(p, "fire_rate_loss")
     _check_batch(a, "fire_rate_loss", "a")
     return torch.ops.ssdh.fire_rate_loss(a, p)[0]
+
+
+def latent_losses(a: Tensor, p: int = 2) -> Tensor:
+    """E2 and E3 in one fused op: a 2-element tensor (forcing_binary_loss(a, p),
+    fire_rate_loss(a, p)), differentiable in both."""
+    _check_p(p, "latent_losses")
+    _check_batch(a, "latent_losses", "a")
+    return torch.ops.ssdh.latent_losses(a, p)[0]
 
 
 def _resolve_label_format(labels, mask, label_format):
@@ -235,6 +247,16 @@ def _(a, p):
 @torch.library.register_fake("ssdh::_fire_rate_loss_backward")
 def _(grad, row_mean, k, p):
     return row_mean.new_empty((row_mean.shape[0], k))
+
+
+@torch.library.register_fake("ssdh::latent_losses")
+def _(a, p):
+    return a.new_empty((2,)), a.new_empty((a.shape[0],))
+
+
+@torch.library.register_fake("ssdh::_latent_losses_backward")
+def _(grad, a, row_mean, p):
+    return torch.empty_like(a, memory_format=torch.contiguous_format)
 
 
 @torch.library.register_fake("ssdh::max_margin_loss")

@@ -63,6 +63,27 @@ def test_fire_rate_matches_reference(n, k, p, dtype):
     torch.testing.assert_close(grad.double(), UPSTREAM * ref_grad, **_tol(dtype))
 
 
+def _fused(x, p, weights=(0.7, -1.3)):
+    """SSDH's beta * E2 + gamma * E3 through the fused op (two different weights)."""
+    terms = ops.latent_losses(x, p)
+    return weights[0] * terms[0] + weights[1] * terms[1]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("p", [1, 2])
+@pytest.mark.parametrize("n,k", SIZES)
+def test_fused_latent_losses_match_reference(n, k, p, dtype):
+    a = _activations(n, k, dtype, seed=2)
+    terms = ops.latent_losses(a, p)
+    e2, g2 = reference.forcing_binary(a, p)
+    e3, g3 = reference.fire_rate(a, p)
+    assert terms.dtype == dtype and terms.shape == (2,)
+    torch.testing.assert_close(terms.double(), torch.stack([e2, e3]), **_tol(dtype))
+    loss, grad = _value_and_grad(_fused, a, p)
+    torch.testing.assert_close(loss.double(), 0.7 * e2 - 1.3 * e3, **_tol(dtype))
+    torch.testing.assert_close(grad.double(), UPSTREAM * (0.7 * g2 - 1.3 * g3), **_tol(dtype))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("p", [1, 2])
 @pytest.mark.parametrize("n,m", SIZES)
@@ -175,6 +196,7 @@ def test_gradcheck(p):
     a = _activations(5, 9, torch.float64, seed=3).requires_grad_(True)
     assert torch.autograd.gradcheck(lambda x: ops.forcing_binary_loss(x, p), (a,))
     assert torch.autograd.gradcheck(lambda x: ops.fire_rate_loss(x, p), (a,))
+    assert torch.autograd.gradcheck(lambda x: ops.latent_losses(x, p), (a,))
     scores, labels, mask = _multilabel(6, 7, seed=3)
     scores.requires_grad_(True)
     assert torch.autograd.gradcheck(lambda s: ops.max_margin_loss(s, labels, p, mask=mask), (scores,))
@@ -195,6 +217,8 @@ def _opcheck_samples():
         (torch.ops.ssdh.forcing_binary_loss.default, (a, 1)),
         (torch.ops.ssdh.fire_rate_loss.default, (a, 2)),
         (torch.ops.ssdh.fire_rate_loss.default, (a.float().detach().requires_grad_(True), 1)),
+        (torch.ops.ssdh.latent_losses.default, (a, 2)),
+        (torch.ops.ssdh.latent_losses.default, (a.float().detach().requires_grad_(True), 1)),
         (torch.ops.ssdh.max_margin_loss.default, (scores, labels, mask, 2, False)),
         (torch.ops.ssdh.max_margin_loss.default, (scores, signed, None, 1, True)),
         (torch.ops.ssdh.pack_bits.default, (a.detach(), 0.5)),
@@ -249,6 +273,8 @@ BAD_INPUTS = [
     (lambda: ops.fire_rate_loss(torch.rand(0, 48)), ValueError, "must not be empty"),
     (lambda: ops.forcing_binary_loss(torch.rand(2, 3), p=3), ValueError, "p must be 1 or 2"),
     (lambda: ops.fire_rate_loss(torch.rand(2, 3), p=0), ValueError, "p must be 1 or 2"),
+    (lambda: ops.latent_losses(torch.rand(2, 3), p=3), ValueError, "latent_losses: p must be 1 or 2"),
+    (lambda: ops.latent_losses(torch.rand(2, 3, 1)), ValueError, "latent_losses: a must be a 2-D"),
     (lambda: ops.forcing_binary_loss([[0.1]]), TypeError, "must be a torch.Tensor"),
     (lambda: ops.max_margin_loss(torch.rand(4, 5), torch.ones(4, 6)), ValueError,
      r"labels must have the shape of scores \(4, 5\)"),
@@ -292,6 +318,12 @@ def test_native_kernels_check_too():
         torch.ops.ssdh.forcing_binary_loss(torch.rand(2, 2), 5)
     with pytest.raises(RuntimeError, match="must be a 2-D N x K tensor"):
         torch.ops.ssdh.fire_rate_loss(torch.rand(2, 2, 2), 2)
+    a = torch.rand(3, 4)
+    _, row_mean = torch.ops.ssdh.latent_losses(a, 2)
+    with pytest.raises(RuntimeError, match="grad must hold 2 value"):
+        torch.ops.ssdh._latent_losses_backward(torch.ones(()), a, row_mean, 2)
+    with pytest.raises(RuntimeError, match="one mean per row of a"):
+        torch.ops.ssdh._latent_losses_backward(torch.ones(2), a, row_mean[:2], 2)
     with pytest.raises(RuntimeError, match="labels must have the dtype of scores"):
         torch.ops.ssdh.max_margin_loss(torch.rand(2, 2), torch.ones(2, 2, dtype=torch.float64),
                                        None, 2, False)
@@ -327,6 +359,7 @@ def test_cuda_matches_cpu(n, k, p, dtype):
     cases = [
         (ops.forcing_binary_loss, (a, p), {}),
         (ops.fire_rate_loss, (a, p), {}),
+        (_fused, (a, p), {}),
         (ops.max_margin_loss, (scores, labels, p), {"mask": mask}),
         (ops.max_margin_loss, (scores, (2 * labels - 1) * mask, p), {}),
     ]

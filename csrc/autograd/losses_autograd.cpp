@@ -51,6 +51,26 @@ class FireRateLossFunction : public torch::autograd::Function<FireRateLossFuncti
   }
 };
 
+class LatentLossesFunction : public torch::autograd::Function<LatentLossesFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const Variable& a, int64_t p) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [terms, row_mean] = ssdh::latent_losses(a, p);
+    ctx->save_for_backward({a, row_mean});
+    ctx->saved_data["p"] = p;
+    ctx->mark_non_differentiable({row_mean});
+    return {terms, row_mean};
+  }
+
+  static variable_list backward(AutogradContext* ctx, const variable_list& grad_out) {
+    const auto saved = ctx->get_saved_variables();
+    // grad_out[0] holds d objective / d E2 and d objective / d E3 (SSDH's weights).
+    return {ssdh::latent_losses_backward(grad_out[0], saved[0], saved[1],
+                                         ctx->saved_data["p"].toInt()),
+            Variable()};
+  }
+};
+
 class MaxMarginLossFunction : public torch::autograd::Function<MaxMarginLossFunction> {
  public:
   static Variable forward(
@@ -85,6 +105,11 @@ std::tuple<at::Tensor, at::Tensor> fire_rate_loss_autograd(const at::Tensor& a, 
   return {outputs[0], outputs[1]};
 }
 
+std::tuple<at::Tensor, at::Tensor> latent_losses_autograd(const at::Tensor& a, int64_t p) {
+  const auto outputs = LatentLossesFunction::apply(a, p);
+  return {outputs[0], outputs[1]};
+}
+
 at::Tensor max_margin_loss_autograd(
     const at::Tensor& scores, const at::Tensor& labels,
     const std::optional<at::Tensor>& mask, int64_t p, bool signed_labels) {
@@ -96,6 +121,7 @@ at::Tensor max_margin_loss_autograd(
 TORCH_LIBRARY_IMPL(ssdh, Autograd, m) {
   m.impl("forcing_binary_loss", &forcing_binary_loss_autograd);
   m.impl("fire_rate_loss", &fire_rate_loss_autograd);
+  m.impl("latent_losses", &latent_losses_autograd);
   m.impl("max_margin_loss", &max_margin_loss_autograd);
 }
 

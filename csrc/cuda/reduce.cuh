@@ -28,7 +28,7 @@ __device__ inline acc_t warp_sum(acc_t v) {
 }
 
 // Sum over the block; the result is valid in thread 0. blockDim.x must be a
-// multiple of 32.
+// multiple of 32, and every thread of the block must call it.
 template <typename acc_t>
 __device__ inline acc_t block_sum(acc_t v) {
   __shared__ acc_t warp_sums[32];
@@ -41,6 +41,8 @@ __device__ inline acc_t block_sum(acc_t v) {
   __syncthreads();
   const int warps = blockDim.x / 32;
   v = (threadIdx.x < warps) ? warp_sums[lane] : acc_t(0);
+  // Every read done before a next call may overwrite warp_sums.
+  __syncthreads();
   if (warp == 0) {
     v = warp_sum(v);
   }
@@ -60,15 +62,18 @@ __global__ void partial_sum_kernel(int64_t n, Term term, acc_t* partial) {
   }
 }
 
+// Block b adds the count partials starting at partial[b * count] in order and
+// writes scale times their sum to out[b] (one block: one sum).
 template <typename scalar_t, typename acc_t>
 __global__ void finish_sum_kernel(const acc_t* partial, int count, acc_t scale, scalar_t* out) {
+  partial += int64_t(blockIdx.x) * count;
   acc_t s = 0;
   for (int i = threadIdx.x; i < count; i += blockDim.x) {
     s += partial[i];
   }
   s = block_sum(s);
   if (threadIdx.x == 0) {
-    *out = static_cast<scalar_t>(scale * s);
+    out[blockIdx.x] = static_cast<scalar_t>(scale * s);
   }
 }
 
