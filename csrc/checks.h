@@ -98,6 +98,17 @@ inline void check_row_means(const at::Tensor& row_mean, const at::Tensor& a, con
       ": row_mean must have a's dtype and device");
 }
 
+// The fused E2 + E3 backward: the gradients of both terms (two values), a and
+// the row means its forward saved.
+inline void check_latent_backward_args(
+    const at::Tensor& grad, const at::Tensor& a, const at::Tensor& row_mean, int64_t p,
+    const char* op) {
+  check_p(p, op);
+  check_matrix(a, op, "a");
+  check_row_means(row_mean, a, op);
+  check_scalar_grad(grad, a, op, 2);
+}
+
 // Label words of the retrieval metrics: int64 rows of the same width, one per
 // query and one per database code.
 inline void check_label_words(

@@ -230,10 +230,7 @@ std::tuple<at::Tensor, at::Tensor> latent_losses_kernel(const at::Tensor& a_in, 
 
 at::Tensor latent_losses_backward_kernel(
     const at::Tensor& grad_in, const at::Tensor& a_in, const at::Tensor& row_mean_in, int64_t p) {
-  check_p(p, "latent_losses_backward");
-  check_matrix(a_in, "latent_losses_backward", "a");
-  check_row_means(row_mean_in, a_in, "latent_losses_backward");
-  check_scalar_grad(grad_in, a_in, "latent_losses_backward", 2);
+  check_latent_backward_args(grad_in, a_in, row_mean_in, p, "latent_losses_backward");
   c10::cuda::CUDAGuard guard(a_in.device());
   const at::Tensor a = a_in.contiguous();
   const at::Tensor row_mean = row_mean_in.contiguous();
