@@ -120,6 +120,30 @@ def test_opcheck():
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
 
+@pytest.mark.parametrize("bits", [48, 64, 128])
+@pytest.mark.parametrize("clustered", [False, True])
+def test_few_queries_split_the_database(bits, clustered):
+    # Fewer query blocks than threads: the database is scanned in segments in
+    # parallel and the segments' candidates merged; ties must keep database order.
+    db, db_bits = _codes(70_000, bits, 19, clustered)
+    q, q_bits = _codes(3, bits, 20, clustered)
+    dist, order = _reference(q_bits, db_bits)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        for k in (1, 100, 5000):
+            d, i = ops.hamming_topk(q, db, k)
+            np.testing.assert_array_equal(i.numpy(), order[:, :k])
+            np.testing.assert_array_equal(d.numpy(), np.take_along_axis(dist, order[:, :k], axis=1))
+        lims, d, i = ops.hamming_radius(q, db, bits // 4)
+        for row in range(3):
+            within = np.flatnonzero(dist[row] <= bits // 4)
+            expected = within[np.argsort(dist[row][within], kind="stable")]
+            np.testing.assert_array_equal(i[lims[row]:lims[row + 1]].numpy(), expected)
+    finally:
+        torch.set_num_threads(threads)
+
+
 needs_cuda = pytest.mark.skipif(
     not (torch.cuda.is_available() and ssdh_port._native.WITH_CUDA),
     reason="needs a CUDA device and the extension built with CUDA")

@@ -81,42 +81,104 @@ int64_t scan_block_size(int64_t n_queries) {
   return std::clamp<int64_t>((per_thread + 7) / 8 * 8, 8, 32);
 }
 
+// Fewer query blocks than threads (one query to a server, say): the database
+// is also split into segments scanned in parallel, of at least this many rows.
+constexpr int64_t kMinSegmentRows = 16384;
+
+// Scan database rows [begin, end) for queries [q0, q1) into found[0..q1-q0),
+// each list reset with the start bound first.
+void scan_rows(const Codes& c, int64_t q0, int64_t q1, int64_t begin, int64_t end, int bound,
+               int64_t k, std::vector<Candidates>& found, std::vector<uint64_t>& words) {
+  const uint8_t* queries = c.queries.const_data_ptr<uint8_t>();
+  const uint8_t* db = c.database.const_data_ptr<uint8_t>();
+  const ScanFn scan = best_scan_fn();
+  const ShortScanFn short_scan = best_short_scan_fn(c.bytes);
+  for (int64_t q = q0; q < q1; ++q) {
+    found[q - q0].reset(bound, k, c.bits);
+    words[q - q0] = 0;  // short codes zero-extended, as the database's are loaded
+    if (short_scan) {
+      std::memcpy(&words[q - q0], queries + q * c.bytes, c.bytes);
+    }
+  }
+  for (int64_t first = begin; first < end; first += kDbBlock) {
+    const int64_t last = std::min(end, first + kDbBlock);
+    if (short_scan) {
+      short_scan(words.data(), static_cast<int>(q1 - q0), db, c.bytes, first, last, found.data());
+      continue;
+    }
+    for (int64_t q = q0; q < q1; ++q) {
+      scan(queries + q * c.bytes, db, c.bytes, first, last, found[q - q0]);
+    }
+  }
+}
+
+// One query's candidates from consecutive database segments, as one list: in
+// database order, counts added, and the smallest of the segments' bounds. Each
+// segment kept every code within its final bound, and a bound below the start
+// one has at least k codes of its segment within it, so the k nearest overall
+// and the counts up to that smallest bound are all there.
+void merge_segments(const std::vector<const Candidates*>& parts, Candidates& out) {
+  out.index.clear();
+  out.distance.clear();
+  std::fill(out.count.begin(), out.count.end(), 0);
+  out.bound = parts.front()->bound;
+  for (const Candidates* part : parts) {
+    out.index.insert(out.index.end(), part->index.begin(), part->index.end());
+    out.distance.insert(out.distance.end(), part->distance.begin(), part->distance.end());
+    for (size_t d = 0; d < out.count.size(); ++d) {
+      out.count[d] += part->count[d];
+    }
+    out.bound = std::min(out.bound, part->bound);
+  }
+}
+
 // body(q0, q1, candidates) for blocks of queries in parallel, each query's
 // candidates scanned with the given start bound (and k, 0 for a fixed bound).
 template <typename Body>
 void scan_query_blocks(const Codes& c, int bound, int64_t k, const Body& body) {
   const int64_t block = scan_block_size(c.n_queries);
   const int64_t blocks = (c.n_queries + block - 1) / block;
-  const uint8_t* queries = c.queries.const_data_ptr<uint8_t>();
-  const uint8_t* db = c.database.const_data_ptr<uint8_t>();
-  const ScanFn scan = best_scan_fn();
-  const ShortScanFn short_scan = best_short_scan_fn(c.bytes);
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<Candidates> found(block);
+  const int64_t threads = at::get_num_threads();
+  const int64_t segments = std::max<int64_t>(
+      1, std::min(threads / std::max<int64_t>(1, blocks), c.n_db / kMinSegmentRows));
+  if (segments == 1) {
+    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+      std::vector<Candidates> found(block);
+      std::vector<uint64_t> words(block);
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t q0 = b * block;
+        const int64_t q1 = std::min(c.n_queries, q0 + block);
+        scan_rows(c, q0, q1, 0, c.n_db, bound, k, found, words);
+        body(q0, q1, found);
+      }
+    });
+    return;
+  }
+  // Every (query block, segment) pair in parallel, then each block's segments merged.
+  std::vector<std::vector<Candidates>> parts(blocks * segments, std::vector<Candidates>(block));
+  at::parallel_for(0, blocks * segments, 1, [&](int64_t t0, int64_t t1) {
     std::vector<uint64_t> words(block);
-    for (int64_t b = b0; b < b1; ++b) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / segments, s = t % segments;
       const int64_t q0 = b * block;
-      const int64_t q1 = std::min(c.n_queries, q0 + block);
-      for (int64_t q = q0; q < q1; ++q) {
-        found[q - q0].reset(bound, k, c.bits);
-        words[q - q0] = 0;  // short codes zero-extended, as the database's are loaded
-        if (short_scan) {
-          std::memcpy(&words[q - q0], queries + q * c.bytes, c.bytes);
-        }
-      }
-      for (int64_t first = 0; first < c.n_db; first += kDbBlock) {
-        const int64_t last = std::min(c.n_db, first + kDbBlock);
-        if (short_scan) {
-          short_scan(words.data(), static_cast<int>(q1 - q0), db, c.bytes, first, last, found.data());
-          continue;
-        }
-        for (int64_t q = q0; q < q1; ++q) {
-          scan(queries + q * c.bytes, db, c.bytes, first, last, found[q - q0]);
-        }
-      }
-      body(q0, q1, found);
+      scan_rows(c, q0, std::min(c.n_queries, q0 + block), s * c.n_db / segments,
+                (s + 1) * c.n_db / segments, bound, k, parts[t], words);
     }
   });
+  std::vector<Candidates> found(block);
+  std::vector<const Candidates*> query_parts(segments);
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t q0 = b * block;
+    const int64_t q1 = std::min(c.n_queries, q0 + block);
+    for (int64_t q = q0; q < q1; ++q) {
+      found[q - q0].reset(bound, k, c.bits);
+      for (int64_t s = 0; s < segments; ++s) {
+        query_parts[s] = &parts[b * segments + s][q - q0];
+      }
+      merge_segments(query_parts, found[q - q0]);
+    }
+    body(q0, q1, found);
+  }
 }
 
 // Place candidates with distance <= cutoff at slot[d]++ (positions < end kept).
