@@ -113,9 +113,9 @@ def schedule(step, total, peak, warmup=0.15):
 
 
 def parameter_groups(model, weight_decay):
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        (no_decay if param.dim() <= 1 else decay).append(param)
+    # Norm scales and biases (1-D) take no weight decay.
+    decay = [p for p in model.parameters() if p.dim() > 1]
+    no_decay = [p for p in model.parameters() if p.dim() <= 1]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
