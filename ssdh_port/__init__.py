@@ -4,4 +4,4 @@ the original Caffe code. Importing the package loads the native operators
 from ssdh_port import _native  # noqa: F401  (registers torch.ops.ssdh)
 from ssdh_port import ops  # noqa: F401
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

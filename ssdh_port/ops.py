@@ -1,6 +1,6 @@
 """Python entry points of the native SSDH operators (torch.ops.ssdh.*).
 
-Losses (SPEC.md section 1; a is the N x K output of the latent sigmoid):
+Losses (docs/SPEC.md section 1; a is the N x K output of the latent sigmoid):
 
 * ``forcing_binary_loss(a, p)`` -- E2 exactly as the original ``K1_EuclideanLoss``
   reports it: ``-(1 / (2*N*K)) * sum (a - 0.5)^2`` for p = 2 and
@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from ssdh_port import _native  # noqa: F401  (registers torch.ops.ssdh)
+from ssdh_port.errors import SSDHError
 
 __all__ = [
     "forcing_binary_loss",
@@ -62,7 +63,7 @@ _LABEL_FORMATS = ("auto", "binary", "signed")
 
 def _check_p(p, op):
     if p not in (1, 2) or isinstance(p, bool):
-        raise ValueError(f"{op}: p must be 1 or 2, got {p!r}")
+        raise SSDHError(f"{op}: p must be 1 or 2, got {p!r}")
 
 
 def _check_tensor(t, op, name):
@@ -74,26 +75,26 @@ def _check_batch(t, op, name, floating=True):
     """t must be a non-empty 2-D N x K tensor (floating-point unless told)."""
     _check_tensor(t, op, name)
     if t.dim() != 2:
-        raise ValueError(
+        raise SSDHError(
             f"{op}: {name} must be a 2-D N x K tensor, got {t.dim()}-D with shape "
             f"{tuple(t.shape)}"
         )
     if floating and not t.is_floating_point():
         raise TypeError(f"{op}: {name} must be a floating-point tensor, got {t.dtype}")
     if t.shape[0] == 0 or t.shape[1] == 0:
-        raise ValueError(f"{op}: {name} must not be empty, got shape {tuple(t.shape)}")
+        raise SSDHError(f"{op}: {name} must not be empty, got shape {tuple(t.shape)}")
 
 
 def _check_companion(t, ref, op, name, ref_name):
     """t must match ref's shape and device (its dtype is converted, not checked)."""
     _check_tensor(t, op, name)
     if t.shape != ref.shape:
-        raise ValueError(
+        raise SSDHError(
             f"{op}: {name} must have the shape of {ref_name} {tuple(ref.shape)}, got "
             f"{tuple(t.shape)}"
         )
     if t.device != ref.device:
-        raise ValueError(
+        raise SSDHError(
             f"{op}: {name} is on {t.device} but {ref_name} is on {ref.device}; "
             "put both on the same device"
         )
@@ -123,12 +124,12 @@ def latent_losses(a: Tensor, p: int = 2) -> Tensor:
 
 def _resolve_label_format(labels, mask, label_format):
     if label_format not in _LABEL_FORMATS:
-        raise ValueError(
+        raise SSDHError(
             f"max_margin_loss: label_format must be one of {_LABEL_FORMATS}, got "
             f"{label_format!r}"
         )
     if label_format == "signed" and mask is not None:
-        raise ValueError(
+        raise SSDHError(
             "max_margin_loss: a mask goes with 0/1 labels; signed (+1/-1/0) labels "
             "mark don't care with 0"
         )
@@ -172,11 +173,11 @@ def unpack_bits(packed: Tensor, k: int) -> Tensor:
     if packed.dtype != torch.uint8:
         raise TypeError(f"unpack_bits: packed must be uint8, got {packed.dtype}")
     if packed.dim() != 2:
-        raise ValueError(
+        raise SSDHError(
             f"unpack_bits: packed must be a 2-D N x B tensor, got shape {tuple(packed.shape)}"
         )
     if not isinstance(k, int) or k < 1 or (k + 7) // 8 != packed.shape[1]:
-        raise ValueError(
+        raise SSDHError(
             f"unpack_bits: k = {k!r} does not fit codes of {packed.shape[1]} bytes "
             f"(k must satisfy ceil(k / 8) == {packed.shape[1]})"
         )
@@ -216,7 +217,7 @@ class MaxMarginMultiLabelLoss(_WeightedLoss):
     def __init__(self, loss_weight: float = 1.0, p: int = 2, label_format: str = "auto"):
         super().__init__(loss_weight, p)
         if label_format not in _LABEL_FORMATS:
-            raise ValueError(
+            raise SSDHError(
                 f"MaxMarginMultiLabelLoss: label_format must be one of {_LABEL_FORMATS}, "
                 f"got {label_format!r}"
             )
@@ -290,10 +291,10 @@ def _check_codes(queries, database, op):
                 f"{op}: {name} must be 2-D uint8 packed codes (ssdh_port.ops.pack_bits), got "
                 f"{t.dtype} with shape {tuple(t.shape)}")
     if queries.shape[1] != database.shape[1]:
-        raise ValueError(
+        raise SSDHError(
             f"{op}: queries have {queries.shape[1]} bytes per code, the database {database.shape[1]}")
     if queries.device != database.device:
-        raise ValueError(f"{op}: queries are on {queries.device}, the database on {database.device}")
+        raise SSDHError(f"{op}: queries are on {queries.device}, the database on {database.device}")
 
 
 def hamming_topk(queries: Tensor, database: Tensor, k: int):
@@ -304,7 +305,7 @@ def hamming_topk(queries: Tensor, database: Tensor, k: int):
     database order (the original evaluation's stable sort)."""
     _check_codes(queries, database, "hamming_topk")
     if not isinstance(k, int) or not 1 <= k <= database.shape[0]:
-        raise ValueError(
+        raise SSDHError(
             f"hamming_topk: k must be an int between 1 and the database size {database.shape[0]}, "
             f"got {k!r}")
     return torch.ops.ssdh.hamming_topk(queries, database, k)
@@ -318,7 +319,7 @@ def hamming_radius(queries: Tensor, database: Tensor, radius: int):
     (faiss's range-search layout)."""
     _check_codes(queries, database, "hamming_radius")
     if not isinstance(radius, int) or radius < 0:
-        raise ValueError(f"hamming_radius: radius must be an int >= 0, got {radius!r}")
+        raise SSDHError(f"hamming_radius: radius must be an int >= 0, got {radius!r}")
     return torch.ops.ssdh.hamming_radius(queries, database, radius)
 
 
@@ -350,7 +351,7 @@ def _(queries, database):
 def hamming_rank_stats(queries: Tensor, database: Tensor, query_labels: Tensor,
                        database_labels: Tensor, k: int, exact: bool):
     """Retrieval statistics of the Hamming ranking (CPU or CUDA), ties in
-    database order, without sorting: the counting passes of DESIGN.md.
+    database order, without sorting: the counting passes of docs/DESIGN.md.
 
     Relevance comes from label words, int64 rows of equal width W (Q x W and
     N x W): with exact=True an item is relevant when its words equal the
@@ -362,17 +363,17 @@ def hamming_rank_stats(queries: Tensor, database: Tensor, query_labels: Tensor,
     codes per distance)."""
     _check_codes(queries, database, "hamming_rank_stats")
     if not isinstance(k, int) or not 1 <= k <= database.shape[0]:
-        raise ValueError(
+        raise SSDHError(
             f"hamming_rank_stats: k must be an int between 1 and the database size "
             f"{database.shape[0]}, got {k!r}")
     for name, words, rows in (("query_labels", query_labels, queries.shape[0]),
                               ("database_labels", database_labels, database.shape[0])):
         if words.dtype != torch.int64 or words.dim() != 2 or words.shape[0] != rows:
-            raise ValueError(
+            raise SSDHError(
                 f"hamming_rank_stats: {name} must be int64 label words with {rows} rows "
                 f"(Q x W / N x W), got {words.dtype} {tuple(words.shape)}")
         if words.device != queries.device:
-            raise ValueError(f"hamming_rank_stats: the codes are on {queries.device}, {name} on "
+            raise SSDHError(f"hamming_rank_stats: the codes are on {queries.device}, {name} on "
                              f"{words.device}")
     return torch.ops.ssdh.hamming_rank_stats(queries, database, query_labels, database_labels,
                                              k, bool(exact))

@@ -11,11 +11,11 @@ import torch
 
 from ssdh_port.caffe.layers import CaffeLayer, register
 from ssdh_port.caffe.proto import caffe_pb2 as pb
-from ssdh_port.data.datum import decode_image
 from ssdh_port.data.db import open_db
 from ssdh_port.data.imageset import ImagesetError, read_list
 from ssdh_port.data.prefetch import BatchPrefetcher
 from ssdh_port.data.transformer import DataTransformer
+from ssdh_port.errors import SSDHError
 
 
 class _SourceLayer(CaffeLayer):
@@ -156,7 +156,7 @@ def read_image(path, new_height=0, new_width=0, is_color=True):
     """Caffe's ReadImageToCVMat: OpenCV read, optional resize (bilinear), CHW."""
     image = cv2.imread(path, cv2.IMREAD_COLOR if is_color else cv2.IMREAD_GRAYSCALE)
     if image is None:
-        raise ValueError(f"{path}: cannot read the image")
+        raise SSDHError(f"{path}: cannot read the image")
     if new_height and new_width:
         image = cv2.resize(image, (new_width, new_height), interpolation=cv2.INTER_LINEAR)
     return image[None] if image.ndim == 2 else np.ascontiguousarray(image.transpose(2, 0, 1))

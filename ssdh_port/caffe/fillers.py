@@ -9,6 +9,8 @@ import math
 
 import torch
 
+from ssdh_port.errors import SSDHError
+
 VARIANCE_NORMS = ("FAN_IN", "FAN_OUT", "AVERAGE")
 
 
@@ -21,7 +23,7 @@ def _fans(shape):
 
 def _norm(shape, variance_norm):
     if variance_norm not in VARIANCE_NORMS:
-        raise ValueError(f"filler variance_norm must be one of {VARIANCE_NORMS}, got {variance_norm!r}")
+        raise SSDHError(f"filler variance_norm must be one of {VARIANCE_NORMS}, got {variance_norm!r}")
     fan_in, fan_out = _fans(shape)
     return {"FAN_IN": fan_in, "FAN_OUT": fan_out, "AVERAGE": (fan_in + fan_out) / 2.0}[variance_norm]
 
@@ -40,7 +42,7 @@ def fill_(tensor, type="constant", value=0.0, min=0.0, max=1.0, mean=0.0, std=1.
         if sparse >= 0:
             # Caffe keeps each weight with probability sparse / num_inputs.
             if len(shape) < 2:
-                raise ValueError("gaussian filler: sparse needs a blob of at least 2 axes")
+                raise SSDHError("gaussian filler: sparse needs a blob of at least 2 axes")
             keep = sparse / (math.prod(shape) // shape[0])  # min/max are filler fields here
             tensor.mul_(torch.rand(shape, generator=generator, dtype=tensor.dtype) < keep)
     elif type == "positive_unitball":
@@ -54,14 +56,14 @@ def fill_(tensor, type="constant", value=0.0, min=0.0, max=1.0, mean=0.0, std=1.
         tensor.normal_(0.0, math.sqrt(2.0 / _norm(shape, variance_norm)), generator=generator)
     elif type == "bilinear":
         if len(shape) != 4 or shape[2] != shape[3]:
-            raise ValueError(f"bilinear filler needs a 4-D blob with square kernels, got {shape}")
+            raise SSDHError(f"bilinear filler needs a 4-D blob with square kernels, got {shape}")
         f = math.ceil(shape[3] / 2.0)
         c = (2 * f - 1 - f % 2) / (2.0 * f)
         coords = torch.arange(shape[3], dtype=torch.float64)
         profile = 1 - (coords / f - c).abs()
         tensor.copy_((profile[:, None] * profile[None, :]).expand(shape))
     else:
-        raise ValueError(
+        raise SSDHError(
             f"unknown filler type {type!r}; expected constant, uniform, gaussian, "
             "positive_unitball, xavier, msra or bilinear"
         )

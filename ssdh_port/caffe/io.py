@@ -14,9 +14,10 @@ from google.protobuf import text_format
 
 from ssdh_port.caffe.proto import caffe_pb2 as pb
 from ssdh_port.caffe.upgrade import UpgradeError, upgrade_net
+from ssdh_port.errors import SSDHError
 
 
-class CaffeFileError(ValueError):
+class CaffeFileError(SSDHError):
     """A Caffe file that cannot be read; the message names the file."""
 
 
@@ -133,10 +134,6 @@ def _read_caffemodel_h5(path):
     except OSError as err:
         raise CaffeFileError(f"{path}: not a readable HDF5 caffemodel ({err})") from None
     return net
-
-
-def write_caffemodel(net, path):
-    write_binary_proto(net, path)
 
 
 def read_solver_prototxt(path):

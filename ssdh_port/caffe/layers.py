@@ -1,4 +1,4 @@
-"""Caffe layers as torch modules, with Caffe's exact arithmetic (SPEC.md section 3).
+"""Caffe layers as torch modules, with Caffe's exact arithmetic (docs/SPEC.md section 3).
 
 One table, LAYERS, maps a Caffe type name to a class. A class is built from its
 LayerParameter and the shapes of its bottoms; forward takes the bottom tensors
@@ -15,12 +15,13 @@ from torch.nn import functional as F
 from ssdh_port import ops
 from ssdh_port.caffe.fillers import fill_
 from ssdh_port.caffe.proto import caffe_pb2 as pb
+from ssdh_port.errors import SSDHError
 
 LAYERS = {}
 FLT_MIN = 1.17549435e-38
 
 
-class LayerError(ValueError):
+class LayerError(SSDHError):
     """A layer that cannot be built or run; the message names the layer."""
 
 
@@ -820,7 +821,7 @@ class MultiLabelAccuracy(CaffeLayer):
 
 
 @register("K1_EuclideanLoss")
-class ForcingBinaryLoss(_Loss):
+class K1EuclideanLoss(_Loss):
     """The original forcing-binary layer: -(1/(2NK)) sum (a - 0.5)^2 over the
     first bottom (the second, the same blob in the authors' nets, is unused);
     ssdh_loss_param { p: 1 } gives the p = 1 variant."""
@@ -830,7 +831,7 @@ class ForcingBinaryLoss(_Loss):
 
 
 @register("K2_EuclideanLoss")
-class FireRateLoss(_Loss):
+class K2EuclideanLoss(_Loss):
     """The original 50%-fire-rate layer on its bottom b (N x D, the 1 x K average
     pooled latent in the authors' nets): (1/(2N)) sum (b - 0.5)^2."""
 
@@ -845,7 +846,7 @@ class FireRateLoss(_Loss):
 
 
 @register("MaxMarginMultiLabelLoss")
-class MaxMarginMultiLabelLoss(_Loss):
+class MaxMarginMultiLabelLossLayer(_Loss):
     """Multi-label max-margin loss; labels +1/-1/0 (0 = don't care) as the
     authors' Caffe multi-label data encodes them."""
 

@@ -14,11 +14,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ssdh_port.caffe import data_layers  # noqa: F401  (registers Data, ImageData, HDF5Data)
+from ssdh_port.caffe import (
+    data_layers,  # noqa: F401  (registers Data, ImageData, HDF5Data)
+    wire,
+)
 from ssdh_port.caffe import io as caffe_io
-from ssdh_port.caffe import wire
 from ssdh_port.caffe.layers import LAYERS, CaffeLayer, Input, LayerError
 from ssdh_port.caffe.proto import caffe_pb2 as pb
+from ssdh_port.errors import SSDHError
 
 PHASES = ("TRAIN", "TEST")
 
@@ -76,7 +79,7 @@ class CaffeNet(nn.Module):
     def __init__(self, net, phase="TEST", weights=None, stages=(), level=0, input_shapes=None):
         super().__init__()
         if phase not in PHASES:
-            raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
+            raise SSDHError(f"phase must be one of {PHASES}, got {phase!r}")
         self.net_param = load_net_parameter(net)
         self.phase = phase
         self.name = self.net_param.name
@@ -318,14 +321,6 @@ class CaffeNet(nn.Module):
             layer.CopyFrom(module.param)
             del layer.blobs[:]
             yield layer, [blob.detach().cpu().numpy() for blob in module.blobs]
-
-    def to_net_parameter(self):
-        """The net's layers (this phase) with their current blobs, as Caffe writes a caffemodel."""
-        net = pb.NetParameter(name=self.name)
-        for layer, arrays in self._layers_and_blobs():
-            layer.blobs.extend(caffe_io.array_to_blob(a) for a in arrays)
-            net.layer.add().CopyFrom(layer)
-        return net
 
     def save_caffemodel(self, path):
         """A .caffemodel Caffe loads, written blob by blob (no whole-model copy)."""

@@ -1,4 +1,4 @@
-"""Caffe's solvers (SolverParameter semantics; SPEC.md section 3).
+"""Caffe's solvers (SolverParameter semantics; docs/SPEC.md section 3).
 
 The update follows Caffe's ApplyUpdate, per iteration: learning rate of the
 policy, gradient clipping over all parameters, then for each parameter the
@@ -19,13 +19,14 @@ import torch
 from ssdh_port.caffe import io as caffe_io
 from ssdh_port.caffe.net import CaffeNet
 from ssdh_port.caffe.proto import caffe_pb2 as pb
+from ssdh_port.errors import SSDHError
 from ssdh_port.precision import set_tf32
 
 SOLVER_TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
 LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
 
 
-class SolverError(ValueError):
+class SolverError(SSDHError):
     """A solver definition that cannot run; the message names the field."""
 
 

@@ -8,9 +8,10 @@ upgrade tools do on load:
 * deprecated net inputs (input / input_dim / input_shape) -> an Input layer.
 """
 from ssdh_port.caffe.proto import caffe_pb2 as pb
+from ssdh_port.errors import SSDHError
 
 
-class UpgradeError(ValueError):
+class UpgradeError(SSDHError):
     """A net definition that cannot be upgraded; the message names the layer."""
 
 

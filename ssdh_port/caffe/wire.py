@@ -13,6 +13,8 @@ import mmap
 
 import numpy as np
 
+from ssdh_port.errors import SSDHError
+
 # Field numbers (caffe.proto).
 NET_LAYER, NET_LAYERS = 100, 2
 LAYER_NAME, LAYER_BLOBS = 1, 7            # LayerParameter
@@ -25,7 +27,7 @@ SHAPE_DIM = 1
 VARINT, FIXED64, LENGTH, FIXED32 = 0, 1, 2, 5
 
 
-class WireError(ValueError):
+class WireError(SSDHError):
     """Bytes that are not a well-formed message; the message says where."""
 
 

@@ -1,2 +1,2 @@
-"""Data: dataset readers (and, as the data path grows, Caffe's LMDB/Datum
-records and DataTransformer)."""
+"""Data: Caffe's Datum records in LMDB / LevelDB, the DataTransformer, image
+lists and the dataset preparation (MNIST, CIFAR-10, folders, mosaics)."""

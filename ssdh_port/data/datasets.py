@@ -13,7 +13,6 @@ databases, as the authors' pipeline made them.
 """
 import os
 import pickle
-import sys
 import tarfile
 
 import numpy as np
@@ -21,16 +20,18 @@ import numpy as np
 from ssdh_port.data import mnist
 from ssdh_port.data.db import DatumDBWriter
 from ssdh_port.data.imageset import convert_imageset, write_image_mean
+from ssdh_port.errors import SSDHError
+from ssdh_port.progress import logger
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff")
 
 
-class DatasetError(ValueError):
+class DatasetError(SSDHError):
     """An archive that is not what it should be; the message names it."""
 
 
 def _log(message):
-    print(message, file=sys.stderr, flush=True)
+    logger.info(message)
 
 
 def write_array_db(path, images, labels, overwrite=False, backend="lmdb"):

@@ -8,9 +8,10 @@ import cv2
 import numpy as np
 
 from ssdh_port.caffe.proto import caffe_pb2 as pb
+from ssdh_port.errors import SSDHError
 
 
-class DatumError(ValueError):
+class DatumError(SSDHError):
     """A record that is not a valid Datum; the message names the record."""
 
 

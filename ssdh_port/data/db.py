@@ -14,9 +14,10 @@ import lmdb
 import numpy as np
 
 from ssdh_port.data.datum import DatumError, array_to_datum, datum_to_array, parse_datum
+from ssdh_port.errors import SSDHError
 
 
-class LMDBError(ValueError):
+class DatabaseError(SSDHError):
     """A database that cannot be opened or read; the message names it."""
 
 
@@ -41,7 +42,7 @@ def _shared_environment(path):
             env = lmdb.open(path, readonly=True, lock=False, readahead=False, meminit=False,
                             subdir=os.path.isdir(path), max_readers=512)
         except lmdb.Error as err:
-            raise LMDBError(f"{path}: cannot open LMDB ({err})") from None
+            raise DatabaseError(f"{path}: cannot open LMDB ({err})") from None
         _ENVIRONMENTS[key] = env
     return env
 
@@ -76,11 +77,11 @@ class DatumLMDB(_DatumDB):
     def __init__(self, path):
         self.path = os.fspath(path)
         if not os.path.exists(_data_file(self.path)):
-            raise LMDBError(f"{self.path}: no LMDB database here (data.mdb not found)")
+            raise DatabaseError(f"{self.path}: no LMDB database here (data.mdb not found)")
         with self._environment().begin() as txn:
             self.keys = [key for key, _ in txn.cursor()]
         if not self.keys:
-            raise LMDBError(f"{self.path}: the database is empty")
+            raise DatabaseError(f"{self.path}: the database is empty")
 
     def _environment(self):
         # Keyed by process: a DataLoader worker opens its own after the fork.
@@ -97,7 +98,7 @@ class DatumLMDB(_DatumDB):
             for slot, index in enumerate(indices):
                 value = txn.get(self.keys[index])
                 if value is None:
-                    raise LMDBError(f"{self.path}: record {self.keys[index]!r} vanished while reading")
+                    raise DatabaseError(f"{self.path}: record {self.keys[index]!r} vanished while reading")
                 header, data = {}, None
                 try:
                     for number, kind, item in fields(value, 0, len(value)):
@@ -126,7 +127,7 @@ class DatumLMDB(_DatumDB):
         with self._environment().begin(buffers=False) as txn:
             value = txn.get(key)
         if value is None:
-            raise LMDBError(f"{self.path}: record {key!r} vanished while reading")
+            raise DatabaseError(f"{self.path}: record {key!r} vanished while reading")
         return value
 
 
@@ -138,29 +139,29 @@ class DatumLevelDB(_DatumDB):
 
         self.path = os.fspath(path)
         if not os.path.exists(os.path.join(self.path, "CURRENT")):
-            raise LMDBError(f"{self.path}: no LevelDB database here (CURRENT not found)")
+            raise DatabaseError(f"{self.path}: no LevelDB database here (CURRENT not found)")
         key = (os.path.realpath(self.path), os.getpid())
         if key not in _LEVELDBS:  # LevelDB locks the database: readers share one handle
             try:
                 _LEVELDBS[key] = plyvel.DB(self.path, create_if_missing=False)
             except plyvel.Error as err:
-                raise LMDBError(f"{self.path}: cannot open LevelDB ({err})") from None
+                raise DatabaseError(f"{self.path}: cannot open LevelDB ({err})") from None
         self._db = _LEVELDBS[key]
         self.keys = list(self._db.iterator(include_value=False))
         if not self.keys:
-            raise LMDBError(f"{self.path}: the database is empty")
+            raise DatabaseError(f"{self.path}: the database is empty")
 
     def raw(self, index):
         value = self._db.get(self.keys[index])
         if value is None:
-            raise LMDBError(f"{self.path}: record {self.keys[index]!r} vanished while reading")
+            raise DatabaseError(f"{self.path}: record {self.keys[index]!r} vanished while reading")
         return value
 
 
 def open_db(path, backend="lmdb"):
     """A Datum database reader for backend 'lmdb' or 'leveldb'."""
     if backend not in BACKENDS:
-        raise LMDBError(f"{path}: backend must be one of {BACKENDS}, got {backend!r}")
+        raise DatabaseError(f"{path}: backend must be one of {BACKENDS}, got {backend!r}")
     return DatumLMDB(path) if backend == "lmdb" else DatumLevelDB(path)
 
 
@@ -174,9 +175,9 @@ class DatumDBWriter:
     def __init__(self, path, map_size=1 << 40, overwrite=False, backend="lmdb"):
         self.path = os.fspath(path)
         if backend not in BACKENDS:
-            raise LMDBError(f"{self.path}: backend must be one of {BACKENDS}, got {backend!r}")
+            raise DatabaseError(f"{self.path}: backend must be one of {BACKENDS}, got {backend!r}")
         if os.path.exists(self.path) and not overwrite:
-            raise LMDBError(f"{self.path}: already exists (remove it or pass overwrite)")
+            raise DatabaseError(f"{self.path}: already exists (remove it or pass overwrite)")
         parent = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(parent, exist_ok=True)
         self._tmp = tempfile.mkdtemp(prefix="." + os.path.basename(self.path) + ".", dir=parent)

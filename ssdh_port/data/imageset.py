@@ -8,7 +8,6 @@ file itself when no resize or re-encoding is needed (else re-encoded to
 encode_type).
 """
 import os
-import sys
 
 import cv2
 import numpy as np
@@ -16,9 +15,11 @@ import numpy as np
 from ssdh_port.caffe import io as caffe_io
 from ssdh_port.data.datum import array_to_datum, encoded_datum
 from ssdh_port.data.db import DatumDBWriter, open_db
+from ssdh_port.errors import SSDHError
+from ssdh_port.progress import bar
 
 
-class ImagesetError(ValueError):
+class ImagesetError(SSDHError):
     """Bad list file or image; the message names the file and line."""
 
 
@@ -41,12 +42,6 @@ def read_list(path):
         except ValueError:
             raise ImagesetError(f"{path}:{number}: label {label!r} is not an integer") from None
     return entries
-
-
-def _progress(done, total, every=1000):
-    if done % every == 0 or done == total:
-        print(f"\rprocessed {done}/{total} images", end="\n" if done == total else "",
-              file=sys.stderr, flush=True)
 
 
 def image_datum(path, label, resize_height=0, resize_width=0, gray=False, encode_type=""):
@@ -85,7 +80,7 @@ def convert_imageset(root, list_file, db_path, resize_height=0, resize_width=0, 
         entries = [entries[i] for i in order]
     size = None
     with DatumDBWriter(db_path, overwrite=overwrite, backend=backend) as writer:
-        for index, (name, label) in enumerate(entries):
+        for index, (name, label) in enumerate(bar(entries, desc="convert_imageset", unit="img")):
             enc = encode_type
             if encoded and not enc:
                 enc = os.path.splitext(name)[1][1:].lower()  # Caffe guesses from the name
@@ -97,7 +92,6 @@ def convert_imageset(root, list_file, db_path, resize_height=0, resize_width=0, 
                     raise ImagesetError(f"{name}: size {shape} differs from the first image {size}")
                 size = shape
             writer.put(f"{index:08d}_{name}", datum)
-            _progress(index + 1, len(entries))
     return len(entries)
 
 
@@ -106,7 +100,7 @@ def compute_image_mean(db_path, backend="lmdb"):
     it: a float32 sum (exact for byte images up to 65,000 records) divided in float32."""
     db = open_db(db_path, backend)
     total = None
-    for index in range(len(db)):
+    for index in bar(range(len(db)), desc="image mean", unit="img"):
         array, _ = db.read(index)
         if total is None:
             total = np.zeros(array.shape, np.float32)
@@ -115,7 +109,6 @@ def compute_image_mean(db_path, backend="lmdb"):
                 f"{db_path} record {db.keys[index]!r}: shape {array.shape} differs from the "
                 f"first record's {total.shape}; a mean needs images of one size")
         total += array
-        _progress(index + 1, len(db), every=10000)
     return (total / np.float32(len(db)))[None]
 
 

@@ -9,6 +9,8 @@ import os
 
 import numpy as np
 
+from ssdh_port.errors import SSDHError
+
 IMAGES_MAGIC = 2051
 LABELS_MAGIC = 2049
 
@@ -27,23 +29,23 @@ def _read_bytes(path):
         with opener(path, "rb") as f:
             return f.read()
     except (OSError, EOFError) as err:
-        raise ValueError(f"{path}: cannot read an MNIST IDX file ({err})") from err
+        raise SSDHError(f"{path}: cannot read an MNIST IDX file ({err})") from err
 
 
 def _header(path, raw, magic, dims):
     size = 4 * (1 + dims)
     if len(raw) < size:
-        raise ValueError(f"{path}: {len(raw)} bytes is too short for an IDX header")
+        raise SSDHError(f"{path}: {len(raw)} bytes is too short for an IDX header")
     fields = np.frombuffer(raw[:size], dtype=">u4")
     if fields[0] != magic:
-        raise ValueError(
+        raise SSDHError(
             f"{path}: magic number {int(fields[0])}, expected {magic} "
             f"({'images' if magic == IMAGES_MAGIC else 'labels'})"
         )
     shape = tuple(int(v) for v in fields[1:])
     expected = size + int(np.prod(shape))
     if len(raw) != expected:
-        raise ValueError(
+        raise SSDHError(
             f"{path}: {len(raw)} bytes, but the header {shape} needs {expected} "
             "(truncated or corrupt file)"
         )
@@ -67,11 +69,11 @@ def read_labels(path):
 def load_split(split, root=DEFAULT_ROOT):
     """(images N x 28 x 28 uint8, labels N uint8) of split "train" or "test"."""
     if split not in _FILES:
-        raise ValueError(f"MNIST split must be one of {sorted(_FILES)}, got {split!r}")
+        raise SSDHError(f"MNIST split must be one of {sorted(_FILES)}, got {split!r}")
     image_file, label_file = (os.path.join(root, name) for name in _FILES[split])
     images, labels = read_images(image_file), read_labels(label_file)
     if len(images) != len(labels):
-        raise ValueError(
+        raise SSDHError(
             f"{image_file} holds {len(images)} images but {label_file} {len(labels)} labels"
         )
     return images, labels

@@ -7,12 +7,14 @@ in the reader is raised by the next() that would have returned its batch.
 import queue
 import threading
 
+from ssdh_port.errors import SSDHError
+
 
 class BatchPrefetcher:
     def __init__(self, read_batch, depth=3, name="prefetch"):
         """read_batch() -> the next batch (any object); depth: batches held ready."""
         if depth < 1:
-            raise ValueError(f"prefetch depth must be >= 1, got {depth}")
+            raise SSDHError(f"prefetch depth must be >= 1, got {depth}")
         self._read_batch = read_batch
         self._ready = queue.Queue(maxsize=depth)
         self._stop = threading.Event()

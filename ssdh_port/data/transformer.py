@@ -1,4 +1,4 @@
-"""Caffe's DataTransformer (SPEC.md section 3), for a batch at once, on the CPU
+"""Caffe's DataTransformer (docs/SPEC.md section 3), for a batch at once, on the CPU
 or on the GPU (the same torch code: a uint8 batch moved to the device is cropped,
 mirrored, mean-subtracted and scaled there).
 
@@ -13,16 +13,17 @@ import numpy as np
 import torch
 
 from ssdh_port.caffe import io as caffe_io
+from ssdh_port.errors import SSDHError
 
 
-class TransformError(ValueError):
+class TransformError(SSDHError):
     """A transformation that cannot apply to the data; the message says why."""
 
 
 class DataTransformer:
     def __init__(self, param, phase="TEST", seed=None):
         if phase not in ("TRAIN", "TEST"):
-            raise ValueError(f"phase must be TRAIN or TEST, got {phase!r}")
+            raise SSDHError(f"phase must be TRAIN or TEST, got {phase!r}")
         self.phase = phase
         self.crop = int(param.crop_size)
         self.scale = float(param.scale)

@@ -1,3 +1,6 @@
-"""Hashing: binary codes, Hamming distances and the retrieval metrics."""
-from ssdh_port.hashing.codes import as_bits, binarize, hamming_distances  # noqa: F401
-from ssdh_port.hashing.metrics import evaluate, relevance_matrix  # noqa: F401
+"""Hashing: binary codes, the Hamming index, the retrieval metrics and the
+baseline hash functions."""
+from ssdh_port.hashing.baselines import CCAITQ, ITQ, LSH  # noqa: F401
+from ssdh_port.hashing.codes import as_bits, as_packed, code_report, hamming_distances  # noqa: F401
+from ssdh_port.hashing.index import HammingIndex, IndexFileError, coarse_to_fine  # noqa: F401
+from ssdh_port.hashing.metrics import average_precision, evaluate, relevance_matrix  # noqa: F401

@@ -13,11 +13,13 @@ metrics.evaluate(..., mode="euclidean").
 import numpy as np
 import scipy.linalg
 
+from ssdh_port.errors import SSDHError
+
 
 class _Hash:
     def __init__(self, bits, seed=0):
         if bits < 1:
-            raise ValueError(f"bits must be >= 1, got {bits}")
+            raise SSDHError(f"bits must be >= 1, got {bits}")
         self.bits = bits
         self.rng = np.random.default_rng(seed)
         self.mean = None
@@ -32,7 +34,7 @@ class _Hash:
     def _centre(self, features):
         x = np.asarray(features, dtype=np.float64)
         if x.ndim != 2:
-            raise ValueError(f"features must be N x D, got shape {x.shape}")
+            raise SSDHError(f"features must be N x D, got shape {x.shape}")
         self.mean = x.mean(axis=0)
         return x - self.mean
 
@@ -64,7 +66,7 @@ class ITQ(_Hash):
     def fit(self, features, labels=None):
         x = self._centre(features)
         if self.bits > x.shape[1]:
-            raise ValueError(f"ITQ: {self.bits} bits need at least as many feature dimensions, "
+            raise SSDHError(f"ITQ: {self.bits} bits need at least as many feature dimensions, "
                              f"got {x.shape[1]}")
         _, _, vt = np.linalg.svd(x, full_matrices=False)
         pca = vt[: self.bits].T
@@ -84,7 +86,7 @@ class CCAITQ(_Hash):
         y = y - y.mean(axis=0)
         d = x.shape[1]
         if self.bits > d:
-            raise ValueError(f"CCA-ITQ: {self.bits} bits need at least as many feature dimensions")
+            raise SSDHError(f"CCA-ITQ: {self.bits} bits need at least as many feature dimensions")
         cxx = x.T @ x + self.regularization * np.trace(x.T @ x) / d * np.eye(d)
         cyy = y.T @ y + self.regularization * np.eye(y.shape[1])
         cxy = x.T @ y

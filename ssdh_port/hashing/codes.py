@@ -1,6 +1,6 @@
 """Binary codes: from latent activations to bits, and Hamming distances.
 
-Bit convention (SPEC.md section 1): bit = 1 where the activation is > 0.5; an
+Bit convention (docs/SPEC.md section 1): bit = 1 where the activation is > 0.5; an
 activation of exactly 0.5 gives 0. Packed codes are ssdh_port.ops.pack_bits's
 layout (uint8, bit k in byte k // 8 at bit k % 8).
 """
@@ -8,12 +8,7 @@ import numpy as np
 import torch
 
 from ssdh_port import ops
-
-
-def binarize(activations, threshold=0.5):
-    """N x K activations -> N x K uint8 0/1 codes (a > threshold)."""
-    a = torch.as_tensor(activations)
-    return (a > threshold).to(torch.uint8)
+from ssdh_port.errors import SSDHError
 
 
 def as_bits(codes, name="codes"):
@@ -22,7 +17,7 @@ def as_bits(codes, name="codes"):
     padding bits are 0 in every code, so distances are unchanged."""
     c = codes if isinstance(codes, torch.Tensor) else torch.as_tensor(np.asarray(codes))
     if c.dim() != 2:
-        raise ValueError(f"{name} must be a 2-D N x K array, got shape {tuple(c.shape)}")
+        raise SSDHError(f"{name} must be a 2-D N x K array, got shape {tuple(c.shape)}")
     if c.dtype == torch.uint8:
         if c.shape[0] == 0:
             return c.new_zeros(0, 8 * c.shape[1])
@@ -30,9 +25,9 @@ def as_bits(codes, name="codes"):
     if c.is_complex():
         raise TypeError(f"{name}: codes must be real 0/1 values, got {c.dtype}")
     if c.numel() and not bool(((c == 0) | (c == 1)).all()):
-        raise ValueError(
+        raise SSDHError(
             f"{name} must hold 0/1 bits (or packed uint8 codes); found other values. "
-            "Binarize activations first (ssdh_port.hashing.codes.binarize)."
+            "Threshold activations first (ssdh_port.ops.pack_bits(a, 0.5))."
         )
     return c.to(torch.uint8).cpu()
 
@@ -45,7 +40,7 @@ def as_packed(codes, name="codes", bits=None):
     c = codes if isinstance(codes, torch.Tensor) else torch.as_tensor(np.asarray(codes))
     if c.dtype == torch.uint8:
         if c.dim() != 2:
-            raise ValueError(f"{name} must be a 2-D N x bytes array, got shape {tuple(c.shape)}")
+            raise SSDHError(f"{name} must be a 2-D N x bytes array, got shape {tuple(c.shape)}")
         if not (bits and bits > 8 and c.shape[1] == bits):
             return c
         c = c.to(torch.int16)  # 0/1 codes that happen to be stored as bytes

@@ -27,20 +27,21 @@ import torch
 
 from ssdh_port import ops
 from ssdh_port.caffe.io import atomic_write
+from ssdh_port.errors import SSDHError
 from ssdh_port.hashing.codes import as_packed
 
 MAGIC = b"SSDHIDX1"
 HEADER = struct.Struct("<8sIIIIQI28x")
 
 
-class IndexFileError(ValueError):
+class IndexFileError(SSDHError):
     """A code file that cannot be read; the message names the file."""
 
 
 class HammingIndex:
     def __init__(self, bits, device="cpu"):
         if not isinstance(bits, int) or not 1 <= bits <= 65528:
-            raise ValueError(f"HammingIndex: bits must be an int in 1..65528, got {bits!r}")
+            raise SSDHError(f"HammingIndex: bits must be an int in 1..65528, got {bits!r}")
         self.bits = bits
         self.bytes = (bits + 7) // 8
         self.device = torch.device(device)
@@ -62,15 +63,15 @@ class HammingIndex:
         start = len(self)
         ids = torch.arange(start, start + n) if ids is None else torch.as_tensor(np.asarray(ids)).long()
         if ids.shape != (n,):
-            raise ValueError(f"HammingIndex.add: {len(ids)} ids for {n} codes")
+            raise SSDHError(f"HammingIndex.add: {len(ids)} ids for {n} codes")
         if labels is not None:
             labels = torch.as_tensor(np.asarray(labels)).to(torch.int32)
             if len(labels) != n:
-                raise ValueError(f"HammingIndex.add: {len(labels)} labels for {n} codes")
+                raise SSDHError(f"HammingIndex.add: {len(labels)} labels for {n} codes")
             if self._labels and labels.shape[1:] != self._labels[0].shape[1:]:
-                raise ValueError("HammingIndex.add: labels must keep one shape per item")
+                raise SSDHError("HammingIndex.add: labels must keep one shape per item")
         if (labels is None) != (not self._labels) and len(self):
-            raise ValueError("HammingIndex.add: give labels for every batch or for none")
+            raise SSDHError("HammingIndex.add: give labels for every batch or for none")
         self._codes.append(packed)
         self._ids.append(ids)
         if labels is not None:
@@ -113,7 +114,7 @@ class HammingIndex:
         packed = as_packed(codes, "codes", self.bits)
         if packed.shape[1] != self.bytes:
             columns = np.shape(codes)[1]
-            raise ValueError(
+            raise SSDHError(
                 f"{where}: codes have {columns} columns; a {self.bits}-bit index takes "
                 f"{self.bits} 0/1 columns or {self.bytes} packed bytes")
         return packed
@@ -124,7 +125,7 @@ class HammingIndex:
     def search(self, queries, k):
         """(distances Q x k int32, ids Q x k int64): exact, ties in insertion order."""
         if len(self) == 0:
-            raise ValueError("search: the index is empty")
+            raise SSDHError("search: the index is empty")
         k = min(int(k), len(self))
         distances, positions = ops.hamming_topk(self._queries(queries), self._merge(), k)
         return distances.cpu(), self.ids[positions.cpu()]
@@ -132,7 +133,7 @@ class HammingIndex:
     def range_search(self, queries, radius):
         """(lims Q+1, distances, ids): query q's results are [lims[q], lims[q+1])."""
         if len(self) == 0:
-            raise ValueError("range_search: the index is empty")
+            raise SSDHError("range_search: the index is empty")
         lims, distances, positions = ops.hamming_radius(self._queries(queries), self._merge(), int(radius))
         return lims.cpu(), distances.cpu(), self.ids[positions.cpu()]
 
@@ -197,7 +198,7 @@ def coarse_to_fine(index, query_codes, query_features, db_features, k, shortlist
     features (fc7). db_features are indexed by the index's ids. Returns, per
     query, (ids, euclidean distances) of up to k results."""
     if (shortlist is None) == (radius is None):
-        raise ValueError("coarse_to_fine: give shortlist or radius")
+        raise SSDHError("coarse_to_fine: give shortlist or radius")
     queries = torch.as_tensor(np.asarray(query_features), dtype=torch.float32)
     features = torch.as_tensor(np.asarray(db_features), dtype=torch.float32)
     if shortlist is not None:

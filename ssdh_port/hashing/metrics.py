@@ -1,4 +1,4 @@
-"""Retrieval metrics with the original protocol (analysis/precision.m; SPEC.md
+"""Retrieval metrics with the original protocol (analysis/precision.m; docs/SPEC.md
 section 2).
 
 Ranking is by Hamming distance on binary codes (or Euclidean distance on real
@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from ssdh_port import ops
-from ssdh_port.hashing.codes import as_bits, as_packed
+from ssdh_port.errors import SSDHError
+from ssdh_port.hashing.codes import as_packed
 
 RELEVANCE = ("any", "exact")
 
@@ -32,24 +33,24 @@ def _as_tensor(x):
 def _check_labels(query_labels, db_labels, n_queries, n_db):
     q, d = _as_tensor(query_labels), _as_tensor(db_labels)
     if q.dim() not in (1, 2) or q.dim() != d.dim():
-        raise ValueError(
+        raise SSDHError(
             "labels must be class ids (N) or multi-hot rows (N x M) for both queries and "
             f"database, got shapes {tuple(q.shape)} and {tuple(d.shape)}"
         )
     if q.shape[0] != n_queries or d.shape[0] != n_db:
-        raise ValueError(
+        raise SSDHError(
             f"{q.shape[0]} query labels for {n_queries} queries, {d.shape[0]} database "
             f"labels for {n_db} items"
         )
     if q.dim() == 2 and q.shape[1] != d.shape[1]:
-        raise ValueError(f"multi-hot labels have {q.shape[1]} and {d.shape[1]} columns")
+        raise SSDHError(f"multi-hot labels have {q.shape[1]} and {d.shape[1]} columns")
     return q, d
 
 
 def relevance_matrix(query_labels, db_labels, relevance="any"):
     """B x N bool: is database item n relevant to query b."""
     if relevance not in RELEVANCE:
-        raise ValueError(f"relevance must be one of {RELEVANCE}, got {relevance!r}")
+        raise SSDHError(f"relevance must be one of {RELEVANCE}, got {relevance!r}")
     if query_labels.dim() == 1:
         return query_labels[:, None] == db_labels[None, :]
     q, d = query_labels.bool(), db_labels.bool()
@@ -64,11 +65,11 @@ def label_words(query_labels, db_labels, relevance="any"):
     equality; multi-hot rows are packed 64 labels per word, relevant when a bit
     is shared (any) or when all are equal (exact)."""
     if relevance not in RELEVANCE:
-        raise ValueError(f"relevance must be one of {RELEVANCE}, got {relevance!r}")
+        raise SSDHError(f"relevance must be one of {RELEVANCE}, got {relevance!r}")
     if query_labels.dim() == 1:
         for name, ids in (("query", query_labels), ("database", db_labels)):
             if ids.is_floating_point() and not torch.equal(ids, ids.round()):
-                raise ValueError(f"{name} class ids must be whole numbers")
+                raise SSDHError(f"{name} class ids must be whole numbers")
         return query_labels.long()[:, None], db_labels.long()[:, None], True
     return _pack_labels(query_labels), _pack_labels(db_labels), relevance == "exact"
 
@@ -94,23 +95,23 @@ def evaluate(query_codes, db_codes, query_labels, db_labels, topk, radius=2,
     results come back on the CPU.
     """
     if mode not in ("hamming", "euclidean"):
-        raise ValueError(f"mode must be 'hamming' or 'euclidean', got {mode!r}")
+        raise SSDHError(f"mode must be 'hamming' or 'euclidean', got {mode!r}")
     if mode == "hamming":
         query = as_packed(query_codes, "query_codes").cpu()
         db = as_packed(db_codes, "db_codes").cpu()
         if query.shape[1] != db.shape[1]:
-            raise ValueError(
+            raise SSDHError(
                 f"query codes have {query.shape[1]} bytes ({8 * query.shape[1]} bits with "
                 f"padding), database codes {db.shape[1]}")
     else:
         query, db = _as_tensor(query_codes).double(), _as_tensor(db_codes).double()
     n_queries, n_db = query.shape[0], db.shape[0]
     if n_queries == 0 or n_db == 0:
-        raise ValueError(f"evaluate needs queries and a database, got {n_queries} and {n_db}")
+        raise SSDHError(f"evaluate needs queries and a database, got {n_queries} and {n_db}")
     q_labels, d_labels = _check_labels(query_labels, db_labels, n_queries, n_db)
     k = n_db if topk is None else int(topk)
     if not 1 <= k <= n_db:
-        raise ValueError(f"topk must be between 1 and the database size {n_db}, got {topk}")
+        raise SSDHError(f"topk must be between 1 and the database size {n_db}, got {topk}")
 
     ranks = torch.arange(1, k + 1, dtype=torch.float64)
     if mode == "hamming":

@@ -1,4 +1,4 @@
-"""SSDH in plain PyTorch: the latent layer and the objective (SPEC.md section 1),
+"""SSDH in plain PyTorch: the latent layer and the objective (docs/SPEC.md section 1),
 for users who do not start from a prototxt.
 
     a = sigmoid(features @ W_H + b_H)     N x K latent activations
