@@ -21,7 +21,7 @@ from ssdh_port import ops
 
 
 def plain_latent_losses(a, p=2):
-    """E2 + E3 as a user would write them with torch ops (SPEC.md section 1)."""
+    """E2 + E3 as a user would write them with torch ops (docs/SPEC.md section 1)."""
     n, k = a.shape
     d = a - 0.5
     m = a.mean(dim=1) - 0.5

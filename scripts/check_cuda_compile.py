@@ -6,7 +6,7 @@ extension, but they can still prove that the CUDA sources compile against the
 installed torch headers. Exits non-zero, naming the file, on the first failure;
 exits 0 with a notice when nvcc is absent.
 
-    python tools/check_cuda_compile.py [--arch sm_90]
+    python scripts/check_cuda_compile.py [--arch sm_90]
 """
 import argparse
 import glob

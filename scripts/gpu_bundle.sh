@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Gather, on a machine with network, what tools/gpu_suite.sh needs on a GPU
+# Gather, on a machine with network, what scripts/gpu_suite.sh needs on a GPU
 # machine without one: wheels of the packages its python lacks (for Python
 # 3.12, x86-64 Linux) in .whl/, and the data in .carry/ (both git-ignored).
 #
-#   tools/gpu_bundle.sh [SHARED_DATA]     SHARED_DATA: the real Caffe artefacts (default ../shared/data)
+#   scripts/gpu_bundle.sh [SHARED_DATA]     SHARED_DATA: the real Caffe artefacts (default ../shared/data)
 #
 # What each part takes along (the working tree and these travel together, 64 MiB
 # at most): verify .whl + .carry/shared (the artefacts the tests read, about

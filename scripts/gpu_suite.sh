@@ -2,18 +2,18 @@
 # The GPU checks and measurements, one part per command, on a machine whose
 # python3 already has torch with CUDA and that may have no network. Packages it
 # lacks come as wheels from $WHEELS; data come from $BUNDLE (both made on a
-# machine with network by tools/gpu_bundle.sh). Results go to OUT_DIR.
+# machine with network by scripts/gpu_bundle.sh). Results go to OUT_DIR.
 #
-#   tools/gpu_suite.sh verify OUT_DIR   build with CUDA; the whole test suite (CUDA tests included)
-#   tools/gpu_suite.sh bench OUT_DIR    build; op, Hamming and training benchmarks (JSON + logs)
-#   tools/gpu_suite.sh train OUT_DIR    build; LeNet-SSDH-48 on MNIST on the GPU (compare with the
+#   scripts/gpu_suite.sh verify OUT_DIR   build with CUDA; the whole test suite (CUDA tests included)
+#   scripts/gpu_suite.sh bench OUT_DIR    build; op, Hamming and training benchmarks (JSON + logs)
+#   scripts/gpu_suite.sh train OUT_DIR    build; LeNet-SSDH-48 on MNIST on the GPU (compare with the
 #                                       CPU row of results/mnist); CIFAR-10 from scratch (ResNet-18)
 #
 # Environment: PYTHON (python3), WHEELS (.whl), BUNDLE (.carry), EPOCHS (30, the train part),
 # SANITIZE=1 (verify: also the CUDA Hamming tests under compute-sanitizer's memcheck).
 set -euo pipefail
-part=${1:?usage: tools/gpu_suite.sh verify|bench|train OUT_DIR}
-out=${2:?usage: tools/gpu_suite.sh verify|bench|train OUT_DIR}
+part=${1:?usage: scripts/gpu_suite.sh verify|bench|train OUT_DIR}
+out=${2:?usage: scripts/gpu_suite.sh verify|bench|train OUT_DIR}
 PYTHON=${PYTHON:-python3}
 WHEELS=${WHEELS:-.whl}
 BUNDLE=${BUNDLE:-.carry}
@@ -49,7 +49,7 @@ case "$part" in
   train)
     "$PYTHON" tools/demo.py --bits 48 --iters 10000 --solver-set solver_mode=GPU \
       --out "$out/mnist_gpu" 2>&1 | tail -30 | tee "$out/train.log"
-    "$PYTHON" tools/train_cifar10_scratch.py --archive "$BUNDLE"/cifar10-jpg.tar.gz \
+    "$PYTHON" experiments/cifar10_scratch.py --archive "$BUNDLE"/cifar10-jpg.tar.gz \
       --epochs "${EPOCHS:-30}" --out "$out/cifar10_scratch" 2>&1 | tee -a "$out/train.log"
     ;;
   *)

@@ -1,7 +1,7 @@
 """Image search with a trained SSDH net: an image -> the net's latent layer -> its
 code -> the nearest codes of a HammingIndex; the database images themselves come
 from the Datum database the index was encoded from (ids = record positions).
-Shared by tools/search.py and the web server tools/serve.py.
+Shared by tools/search.py and the web server (ssdh_port.server).
 """
 import cv2
 import numpy as np
@@ -12,7 +12,9 @@ from ssdh_port.caffe.net import CaffeNet
 from ssdh_port.caffe.proto import caffe_pb2 as pb
 from ssdh_port.data.db import open_db
 from ssdh_port.data.transformer import DataTransformer
+from ssdh_port.errors import SSDHError
 from ssdh_port.hashing.index import HammingIndex
+from ssdh_port.pipeline.encode import find_latent_blob
 
 
 class ImageSearch:
@@ -20,7 +22,7 @@ class ImageSearch:
                  mean_file=None, mean_value=None, scale=1.0, backend="lmdb"):
         self.net = CaffeNet(prototxt, weights=weights)
         if not self.net.input_names:
-            raise ValueError(f"{prototxt}: a deploy net with an Input layer is needed")
+            raise SSDHError(f"{prototxt}: a deploy net with an Input layer is needed")
         self.input = self.net.input_names[0]
         self.shape = self.net.blob_shapes[self.input]  # N x C x H x W
         self.latent = latent_blob or find_latent_blob(self.net)
@@ -58,7 +60,7 @@ class ImageSearch:
     def database_image(self, item):
         """The stored image of database item (BGR H x W x C or gray H x W uint8)."""
         if self.db is None:
-            raise ValueError("no image database given")
+            raise SSDHError("no image database given")
         array, _ = self.db.read(int(item))
         image = np.asarray(array)
         if image.dtype != np.uint8:
@@ -66,10 +68,13 @@ class ImageSearch:
         return image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
 
 
-def find_latent_blob(net):
-    """The latent activations: the Sigmoid top named like '*latent*', else the last one."""
-    tops = [t for m, ts in zip(net.layers, net.tops) if m.type == "Sigmoid" for t in ts]
-    named = [t for t in tops if "latent" in t]
-    if not (named or tops):
-        raise ValueError("no Sigmoid layer in the net: name the latent blob")
-    return (named or tops)[-1]
+
+def read_images(paths):
+    """Image files -> arrays as OpenCV reads them (unchanged depth and channels)."""
+    images = []
+    for path in paths:
+        image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+        if image is None:
+            raise SSDHError(f"{path}: cannot read the image")
+        images.append(image)
+    return images

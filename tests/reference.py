@@ -1,4 +1,4 @@
-"""Pure-PyTorch references of the SSDH losses, written from SPEC.md section 1
+"""Pure-PyTorch references of the SSDH losses, written from docs/SPEC.md section 1
 (values and gradients by formula, not by autograd of the same code)."""
 import numpy as np
 import torch

@@ -15,7 +15,7 @@ from ssdh_port.caffe.net import CaffeNet
 from ssdh_port.caffe.proto import caffe_pb2 as pb
 from ssdh_port.data.datum import DatumError, datum_to_array, encoded_datum
 from ssdh_port.data.imageset import convert_imageset, write_image_mean
-from ssdh_port.data.db import DatumLMDB, DatumDBWriter, LMDBError
+from ssdh_port.data.db import DatumLMDB, DatumDBWriter, DatabaseError
 from ssdh_port.data.transformer import DataTransformer, TransformError
 from tests.shared_data import needs_shared, oracle
 
@@ -145,7 +145,7 @@ def test_transformer_mean_file_is_cropped_with_the_image(tmp_path):
 
 
 def test_bad_data_input(tmp_path):
-    with pytest.raises(LMDBError, match="no LMDB database here"):
+    with pytest.raises(DatabaseError, match="no LMDB database here"):
         DatumLMDB(tmp_path / "missing")
     with DatumDBWriter(tmp_path / "db") as writer:
         writer.put("a", encoded_datum(b"not an image", 1))
@@ -171,7 +171,7 @@ def test_failed_conversion_leaves_no_database(tmp_path):
 
 @needs_shared
 def test_torch_dataset_matches_the_data_layer(monkeypatch):
-    from ssdh_port.data.dataset import DatumDataset
+    from ssdh_port.data.datum_dataset import DatumDataset
 
     monkeypatch.chdir(C_DATA)
     param = pb.TransformationParameter(crop_size=227, mean_file="mean_color256.binaryproto")

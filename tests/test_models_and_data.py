@@ -1,8 +1,6 @@
 """MNIST reader, fillers and the plain-PyTorch SSDH model."""
 import gzip
 import math
-import os
-import sys
 
 import numpy as np
 import pytest
@@ -84,8 +82,7 @@ def test_resnet_ssdh_latent_stays_float32_under_autocast():
 
 
 def test_scratch_trainer_augmentation_and_schedule():
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools"))
-    from train_cifar10_scratch import Augment, schedule
+    from ssdh_port.pipeline.scratch import Augment, schedule
 
     batch = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).reshape(2, 3, 32, 32)
     generator = torch.Generator().manual_seed(0)

@@ -1,6 +1,5 @@
 """The native SSDH operators against the references of tests/reference.py,
 gradcheck, opcheck, the bit layout, and the errors on bad input."""
-import numpy as np
 import pytest
 import torch
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from ssdh_port.caffe import io as caffe_io
-from ssdh_port.caffe.net import CaffeNet
+from ssdh_port.caffe.net import CaffeNet, layer_included
 from ssdh_port.caffe.proto import caffe_pb2 as pb
 from ssdh_port.caffe.solver import read_solver
 from ssdh_port.data.db import DatumDBWriter
-from ssdh_port.recipes import latent_layer, remove_latent
+from ssdh_port.pipeline.recipe import latent_layer, remove_latent
 from tests.shared_data import SHARED, needs_shared
 
 PROTOTXTS = sorted(glob.glob(os.path.join(SHARED, "**", "*.prototxt"), recursive=True))
@@ -46,6 +46,9 @@ def _with_fixture_data(net, prototxt, folder):
             continue
         transform = layer.transform_param
         shape = (1, 28, 28) if "mnist" in layer.data_param.source else (3, 32, 32)
+        channels = _sliced_channels(net, layer.top[0])
+        if channels:  # stacked images (DNNH triplets: 9 channels sliced into three streams)
+            shape = (channels,) + shape[1:]
         if transform.crop_size > 32:
             shape = (3, 256, 256)  # ImageNet-style nets crop 224/227 out of 256
         if transform.mean_file:
@@ -65,6 +68,30 @@ def _with_fixture_data(net, prototxt, folder):
                 writer.put_array(f"{k:08d}", rng.integers(0, 256, shape, dtype=np.uint8), label=k)
         layer.data_param.source = source
     return net
+
+
+def _sliced_channels(net, top):
+    """Channels of a data top that a Slice along the channels cuts into equal parts
+    (slice points 3, 6 -> 9), else None."""
+    for layer in net.layer:
+        if layer.type == "Slice" and list(layer.bottom) == [top]:
+            param = layer.slice_param
+            axis = param.slice_dim if param.HasField("slice_dim") else param.axis
+            points = list(param.slice_point)
+            if axis == 1 and points:
+                return points[-1] + points[0]
+    return None
+
+
+def _phases_with_data(net):
+    """The phases in which some data or input layer is included: Caffe cannot build
+    a net whose first bottom has no producer (a TEST-only data layer, TRAIN phase)."""
+    sources = [layer for layer in net.layer if layer.type in ("Data", "ImageData", "HDF5Data", "Input",
+                                                               "DummyData", "MemoryData")]
+    if not sources or net.input:
+        return ("TRAIN", "TEST")
+    return tuple(phase for phase in ("TRAIN", "TEST")
+                 if any(layer_included(layer, phase) for layer in sources))
 
 
 def _hdf5_fixture(layer, folder, index):
@@ -91,7 +118,9 @@ def test_every_shared_net_builds_in_both_phases(prototxt, tmp_path, monkeypatch)
         monkeypatch.chdir(os.path.dirname(prototxt))  # their own relative data
     elif has_data:
         net = _with_fixture_data(net, prototxt, str(tmp_path))
-    for phase in ("TRAIN", "TEST"):
+    phases = _phases_with_data(net)
+    assert phases, f"{prototxt}: no phase includes a data layer"
+    for phase in phases:
         built = CaffeNet(net, phase=phase)
         assert len(built.layers) > 0
         small = sum(p.numel() for p in built.parameters()) < 5_000_000

@@ -11,7 +11,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from google.protobuf import text_format
 
 from ssdh_port.caffe.net import load_weights
 from ssdh_port.caffe.proto import caffe_pb2 as pb

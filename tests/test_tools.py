@@ -12,16 +12,21 @@ import torch
 from ssdh_port.caffe.net import CaffeNet
 from ssdh_port.data.db import DatumLMDB
 from ssdh_port.hashing.index import HammingIndex
+from ssdh_port.pipeline import read_table
 from tests.shared_data import ROOT, needs_shared, shared
 
 TOOLS = os.path.join(ROOT, "tools")
+EXPERIMENTS = os.path.join(ROOT, "experiments")
 LENET_SSDH = os.path.join(ROOT, "prototxt", "lenet_ssdh")
 
 
+def run_script(folder, script, *args, cwd=None):
+    return subprocess.run([sys.executable, os.path.join(folder, script), *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, env={**os.environ, "SSDH_PROGRESS": "0"})
+
+
 def run(tool, *args, cwd=None):
-    result = subprocess.run([sys.executable, os.path.join(TOOLS, tool), *map(str, args)],
-                            capture_output=True, text=True, cwd=cwd)
-    return result
+    return run_script(TOOLS, tool, *args, cwd=cwd)
 
 
 @needs_shared
@@ -77,8 +82,10 @@ def test_extract_encode_and_evaluate(tmp_path):
     evaluated = run("eval_retrieval.py", "--query", tmp_path / "c.ssdh", "--database", tmp_path / "c.ssdh",
                     "--topk", "100", "--out", tmp_path / "eval")
     assert evaluated.returncode == 0, evaluated.stderr
-    table = json.load(open(tmp_path / "eval.json"))["rows"][0]
-    assert 0 <= table["map"] <= 1 and (tmp_path / "eval.png").stat().st_size > 10000
+    row = read_table(tmp_path / "eval.json")[0]
+    assert 0 <= row.map_at_topk <= 1 and row.topk == 100 and (tmp_path / "eval.png").stat().st_size > 10000
+    # Codes evaluated against themselves: every query finds itself at distance 0.
+    assert row.map_whole_ranking is not None and row.precision_within_radius > 0
 
 
 def test_convert_imageset_tool_and_failure(tmp_path):
@@ -138,19 +145,21 @@ def test_main_job_smoke_and_backbone_comparison(tmp_path):
     result = run("demo.py", "--iters", "20", "--bits", "12", "--out", tmp_path / "demo",
                  "--data", tmp_path / "mnist", "--solver-set", "test_iter=5")
     assert result.returncode == 0, result.stderr[-2000:]
-    report = json.load(open(tmp_path / "demo" / "report.json"))
-    assert report["bits"] == 12 and 0 < report["map_at_1000"] <= 1
+    report = read_table(tmp_path / "demo" / "report.json")[0]
+    assert report.bits == 12 and 0 < report.map_at_topk <= 1 and report.topk == 1000
+    assert 0 < report.classification_accuracy <= 1 and report.queries == 10000
     for key in ("loss_plot", "pk_pr_plot", "retrieval_examples"):
-        assert os.path.getsize(report["files"][key]) > 5000
+        assert os.path.getsize(report.extra["files"][key]) > 5000
     assert "test_iter: 5" in (tmp_path / "demo" / "solver.prototxt").read_text()
     bad = run("demo.py", "--solver-set", "test_itr=5")
-    assert bad.returncode == 2 and "expected FIELD=VALUE with a SolverParameter field" in bad.stderr
+    assert bad.returncode == 1 and "expected FIELD=VALUE with a SolverParameter field" in bad.stderr
+    assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
     # The same run without the latent layer: same solver, a table of both accuracies.
-    result = run("compare_backbone.py", "--run", tmp_path / "demo", "--name", "LeNet smoke",
-                 "--out", tmp_path / "backbone")
+    result = run_script(EXPERIMENTS, "compare_backbone.py", "--run", tmp_path / "demo", "--name", "LeNet smoke",
+                        "--out", tmp_path / "backbone")
     assert result.returncode == 0, result.stderr[-2000:]
-    row = json.load(open(tmp_path / "backbone" / "table.json"))[0]
+    row = json.load(open(tmp_path / "backbone" / "table.json"))["rows"][0]
     assert row["name"] == "LeNet smoke" and row["iterations"] == 20
     assert 0 <= row["ssdh_accuracy"] <= 1 and 0 <= row["backbone_accuracy"] <= 1
     variant = (tmp_path / "backbone" / "runs" / "LeNet_smoke" / "train_val.prototxt").read_text()
@@ -161,9 +170,11 @@ def test_main_job_smoke_and_backbone_comparison(tmp_path):
 def test_search_tool_and_web_server(tmp_path):
     import threading
     import urllib.request
-    from http.server import ThreadingHTTPServer
 
     import cv2
+
+    from ssdh_port.search import ImageSearch
+    from ssdh_port.server import make_server
 
     images, labels = _tiny_mnist(tmp_path, n=200)
     deploy = os.path.join(LENET_SSDH, "deploy.prototxt")
@@ -177,17 +188,9 @@ def test_search_tool_and_web_server(tmp_path):
     # The query is database item 3 itself: a code at distance 0 comes first.
     assert "distance   0" in found.stdout.splitlines()[1]
 
-    sys.path.insert(0, TOOLS)
-    try:
-        import serve
-        import search as search_tool
-    finally:
-        sys.path.remove(TOOLS)
-    args = argparse_namespace(prototxt=deploy, weights=str(tmp_path / "w.caffemodel"),
-                              index=str(tmp_path / "c.ssdh"), blob=None, mean_file=None,
-                              mean_value=None, scale=0.00390625)
-    engine = search_tool.build(args, str(tmp_path / "db"))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), serve.make_handler(engine))
+    engine = ImageSearch(deploy, str(tmp_path / "w.caffemodel"), str(tmp_path / "c.ssdh"),
+                         str(tmp_path / "db"), scale=0.00390625)
+    server = make_server(engine, "127.0.0.1", 0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
@@ -206,12 +209,6 @@ def test_search_tool_and_web_server(tmp_path):
         assert err.value.code == 400
     finally:
         server.shutdown()
-
-
-def argparse_namespace(**fields):
-    import argparse
-
-    return argparse.Namespace(**fields)
 
 
 def test_bench_train_runs_the_recipe_step(tmp_path):

@@ -7,9 +7,8 @@ written as a .binaryproto (1 x C x H x W, legacy num/channels/height/width).
 import argparse
 import sys
 
-from ssdh_port.data.datum import DatumError
-from ssdh_port.data.imageset import ImagesetError, write_image_mean
-from ssdh_port.data.db import LMDBError
+from ssdh_port import cli
+from ssdh_port.data.imageset import write_image_mean
 
 
 def main(argv=None):
@@ -18,11 +17,7 @@ def main(argv=None):
     parser.add_argument("output")
     parser.add_argument("--backend", default="lmdb", choices=("lmdb", "leveldb"))
     args = parser.parse_args(argv)
-    try:
-        mean = write_image_mean(args.db, args.output, args.backend)
-    except (ImagesetError, LMDBError, DatumError) as err:
-        print(f"compute_image_mean: {err}", file=sys.stderr)
-        return 1
+    mean = write_image_mean(args.db, args.output, args.backend)
     for c, value in enumerate(mean.mean(axis=(0, 2, 3))):
         print(f"mean_value channel [{c}]: {value:g}")
     print(f"wrote {args.output}")
@@ -30,4 +25,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

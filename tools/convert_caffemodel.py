@@ -15,8 +15,7 @@ written to a temporary file and renamed, so a failed run leaves no partial file.
 import argparse
 import sys
 
-from ssdh_port.caffe.io import CaffeFileError
-from ssdh_port.caffe.layers import LayerError
+from ssdh_port import cli
 from ssdh_port.caffe.net import CaffeNet
 
 
@@ -53,12 +52,8 @@ def print_table(net, report):
 def main(argv=None):
     args = parse_args(argv)
     weights = args.caffemodel or args.pt
-    try:
-        net = CaffeNet(args.prototxt, phase=args.phase)
-        report = net.copy_from(weights, allow_shape_mismatch=args.allow_shape_mismatch)
-    except (CaffeFileError, LayerError) as err:
-        print(f"convert_caffemodel: {err}", file=sys.stderr)
-        return 1
+    net = CaffeNet(args.prototxt, phase=args.phase)
+    report = net.copy_from(weights, allow_shape_mismatch=args.allow_shape_mismatch)
     print_table(net, report)
     if args.to_caffemodel:
         net.save_caffemodel(args.out)
@@ -69,4 +64,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -13,8 +13,8 @@ written to a temporary folder and renamed when complete.
 import argparse
 import sys
 
-from ssdh_port.data.imageset import ImagesetError, convert_imageset
-from ssdh_port.data.db import LMDBError
+from ssdh_port import cli
+from ssdh_port.data.imageset import convert_imageset
 
 
 def main(argv=None):
@@ -35,17 +35,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if bool(args.resize_height) != bool(args.resize_width):
         parser.error("give both --resize_height and --resize_width")
-    try:
-        count = convert_imageset(
-            args.root, args.listfile, args.db, args.resize_height, args.resize_width,
-            args.shuffle, args.gray, args.encoded, args.encode_type, args.check_size,
-            args.seed, args.overwrite, args.backend)
-    except (ImagesetError, LMDBError) as err:
-        print(f"convert_imageset: {err}", file=sys.stderr)
-        return 1
+    count = convert_imageset(
+        args.root, args.listfile, args.db, args.resize_height, args.resize_width,
+        args.shuffle, args.gray, args.encoded, args.encode_type, args.check_size,
+        args.seed, args.overwrite, args.backend)
     print(f"wrote {count} records to {args.db}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -14,9 +14,8 @@ a mean file per size.
 import argparse
 import sys
 
+from ssdh_port import cli
 from ssdh_port.data import datasets
-from ssdh_port.data.db import LMDBError
-from ssdh_port.data.imageset import ImagesetError
 
 
 def main(argv=None):
@@ -40,24 +39,20 @@ def main(argv=None):
     for name in ("mnist", "cifar10-jpg", "cifar10-batches"):
         sub.choices[name].add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
-    try:
-        if args.dataset == "mnist":
-            result = datasets.prepare_mnist(args.out, args.idx_dir, args.overwrite)
-        elif args.dataset == "cifar10-jpg":
-            result = datasets.prepare_cifar10_jpg(args.archive, args.out, tuple(args.sizes),
-                                                  args.overwrite, args.layout)
-        elif args.dataset == "cifar10-batches":
-            result = datasets.prepare_cifar10_batches(args.archive, args.out, args.overwrite)
-        else:
-            classes, count = datasets.folder_to_list(args.root, args.list)
-            result = {"list": args.list, "classes": len(classes), "images": count}
-    except (datasets.DatasetError, ImagesetError, LMDBError, ValueError) as err:
-        print(f"prepare_dataset: {err}", file=sys.stderr)
-        return 1
+    if args.dataset == "mnist":
+        result = datasets.prepare_mnist(args.out, args.idx_dir, args.overwrite)
+    elif args.dataset == "cifar10-jpg":
+        result = datasets.prepare_cifar10_jpg(args.archive, args.out, tuple(args.sizes),
+                                              args.overwrite, args.layout)
+    elif args.dataset == "cifar10-batches":
+        result = datasets.prepare_cifar10_batches(args.archive, args.out, args.overwrite)
+    else:
+        classes, count = datasets.folder_to_list(args.root, args.list)
+        result = {"list": args.list, "classes": len(classes), "images": count}
     for key, value in result.items():
         print(f"{key}: {value}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

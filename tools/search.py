@@ -9,47 +9,19 @@ Prints, per image, the k nearest database items: id, Hamming distance, label.
 import argparse
 import sys
 
-import cv2
-
-from ssdh_port.caffe.io import CaffeFileError
-from ssdh_port.caffe.layers import LayerError
-from ssdh_port.hashing.index import IndexFileError
-from ssdh_port.search import ImageSearch
-
-
-def add_model_arguments(parser):
-    parser.add_argument("--prototxt", required=True)
-    parser.add_argument("--weights", required=True)
-    parser.add_argument("--index", required=True, help="code file of the database (tools/encode.py)")
-    parser.add_argument("--blob", help="latent blob (default: found by name)")
-    parser.add_argument("--mean-file")
-    parser.add_argument("--mean-value", type=float, nargs="+")
-    parser.add_argument("--scale", type=float, default=1.0)
-
-
-def build(args, db=None):
-    return ImageSearch(args.prototxt, args.weights, args.index, db, args.blob, args.mean_file,
-                       args.mean_value, args.scale)
+from ssdh_port import cli
+from ssdh_port.search import ImageSearch, read_images
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_model_arguments(parser)
+    cli.add_model_arguments(parser)
     parser.add_argument("images", nargs="+")
-    parser.add_argument("--k", type=int, default=10)
+    cli.add_k(parser, 10)
     args = parser.parse_args(argv)
-    try:
-        engine = build(args)
-        images = []
-        for path in args.images:
-            image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-            if image is None:
-                raise ValueError(f"{path}: cannot read the image")
-            images.append(image)
-        results = engine.search(images, args.k)
-    except (CaffeFileError, LayerError, IndexFileError, ValueError) as err:
-        print(f"search: {err}", file=sys.stderr)
-        return 1
+    engine = ImageSearch(args.prototxt, args.weights, args.index, None, args.blob, args.mean_file,
+                         args.mean_value, args.scale)
+    results = engine.search(read_images(args.images), args.k)
     for path, (ids, distances, labels) in zip(args.images, results):
         print(f"{path}:")
         for rank, (item, distance) in enumerate(zip(ids, distances), 1):
@@ -59,4 +31,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

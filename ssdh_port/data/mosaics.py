@@ -8,6 +8,7 @@ import os
 import numpy as np
 
 from ssdh_port.caffe.io import atomic_write
+from ssdh_port.errors import SSDHError
 
 
 def pair_mosaics(images, labels, num_classes, seed):
@@ -16,7 +17,7 @@ def pair_mosaics(images, labels, num_classes, seed):
     exactly one other mosaic (a random derangement)."""
     images, labels = np.asarray(images), np.asarray(labels)
     if images.ndim != 3 or len(images) != len(labels) or len(images) < 2:
-        raise ValueError(f"need N >= 2 images N x H x W and N labels, got {images.shape} and {labels.shape}")
+        raise SSDHError(f"need N >= 2 images N x H x W and N labels, got {images.shape} and {labels.shape}")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(images))
     partner = np.empty_like(order)
@@ -62,3 +63,27 @@ def write_hdf5_set(folder, name, images, labels, scale=1.0):
     with atomic_write(listing, "w") as f:
         f.write(path + "\n")
     return listing
+
+
+def prepare_mnist_mosaics(folder, scale):
+    """Two-digit MNIST mosaics of both splits (seeded) and their HDF5 sets in
+    folder: train, train_half_labels (half of each row's labels don't care) and
+    test. Returns ({split: (mosaics, multi_hot)}, {set name: list file path});
+    sets already written are kept."""
+    from ssdh_port.data import mnist
+    from ssdh_port.progress import logger
+
+    sets = {}
+    for split, seed in (("train", 1), ("test", 2)):
+        images, labels = mnist.load_split(split)
+        sets[split] = pair_mosaics(images, labels, 10, seed=seed)
+    lists = {}
+    wanted = {"train": ("train", 0.0), "train_half_labels": ("train", 0.5), "test": ("test", 0.0)}
+    for name, (split, dont_care) in wanted.items():
+        listing = os.path.join(folder, f"{name}_h5.txt")
+        if not os.path.isfile(listing):
+            logger.info("writing %s (%d mosaics) to %s", name, len(sets[split][0]), folder)
+            write_hdf5_set(folder, name, sets[split][0], signed_labels(sets[split][1], dont_care, seed=3),
+                           scale=scale)
+        lists[name] = os.path.abspath(listing)
+    return sets, lists

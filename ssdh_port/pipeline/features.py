@@ -1,6 +1,8 @@
 """Feature extraction from a CaffeNet, as Caffe's extract_features does: batches
 from the net's own data layers, or from an outside source fed to its first input
 blob, with the chosen blobs collected and concatenated along the first axis.
+Scalar tops (losses, accuracies) are per batch: they come back as a 1-D array of
+one value per batch.
 
 Outside sources: an .npy array, an .npz with one array per input blob, a Datum
 database (LMDB/LevelDB) or an image list file ('path label' per line), the
@@ -8,25 +10,27 @@ latter two transformed by a DataTransformer built from the given
 TransformationParameter.
 """
 import os
-import sys
 
 import numpy as np
 import torch
 
 from ssdh_port.caffe.data_layers import read_image
 from ssdh_port.caffe.layers import LayerError
+from ssdh_port.caffe.net import CaffeNet
 from ssdh_port.caffe.proto import caffe_pb2 as pb
 from ssdh_port.data.db import open_db
 from ssdh_port.data.imageset import read_list
 from ssdh_port.data.transformer import DataTransformer
+from ssdh_port.errors import SSDHError
 from ssdh_port.precision import set_tf32
+from ssdh_port.progress import bar, logger
 
 
 def array_batches(arrays, batch_size):
     """{blob: array} -> batches of {blob: tensor}; all arrays share the first axis."""
     sizes = {len(a) for a in arrays.values()}
     if len(sizes) != 1:
-        raise ValueError(f"input arrays have different lengths {sorted(sizes)}")
+        raise SSDHError(f"input arrays have different lengths {sorted(sizes)}")
     total = sizes.pop()
     for start in range(0, total, batch_size):
         yield {k: torch.from_numpy(np.ascontiguousarray(v[start:start + batch_size]))
@@ -61,7 +65,8 @@ def extract(net, blobs, batches=None, iterations=None, device="cpu", progress=Tr
     """Run net over batches (or its own data layers for `iterations` batches) and
     return ({blob: concatenated array}, labels array or None). On a GPU the
     convolutions run in full float32, as Caffe's do (see ssdh_port.precision)."""
-    if torch.device(device).type == "cuda":
+    device = resolve_device(device)
+    if device.type == "cuda":
         set_tf32(False)
     net = net.to(device).eval()
     collected = {name: [] for name in blobs}
@@ -72,9 +77,9 @@ def extract(net, blobs, batches=None, iterations=None, device="cpu", progress=Tr
     with torch.no_grad():
         if batches is None:
             if not iterations:
-                raise ValueError("extract: give batches or a number of iterations for the data layers")
+                raise SSDHError("extract: give batches or a number of iterations for the data layers")
             batches = ((None, None) for _ in range(iterations))
-        done = 0
+        ticker = bar(total=iterations, desc="extract", unit="batch", disable_if=not progress)
         for feed, batch_labels in batches:
             if feed is None:
                 out = net()
@@ -87,10 +92,71 @@ def extract(net, blobs, batches=None, iterations=None, device="cpu", progress=Tr
                     labels.append(np.asarray(batch_labels))
             for name in blobs:
                 collected[name].append(out[name].detach().float().cpu().numpy())
-            done += 1
-            if progress and done % 10 == 0:
-                print(f"\rextracted {done} batches", end="", file=sys.stderr, flush=True)
-    if progress:
-        print(f"\rextracted {done} batches", file=sys.stderr, flush=True)
-    result = {name: np.concatenate(parts) for name, parts in collected.items()}
+            ticker.update(1)
+    ticker.close()
+    result = {name: np.concatenate([np.atleast_1d(p) for p in parts]) for name, parts in collected.items()}
     return result, (np.concatenate(labels) if labels else None)
+
+
+def resolve_device(device):
+    """"cpu", "cuda", "cuda:N" or an int N (a GPU number) -> torch.device; a CUDA
+    device on a machine without CUDA is an error naming the argument."""
+    if device is None:
+        return torch.device("cpu")
+    if isinstance(device, int) or (isinstance(device, str) and device.isdigit()):
+        device = f"cuda:{int(device)}"
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise SSDHError(f"device {device!r}: expected cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise SSDHError(f"device {device!r}: CUDA is not available on this machine")
+    return resolved
+
+
+def load_net(prototxt, weights=None, batch_size=None):
+    """A TEST-phase CaffeNet with weights; Input blobs take batch_size as their
+    first dimension when it is given (a deploy net fed from an outside source)."""
+    net = CaffeNet(prototxt, weights=weights)
+    if net.input_names and batch_size:
+        shapes = {name: (batch_size,) + tuple(net.blob_shapes[name][1:]) for name in net.input_names}
+        net = CaffeNet(prototxt, weights=weights, input_shapes=shapes)
+    if weights:
+        report = net.load_report
+        logger.info("weights %s: loaded %s; left to fillers %s", weights, report["loaded"],
+                    report["not_in_weights"])
+    return net
+
+
+def transform_param(scale=1.0, mean_file=None, mean_value=None, crop_size=0):
+    """A TEST TransformationParameter from the tools' source options."""
+    param = pb.TransformationParameter(scale=scale, crop_size=crop_size)
+    if mean_file:
+        param.mean_file = mean_file
+    param.mean_value.extend(mean_value or [])
+    return param
+
+
+def batch_source(source, net, batch_size, transform=None, backend="lmdb", resize=None):
+    """Batches for net from source: None (the net's own data layers), an .npy
+    array (fed to the first input blob), an .npz (one array per input blob), a
+    Datum database folder or an image list file (transformed by `transform`)."""
+    if source is None:
+        return None
+    source = os.fspath(source)
+    if source.endswith(".npy"):
+        return array_batches({net.input_names[0]: _load_array(source)}, batch_size)
+    if source.endswith(".npz"):
+        arrays = dict(np.load(source))
+        unknown = [k for k in arrays if k not in net.input_names]
+        if unknown:
+            raise SSDHError(f"{source}: arrays {unknown} match no input blob {net.input_names}")
+        return array_batches(arrays, batch_size)
+    return db_batches(source, batch_size, transform, backend, resize)
+
+
+def _load_array(path):
+    try:
+        return np.load(path)
+    except (OSError, ValueError) as err:
+        raise SSDHError(f"{path}: not a readable .npy array ({err})") from None

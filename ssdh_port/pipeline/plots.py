@@ -1,4 +1,7 @@
-"""PNG figures for the tools: matplotlib without a display, files written whole."""
+"""The pipeline's PNG figures (matplotlib without a display, files written whole):
+training curves, retrieval curves, retrieval examples."""
+import numpy as np
+
 from ssdh_port.caffe.io import atomic_write
 
 
@@ -19,3 +22,84 @@ def save_png(fig, path, dpi=100):
     with atomic_write(path) as f:
         fig.savefig(f, format="png", dpi=dpi)
     pyplot().close(fig)
+
+
+def training_curves(records, tests, path):
+    """Losses of the displayed iterations (and the test outputs) of a training log."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2 if tests else 1, figsize=(11 if tests else 6, 4), squeeze=False)
+    ax = axes[0][0]
+    iters = [r["iter"] for r in records]
+    ax.plot(iters, [r["smoothed_loss"] for r in records], label="total (smoothed)", lw=2)
+    for name in records[0]["outputs"] if records else []:
+        ax.plot(iters, [r["outputs"][name] for r in records], label=name, lw=1)
+    ax.set_xlabel("iteration")
+    ax.set_title("training")
+    ax.legend(fontsize=7)
+    if tests:
+        ax = axes[0][1]
+        for name in tests[0]["outputs"]:
+            values = [t["outputs"][name] for t in tests]
+            if all(isinstance(v, float) for v in values):
+                ax.plot([t["iter"] for t in tests], values, marker="o", label=name)
+        ax.set_xlabel("iteration")
+        ax.set_title("test net outputs")
+        ax.legend(fontsize=7)
+    save_png(fig, path, dpi=110)
+
+
+def retrieval_curves(evaluations, references, path):
+    """precision@k, precision-recall and mAP against code length of Evaluations,
+    with published precision@k curves ({name: k x 2 array}) dashed beside them."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    ax = axes[0]
+    for ev in evaluations:
+        curve = ev.precision_at_k
+        ax.plot(np.arange(1, len(curve) + 1), curve, lw=2, label=ev.report.method)
+    for name, data in references.items():
+        ax.plot(data[:, 0], data[:, 1], ls="--", marker="o", ms=3, label=f"{name} (published)")
+    ax.set(xlabel="number of retrieved images k", ylabel="precision@k", title="precision@k")
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    for ev in evaluations:
+        if ev.pr_recall is not None:
+            ax.plot(ev.pr_recall, ev.pr_precision, marker=".", label=ev.report.method)
+    ax.set(xlabel="recall", ylabel="precision", title="precision-recall (Hamming radius sweep)")
+    ax.legend(fontsize=7)
+    ax = axes[2]
+    by_name = {}
+    for ev in evaluations:
+        by_name.setdefault(ev.report.method.split("-")[0], []).append((ev.report.bits, ev.report.map_at_topk))
+    for name, points in by_name.items():
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+    ax.set(xlabel="code length (bits)", ylabel="mAP", title="mAP against code length")
+    ax.legend(fontsize=7)
+    save_png(fig, path, dpi=110)
+
+
+def retrieval_picture(query_images, query_labels, db_images, db_labels, ids, path, rows=8):
+    """Queries (one per row) with their nearest database images, wrong classes in red."""
+    plt = pyplot()
+    top = ids.shape[1]
+    fig, axes = plt.subplots(rows, top + 1, figsize=(1.1 * (top + 1), 1.15 * rows))
+    for r in range(rows):
+        axes[r][0].imshow(query_images[r], cmap="gray")
+        axes[r][0].set_title("query", fontsize=7)
+        for c in range(top):
+            j = int(ids[r, c])
+            ax = axes[r][c + 1]
+            ax.imshow(db_images[j], cmap="gray")
+            wrong = db_labels[j] != query_labels[r]
+            for spine in ax.spines.values():
+                spine.set_visible(bool(wrong))
+                spine.set_color("red")
+                spine.set_linewidth(3)
+            if wrong:
+                ax.set_title(f"wrong ({db_labels[j]})", fontsize=6, color="red")
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"Hamming retrieval: queries and their top {top} (wrong class in red)", fontsize=9)
+    save_png(fig, path)

@@ -1,0 +1,98 @@
+"""What the command-line tools share: one spelling per option, one error handler.
+
+Options (old spellings kept as aliases where the README or Caffe users rely on them):
+  --device cpu|cuda|cuda:N   (--gpu N: Caffe's flag, = cuda:N)
+  --batch-size N             (--batch)
+  --iterations N             (--iters)
+  --k N                      (--topk): how many results / the mAP cut-off
+  --out PATH                 a file or a folder, as each tool's help says
+
+run(main) is every tool's entry point: the library logs to stderr, and an
+expected error (ssdh_port.errors.SSDHError, or a file the system refuses) ends
+as one line `tool: message` with exit status 1, never a traceback.
+"""
+import argparse
+import logging
+import os
+import sys
+
+from ssdh_port.errors import SSDHError
+
+
+def _gpu(value):
+    try:
+        return f"cuda:{int(value)}"
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a GPU number, got {value!r}") from None
+
+
+def add_device(parser, default="cpu"):
+    parser.add_argument("--device", default=default, help=f"cpu, cuda or cuda:N (default {default})")
+    parser.add_argument("--gpu", dest="device", type=_gpu, help="GPU number N (= --device cuda:N)")
+
+
+def add_batch_size(parser, default):
+    parser.add_argument("--batch-size", "--batch", dest="batch_size", type=int, default=default,
+                        help=f"images per batch (default {default})")
+
+
+def add_iterations(parser, default, help="iterations"):
+    parser.add_argument("--iterations", "--iters", dest="iterations", type=int, default=default,
+                        help=f"{help} (default {default})")
+
+
+def add_k(parser, default, help="number of results"):
+    parser.add_argument("--k", "--topk", dest="k", type=int, default=default, help=f"{help} (default {default})")
+
+
+def add_source_arguments(parser):
+    """A net with weights and the images to feed it (encode, extract_features)."""
+    parser.add_argument("--prototxt", required=True)
+    parser.add_argument("--weights", help=".caffemodel, .caffemodel.h5 or .pt")
+    parser.add_argument("--input", help="DB folder, image list, .npy or .npz (default: the net's data layers)")
+    add_batch_size(parser, 64)
+    add_iterations(parser, None, help="batches to run with the net's own data layers")
+    add_device(parser)
+    parser.add_argument("--backend", default="lmdb", choices=("lmdb", "leveldb"))
+    add_transform_arguments(parser)
+    parser.add_argument("--crop-size", type=int, default=0)
+    parser.add_argument("--resize", type=int, nargs=2, metavar=("H", "W"))
+
+
+def add_transform_arguments(parser):
+    parser.add_argument("--mean-file")
+    parser.add_argument("--mean-value", type=float, nargs="+")
+    parser.add_argument("--scale", type=float, default=1.0)
+
+
+def add_model_arguments(parser):
+    """A deploy net, its weights and the code file it searches (search, serve)."""
+    parser.add_argument("--prototxt", required=True)
+    parser.add_argument("--weights", required=True)
+    parser.add_argument("--index", required=True, help="code file of the database (tools/encode.py)")
+    parser.add_argument("--blob", help="latent blob (default: found by name)")
+    add_transform_arguments(parser)
+
+
+def solver_set_argument(parser):
+    parser.add_argument("--solver-set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="replace a field of the solver (SolverParameter name; comma-separated "
+                        "values for a repeated field), e.g. lr_policy=multistep")
+
+
+def tool_name():
+    return os.path.splitext(os.path.basename(sys.argv[0]))[0] or "ssdh"
+
+
+def run(main, argv=None):
+    """Call main(argv) with the library's log on stderr; expected errors -> one line, exit 1."""
+    name = tool_name()
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        return main(argv) or 0
+    except SSDHError as err:
+        print(f"{name}: {err}", file=sys.stderr)
+    except OSError as err:
+        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+        print(f"{name}: {where}{err.strerror or err}", file=sys.stderr)
+    return 1

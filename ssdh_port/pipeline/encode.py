@@ -1,0 +1,96 @@
+"""Encoding: a trained net's latent activations over a split -> binary codes.
+
+encode_split() runs the net over a batch source (ssdh_port.pipeline.features),
+thresholds the latent activations at 0.5 (0.5 gives 0), packs them into a
+HammingIndex with the source's labels, and keeps any other blobs asked for (class
+scores for the accuracy, fc7 for re-ranking). code_report() says when the codes
+are degenerate.
+"""
+import dataclasses
+import os
+
+import numpy as np
+import torch
+
+from ssdh_port import ops
+from ssdh_port.caffe.io import atomic_write
+from ssdh_port.errors import SSDHError
+from ssdh_port.hashing.codes import code_report
+from ssdh_port.hashing.index import HammingIndex
+from ssdh_port.pipeline.features import batch_source, extract, load_net, resolve_device
+
+
+@dataclasses.dataclass
+class EncodedSplit:
+    """Codes of one split, with the blobs kept beside them."""
+    index: HammingIndex
+    latent_blob: str
+    features: dict
+    health: dict
+    path: str | None = None
+
+    @property
+    def labels(self):
+        return None if self.index.labels is None else self.index.labels.numpy()
+
+    def accuracy(self, scores_blob):
+        """Classification accuracy of the arg-max of a score blob against the labels."""
+        scores = self.features[scores_blob]
+        return float((scores.reshape(len(scores), -1).argmax(axis=1) == self.labels).mean())
+
+    def save(self, path, feature_paths=None):
+        """The code file at path and each kept blob at feature_paths[name] (default
+        <path>.<blob>.npy), each written whole or not at all."""
+        self.index.save(path)
+        self.path = os.fspath(path)
+        for name, array in self.features.items():
+            target = (feature_paths or {}).get(name) or f"{path}.{name}.npy"
+            with atomic_write(target) as f:
+                np.save(f, array)
+        return self
+
+
+def find_latent_blob(net):
+    """The latent activations: the Sigmoid top named like '*latent*', else the last one."""
+    tops = [t for m, ts in zip(net.layers, net.tops) if m.type == "Sigmoid" for t in ts]
+    named = [t for t in tops if "latent" in t]
+    if not (named or tops):
+        raise SSDHError(f"net '{net.name}' has no Sigmoid layer: name the latent blob")
+    return (named or tops)[-1]
+
+
+def codes_from_activations(activations, labels=None, ids=None):
+    """N x K activations -> a HammingIndex of their codes (a > 0.5)."""
+    a = torch.as_tensor(np.asarray(activations)).reshape(len(activations), -1)
+    index = HammingIndex(a.shape[1])
+    index.add(ops.pack_bits(a, 0.5), ids=ids, labels=labels)
+    return index
+
+
+def encode_batches(net, batches, *, latent_blob=None, features=(), iterations=None, device="cpu",
+                   labels=None):
+    """Encode what `batches` yields (None: the net's data layers for `iterations`);
+    labels (class ids or multi-hot rows) replace those of the source."""
+    blob = latent_blob or find_latent_blob(net)
+    wanted = [blob] + [name for name in features if name != blob]
+    arrays, source_labels = extract(net, wanted, batches, iterations, resolve_device(device))
+    labels = source_labels if labels is None else labels
+    activations = arrays.pop(blob)
+    activations = activations.reshape(len(activations), -1)
+    kept = {name: arrays[name].reshape(len(arrays[name]), -1) for name in features if name != blob}
+    if blob in features:
+        kept[blob] = activations
+    return EncodedSplit(codes_from_activations(activations, labels), blob, kept, code_report(activations))
+
+
+def encode_split(prototxt, weights, source, *, transform=None, batch_size=64, latent_blob=None,
+                 features=(), iterations=None, backend="lmdb", resize=None, device="cpu"):
+    """Encode a split with a deploy (or test) net: source is a Datum database, an
+    image list, an .npy / .npz array file, or None for the net's own data layers
+    (then give iterations)."""
+    net = load_net(prototxt, weights, batch_size if source is not None else None)
+    if source is None and not iterations:
+        raise SSDHError("without a source, give the number of iterations of the net's data layers")
+    batches = batch_source(source, net, batch_size, transform, backend, resize)
+    return encode_batches(net, batches, latent_blob=latent_blob, features=features,
+                          iterations=iterations, device=device)

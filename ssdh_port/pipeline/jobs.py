@@ -1,0 +1,151 @@
+"""Whole experiments as functions: prepare -> train -> encode -> evaluate -> report.
+
+mnist_ssdh() is the main job (`make demo`): MNIST -> LMDBs -> LeNet-SSDH trained
+with Caffe's solver -> codes of the test (queries) and training (database)
+images -> the protocol -> report.json / report.md with plots. encode_splits()
+and splits_report() are the steps every experiment shares.
+"""
+import dataclasses
+import os
+import time
+
+from ssdh_port.caffe.io import atomic_write
+from ssdh_port.data import datasets, mnist
+from ssdh_port.pipeline.encode import encode_split
+from ssdh_port.pipeline.evaluate import retrieval_report
+from ssdh_port.pipeline.features import transform_param
+from ssdh_port.pipeline.plots import retrieval_curves, retrieval_picture
+from ssdh_port.pipeline.recipe import prepare_recipe, recipe_dir
+from ssdh_port.pipeline.report import write_report
+from ssdh_port.pipeline.train import train_caffe
+from ssdh_port.progress import logger
+
+MNIST_SCALE = 0.00390625  # LeNet's 1/256
+
+
+@dataclasses.dataclass
+class JobResult:
+    """The report of an experiment run and the files behind it."""
+    report: object           # RetrievalReport
+    train: object            # TrainResult
+    files: dict
+
+
+def encode_splits(deploy, weights, sources, out_dir, *, transform=None, features=(), batch_size=500,
+                  device="cpu"):
+    """Encode each split of sources ({"test": db, "train": db}) with the deploy net
+    into out_dir/<split>.ssdh (kept blobs beside: <split>.ssdh.<blob>.npy)."""
+    encoded = {}
+    for split, source in sources.items():
+        logger.info("encoding %s (%s)", split, source)
+        encoded[split] = encode_split(deploy, weights, source, transform=transform, features=features,
+                                      batch_size=batch_size, device=device)
+        encoded[split].save(os.path.join(out_dir, f"{split}.ssdh"))
+        for warning in encoded[split].health["warnings"]:
+            logger.warning("%s codes: %s", split, warning)
+    return encoded
+
+
+def splits_report(query, database, *, method, scores_blob=None, curves=False, **known):
+    """The protocol on two EncodedSplits (queries, database), with the
+    classification accuracy of scores_blob on the queries when given."""
+    if scores_blob:
+        known["classification_accuracy"] = query.accuracy(scores_blob)
+    return retrieval_report(query.index.codes, database.index.codes, query.labels, database.labels,
+                            method=method, bits=query.index.bits, curves=curves, **known)
+
+
+def mnist_ssdh(out_dir, *, data_dir="runs/mnist", bits=48, iterations=5000, p=2, solver_fields=None,
+               device=None):
+    """The main job on MNIST with the LeNet-SSDH recipe; returns a JobResult."""
+    start = time.time()
+    out_dir = os.path.abspath(out_dir)
+    lmdbs = datasets.prepare_mnist(data_dir)
+    name = f"lenet_ssdh{bits}"
+    fields = {"max_iter": iterations, "test_interval": max(1, iterations // 5), **(solver_fields or {})}
+    recipe = prepare_recipe(recipe_dir("lenet_ssdh"), out_dir, bits=bits, p=p, weights_name=name,
+                            sources={"TRAIN": lmdbs["train"], "TEST": lmdbs["test"]}, **fields)
+    trained = train_caffe(recipe.solver, log_dir=out_dir, device=device)
+    encoded = encode_splits(recipe.deploy, trained.weights, {"test": lmdbs["test"], "train": lmdbs["train"]},
+                            out_dir, transform=transform_param(scale=MNIST_SCALE), features=("ip2",),
+                            device=device or "cpu")
+    query, db = encoded["test"], encoded["train"]
+    evaluation = splits_report(query, db, method=f"LeNet-SSDH-{bits}", scores_blob="ip2", curves=True,
+                               extra={"p": p, "iterations": trained.iterations})
+    files = {"weights": trained.weights, "codes": {s: e.path for s, e in encoded.items()},
+             "log": trained.log, "loss_plot": trained.plot,
+             "pk_pr_plot": os.path.join(out_dir, "retrieval_curves.png"),
+             "retrieval_examples": os.path.join(out_dir, "retrieval_examples.png")}
+    retrieval_curves([evaluation], {}, files["pk_pr_plot"])
+    _mnist_picture(db, query, files["retrieval_examples"])
+    report = evaluation.report
+    report.seconds = round(time.time() - start, 1)
+    report.extra["files"] = files
+    write_report(report, os.path.join(out_dir, "report.json"))
+    _write_markdown(report, os.path.join(out_dir, "report.md"))
+    return JobResult(report, trained, files)
+
+
+def _mnist_picture(db, query, path, rows=8, top=10):
+    """Eight queries spread over the test set with their top 10."""
+    test_images, test_labels = mnist.load_split("test")
+    train_images, train_labels = mnist.load_split("train")
+    picks = [int(i * len(test_images) / rows) for i in range(rows)]
+    _, ids = db.index.search(query.index.codes[picks], top)
+    retrieval_picture(test_images[picks], test_labels[picks], train_images, train_labels, ids.numpy(), path,
+                      rows=rows)
+
+
+def _write_markdown(report, path):
+    lines = [f"# {report.method} on MNIST", "",
+             f"- classification accuracy ({report.queries:,} test images): {report.classification_accuracy:.4f}",
+             f"- mAP@{report.topk} ({report.queries:,} test queries vs {report.database:,} training images): "
+             f"{report.map_at_topk:.4f}",
+             f"- mAP over the whole ranking: {report.map_whole_ranking:.4f}",
+             f"- precision@1000: {report.precision_at_1000:.4f}; within Hamming radius {report.radius}: "
+             f"{report.precision_within_radius:.4f}",
+             f"- {report.extra['iterations']} iterations, {report.seconds} s in all", ""]
+    lines += [f"- {key}: {value}" for key, value in report.extra["files"].items()]
+    with atomic_write(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def coarse_to_fine_report(query, database, feature_blob, *, method, shortlist=2000, topk=1000, **known):
+    """The CVPRW search on two EncodedSplits: a Hamming shortlist of `shortlist`
+    codes re-ranked by l2 distance on feature_blob (kept by the encoder); mAP@topk
+    and P@k of the re-ranked list (the whole-ranking mAP and the radius do not
+    apply)."""
+    import torch
+
+    from ssdh_port.hashing.index import coarse_to_fine
+    from ssdh_port.hashing.metrics import average_precision
+    from ssdh_port.pipeline.evaluate import P_AT, RetrievalReport
+
+    results = coarse_to_fine(database.index, query.index.codes, query.features[feature_blob],
+                             database.features[feature_blob], k=topk, shortlist=shortlist)
+    q_labels, d_labels = torch.as_tensor(query.labels), torch.as_tensor(database.labels)
+    ranked = torch.stack([ids for ids, _ in results])
+    hits = d_labels[ranked] == q_labels[:, None]
+    precision = hits.double().cumsum(dim=1).mean(dim=0) / torch.arange(1, hits.shape[1] + 1)
+    return RetrievalReport(method=method, bits=query.index.bits, queries=len(q_labels),
+                           database=len(d_labels), topk=hits.shape[1],
+                           map_at_topk=float(average_precision(hits).mean()),
+                           precision_at={str(k): float(precision[k - 1]) for k in P_AT if k <= len(precision)},
+                           **known)
+
+
+def hashing_baseline_reports(train_features, train_labels, test_features, test_labels, *, bits, source):
+    """LSH, ITQ and CCA-ITQ codes of real-valued features (fitted on the training
+    features, the database) and l2 on the features themselves, under the protocol."""
+    from ssdh_port.hashing.baselines import CCAITQ, ITQ, LSH
+
+    reports = []
+    for name, cls in (("CCA-ITQ", CCAITQ), ("ITQ", ITQ), ("LSH", LSH)):
+        hasher = cls(bits).fit(train_features, train_labels)
+        reports.append(retrieval_report(hasher.encode(test_features), hasher.encode(train_features),
+                                        test_labels, train_labels, method=f"{name}-{bits} on {source}",
+                                        bits=bits))
+    reports.append(retrieval_report(test_features, train_features, test_labels, train_labels,
+                                    method=f"l2 on {source} ({train_features.shape[1]} floats)",
+                                    mode="euclidean"))
+    return reports

@@ -1,0 +1,137 @@
+"""Training: Caffe's solver path as one call that returns what it made.
+
+train_caffe(solver) is `caffe train -solver S [-weights W | -snapshot S]`: it
+builds the Solver (ssdh_port.caffe.solver), initialises or resumes it, runs it
+to max_iter with a progress bar, and keeps a JSON-lines log (one line per
+displayed iteration and per test pass, flushed as it is written) and a PNG of
+the losses. Caffe's display lines go to `display` (default: the ssdh_port
+logger).
+"""
+import dataclasses
+import json
+import os
+import time
+
+import torch
+
+from ssdh_port.caffe.proto import caffe_pb2 as pb
+from ssdh_port.caffe.solver import Solver, read_solver
+from ssdh_port.errors import SSDHError
+from ssdh_port.pipeline.features import resolve_device
+from ssdh_port.pipeline.plots import training_curves
+from ssdh_port.progress import bar, logger
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a training run made: its last snapshot, log and timings."""
+    weights: str | None          # the last .caffemodel written (None if none was)
+    snapshot_prefix: str
+    iterations: int
+    log: str                     # train_log.jsonl
+    plot: str | None             # train_loss.png
+    seconds: float
+    final_test: dict             # outputs of the last test pass of test net #0 ({} if none)
+
+
+def pick_device(param, device=None):
+    """The explicit device, else the solver's solver_mode / device_id (GPU only
+    when CUDA is there, as a CPU-only Caffe build would run it on the CPU)."""
+    if device is not None:
+        return resolve_device(device)
+    if param.solver_mode == pb.SolverParameter.GPU and torch.cuda.is_available():
+        return torch.device(f"cuda:{param.device_id}")
+    return torch.device("cpu")
+
+
+class _Log:
+    """train_log.jsonl written line by line (flushed), the records kept for the plot."""
+
+    def __init__(self, path, display_every, append=False):
+        self.path, self.every = path, display_every
+        self.file = open(path, "a" if append else "w")
+        self.records, self.tests = [], []
+
+    def iteration(self, record):
+        # The machine-readable log follows the display lines: every `display` iterations.
+        if self.every and record["iter"] % self.every:
+            return
+        self.records.append(record)
+        self._write({"kind": "train", **record})
+
+    def test(self, record):
+        self.tests.append(record)
+        self._write({"kind": "test", **record})
+
+    def _write(self, record):
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+
+    def close(self):
+        self.file.close()
+
+
+def train_caffe(solver, *, weights=None, resume=None, device=None, amp=False, channels_last=False,
+                tf32=False, log_dir=None, display=None, progress=True):
+    """Run a Caffe solver (solver.prototxt / solver.yaml path or SolverParameter)."""
+    if weights and resume:
+        raise SSDHError("give initial weights or a snapshot to resume from, not both")
+    param = read_solver(solver) if not isinstance(solver, pb.SolverParameter) else solver
+    device = pick_device(param, device)
+    log_dir = log_dir or os.path.dirname(param.snapshot_prefix) or "."
+    os.makedirs(log_dir, exist_ok=True)
+    display = display or logger.info
+    log = _Log(os.path.join(log_dir, "train_log.jsonl"), param.display, append=bool(resume))
+    start = time.time()
+    try:
+        engine = Solver(param, device=device, log=display, on_iteration=log.iteration,
+                        on_test=log.test, amp=amp, channels_last=channels_last, tf32=tf32)
+        display(f"Solver: {engine.updater.kind}, lr_policy {engine.rate.policy}, device {device}, "
+                f"{len(engine.params)} learnable blobs, max_iter {param.max_iter}")
+        if weights:
+            report = engine.net.copy_from(weights)
+            display(f"Initialised from {weights}: loaded {report['loaded']}; "
+                    f"left to fillers {report['not_in_weights']}; unused {report['unused']}")
+        if resume:
+            engine.restore(resume)
+            display(f"Resumed from {resume} at iteration {engine.iter}")
+        ticker = bar(total=param.max_iter, initial=engine.iter, desc="train", unit="iter",
+                     disable_if=not progress)
+        engine.solve(progress=lambda done, total: ticker.update(done - ticker.n))
+        ticker.close()
+    finally:
+        log.close()
+    plot = None
+    if log.records:
+        plot = os.path.join(log_dir, "train_loss.png")
+        training_curves(log.records, log.tests, plot)
+    final = engine.snapshot_paths()[0]
+    tests = [t for t in log.tests if t.get("net", 0) == 0]
+    return TrainResult(weights=final if os.path.isfile(final) else None,
+                       snapshot_prefix=param.snapshot_prefix, iterations=engine.iter, log=log.path,
+                       plot=plot, seconds=time.time() - start,
+                       final_test=tests[-1]["outputs"] if tests else {})
+
+
+def read_log(path):
+    """(train records, test records) of a train_log.jsonl."""
+    records, tests = [], []
+    try:
+        with open(path) as f:
+            for number, line in enumerate(f, 1):
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    raise SSDHError(f"{path}:{number}: not a JSON log line") from None
+                (tests if record.get("kind") == "test" else records).append(record)
+    except OSError as err:
+        raise SSDHError(f"{path}: cannot read the training log ({err.strerror})") from None
+    return records, tests
+
+
+def final_test(path):
+    """Outputs of the last test pass of test net #0 in a train_log.jsonl."""
+    tests = [t for t in read_log(path)[1] if t.get("net", 0) == 0]
+    if not tests:
+        raise SSDHError(f"{path}: no test pass logged")
+    return tests[-1]
