@@ -14,22 +14,25 @@ NATIVE_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu'
 
 all: build
 
-$(DEPS_STAMP): requirements.txt
+$(DEPS_STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
-	# The source tree is the package: put the repository on the venv's path
-	# (what an editable install does) so that tools/*.py find ssdh_port.
-	$(PY) -c "import os, site; open(os.path.join(site.getsitepackages()[0], 'ssdh_port_repo.pth'), 'w').write(os.getcwd() + '\n')"
+	rm -f $(VENV)/lib/python*/site-packages/ssdh_port_repo.pth
+	# An editable install of the package (tools/ and experiments/ find
+	# ssdh_port); the extension is built in place by the rule below.
+	SSDH_NO_EXTENSION=1 $(PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation --no-deps -e .
 	touch $@
 
+# The native extension, built in place against the venv's torch (incremental).
 $(BUILD_INFO): $(DEPS_STAMP) $(NATIVE_SOURCES) setup.py
 	$(PY) setup.py --quiet build_ext --inplace
 
 build: $(BUILD_INFO)
 
 test: build
-	$(PY) tools/check_cuda_compile.py
-	$(PY) -m pytest -q tests
+	$(PY) -m ruff check .
+	$(PY) scripts/check_cuda_compile.py
+	SSDH_PROGRESS=0 $(PY) -m pytest -q tests
 
 demo: build
 	$(PY) tools/demo.py
@@ -45,7 +48,7 @@ proto:
 	cd ssdh_port/caffe/proto && ../../../.proto-venv/bin/python -m grpc_tools.protoc -I. --python_out=. caffe.proto
 
 cuda-check: $(DEPS_STAMP)
-	$(PY) tools/check_cuda_compile.py
+	$(PY) scripts/check_cuda_compile.py
 
 # On a GPU machine whose python already has torch with CUDA (no venv, no network):
 # build in place against that torch and run the whole suite, CUDA tests included.

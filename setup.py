@@ -9,7 +9,7 @@ importing ssdh_port can tell a stale build from a fresh one.
 import glob
 import os
 
-from setuptools import find_packages, setup
+from setuptools import setup
 from torch.utils import cpp_extension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -85,12 +85,10 @@ class BuildExtension(cpp_extension.BuildExtension):
         os.replace(tmp, info)
 
 
+# Name, version and packages are in pyproject.toml; the extension is built here.
+# SSDH_NO_EXTENSION=1 leaves it out: the Makefile registers the editable package
+# that way and builds the extension in place, incrementally, with build_ext.
 setup(
-    name="ssdh_port",
-    version="0.1.0",
-    description="SSDH (supervised semantics-preserving deep hashing) in PyTorch, faithful to Caffe",
-    packages=find_packages(include=["ssdh_port", "ssdh_port.*"]),
-    ext_modules=[_extension()],
+    ext_modules=[] if os.environ.get("SSDH_NO_EXTENSION") == "1" else [_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-    python_requires=">=3.10",
 )

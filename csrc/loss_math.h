@@ -1,5 +1,5 @@
 // Per-element arithmetic of the SSDH losses, shared by the CPU and CUDA kernels
-// so that both devices compute exactly the same terms (SPEC.md section 1).
+// so that both devices compute exactly the same terms (docs/SPEC.md section 1).
 #pragma once
 
 #include <c10/macros/Macros.h>

@@ -1,7 +1,7 @@
 // Exact Hamming search on packed codes (CPU).
 //
 // Distances are small integers (0..8*bytes), so the k nearest codes are a
-// counting problem (DESIGN.md): a histogram of one query's distances gives the
+// counting problem (docs/DESIGN.md): a histogram of one query's distances gives the
 // cut-off distance, then one pass in database order places each winner at the
 // next free slot of its distance bucket. The result is sorted by distance with
 // ties in database order, as the original evaluation's stable sort ranks them.
@@ -270,7 +270,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hamming_radius_kernel(
   return {lims, out_dist, out_idx};
 }
 
-// ---- Retrieval metrics (SPEC.md section 2) --------------------------------
+// ---- Retrieval metrics (docs/SPEC.md section 2) --------------------------------
 //
 // A query's ranking is never materialised. Each database code gets a key
 // 2 * distance + relevant; a histogram of the keys gives, for every distance,
