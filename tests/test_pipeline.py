@@ -1,0 +1,160 @@
+"""The pipeline layer: recipes for a run, the one report schema, the protocol row,
+and the shape rules of tools/ and experiments/ (thin, importing the package only,
+one-line errors)."""
+import ast
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from ssdh_port import ops
+from ssdh_port.caffe import io as caffe_io
+from ssdh_port.data.db import DatumDBWriter
+from ssdh_port.errors import SSDHError
+from ssdh_port.hashing import evaluate
+from ssdh_port.pipeline import (RetrievalReport, prepare_recipe, read_table, recipe_dir, retrieval_report,
+                                solver_overrides, write_table)
+from tests.shared_data import ROOT
+
+SCRIPTS = sorted(glob.glob(os.path.join(ROOT, "tools", "*.py")) + glob.glob(os.path.join(ROOT, "experiments", "*.py")))
+SCRIPT_NAMES = {os.path.splitext(os.path.basename(p))[0] for p in SCRIPTS}
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=[os.path.relpath(p, ROOT) for p in SCRIPTS])
+def test_scripts_import_the_package_only(script):
+    """No tool or experiment imports another one, calls its main, or edits sys.path."""
+    tree = ast.parse(open(script).read())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name.split(".")[0] for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [(node.module or "").split(".")[0]]
+        else:
+            continue
+        assert not set(names) & SCRIPT_NAMES, f"{script} imports another script: {names}"
+    assert "sys.path" not in open(script).read()
+    assert "cli.run(main)" in open(script).read(), f"{script}: not run through ssdh_port.cli.run"
+
+
+def test_tests_do_not_edit_sys_path():
+    for path in glob.glob(os.path.join(ROOT, "tests", "*.py")):
+        for node in ast.walk(ast.parse(open(path).read())):
+            if isinstance(node, ast.Attribute) and node.attr in ("insert", "append", "extend"):
+                target = node.value
+                assert not (isinstance(target, ast.Attribute) and target.attr == "path"
+                            and isinstance(target.value, ast.Name) and target.value.id == "sys"), path
+
+
+def _random_codes(n, bits, seed):
+    generator = torch.Generator().manual_seed(seed)
+    return ops.pack_bits(torch.rand(n, bits, generator=generator))
+
+
+def test_retrieval_report_is_the_protocol():
+    query, db = _random_codes(40, 12, 0), _random_codes(300, 12, 1)
+    q_labels, d_labels = np.arange(40) % 5, np.arange(300) % 5
+    report = retrieval_report(query, db, q_labels, d_labels, method="m", bits=12, radius=3, topk=200,
+                              classification_accuracy=0.5, extra={"p": 2})
+    top = evaluate(query, db, q_labels, d_labels, topk=200, radius=3)
+    whole = evaluate(query, db, q_labels, d_labels, topk=None)
+    assert report.topk == 200 and report.map_at_topk == top["map"]
+    assert report.map_whole_ranking == whole["map"] and report.radius == 3
+    assert report.precision_within_radius == top["precision_within_radius"]
+    assert report.precision_at == {str(k): float(top["precision_at_k"][k - 1]) for k in (100, 200)}
+    assert (report.queries, report.database, report.extra) == (40, 300, {"p": 2})
+    # topk=0 is the whole ranking: both mAPs are the same number.
+    full = retrieval_report(query, db, q_labels, d_labels, method="m", topk=0)
+    assert full.topk == 300 and full.map_at_topk == full.map_whole_ranking == whole["map"]
+
+
+def test_results_table_round_trip_and_headers(tmp_path):
+    a = RetrievalReport(method="A", bits=48, queries=10, database=100, topk=1000, map_at_topk=0.5,
+                        map_whole_ranking=0.4, precision_at={"1000": 0.3}, radius=0,
+                        precision_within_radius=0.2, extra={"acc": 0.25})
+    b = RetrievalReport(method="l2", bits=None, queries=10, database=100, topk=1000, map_at_topk=0.1)
+    text = write_table([a, b], str(tmp_path), title="T", extra_columns=(("acc.", "acc", "{:.1%}"),))
+    assert "| method | bits | mAP@1000 | mAP (whole ranking) | P@1000 | P(r<=0) | acc. |" in text
+    assert "| A | 48 | 50.00 | 40.00 | 30.00 | 20.00 | 25.0% |" in text
+    assert "| l2 | - | 10.00 | - | - | - | - |" in text
+    assert read_table(tmp_path / "table.json") == [a, b]
+    assert (tmp_path / "table.md").read_text() == text
+    payload = json.loads((tmp_path / "table.json").read_text())
+    payload["rows"][0]["map_at_1000"] = 0.5
+    (tmp_path / "bad.json").write_text(json.dumps(payload))
+    with pytest.raises(SSDHError, match=r"\['map_at_1000'\] are not RetrievalReport fields"):
+        read_table(tmp_path / "bad.json")
+
+
+def test_committed_results_use_the_one_schema():
+    tables = glob.glob(os.path.join(ROOT, "results", "**", "*.json"), recursive=True)
+    checked = 0
+    for path in tables:
+        payload = json.load(open(path))
+        if os.path.basename(path) in ("table.json", "report.json") or os.path.basename(path).startswith("eval_"):
+            if payload.get("schema") == "ssdh_port.backbone/1":
+                continue
+            assert all(isinstance(r, RetrievalReport) for r in read_table(path)), path
+            checked += 1
+    assert checked >= 10
+
+
+def test_prepare_recipe_points_every_data_layer_by_phase(tmp_path):
+    recipe = prepare_recipe(recipe_dir("lenet_ssdh"), tmp_path / "run", bits=16, p=1, loss_weights=(1, 1, 0),
+                            sources={"TRAIN": tmp_path / "tr", "TEST": tmp_path / "te"},
+                            batch_size={"TRAIN": 32}, max_iter=7, test_interval=7)
+    net = caffe_io.read_net_prototxt(recipe.train_val)
+    data = {layer.include[0].phase: layer.data_param for layer in net.layer if layer.type == "Data"}
+    assert data[0].source == str(tmp_path / "tr") and data[0].batch_size == 32
+    assert data[1].source == str(tmp_path / "te") and data[1].batch_size == 100
+    assert not any(layer.type == "K2_EuclideanLoss" for layer in net.layer)  # gamma = 0
+    latent = next(layer for layer in net.layer if layer.name == "latent")
+    assert latent.inner_product_param.num_output == 16
+    deploy = caffe_io.read_net_prototxt(recipe.deploy)
+    assert next(layer for layer in deploy.layer if layer.name == "latent").inner_product_param.num_output == 16
+    assert recipe.max_iter == 7 and recipe.final_weights == str(tmp_path / "run" / "lenet_ssdh_iter_7.caffemodel")
+    # HDF5Data of the multi-label recipe: its list files.
+    multi = prepare_recipe(recipe_dir("lenet_ssdh_multilabel"), tmp_path / "ml",
+                           sources={"TRAIN": tmp_path / "a.txt", "TEST": tmp_path / "b.txt"})
+    sources = [layer.hdf5_data_param.source for layer in caffe_io.read_net_prototxt(multi.train_val).layer
+               if layer.type == "HDF5Data"]
+    assert sorted(sources) == [str(tmp_path / "a.txt"), str(tmp_path / "b.txt")]
+    with pytest.raises(SSDHError, match=r"data layer 'mnist' \(TEST\): no source given for phase TEST"):
+        prepare_recipe(recipe_dir("lenet_ssdh"), tmp_path / "x", sources={"TRAIN": tmp_path / "tr"})
+    with pytest.raises(SSDHError, match="recipe 'nope'"):
+        recipe_dir("nope")
+
+
+def test_solver_overrides_are_typed():
+    assert solver_overrides(["lr_policy=multistep", "stepvalue=20,30", "base_lr=0.5"]) == {
+        "lr_policy": "multistep", "stepvalue": [20, 30], "base_lr": 0.5}
+    with pytest.raises(SSDHError, match="expected FIELD=VALUE"):
+        solver_overrides(["test_itr=5"])
+    with pytest.raises(SSDHError, match="'x' is not a valid max_iter"):
+        solver_overrides(["max_iter=x"])
+
+
+def _run_tool(tool, *args, cwd=None):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", tool), *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, env={**os.environ, "SSDH_PROGRESS": "0"})
+
+
+def test_train_net_on_a_corrupt_record_is_one_line(tmp_path):
+    with DatumDBWriter(str(tmp_path / "db")) as writer:
+        for k in range(3):
+            writer.put_raw(f"{k:08d}", b"\xff\xfe not a Datum")
+    recipe = prepare_recipe(recipe_dir("lenet_ssdh"), tmp_path / "run",
+                            sources={"TRAIN": tmp_path / "db", "TEST": tmp_path / "db"},
+                            max_iter=2, test_interval=0, test_iter=[1])
+    result = _run_tool("train_net.py", recipe.solver)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("train_net: ") and "db" in lines[-1]
+    missing = _run_tool("extract_features.py", "--prototxt", recipe.deploy, "--input", tmp_path / "nodb",
+                        "--blobs", "ip2", "--out", tmp_path / "f.npz")
+    assert missing.returncode == 1 and missing.stderr.strip().splitlines()[-1].startswith("extract_features: ")
+    assert "Traceback" not in missing.stderr and not (tmp_path / "f.npz").exists()
