@@ -128,6 +128,25 @@ def test_transformer_reference_semantics():
     assert torch.equal(a, b)
 
 
+def test_transformer_mirrors_in_the_test_phase_too():
+    """Caffe's transformer draws mirror && Rand(2) whatever the phase: a TEST net with
+    mirror: true (the authors' KevinNet) flips half of its images, crop still centred."""
+    rng = np.random.default_rng(2)
+    batch = rng.integers(0, 256, (400, 1, 6, 7), dtype=np.uint8)
+    t = _transformer("TEST", crop_size=4, mirror=True)
+    rows, cols, flips = t.draw(400, 6, 7)
+    assert set(rows) == {1} and set(cols) == {1}
+    assert 150 < flips.sum() < 250
+    out = _transformer("TEST", crop_size=4, mirror=True)(batch).numpy()
+    centre = batch[:, :, 1:5, 1:5]
+    flipped = np.array([np.array_equal(o, c[:, :, ::-1]) and not np.array_equal(o, c)
+                        for o, c in zip(out, centre)])
+    assert flipped.sum() == (flips & ~np.array([np.array_equal(c, c[:, :, ::-1]) for c in centre])).sum()
+    # The same draws as a TRAIN transformer with the same seed makes for its flips.
+    train_flips = _transformer("TRAIN", mirror=True).draw(400, 6, 7)[2]
+    assert np.array_equal(_transformer("TEST", mirror=True).draw(400, 6, 7)[2], train_flips)
+
+
 def test_transformer_mean_file_is_cropped_with_the_image(tmp_path):
     rng = np.random.default_rng(1)
     mean = rng.normal(100, 10, (1, 3, 9, 11)).astype(np.float32)

@@ -46,6 +46,13 @@ def test_fillers_follow_caffe_fan_rules():
     w = fill_(torch.empty(1, 1, 4, 4), "bilinear")
     # kernel 4 (upsampling by 2): 1-D profile 0.25, 0.75, 0.75, 0.25
     torch.testing.assert_close(w[0, 0, 0], torch.tensor([0.0625, 0.1875, 0.1875, 0.0625]))
+    # BVLC master at 9b891540: f = ceil(k / 2), c = (k - 1) / (2f), w = (1 - |x/f - c|)(1 - |y/f - c|).
+    for k in (3, 6, 7):
+        f = math.ceil(k / 2)
+        profile = torch.tensor([1 - abs(x / f - (k - 1) / (2 * f)) for x in range(k)])
+        w = fill_(torch.empty(2, 1, k, k), "bilinear")
+        torch.testing.assert_close(w[1, 0], profile[:, None] * profile[None, :])
+        torch.testing.assert_close(w[0, 0], w[0, 0].flip(0).flip(1))  # symmetric at every size
     with pytest.raises(ValueError, match="unknown filler type 'glorot'"):
         fill_(torch.empty(2, 2), "glorot")
 

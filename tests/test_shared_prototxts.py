@@ -109,6 +109,19 @@ def _hdf5_fixture(layer, folder, index):
     layer.hdf5_data_param.source = os.path.join(folder, f"h5_{index}.txt")
 
 
+def _assert_one_blob_per_param_name(net):
+    """Layers whose param specs carry one name hold one blob (the DNNH streams)."""
+    by_name = {}
+    for module in net.layers:
+        for i, spec in enumerate(module.param.param):
+            if spec.name and i < len(module.blobs):
+                by_name.setdefault(spec.name, []).append(module.blobs[i])
+    for name, blobs in by_name.items():
+        assert all(b is blobs[0] for b in blobs), name
+    unique = {id(b) for m in net.layers for b in m.blobs}
+    assert len(unique) == len(net.param_multipliers) == len(list(net.parameters()))
+
+
 @needs_shared
 @pytest.mark.parametrize("prototxt", NETS, ids=_ids(NETS))
 def test_every_shared_net_builds_in_both_phases(prototxt, tmp_path, monkeypatch):
@@ -123,6 +136,7 @@ def test_every_shared_net_builds_in_both_phases(prototxt, tmp_path, monkeypatch)
     for phase in phases:
         built = CaffeNet(net, phase=phase)
         assert len(built.layers) > 0
+        _assert_one_blob_per_param_name(built)
         small = sum(p.numel() for p in built.parameters()) < 5_000_000
         out = built() if small and not built.input_names else None  # ImageNet nets: too slow here
         if out is not None and phase == "TRAIN" and any(m.is_loss for m in built.layers):

@@ -49,8 +49,7 @@ def _run_updates(kind, steps=3, **fields):
     p = _param(type=kind, weight_decay=0.01, momentum=0.9, **fields)
     w0 = np.array([0.5, -1.0, 2.0])
     grads = [np.array([0.1, 0.2, -0.3]), np.array([-0.2, 0.05, 0.1]), np.array([0.3, -0.1, 0.2])]
-    spec = pb.ParamSpec(lr_mult=2.0, decay_mult=0.5)
-    lp = LearnableParam("ip", 0, torch.tensor(w0.copy()), spec)
+    lp = LearnableParam("ip", 0, torch.tensor(w0.copy()), lr_mult=2.0, decay_mult=0.5)
     updater = Updater(p)
     for it in range(steps):
         updater(lp, torch.tensor(grads[it]), 0.1, it)
@@ -103,7 +102,7 @@ def test_update_rules(kind):
 
 def test_sgd_keeps_the_rate_inside_the_history():
     # With a rate change, Caffe's v = m v + lr g differs from torch's v = m v + g; w -= lr v.
-    lp = LearnableParam("ip", 0, torch.tensor([1.0]), None)
+    lp = LearnableParam("ip", 0, torch.tensor([1.0]))
     updater = Updater(_param(momentum=0.9))
     updater(lp, torch.tensor([1.0]), 1.0, 0)
     updater(lp, torch.tensor([1.0]), 0.1, 1)
@@ -111,7 +110,7 @@ def test_sgd_keeps_the_rate_inside_the_history():
 
 
 def test_l1_regularisation_and_bad_fields():
-    lp = LearnableParam("ip", 0, torch.tensor([2.0, -3.0]), None)
+    lp = LearnableParam("ip", 0, torch.tensor([2.0, -3.0]))
     Updater(_param(weight_decay=0.5, regularization_type="L1"))(lp, torch.zeros(2), 1.0, 0)
     np.testing.assert_allclose(lp.tensor.numpy(), [1.5, -2.5])
     with pytest.raises(SolverError, match="regularization_type must be L1 or L2"):

@@ -57,8 +57,11 @@ def fill_(tensor, type="constant", value=0.0, min=0.0, max=1.0, mean=0.0, std=1.
     elif type == "bilinear":
         if len(shape) != 4 or shape[2] != shape[3]:
             raise SSDHError(f"bilinear filler needs a 4-D blob with square kernels, got {shape}")
+        # BVLC master's centre (width - 1) / (2f): symmetric kernels at every size
+        # (the formula before late 2017, (2f - 1 - f % 2) / (2f), was not at odd
+        # sizes such as 3 and 7 and at some even ones such as 6).
         f = math.ceil(shape[3] / 2.0)
-        c = (2 * f - 1 - f % 2) / (2.0 * f)
+        c = (shape[3] - 1) / (2.0 * f)
         coords = torch.arange(shape[3], dtype=torch.float64)
         profile = 1 - (coords / f - c).abs()
         tensor.copy_((profile[:, None] * profile[None, :]).expand(shape))

@@ -61,9 +61,22 @@ class CaffeLayer(nn.Module):
         self.param = param
         self.bottom_shapes = [tuple(s) for s in bottom_shapes]
         self.blobs = nn.ParameterList()
+        self.frozen_blobs = set()  # blob indices this layer computes no gradient for
+        self.blob_views = {}  # blob index -> this layer's shape of a blob shared from another shape
 
     def error(self, message):
         return LayerError(f"layer '{self.name}' ({self.type}): {message}")
+
+    def blob(self, i):
+        """Blob i as the forward pass uses it: detached when this layer computes no
+        gradient for it (its lr_mult is 0: Caffe's param_propagate_down), and
+        viewed in this layer's shape when it is shared PERMISSIVE-ly from a blob of
+        another shape (see CaffeNet's weight sharing)."""
+        blob = self.blobs[i]
+        if i in self.frozen_blobs:
+            blob = blob.detach()
+        shape = self.blob_views.get(i)
+        return blob if shape is None else blob.view(shape)
 
     def add_blob(self, shape, filler=None, requires_grad=True, **fill):
         tensor = torch.zeros(shape)
@@ -159,9 +172,13 @@ def _spatial(param, name, default, layer):
 class Convolution(CaffeLayer):
     def __init__(self, param, bottom_shapes, phase):
         super().__init__(param, bottom_shapes, phase)
-        self.expect_bottoms(1)
+        if not self.bottom_shapes or len(param.top) != len(self.bottom_shapes):
+            raise self.error(f"needs one top per bottom, got {len(self.bottom_shapes)} bottom(s) and "
+                             f"{len(param.top)} top(s)")
         p = param.convolution_param
         shape = self.bottom_shapes[0]
+        if any(s != shape for s in self.bottom_shapes):
+            raise self.error(f"all bottoms must have one shape, got {self.bottom_shapes}")
         if len(shape) != 4 or p.axis not in (1, -3):
             raise self.error(f"only N x C x H x W bottoms with axis 1 are supported, got {shape}")
         self.kernel = _spatial(p, "kernel_size", None, self)
@@ -186,13 +203,15 @@ class Convolution(CaffeLayer):
         if p.bias_term:
             self.add_blob((outputs,), p.bias_filler)
 
-    def forward(self, x):
-        bias = self.blobs[1] if self.bias_term else None
+    def forward(self, *bottoms):
+        # Several bottoms: each gives its own top, all with the same weights (Caffe's
+        # BaseConvolutionLayer).
+        weight, bias = self.blob(0), self.blob(1) if self.bias_term else None
         if self.transposed:
-            return (F.conv_transpose2d(x, self.blobs[0], bias, self.stride, self.pad, 0,
-                                       self.group, self.dilation),)
-        return (F.conv2d(x, self.blobs[0], bias, self.stride, self.pad, self.dilation,
-                         self.group),)
+            return tuple(F.conv_transpose2d(x, weight, bias, self.stride, self.pad, 0, self.group,
+                                            self.dilation) for x in bottoms)
+        return tuple(F.conv2d(x, weight, bias, self.stride, self.pad, self.dilation, self.group)
+                     for x in bottoms)
 
 
 def caffe_pool_size(size, kernel, stride, pad, ceil_mode=True):
@@ -387,7 +406,7 @@ class PReLU(_Neuron):
             self.add_blob((channels,), type="constant", value=0.25)
 
     def apply(self, x):
-        slope = self.blobs[0].view((1, -1) + (1,) * (x.dim() - 2))
+        slope = self.blob(0).view((1, -1) + (1,) * (x.dim() - 2))
         return torch.where(x > 0, x, x * slope)
 
 
@@ -414,8 +433,8 @@ class InnerProduct(CaffeLayer):
 
     def forward(self, x):
         flat = x.flatten(self.axis)
-        weight = self.blobs[0].t() if self.transpose else self.blobs[0]
-        return (F.linear(flat, weight, self.blobs[1] if self.bias_term else None),)
+        weight = self.blob(0).t() if self.transpose else self.blob(0)
+        return (F.linear(flat, weight, self.blob(1) if self.bias_term else None),)
 
 
 @register("Reshape")
@@ -597,10 +616,10 @@ class Scale(_Affine):
             self.add_blob(operand_shape, p.bias_filler if p.HasField("bias_filler") else None)
 
     def forward(self, x, *operand):
-        scale = operand[0] if operand else self.blobs[0]
+        scale = operand[0] if operand else self.blob(0)
         out = x * self.broadcast(scale, x)
         if self.bias_term:
-            out = out + self.broadcast(self.blobs[-1], x)
+            out = out + self.broadcast(self.blob(len(self.blobs) - 1), x)
         return (out,)
 
 
@@ -612,7 +631,7 @@ class Bias(_Affine):
                          p.filler if p.HasField("filler") else None, 0.0)
 
     def forward(self, x, *operand):
-        bias = operand[0] if operand else self.blobs[0]
+        bias = operand[0] if operand else self.blob(0)
         return (x + self.broadcast(bias, x),)
 
 

@@ -8,6 +8,7 @@ Caffe's own dumps); ``loss_weight`` on any top (loss layers default to 1);
 ``propagate_down: false`` stops the gradient to that bottom.
 """
 import collections
+import math
 import os
 
 import numpy as np
@@ -22,6 +23,7 @@ from ssdh_port.caffe import io as caffe_io
 from ssdh_port.caffe.layers import LAYERS, CaffeLayer, Input, LayerError
 from ssdh_port.caffe.proto import caffe_pb2 as pb
 from ssdh_port.errors import SSDHError
+from ssdh_port.progress import logger
 
 PHASES = ("TRAIN", "TEST")
 
@@ -91,6 +93,7 @@ class CaffeNet(nn.Module):
             if layer_included(layer, phase, level, stages):
                 self._add_layer(layer, overrides)
         data_layers.check_paired_databases(self.layers)
+        self._share_params()
         self.split_names = self._split_names()
         # Follows .to()/.cuda(): data layers read on the CPU, their batches move here.
         self.register_buffer("_device_marker", torch.zeros(0), persistent=False)
@@ -162,6 +165,80 @@ class CaffeNet(nn.Module):
             if module.is_loss and weights:
                 weights[0] = 1.0
         return weights
+
+    def _share_params(self):
+        """Caffe's Net::AppendParam for every blob: a param spec with a name seen
+        before makes the layer use the owner's blob (same shape; share_mode
+        PERMISSIVE: same count, viewed in this layer's shape); lr_mult / decay_mult
+        given by the owner and a sharer must agree (one given alone is adopted).
+        A layer computes no gradient for a blob whose own lr_mult is 0, and a blob
+        none of its layers computes a gradient for does not require one.
+
+        Sets self.param_owner {(layer, index): (owner layer, owner index)} for the
+        sharers and self.param_multipliers {(layer, index): (lr_mult, decay_mult)}
+        for the owners (the blobs the solver updates, in Caffe's order)."""
+        owners = {}
+        given = {}  # owner key -> [lr_mult or None, decay_mult or None]
+        self.param_owner = collections.OrderedDict()
+        self.param_multipliers = collections.OrderedDict()
+        for module in self.layers:
+            specs = list(module.param.param)
+            for i in range(len(module.blobs)):
+                spec = specs[i] if i < len(specs) else pb.ParamSpec()
+                if not module.blobs[i].requires_grad:
+                    module.frozen_blobs.add(i)  # statistics (BatchNorm): never learned
+                elif spec.lr_mult == 0:
+                    module.frozen_blobs.add(i)
+                lr = spec.lr_mult if spec.HasField("lr_mult") else None
+                decay = spec.decay_mult if spec.HasField("decay_mult") else None
+                if not spec.name or spec.name not in owners:
+                    if spec.name:
+                        owners[spec.name] = (module, i)
+                    given[(module.name, i)] = [lr, decay]
+                    continue
+                owner, j = owners[spec.name]
+                self._check_shared_shape(spec, module, i, owner, j)
+                merged = given[(owner.name, j)]
+                for k, (field, value) in enumerate((("lr_mult", lr), ("decay_mult", decay))):
+                    if value is None:
+                        continue
+                    if merged[k] is not None and merged[k] != value:
+                        raise LayerError(
+                            f"shared param '{spec.name}': {field} {value:g} in layer '{module.name}' "
+                            f"differs from {merged[k]:g} in its owner layer '{owner.name}'")
+                    merged[k] = value
+                shape = tuple(module.blobs[i].shape)
+                module.blobs[i] = owner.blobs[j]
+                if shape != tuple(owner.blobs[j].shape):
+                    module.blob_views[i] = shape
+                self.param_owner[(module.name, i)] = (owner.name, j)
+        for (name, i), (lr, decay) in given.items():
+            module = self.layer(name)
+            if not module.blobs[i].requires_grad:
+                lr = 0.0
+            self.param_multipliers[(name, i)] = (1.0 if lr is None else lr, 1.0 if decay is None else decay)
+        # A blob that no layer computes a gradient for costs no backward work.
+        users = collections.defaultdict(list)
+        for module in self.layers:
+            for i, blob in enumerate(module.blobs):
+                users[id(blob)].append((module, i))
+        for uses in users.values():
+            if all(i in module.frozen_blobs for module, i in uses):
+                uses[0][0].blobs[uses[0][1]].requires_grad_(False)
+
+    @staticmethod
+    def _check_shared_shape(spec, module, i, owner, j):
+        mine, theirs = tuple(module.blobs[i].shape), tuple(owner.blobs[j].shape)
+        if spec.share_mode == pb.ParamSpec.PERMISSIVE:
+            if math.prod(mine) != math.prod(theirs):
+                raise LayerError(
+                    f"cannot share param '{spec.name}' owned by layer '{owner.name}' with layer "
+                    f"'{module.name}': count mismatch (owner shape {theirs}, sharing layer shape {mine})")
+        elif mine != theirs:
+            raise LayerError(
+                f"cannot share param '{spec.name}' owned by layer '{owner.name}' with layer "
+                f"'{module.name}': shape mismatch (owner shape {theirs}, sharing layer expects {mine}; "
+                "share_mode: PERMISSIVE accepts a shape of the same count)")
 
     def _split_names(self):
         """Caffe's InsertSplits names: a top read by more than one consumer (a loss
@@ -237,6 +314,9 @@ class CaffeNet(nn.Module):
         feeds.update(inputs)
         blobs = NetOutput()
         loss = None
+        # force_backward: every blob gets a gradient (Caffe computes every bottom's
+        # diff); without it only what the losses need, as autograd does anyway.
+        force_backward = self.net_param.force_backward and torch.is_grad_enabled()
         for i, module in enumerate(self.layers):
             if isinstance(module, Input):
                 outs = tuple(self._laid_out(self._fed(name, feeds)) for name in self.tops[i])
@@ -249,6 +329,8 @@ class CaffeNet(nn.Module):
                 bottoms = [blobs[b] if keep else blobs[b].detach()
                            for b, keep in zip(self.bottoms[i], self.propagate[i])]
                 outs = module(*bottoms)
+            if force_backward:
+                outs = _with_gradients(outs, leaf=not self.bottoms[i])
             for j, (name, value) in enumerate(zip(self.tops[i], outs)):
                 blobs[name] = value
                 weight = self.loss_weights[i][j]
@@ -294,6 +376,7 @@ class CaffeNet(nn.Module):
         source = load_weights(weights)
         own = {m.name: m for m in self.layers}
         report = {"loaded": [], "not_in_weights": [], "unused": [], "skipped": []}
+        loaded_by = {}  # id(shared blob) -> (layer that filled it, its values)
         for name, arrays in source.items():
             module = own.get(name)
             if module is None or not len(module.blobs):
@@ -307,13 +390,29 @@ class CaffeNet(nn.Module):
                 report["skipped"].append(f"{name} ({problem})")
                 continue
             with torch.no_grad():
-                for blob, array in zip(module.blobs, arrays):
+                for k, (blob, array) in enumerate(zip(module.blobs, arrays)):
                     # One blob at a time: a mapped caffemodel is read-only, so copy it in.
-                    blob.copy_(torch.from_numpy(np.array(array, dtype=np.float32)).reshape(blob.shape))
+                    values = torch.from_numpy(np.array(array, dtype=np.float32)).reshape(blob.shape)
+                    self._check_shared_copy(loaded_by, module, k, blob, values)
+                    blob.copy_(values)
             report["loaded"].append(name)
         report["not_in_weights"] = [m.name for m in self.layers
                                     if len(m.blobs) and m.name not in source]
         return report
+
+    def _check_shared_copy(self, loaded_by, module, k, blob, values):
+        """A caffemodel repeats a shared blob under every layer that uses it; the
+        copies should agree. When they do not, Caffe's loading order decides (the
+        last copy wins), and a warning names the layers."""
+        if (module.name, k) not in self.param_owner and not any(
+                owner == (module.name, k) for owner in self.param_owner.values()):
+            return
+        previous = loaded_by.get(id(blob))
+        if previous is not None and not torch.equal(previous[1], values):
+            logger.warning("weights: the copies of a shared blob differ between layer '%s' and layer "
+                           "'%s' (blob %d); the later one ('%s') is kept, as Caffe does",
+                           previous[0], module.name, k, module.name)
+        loaded_by[id(blob)] = (module.name, values)
 
     def _layers_and_blobs(self):
         for module in self.layers:
@@ -335,6 +434,20 @@ class CaffeNet(nn.Module):
                    "blobs": {k: [t.detach().cpu() for t in v] for k, v in self.caffe_params().items()}}
         with caffe_io.atomic_write(path) as f:
             torch.save(payload, f)
+
+
+def _with_gradients(outs, leaf):
+    """Tops whose .grad the backward pass fills: the net's inputs become leaves
+    that require a gradient, other floating-point tops keep theirs."""
+    result = []
+    for value in outs:
+        if value.is_floating_point():
+            if leaf and not value.requires_grad:
+                value = value.detach().requires_grad_(True)
+            elif value.requires_grad and not value.is_leaf:
+                value.retain_grad()
+        result.append(value)
+    return tuple(result)
 
 
 def _with_top(param, name):

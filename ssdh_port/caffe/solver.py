@@ -77,12 +77,11 @@ class LearningRate:
 
 
 class LearnableParam:
-    """One learnable blob with its multipliers and solver history."""
+    """One learnable blob (its owner layer's) with its multipliers and solver history."""
 
-    def __init__(self, layer, index, tensor, spec):
+    def __init__(self, layer, index, tensor, lr_mult=1.0, decay_mult=1.0):
         self.layer, self.index, self.tensor = layer, index, tensor
-        self.lr_mult = spec.lr_mult if spec is not None else 1.0
-        self.decay_mult = spec.decay_mult if spec is not None else 1.0
+        self.lr_mult, self.decay_mult = lr_mult, decay_mult
         self.history = [torch.zeros_like(tensor) for _ in range(2)]
 
     @property
@@ -91,13 +90,11 @@ class LearnableParam:
 
 
 def learnable_params(net):
-    params = []
-    for module in net.layers:
-        specs = list(module.param.param)
-        for i, blob in enumerate(module.blobs):
-            if blob.requires_grad:
-                params.append(LearnableParam(module.name, i, blob, specs[i] if i < len(specs) else None))
-    return params
+    """Caffe's learnable_params_: every blob once, under the layer that owns it
+    (shared blobs are updated once), frozen ones (lr_mult 0, BatchNorm statistics)
+    included, with the multipliers the net resolved."""
+    return [LearnableParam(name, i, net.layer(name).blobs[i], lr, decay)
+            for (name, i), (lr, decay) in net.param_multipliers.items()]
 
 
 class Updater:

@@ -161,6 +161,14 @@ def _v0_layer_to_v1(old):
             new.concat_param.concat_dim = v0.concat_dim
     elif kind == "hdf5_output" and v0.HasField("hdf5_output_param"):
         new.hdf5_output_param.CopyFrom(v0.hdf5_output_param)
+    elif kind == "infogain_loss" and v0.HasField("source"):
+        new.infogain_loss_param.source = v0.source
+    if kind == "window_data":
+        for old_name, new_name in (("det_fg_threshold", "fg_threshold"), ("det_bg_threshold", "bg_threshold"),
+                                   ("det_fg_fraction", "fg_fraction"), ("det_context_pad", "context_pad"),
+                                   ("det_crop_mode", "crop_mode")):
+            if v0.HasField(old_name):
+                setattr(new.window_data_param, new_name, getattr(v0, old_name))
     return new
 
 
@@ -246,8 +254,12 @@ def _upgrade_data_transformation(net):
 
 
 def _upgrade_inputs(net):
-    """Deprecated net inputs -> a first Input layer."""
+    """Deprecated net inputs -> a first Input layer. Inputs named without any
+    dimensions are dropped, as Caffe's UpgradeNetInput drops them."""
     if not net.input:
+        return
+    if not net.input_dim and not net.input_shape:
+        net.ClearField("input")
         return
     if net.input_dim and net.input_shape:
         raise UpgradeError("net gives both input_dim and input_shape; use one")

@@ -3,7 +3,9 @@ or on the GPU (the same torch code: a uint8 batch moved to the device is cropped
 mirrored, mean-subtracted and scaled there).
 
 Order, as in Caffe: crop (TEST: centre offsets (H - crop) / 2 with integer
-division; TRAIN: uniform random offsets), mirror (TRAIN only, random), subtract
+division; TRAIN: uniform random offsets), mirror (with mirror: true each image is
+flipped with probability 1/2 in every phase, TEST included, as Caffe's
+transformer does), subtract
 the mean (a full-size mean_file cropped at the same offsets, or one mean_value
 per channel), multiply by scale. Channels stay as stored (BGR for images).
 Random draws per image follow Caffe's order (mirror, then the crop offsets) from
@@ -54,7 +56,7 @@ class DataTransformer:
             raise TransformError(
                 f"crop_size {self.crop} is larger than the {height} x {width} images")
         for i in range(count):
-            if self.mirror and self.phase == "TRAIN":
+            if self.mirror:  # every phase, TEST included: Caffe draws mirror && Rand(2)
                 flips[i] = bool(self.rng.integers(2))
             if self.crop:
                 if self.phase == "TRAIN":
