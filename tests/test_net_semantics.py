@@ -232,3 +232,67 @@ layers { layer { name: "gain" type: "infogain_loss" source: "H.binaryproto" } bo
     assert p.fg_fraction == pytest.approx(0.3) and window.transform_param.crop_size == 227
     gain = net.layer[1]
     assert gain.type == "InfogainLoss" and gain.infogain_loss_param.source == "H.binaryproto"
+
+
+# ---------------------------------------------------------------- DNNH's triplet loss
+
+def _triplet_net(loss_weight=1.0, legacy=True, dim=3, margin=2.0):
+    flag = "" if legacy else "legacy_gradient_scale: false"
+    return CaffeNet(f"""
+name: "triplet"
+force_backward: true
+layer {{ name: "in" type: "Input" top: "q" top: "s" top: "d"
+        input_param {{ shape {{ dim: 4 dim: {dim} }} }} }}
+layer {{ name: "loss" type: "TripletRankingHingeLoss" bottom: "q" bottom: "s" bottom: "d" top: "loss"
+        loss_weight: {loss_weight} triplet_ranking_hinge_loss_param {{ dim: {dim} margin: {margin} {flag} }} }}
+""")
+
+
+def _triplet_reference(q, s, d, margin):
+    """docs/SPEC.md section 1 (DNNH): l_n = max(0, margin + |q-s|^2 - |q-d|^2), top = sum / N;
+    backward only where l_n > 0: dq = (d - s) 4/N, ds = (s - q) 4/N, dd = (q - d) 4/N."""
+    n = q.shape[0]
+    hinge = margin + ((q - s) ** 2).sum(1) - ((q - d) ** 2).sum(1)
+    active = (hinge > 0).double()[:, None]
+    loss = (hinge * (hinge > 0)).sum() / n
+    return loss, (d - s) * active * 4 / n, (s - q) * active * 4 / n, (q - d) * active * 4 / n
+
+
+def _triplets():
+    g = torch.Generator().manual_seed(7)
+    q, s, d = (torch.randn(4, 3, generator=g, dtype=torch.float64) for _ in range(3))
+    # Sample 0: a hinge of exactly 0 (2 + |s|^2 - |d|^2 = 2 + 1 - 3); sample 1: clearly inactive.
+    q[0], s[0], d[0] = torch.zeros(3), torch.tensor([1.0, 0, 0]), torch.tensor([1.0, 1, 1])
+    q[1], s[1], d[1] = torch.zeros(3), torch.zeros(3), torch.full((3,), 5.0)
+    return q, s, d
+
+
+@pytest.mark.parametrize("loss_weight", [1.0, 0.5])
+def test_triplet_loss_backward_is_the_public_layers(loss_weight):
+    q, s, d = _triplets()
+    loss, *grads = _triplet_reference(q, s, d, 2.0)
+    net = _triplet_net(loss_weight).double()
+    inputs = [t.clone().requires_grad_(True) for t in (q, s, d)]
+    out = net(q=inputs[0], s=inputs[1], d=inputs[2])
+    torch.testing.assert_close(out["loss"], loss)
+    out.loss.backward()
+    for tensor, expected in zip(inputs, grads):
+        # The layer ignores its top diff: the same gradient whatever the loss weight.
+        torch.testing.assert_close(tensor.grad, expected)
+    assert inputs[0].grad[0].abs().sum() == 0 and inputs[0].grad[1].abs().sum() == 0
+
+
+def test_triplet_loss_true_gradient_option():
+    q, s, d = _triplets()
+    _, *grads = _triplet_reference(q, s, d, 2.0)
+    net = _triplet_net(0.5, legacy=False).double()
+    inputs = [t.clone().requires_grad_(True) for t in (q, s, d)]
+    net(q=inputs[0], s=inputs[1], d=inputs[2]).loss.backward()
+    for tensor, expected in zip(inputs, grads):
+        torch.testing.assert_close(tensor.grad, expected / 2 * 0.5)  # 2/N, times the loss weight
+    # Away from the kink the true gradient is autograd's.
+    q, s, d = (t[2:].clone() for t in _triplets())
+    from ssdh_port.caffe.layers import _TripletHinge
+
+    assert torch.autograd.gradcheck(lambda a, b, c: _TripletHinge.apply(a, b, c, 2.0, False),
+                                    tuple(t.requires_grad_(True) for t in (q, s, d)))

@@ -876,10 +876,34 @@ class MaxMarginMultiLabelLossLayer(_Loss):
                                     p, label_format="signed"),)
 
 
+class _TripletHinge(torch.autograd.Function):
+    """caffe-dnnh's triplet ranking hinge loss with its backward: only samples
+    whose hinge is > 0 (strictly) get a gradient; legacy: (F- - F+), (F+ - F),
+    (F - F-) times 4/N whatever the top diff (the layer ignores its loss_weight),
+    else the true gradient 2/N times the top diff."""
+
+    @staticmethod
+    def forward(ctx, q, s, d, margin, legacy):
+        hinge = margin + ((q - s) ** 2).sum(1) - ((q - d) ** 2).sum(1)
+        active = (hinge > 0).to(q.dtype)[:, None]
+        ctx.save_for_backward(q, s, d, active)
+        ctx.legacy = legacy
+        return torch.where(hinge > 0, hinge, torch.zeros_like(hinge)).sum() / q.shape[0]
+
+    @staticmethod
+    def backward(ctx, top_diff):
+        q, s, d, active = ctx.saved_tensors
+        n = q.shape[0]
+        scale = active * (4.0 / n if ctx.legacy else 2.0 / n * top_diff)
+        return (d - s) * scale, (s - q) * scale, (q - d) * scale, None, None
+
+
 @register("TripletRankingHingeLoss")
 class TripletRankingHingeLoss(_Loss):
     """DNNH: mean over the batch of max(0, margin + |q - q+|^2 - |q - q-|^2) on
-    the three bottoms (query, similar, dissimilar), each N x dim."""
+    the three bottoms (query, similar, dissimilar), each N x dim. The backward is
+    the public layer's (see _TripletHinge); legacy_gradient_scale: false gives the
+    true gradient scaled by the loss weight."""
 
     def forward(self, query, similar, dissimilar):
         p = self.param.triplet_ranking_hinge_loss_param
@@ -887,10 +911,4 @@ class TripletRankingHingeLoss(_Loss):
         q, s, d = (t.reshape(n, -1) for t in (query, similar, dissimilar))
         if q.shape[1] != p.dim:
             raise self.error(f"bottoms have {q.shape[1]} units, dim is {p.dim}")
-        hinge = torch.clamp(p.margin + ((q - s) ** 2).sum(1) - ((q - d) ** 2).sum(1), min=0)
-        loss = hinge.sum() / n
-        if p.legacy_gradient_scale:
-            # The public layer's backward scales by 4/N instead of 2/N: same
-            # value, twice the gradient.
-            loss = loss + (loss - loss.detach())
-        return (loss,)
+        return (_TripletHinge.apply(q, s, d, p.margin, p.legacy_gradient_scale),)
