@@ -158,3 +158,22 @@ def test_train_net_on_a_corrupt_record_is_one_line(tmp_path):
                         "--blobs", "ip2", "--out", tmp_path / "f.npz")
     assert missing.returncode == 1 and missing.stderr.strip().splitlines()[-1].startswith("extract_features: ")
     assert "Traceback" not in missing.stderr and not (tmp_path / "f.npz").exists()
+
+
+def test_extract_features_all_blobs_with_scalar_tops(tmp_path):
+    """Losses and accuracies are one value per batch: a 1-D array of them."""
+    from ssdh_port.data import mnist
+    from ssdh_port.data.datasets import write_array_db
+
+    images, labels = mnist.load_split("test")
+    write_array_db(tmp_path / "db", images[:250, None], labels[:250])
+    recipe = prepare_recipe(recipe_dir("lenet_ssdh"), tmp_path / "run",
+                            sources={"TRAIN": tmp_path / "db", "TEST": tmp_path / "db"},
+                            batch_size={"TEST": 50})
+    result = _run_tool("extract_features.py", "--prototxt", recipe.train_val, "--blobs", "all",
+                       "--iterations", "3", "--out", tmp_path / "all.npz")
+    assert result.returncode == 0, result.stderr
+    arrays = np.load(tmp_path / "all.npz")
+    assert arrays["accuracy"].shape == (3,) and arrays["data"].shape == (150, 1, 28, 28)
+    assert arrays["loss: classification-error"].shape == (3,) and arrays["latent_sigmoid"].shape == (150, 48)
+    assert "one value per batch" in " ".join(_run_tool("extract_features.py", "--help").stdout.split())

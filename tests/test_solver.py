@@ -278,3 +278,53 @@ def test_tf32_switch_sets_both_backends():
         assert (torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision) == ("tf32", "tf32")
     finally:
         torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = conv, matmul
+
+
+def _twelve_steps(folder, monkeypatch, kind, perturb):
+    """12 iterations of the e_solver net with solver `kind`, each gradient given
+    rounding-sized noise: perturb * max |g| * N(0, 1) per element (what a sum of
+    terms computed in another order changes; absolute, so near-zero gradients
+    get it too)."""
+    fields = {"type": kind} if kind == "SGD" else {"type": kind, "momentum": 0.0, "base_lr": 0.001,
+                                                   "delta": 1e-8, "rms_decay": 0.98}
+    solver = _solver_in(folder, monkeypatch, **fields)
+    update = solver.updater.__call__
+    generator = torch.Generator().manual_seed(11)
+
+    def noisy(lp, grad, rate, it):
+        noise = torch.randn(grad.shape, generator=generator) * (perturb * float(grad.abs().max()))
+        return update(lp, grad + noise, rate, it)
+
+    solver.updater = noisy
+    solver.updater.kind = kind
+    solver.step(12)
+    return {lp.key: lp.tensor.detach().clone() for lp in solver.params}
+
+
+@needs_shared
+def test_rmsprop_drift_is_float_noise_amplified(e_solver, monkeypatch):
+    """RMSProp divides each gradient element by its own running RMS (+ delta):
+    where a gradient is near zero (dead ReLU units, where Caffe's and our sums
+    differ by rounding), noise of one float32 rounding in the gradients moves the
+    weights by orders of magnitude more than under SGD. The update rule
+    itself is Caffe's to float precision (test_update_rules, and the first update
+    below)."""
+    eps = 2.0 ** -23
+    drift = {}
+    for kind in ("SGD", "RMSProp"):
+        base = _twelve_steps(e_solver, monkeypatch, kind, 0.0)
+        moved = _twelve_steps(e_solver, monkeypatch, kind, eps)
+        drift[kind] = max(float((base[k] - moved[k]).abs().max()) for k in base)
+    # Measured: SGD 9e-8, RMSProp 1.5e-3 (the size of the drift seen against Caffe, 4e-4).
+    assert drift["SGD"] < 1e-6
+    assert drift["RMSProp"] > 1e-4 and drift["RMSProp"] > 1000 * drift["SGD"]
+    # The first RMSProp update equals Caffe's formula in float64 on the same gradient.
+    solver = _solver_in(e_solver, monkeypatch, type="RMSProp", momentum=0.0, base_lr=0.001, delta=1e-8,
+                        rms_decay=0.98)
+    solver.forward_backward()
+    lp = solver.params[0]
+    grad = lp.tensor.grad.double() + 5e-4 * lp.tensor.detach().double()
+    h = (1 - 0.98) * grad * grad
+    expected = 0.001 * lp.lr_mult * grad / (h.sqrt() + 1e-8)
+    update = solver.updater(lp, lp.tensor.grad, 0.001, 0)
+    torch.testing.assert_close(update.double(), expected, rtol=2e-6, atol=1e-9)

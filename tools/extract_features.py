@@ -29,7 +29,8 @@ from ssdh_port.pipeline import batch_source, extract, load_net, transform_param
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     cli.add_source_arguments(parser)
-    parser.add_argument("--blobs", required=True, help="comma-separated blob names, or all")
+    parser.add_argument("--blobs", required=True, help="comma-separated blob names, or all; a scalar "
+                        "top (a loss, an accuracy) is saved as a 1-D array of one value per batch")
     parser.add_argument("--out", required=True, help=".npz file to write")
     args = parser.parse_args(argv)
     net = load_net(args.prototxt, args.weights, args.batch_size if args.input else None)

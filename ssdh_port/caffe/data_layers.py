@@ -283,3 +283,96 @@ class HDF5Data(CaffeLayer):
             if self.row == len(self.rows):
                 self._next_file()
         return tuple(torch.from_numpy(np.concatenate(p)) for p in parts)
+
+
+@register("MemoryData")
+class MemoryData(CaffeLayer):
+    """Batches from arrays given in Python, as Caffe's MemoryDataLayer::Reset:
+    layer.reset(data, labels) with N x channels x height x width data (N a
+    multiple of batch_size) and N labels; each forward takes the next batch_size
+    rows, wrapping around. The arrays are used as given (no transformation)."""
+
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        p = param.memory_data_param
+        if bottom_shapes:
+            raise self.error("a data layer takes no bottoms")
+        if len(param.top) != 2:
+            raise self.error(f"makes a data top and a label top, got {len(param.top)} tops")
+        if not (p.batch_size and p.channels and p.height and p.width):
+            raise self.error("memory_data_param needs batch_size, channels, height and width > 0")
+        self.shape = (p.batch_size, p.channels, p.height, p.width)
+        self.data = self.labels = None
+        self.position = 0
+
+    def reset(self, data, labels):
+        data = torch.as_tensor(np.asarray(data, dtype=np.float32))
+        labels = torch.as_tensor(np.asarray(labels, dtype=np.float32)).reshape(-1)
+        if tuple(data.shape[1:]) != self.shape[1:]:
+            raise self.error(f"data of shape {tuple(data.shape)}, expected N x {' x '.join(map(str, self.shape[1:]))}")
+        if len(labels) != len(data):
+            raise self.error(f"{len(labels)} labels for {len(data)} rows")
+        if len(data) == 0 or len(data) % self.shape[0]:
+            raise self.error(f"the number of rows ({len(data)}) must be a positive multiple of the batch size "
+                             f"{self.shape[0]}")
+        self.data, self.labels, self.position = data, labels, 0
+
+    def top_shapes(self):
+        return [self.shape, (self.shape[0],)]
+
+    def forward(self):
+        if self.data is None:
+            raise self.error("no data: call reset(data, labels) on this layer first")
+        rows = slice(self.position, self.position + self.shape[0])
+        self.position = (self.position + self.shape[0]) % len(self.data)
+        return self.data[rows], self.labels[rows]
+
+
+@register("HDF5Output")
+class HDF5Output(CaffeLayer):
+    """Writes its two bottoms to hdf5_output_param.file_name as the datasets
+    'data' and 'label' (Caffe's names), truncating the file at set-up. Each
+    forward appends its batch (Caffe's layer writes the datasets at each forward,
+    and fails at the second one: here the rows of every batch are kept); the
+    file is flushed after each batch and closed by close()."""
+
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        self.expect_bottoms(2)
+        if param.top:
+            raise self.error("HDF5Output has no tops")
+        if not param.hdf5_output_param.file_name:
+            raise self.error("hdf5_output_param.file_name is required")
+        self.path = param.hdf5_output_param.file_name
+        self.file = None
+
+    def top_shapes(self):
+        return []
+
+    def _open(self, shapes):
+        import h5py
+
+        try:
+            self.file = h5py.File(self.path, "w")
+        except OSError as err:
+            raise self.error(f"cannot write {self.path} ({err})") from None
+        for name, shape in zip(("data", "label"), shapes):
+            self.file.create_dataset(name, shape=(0,) + tuple(shape[1:]), maxshape=(None,) + tuple(shape[1:]),
+                                     dtype="float32")
+
+    def forward(self, data, label):
+        arrays = [t.detach().float().cpu().numpy() for t in (data, label)]
+        if self.file is None:
+            self._open([a.shape for a in arrays])
+        for name, array in zip(("data", "label"), arrays):
+            dataset = self.file[name]
+            start = dataset.shape[0]
+            dataset.resize(start + len(array), axis=0)
+            dataset[start:] = array
+        self.file.flush()
+        return ()
+
+    def close(self):
+        if self.file is not None:
+            self.file.close()
+            self.file = None

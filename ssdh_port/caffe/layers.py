@@ -279,8 +279,32 @@ class Pooling(CaffeLayer):
             if any(pad >= k for pad, k in zip(self.pad, self.kernel)):
                 raise self.error(f"pad {self.pad} must be smaller than kernel {self.kernel}")
 
+        if len(param.top) == 2 and self.method != "MAX":
+            raise self.error("a second top (the argmax mask) needs MAX pooling")
+        if len(param.top) not in (1, 2):
+            raise self.error(f"makes 1 top (or 2: the pooled map and its argmax mask), got {len(param.top)}")
+
     def forward(self, x):
+        if len(self.param.top) == 2:
+            return caffe_max_pool_with_mask(x, self.kernel, self.stride, self.pad, self.ceil_mode)
         return (caffe_pool(x, self.method, self.kernel, self.stride, self.pad, self.ceil_mode),)
+
+
+def caffe_max_pool_with_mask(x, kernel, stride, pad, ceil_mode=True):
+    """MAX pooling and Caffe's mask top: for each output, the flat index h * W + w
+    into its input map of the maximum (the first one in row-major order on ties,
+    as Caffe scans the window), as a float blob."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, pad
+    h, w = x.shape[-2:]
+    oh, ow = caffe_pool_size(h, kh, sh, ph, ceil_mode), caffe_pool_size(w, kw, sw, pw, ceil_mode)
+    extra_h = max(0, (oh - 1) * sh + kh - h - ph)
+    extra_w = max(0, (ow - 1) * sw + kw - w - pw)
+    padded = F.pad(x, (pw, extra_w, ph, extra_h), value=float("-inf"))
+    out, index = F.max_pool2d(padded, (kh, kw), (sh, sw), return_indices=True)
+    width = padded.shape[-1]
+    # Indices count in the padded map: back to the input map's coordinates.
+    mask = (index // width - ph) * w + (index % width - pw)
+    return out[..., :oh, :ow], mask[..., :oh, :ow].to(x.dtype)
 
 
 @register("LRN")
@@ -635,6 +659,23 @@ class Bias(_Affine):
         return (x + self.broadcast(bias, x),)
 
 
+@register("MVN")
+class MVN(CaffeLayer):
+    """Mean-variance normalisation: subtract the mean of each map (of each sample
+    with across_channels), then, with normalize_variance, divide by
+    sqrt(E[(x - mean)^2]) + eps, as Caffe's MVNLayer does."""
+
+    def forward(self, x):
+        p = self.param.mvn_param
+        start = 1 if p.across_channels else 2
+        dims = tuple(range(start, x.dim()))
+        centred = x - x.mean(dim=dims, keepdim=True)
+        if not p.normalize_variance:
+            return (centred,)
+        std = (centred * centred).mean(dim=dims, keepdim=True).sqrt()
+        return (centred / (std + p.eps),)
+
+
 @register("Softmax")
 class Softmax(CaffeLayer):
     def forward(self, x):
@@ -714,6 +755,78 @@ class SoftmaxWithLoss(_Loss):
 class EuclideanLoss(_Loss):
     def forward(self, a, b):
         return (((a - b) ** 2).sum() / (2 * a.shape[0]),)
+
+
+# Caffe's kLOG_THRESHOLD: probabilities below it are taken as it.
+LOG_THRESHOLD = 1e-20
+
+
+def _label_indices(layer, label, outer, inner, classes, valid=None):
+    target = label.reshape(outer, inner).long()
+    checked = target if valid is None else torch.where(valid, target, torch.zeros_like(target))
+    if bool(((checked < 0) | (checked >= classes)).any()):
+        raise layer.error(f"labels must lie in [0, {classes})")
+    return checked
+
+
+@register("MultinomialLogisticLoss")
+class MultinomialLogisticLoss(_Loss):
+    """-1/N sum_n log(max(p[n, label_n], 1e-20)) on probabilities (N x C); the
+    gradient at the label is -1 / max(p, 1e-20) times the top diff / N, as in Caffe."""
+
+    def forward(self, prob, label):
+        n = prob.shape[0]
+        p = prob.reshape(n, -1)
+        target = _label_indices(self, label, n, 1, p.shape[1])
+        picked = torch.gather(p, 1, target)
+        floor = torch.clamp(picked.detach(), min=LOG_THRESHOLD)
+        # Value -log(max(p, t)); gradient -1 / max(p, t) (Caffe's, also below the threshold).
+        terms = -torch.log(floor) - (picked - picked.detach()) / floor
+        return (terms.sum() / n,)
+
+
+@register("InfogainLoss")
+class InfogainLoss(_Loss):
+    """BVLC master's InfogainLoss: softmax over infogain_loss_param.axis, then
+    -sum_l H[label, l] log(max(prob_l, 1e-20)) per position, divided by the
+    normalizer (loss_param: normalization / ignore_label); H from a third bottom
+    or from infogain_loss_param.source (a binaryproto). The gradient is Caffe's,
+    prob * sum_l H[label, l] - H[label, :], times the top diff / normalizer; an
+    optional second top is the softmax."""
+
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        self.expect_bottoms(2, 3)
+        self.infogain = None
+        if len(self.bottom_shapes) == 2:
+            source = param.infogain_loss_param.source
+            if not source:
+                raise self.error("give the infogain matrix as a third bottom or infogain_loss_param.source")
+            from ssdh_port.caffe import io as caffe_io
+
+            self.infogain = torch.from_numpy(caffe_io.read_blobproto(source).astype("float32"))
+
+    def forward(self, scores, label, *matrix):
+        axis = canonical_axis(self.param.infogain_loss_param.axis, scores.dim(), self.name)
+        classes = scores.shape[axis]
+        h = (matrix[0] if matrix else self.infogain.to(scores.device)).reshape(-1).to(scores.dtype)
+        if h.numel() != classes * classes:
+            raise self.error(f"the infogain matrix has {h.numel()} values, expected {classes} x {classes}")
+        h = h.reshape(classes, classes)
+        outer, inner = math.prod(scores.shape[:axis]), math.prod(scores.shape[axis + 1:])
+        lp = self.param.loss_param
+        raw = label.reshape(outer, inner).long()
+        valid = raw != lp.ignore_label if lp.HasField("ignore_label") else torch.ones_like(raw, dtype=torch.bool)
+        target = _label_indices(self, label, outer, inner, classes, valid)
+        log_prob = torch.log_softmax(scores, axis).movedim(axis, -1).reshape(outer, inner, classes)
+        weights = h[target] * valid[..., None]  # H[label, :] per position, 0 where ignored
+        floor = torch.clamp(log_prob.detach(), min=math.log(LOG_THRESHOLD))
+        # Value with Caffe's floor; gradient of -sum H log softmax, which is Caffe's formula.
+        terms = -(weights * (floor + (log_prob - log_prob.detach())))
+        loss = terms.sum() / _normalizer(lp, outer, inner, int(valid.sum()))
+        if len(self.param.top) > 1:
+            return loss, torch.softmax(scores, axis)
+        return (loss,)
 
 
 @register("SigmoidCrossEntropyLoss")
@@ -834,6 +947,28 @@ class MultiLabelAccuracy(CaffeLayer):
         outs = (rate(true_pos + true_neg, positive.sum() + negative.sum()),
                 rate(true_pos, positive.sum()), rate(true_neg, negative.sum()))
         return outs[: len(self.param.top)]
+
+
+# ---------------------------------------------------------------- not supported
+
+
+class _Unsupported(CaffeLayer):
+    reason = ""
+
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        raise self.error(f"this layer type is not supported: {self.reason}")
+
+
+@register("WindowData")
+class WindowData(_Unsupported):
+    reason = ("R-CNN window files; write the windows' crops to a Datum database "
+              "(tools/convert_imageset.py) or an image list and use a Data or ImageData layer")
+
+
+@register("Im2col")
+class Im2col(_Unsupported):
+    reason = "a debugging layer of Caffe's convolution internals (torch.nn.functional.unfold computes it)"
 
 
 # ---------------------------------------------------------------- SSDH / DNNH

@@ -127,8 +127,10 @@ class Updater:
             h.add_(grad * grad)
             update = local_rate * grad / (h.sqrt() + p.delta)
         elif self.kind == "RMSProp":
-            h.mul_(p.rms_decay).add_((1 - p.rms_decay) * grad * grad)
-            update = local_rate * grad / (h.sqrt() + p.delta)
+            # Caffe's float order: g^2; h = (1 - decay) g^2 + decay h; g / (sqrt(h) + delta);
+            # then the local rate.
+            h.mul_(p.rms_decay).add_(grad * grad, alpha=1 - p.rms_decay)
+            update = local_rate * (grad / (h.sqrt() + p.delta))
         elif self.kind == "AdaDelta":
             h.mul_(p.momentum).add_((1 - p.momentum) * grad * grad)
             step = grad * (h2 + p.delta).sqrt() / (h + p.delta).sqrt()
