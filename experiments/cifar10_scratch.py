@@ -14,7 +14,6 @@ recipe are documented there). Writes <out-dir>/report.json, table.md, table.json
 train_log.jsonl, model.pt and training.png.
 """
 import argparse
-import dataclasses
 import sys
 
 from ssdh_port import cli
@@ -24,25 +23,9 @@ from ssdh_port.pipeline import ScratchConfig, train_scratch, write_report, write
 PAPER_BEST_MAP = 0.9269
 
 
-def config_arguments(parser, config_class):
-    """One flag per dataclass field (--no-X for booleans that default to True)."""
-    for field in dataclasses.fields(config_class):
-        flag = "--" + field.name.replace("_", "-")
-        if field.type is bool:
-            if field.default:
-                parser.add_argument("--no-" + field.name.replace("_", "-"), dest=field.name,
-                                    action="store_false", help=f"turn {field.name} off")
-            else:
-                parser.add_argument(flag, dest=field.name, action="store_true")
-        else:
-            cast = {int: int, float: float}.get(field.type, str)
-            parser.add_argument(flag, dest=field.name, type=cast, default=field.default,
-                                help=f"default {field.default}")
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    config_arguments(parser, ScratchConfig)
+    cli.add_dataclass_arguments(parser, ScratchConfig)
     parser.add_argument("--batch", dest="batch_size", type=int, help=argparse.SUPPRESS)
     args = vars(parser.parse_args(argv))
     config = ScratchConfig(**{k: v for k, v in args.items() if v is not None or k == "archive"})

@@ -2,6 +2,7 @@
 and the shape rules of tools/ and experiments/ (thin, importing the package only,
 one-line errors)."""
 import ast
+import dataclasses
 import glob
 import json
 import os
@@ -177,3 +178,37 @@ def test_extract_features_all_blobs_with_scalar_tops(tmp_path):
     assert arrays["accuracy"].shape == (3,) and arrays["data"].shape == (150, 1, 28, 28)
     assert arrays["loss: classification-error"].shape == (3,) and arrays["latent_sigmoid"].shape == (150, 48)
     assert "one value per batch" in " ".join(_run_tool("extract_features.py", "--help").stdout.split())
+
+
+def _colour_cifar(folder, n_train=1024, n_test=200):
+    """32 x 32 images whose class sets their colour (plus noise): learnable in seconds."""
+    from ssdh_port.data.datasets import write_array_db
+
+    rng = np.random.default_rng(0)
+    palette = rng.integers(30, 220, (10, 3))
+    for split, n in (("train", n_train), ("test", n_test)):
+        labels = rng.integers(0, 10, n)
+        images = np.clip(palette[labels][:, :, None, None] + rng.normal(0, 40, (n, 3, 32, 32)), 0, 255)
+        write_array_db(os.path.join(folder, f"{split}_lmdb_32"), images.astype(np.uint8), labels)
+
+
+def test_fast_cifar_trainer_learns_and_resumes(tmp_path):
+    from ssdh_port.pipeline.fast_cifar import FastCifarConfig, train_fast_cifar
+
+    _colour_cifar(str(tmp_path / "data"))
+    config = FastCifarConfig(data=str(tmp_path / "data"), out_dir=str(tmp_path / "run"), epochs=3, batch_size=128,
+                             widths="16,32,32", tta=1, precision="fp32", bits=16)
+    result = train_fast_cifar(config)
+    history = [json.loads(line) for line in open(result.log)]
+    assert len(history) == 3 and history[-1]["loss"] < history[0]["loss"]
+    report = result.report
+    assert report.classification_accuracy > 0.5 and report.map_at_topk > 0.3 and report.bits == 16
+    assert set(result.seconds) == {"train", "encode", "evaluate", "wall"}
+    assert os.path.getsize(result.plots["curves"]) > 5000 and os.path.getsize(result.plots["training"]) > 5000
+    # Resume from the last epoch's snapshot: the log continues, nothing is redone.
+    longer = dataclasses.replace(config, epochs=4, resume=str(tmp_path / "run" / "snapshot.pt"))
+    train_fast_cifar(longer)
+    history = [json.loads(line) for line in open(result.log)]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    with pytest.raises(SSDHError, match="widths '1,2': expected three positive channel counts"):
+        train_fast_cifar(dataclasses.replace(config, widths="1,2"))
