@@ -113,4 +113,7 @@ def run(main, argv=None):
     except OSError as err:
         where = f"{err.filename}: " if getattr(err, "filename", None) else ""
         print(f"{name}: {where}{err.strerror or err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        return 130
     return 1

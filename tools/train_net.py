@@ -5,7 +5,10 @@
         [--resume SNAPSHOT.solverstate|.pt] [--device cpu|cuda:N | --gpu N] [--amp]
         [--channels-last] [--tf32] [--log-dir DIR] [--solver-set FIELD=VALUE ...]
 
-Relative paths inside the solver and net (net, data sources, mean files,
+SIGINT or SIGTERM stops at the end of the iteration with a snapshot (exit 0),
+SIGHUP snapshots and goes on, as Caffe's defaults (--sigint-effect / --sighup-effect).
+Snapshot sets are written atomically; <prefix>_latest names the newest complete
+one, which --resume latest picks. Relative paths inside the solver and net (net, data sources, mean files,
 snapshot_prefix) resolve against the working directory, as in Caffe. Writes
 Caffe's display lines to stdout, a JSON-lines log and a PNG of the losses (and
 test outputs) to --log-dir (default: the folder of snapshot_prefix), a progress
@@ -24,7 +27,8 @@ def main(argv=None):
     parser.add_argument("solver")
     start = parser.add_mutually_exclusive_group()
     start.add_argument("--weights", help="initial weights, copied by layer name (fine-tuning)")
-    start.add_argument("--resume", help="snapshot to resume from (.solverstate or .pt)")
+    start.add_argument("--resume", help="snapshot to resume from: .solverstate or .pt, 'latest' (the newest "
+                       "complete snapshot set of the solver's prefix) or a folder with a *_latest record")
     cli.add_device(parser, default=None)
     parser.add_argument("--amp", action="store_true",
                         help="bf16 autocast of the training passes (off by default, for fidelity)")
@@ -34,11 +38,19 @@ def main(argv=None):
                         help="TF32 float32 convolutions on the GPU (default: full float32, as Caffe)")
     parser.add_argument("--log-dir", default=None)
     cli.solver_set_argument(parser)
+    parser.add_argument("--sigint-effect", default="stop", choices=("stop", "snapshot", "none"),
+                        help="on SIGINT / SIGTERM, at the end of the iteration (Caffe's default: stop, "
+                        "with a snapshot)")
+    parser.add_argument("--sighup-effect", default="snapshot", choices=("stop", "snapshot", "none"),
+                        help="on SIGHUP (default: snapshot and go on)")
     args = parser.parse_args(argv)
     param = set_solver_fields(read_solver(args.solver), solver_overrides(args.solver_set))
     result = train_caffe(param, weights=args.weights, resume=args.resume, device=args.device,
                          amp=args.amp, channels_last=args.channels_last, tf32=args.tf32,
-                         log_dir=args.log_dir, display=lambda line: print(line, flush=True))
+                         log_dir=args.log_dir, display=lambda line: print(line, flush=True),
+                         sigint_effect=args.sigint_effect, sighup_effect=args.sighup_effect)
+    if result.stopped_early:
+        print(f"stopped early at iteration {result.iterations}; resume with --resume latest")
     print(f"log: {result.log}; plot: {result.plot}")
     return 0
 

@@ -94,10 +94,21 @@ class Data(_SourceLayer):
 
     def forward(self):
         if self._prefetcher is not None:
-            batch, labels = self._prefetcher.next()
+            batch, labels, self.position = self._prefetcher.next()
         else:
-            batch, labels = self._read_next()
+            batch, labels, self.position = self._read_next()
         return self._transformed(batch, labels)
+
+    def data_state(self):
+        """Where the next batch starts (read-ahead batches not yet used do not count)."""
+        return {"cursor": int(getattr(self, "position", self.cursor))}
+
+    def load_data_state(self, state):
+        was_prefetching = self._prefetcher is not None
+        self.stop_prefetch()
+        self.cursor = self.position = int(state["cursor"]) % len(self.db)
+        if was_prefetching:
+            self.start_prefetch()
 
     def start_prefetch(self, depth=3, pin_memory=False):
         """Read the next `depth` batches ahead on a thread (as Caffe's data layers
@@ -129,9 +140,9 @@ class Data(_SourceLayer):
             else:
                 batch = torch.empty(shape, dtype=torch.uint8)
             labels = self.db.read_batch(indices, batch.numpy())
-            return batch, labels
+            return batch, labels, self.cursor
         records = [self._read(i) for i in indices]
-        return self.stacked([r[0] for r in records]), [r[1] for r in records]
+        return self.stacked([r[0] for r in records]), [r[1] for r in records], self.cursor
 
 
 def check_paired_databases(layers):
@@ -208,6 +219,18 @@ class ImageData(_SourceLayer):
                     self.shuffle_rng.shuffle(self.order)
         return self._transformed(self.stacked([r[0] for r in records]), [r[1] for r in records])
 
+    def data_state(self):
+        return {"cursor": int(self.cursor), "order": [int(i) for i in self.order],
+                "shuffle_rng": self.shuffle_rng.bit_generator.state}
+
+    def load_data_state(self, state):
+        if len(state["order"]) != len(self.entries):
+            raise self.error(f"the snapshot's list order has {len(state['order'])} entries, the list "
+                             f"{len(self.entries)}")
+        self.cursor = int(state["cursor"])
+        self.order = np.asarray(state["order"])
+        self.shuffle_rng.bit_generator.state = state["shuffle_rng"]
+
 
 @register("HDF5Data")
 class HDF5Data(CaffeLayer):
@@ -270,6 +293,16 @@ class HDF5Data(CaffeLayer):
     def top_shapes(self):
         return [(self.batch_size,) + a.shape[1:] for a in self.tables[0]]
 
+    def data_state(self):
+        return {"file_order": [int(i) for i in self.file_order], "file_position": int(self.file_position),
+                "row": int(self.row), "rows": [int(i) for i in self.rows], "rng": self.rng.bit_generator.state}
+
+    def load_data_state(self, state):
+        self.file_order = np.asarray(state["file_order"])
+        self.file_position, self.row = int(state["file_position"]), int(state["row"])
+        self.rows = np.asarray(state["rows"])
+        self.rng.bit_generator.state = state["rng"]
+
     def forward(self):
         parts = [[] for _ in self.param.top]
         needed = self.batch_size
@@ -319,6 +352,12 @@ class MemoryData(CaffeLayer):
 
     def top_shapes(self):
         return [self.shape, (self.shape[0],)]
+
+    def data_state(self):
+        return {"position": int(self.position)}
+
+    def load_data_state(self, state):
+        self.position = int(state["position"])
 
     def forward(self):
         if self.data is None:

@@ -9,6 +9,8 @@ w -= v), which differs from torch.optim.SGD whenever the rate changes.
 local_lr = lr * lr_mult and local_decay = weight_decay * decay_mult per blob.
 """
 import collections
+import contextlib
+import json
 import math
 import os
 import re
@@ -233,6 +235,7 @@ class Solver:
         self.updater = Updater(param)
         self.iter = 0
         self.losses = collections.deque(maxlen=max(1, param.average_loss))
+        self.requested_action, self.stopped_early = None, False
 
     def _seed_data_layers(self):
         if self.param.random_seed < 0:
@@ -302,16 +305,34 @@ class Solver:
             self.iter += 1
             if p.snapshot and self.iter % p.snapshot == 0:
                 self.snapshot()
+            # A signal's request takes effect at the end of the iteration, as in Caffe.
+            action, self.requested_action = self.requested_action, None
+            if action == "snapshot":
+                self.snapshot()
+            elif action == "stop":
+                self.stopped_early = True
+                return
+
+    def request(self, action):
+        """Ask for "snapshot" or "stop" at the end of the current iteration (what
+        Caffe's signal handlers do; safe to call from a signal handler)."""
+        if action not in ("snapshot", "stop", "none"):
+            raise SolverError(f"requested action must be snapshot, stop or none, got {action!r}")
+        if action != "none" and self.requested_action != "stop":
+            self.requested_action = action
 
     def solve(self, progress=None):
         p = self.param
-        while self.iter < p.max_iter:
+        while self.iter < p.max_iter and not self.stopped_early:
             chunk = min(max(1, p.display or 1), p.max_iter - self.iter)
             self.step(chunk)
             if progress:
                 progress(self.iter, p.max_iter)
         if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
             self.snapshot()
+        if self.stopped_early:
+            self.log("Optimization stopped early.")
+            return
         if p.test_interval and self.iter % p.test_interval == 0:
             self.test_all()
         self.log("Optimization Done.")
@@ -357,9 +378,11 @@ class Solver:
         return base + ".caffemodel", base + ".solverstate", base + ".pt"
 
     def snapshot(self):
-        """<prefix>_iter_<N>.caffemodel and .solverstate (as Caffe writes them) and .pt."""
+        """<prefix>_iter_<N>.caffemodel and .solverstate (as Caffe writes them) and .pt,
+        written as a set: each to a temporary file (fsync'd), all three renamed into
+        place, then the record <prefix>_latest naming the set, so that a kill at
+        any moment leaves the previous complete set as the latest one."""
         model_path, state_path, pt_path = self.snapshot_paths()
-        self.net.save_caffemodel(model_path)
         state = pb.SolverState(iter=self.iter, learned_net=model_path,
                                current_step=self.rate.current_step)
         for lp in self.params:
@@ -367,17 +390,25 @@ class Solver:
         if self.updater.kind in ("AdaDelta", "Adam"):
             for lp in self.params:
                 state.history.add().CopyFrom(caffe_io.array_to_blob(lp.history[1].detach().cpu().numpy()))
-        caffe_io.write_binary_proto(state, state_path)
         payload = {"iter": self.iter, "current_step": self.rate.current_step,
                    "params": {lp.key: lp.tensor.detach().cpu() for lp in self.params},
                    "history": {lp.key: [h.cpu() for h in lp.history] for lp in self.params},
-                   "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
-                   "data_rng": self._data_rng_states(), "losses": list(self.losses)}
-        with caffe_io.atomic_write(pt_path) as f:
-            torch.save(payload, f)
+                   "torch_rng": torch.get_rng_state(), "numpy_rng": _numpy_state(),
+                   "data_rng": self._data_rng_states(), "data_position": self._data_positions(),
+                   "losses": list(self.losses)}
+        with snapshot_set(self.param.snapshot_prefix or "snapshot", self.iter) as temp:
+            self.net.save_caffemodel(temp(model_path))
+            caffe_io.write_binary_proto(state, temp(state_path))
+            with open(temp(pt_path), "wb") as f:
+                torch.save(payload, f)
         self.log(f"Snapshotting to binary proto file {model_path}")
         self.log(f"Snapshotting solver state to binary proto file {state_path}")
         return model_path, state_path, pt_path
+
+    def _data_positions(self):
+        return {f"{i}/{m.name}": m.data_state()
+                for i, net in enumerate([self.net] + self.test_nets)
+                for m in net.layers if hasattr(m, "data_state")}
 
     def _data_rng_states(self):
         return {f"{i}/{m.name}": m.transformer.rng.bit_generator.state
@@ -386,20 +417,31 @@ class Solver:
 
     def restore(self, path):
         """Resume from a .solverstate (Caffe) or .pt snapshot (adds the RNG states)."""
+        path = resolve_snapshot(path, self.param.snapshot_prefix or "snapshot")
         if path.endswith(".pt"):
-            payload = torch.load(path, map_location="cpu", weights_only=False)
+            payload = read_pt_snapshot(path)
+            missing = [lp.key for lp in self.params if lp.key not in payload["params"]]
+            if missing:
+                raise SolverError(f"{path}: the snapshot has no blobs for {missing[:4]} (another net?)")
             with torch.no_grad():
                 for lp in self.params:
-                    lp.tensor.copy_(payload["params"][lp.key])
+                    saved = payload["params"][lp.key]
+                    if tuple(saved.shape) != tuple(lp.tensor.shape):
+                        raise SolverError(f"{path}: blob {lp.key} has shape {tuple(saved.shape)}, the net's "
+                                          f"{tuple(lp.tensor.shape)}")
+                    lp.tensor.copy_(saved)
                     for h, saved in zip(lp.history, payload["history"][lp.key]):
                         h.copy_(saved)
             torch.set_rng_state(payload["torch_rng"])
-            np.random.set_state(payload["numpy_rng"])
+            _set_numpy_state(payload["numpy_rng"])
             states = payload.get("data_rng", {})
+            positions = payload.get("data_position", {})
             for i, net in enumerate([self.net] + self.test_nets):
                 for m in net.layers:
                     if hasattr(m, "transformer") and f"{i}/{m.name}" in states:
                         m.transformer.rng.bit_generator.state = states[f"{i}/{m.name}"]
+                    if hasattr(m, "load_data_state") and f"{i}/{m.name}" in positions:
+                        m.load_data_state(positions[f"{i}/{m.name}"])
             self.losses.extend(payload.get("losses", []))
             self.iter, self.rate.current_step = payload["iter"], payload["current_step"]
             return
@@ -418,6 +460,119 @@ class Solver:
                 for lp, array in zip(self.params, histories[slot * len(self.params):]):
                     lp.history[slot].copy_(torch.from_numpy(array).reshape(lp.tensor.shape))
         self.iter, self.rate.current_step = state.iter, state.current_step
+
+
+def _numpy_state():
+    """NumPy's global RNG state with its key array as a tensor (a .pt that
+    torch.load(weights_only=True) reads)."""
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    return [name, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached)]
+
+
+def _set_numpy_state(state):
+    name, keys, position, has_gauss, cached = state
+    keys = keys.numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
+    np.random.set_state((name, keys.astype(np.uint32), int(position), int(has_gauss), float(cached)))
+
+
+def read_pt_snapshot(path):
+    """A training snapshot .pt (weights, histories, RNG states, data positions);
+    an unreadable file is a SolverError that names it."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise SolverError(f"{path}: no such snapshot") from None
+    except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise SolverError(f"{path}: not a readable training snapshot ({reason})") from None
+    if not isinstance(payload, dict) or not {"params", "history", "iter"} <= set(payload):
+        raise SolverError(f"{path}: not a training snapshot (.pt weights go to --weights)")
+    return payload
+
+
+@contextlib.contextmanager
+def snapshot_set(prefix, iteration):
+    """Write a snapshot set atomically: yields temp(path) -> the temporary name to
+    write path's content to; on success every file is fsync'd and renamed into
+    place, then <prefix>_latest records the set. On failure the temporaries go."""
+    temporaries = {}
+
+    def temp(path):
+        folder, name = os.path.split(os.path.abspath(path))
+        temporaries[path] = os.path.join(folder, f".{name}.tmp")
+        return temporaries[path]
+
+    try:
+        yield temp
+        for final, partial in temporaries.items():
+            with open(partial, "rb+") as f:
+                os.fsync(f.fileno())
+        for final, partial in temporaries.items():
+            os.replace(partial, final)
+        record = {"iter": iteration, "files": sorted(os.path.abspath(p) for p in temporaries)}
+        with caffe_io.atomic_write(prefix + "_latest", "w") as f:
+            json.dump(record, f)
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_folder(os.path.dirname(os.path.abspath(prefix)))
+    except BaseException:
+        for partial in temporaries.values():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(partial)
+        raise
+
+
+def _fsync_folder(folder):
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def remove_stale_temporaries(prefix):
+    """Temporary files of snapshot sets that a killed run left (.<name>.tmp and
+    atomic_write's .<name>.XXXX beside the prefix); returns the paths removed."""
+    folder, base = os.path.split(os.path.abspath(prefix))
+    removed = []
+    if not os.path.isdir(folder):
+        return removed
+    for name in os.listdir(folder):
+        if name.startswith(f".{base}_iter_") or name.startswith(f".{base}_latest."):
+            path = os.path.join(folder, name)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+                removed.append(path)
+    return removed
+
+
+def resolve_snapshot(path, prefix):
+    """"latest" (the solver's <prefix>_latest record), a folder (its one *_latest
+    record), a record file, or a snapshot path -> the snapshot to resume from (the
+    .pt of the set, which is exact, else its .solverstate)."""
+    record = None
+    if path == "latest":
+        record = prefix + "_latest"
+    elif os.path.isdir(path):
+        found = sorted(f for f in os.listdir(path) if f.endswith("_latest"))
+        if len(found) != 1:
+            raise SolverError(f"{path}: expected one *_latest snapshot record, found {found or 'none'}")
+        record = os.path.join(path, found[0])
+    elif path.endswith("_latest"):
+        record = path
+    if record is None:
+        return path
+    try:
+        with open(record) as f:
+            files = json.load(f)["files"]
+    except (OSError, ValueError, KeyError) as err:
+        raise SolverError(f"{record}: no readable snapshot record ({err})") from None
+    for suffix in (".pt", ".solverstate"):
+        for name in files:
+            if name.endswith(suffix) and os.path.isfile(name):
+                return name
+    raise SolverError(f"{record}: the snapshot set it names is gone ({files})")
 
 
 def _scalars(outputs, names):

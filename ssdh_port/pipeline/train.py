@@ -7,15 +7,18 @@ displayed iteration and per test pass, flushed as it is written) and a PNG of
 the losses. Caffe's display lines go to `display` (default: the ssdh_port
 logger).
 """
+import contextlib
 import dataclasses
 import json
 import os
+import signal
+import threading
 import time
 
 import torch
 
 from ssdh_port.caffe.proto import caffe_pb2 as pb
-from ssdh_port.caffe.solver import Solver, read_solver
+from ssdh_port.caffe.solver import Solver, read_solver, remove_stale_temporaries
 from ssdh_port.errors import SSDHError
 from ssdh_port.pipeline.features import resolve_device
 from ssdh_port.pipeline.plots import training_curves
@@ -32,6 +35,7 @@ class TrainResult:
     plot: str | None             # train_loss.png
     seconds: float
     final_test: dict             # outputs of the last test pass of test net #0 ({} if none)
+    stopped_early: bool = False  # a signal stopped it before max_iter
 
 
 def pick_device(param, device=None):
@@ -71,9 +75,43 @@ class _Log:
         self.file.close()
 
 
+SIGNAL_EFFECTS = ("stop", "snapshot", "none")
+
+
+@contextlib.contextmanager
+def _signal_effects(solver, sigint_effect, sighup_effect, display):
+    """Caffe's -sigint_effect / -sighup_effect: SIGINT and SIGTERM ask the solver
+    to stop (after the iteration, with a snapshot) by default, SIGHUP for a
+    snapshot; handlers only in the main thread, the old ones put back after."""
+    effects = {signal.SIGINT: sigint_effect, signal.SIGTERM: sigint_effect, signal.SIGHUP: sighup_effect}
+    for name, effect in (("sigint_effect", sigint_effect), ("sighup_effect", sighup_effect)):
+        if effect not in SIGNAL_EFFECTS:
+            raise SSDHError(f"{name} {effect!r}: expected one of {SIGNAL_EFFECTS}")
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(number, frame):
+        effect = effects[number]
+        display(f"{signal.Signals(number).name} received: {effect} at the end of the iteration")
+        solver.request(effect)
+
+    previous = {number: signal.signal(number, handler) for number in effects}
+    try:
+        yield
+    finally:
+        for number, old in previous.items():
+            signal.signal(number, old)
+
+
 def train_caffe(solver, *, weights=None, resume=None, device=None, amp=False, channels_last=False,
-                tf32=False, log_dir=None, display=None, progress=True):
-    """Run a Caffe solver (solver.prototxt / solver.yaml path or SolverParameter)."""
+                tf32=False, log_dir=None, display=None, progress=True, sigint_effect="stop",
+                sighup_effect="snapshot"):
+    """Run a Caffe solver (solver.prototxt / solver.yaml path or SolverParameter).
+    resume: a snapshot (.solverstate or .pt), "latest" (the newest complete
+    snapshot set of this solver's prefix) or a folder holding its *_latest record.
+    SIGINT / SIGTERM / SIGHUP act as sigint_effect / sighup_effect say (Caffe's
+    defaults: stop with a snapshot, snapshot)."""
     if weights and resume:
         raise SSDHError("give initial weights or a snapshot to resume from, not both")
     param = read_solver(solver) if not isinstance(solver, pb.SolverParameter) else solver
@@ -81,6 +119,9 @@ def train_caffe(solver, *, weights=None, resume=None, device=None, amp=False, ch
     log_dir = log_dir or os.path.dirname(param.snapshot_prefix) or "."
     os.makedirs(log_dir, exist_ok=True)
     display = display or logger.info
+    removed = remove_stale_temporaries(param.snapshot_prefix or "snapshot")
+    if removed:
+        display(f"removed {len(removed)} temporary file(s) of an interrupted snapshot: {removed}")
     log = _Log(os.path.join(log_dir, "train_log.jsonl"), param.display, append=bool(resume))
     start = time.time()
     try:
@@ -97,20 +138,22 @@ def train_caffe(solver, *, weights=None, resume=None, device=None, amp=False, ch
             display(f"Resumed from {resume} at iteration {engine.iter}")
         ticker = bar(total=param.max_iter, initial=engine.iter, desc="train", unit="iter",
                      disable_if=not progress)
-        engine.solve(progress=lambda done, total: ticker.update(done - ticker.n))
+        with _signal_effects(engine, sigint_effect, sighup_effect, display):
+            engine.solve(progress=lambda done, total: ticker.update(done - ticker.n))
         ticker.close()
     finally:
         log.close()
     plot = None
-    if log.records:
+    records, tests = read_log(log.path)  # the whole log: a resumed run's plot shows all of it
+    if records:
         plot = os.path.join(log_dir, "train_loss.png")
-        training_curves(log.records, log.tests, plot)
+        training_curves(records, tests, plot)
     final = engine.snapshot_paths()[0]
-    tests = [t for t in log.tests if t.get("net", 0) == 0]
+    tests = [t for t in tests if t.get("net", 0) == 0]
     return TrainResult(weights=final if os.path.isfile(final) else None,
                        snapshot_prefix=param.snapshot_prefix, iterations=engine.iter, log=log.path,
                        plot=plot, seconds=time.time() - start,
-                       final_test=tests[-1]["outputs"] if tests else {})
+                       final_test=tests[-1]["outputs"] if tests else {}, stopped_early=engine.stopped_early)
 
 
 def read_log(path):
