@@ -43,10 +43,16 @@ def test_index_save_load_round_trip(tmp_path):
     assert torch.equal(loaded.search(q, 5)[1], index.search(q, 5)[1])
     raw = (tmp_path / "codes.ssdh").read_bytes()
     (tmp_path / "cut.ssdh").write_bytes(raw[:-10])
-    with pytest.raises(IndexFileError, match="cut.ssdh: .* bytes, the header needs"):
+    with pytest.raises(IndexFileError, match="cut.ssdh: truncated code file .* bytes, the header's 301 codes need"):
         HammingIndex.load(tmp_path / "cut.ssdh")
+    (tmp_path / "head.ssdh").write_bytes(raw[:20])
+    with pytest.raises(IndexFileError, match="head.ssdh: truncated code file \\(20 bytes, the header alone is 64\\)"):
+        HammingIndex.load(tmp_path / "head.ssdh")
+    (tmp_path / "long.ssdh").write_bytes(raw + raw)
+    with pytest.raises(IndexFileError, match="long.ssdh: .* bytes after the end of the header's 301 codes"):
+        HammingIndex.load(tmp_path / "long.ssdh")
     (tmp_path / "bad.ssdh").write_bytes(b"not an index at all" * 5)
-    with pytest.raises(IndexFileError, match="bad magic"):
+    with pytest.raises(IndexFileError, match="not an ssdh code file"):
         HammingIndex.load(tmp_path / "bad.ssdh")
 
 

@@ -4,7 +4,8 @@
     python tools/convert_caffemodel.py --prototxt deploy.prototxt --caffemodel W.caffemodel --out model.pt
     python tools/convert_caffemodel.py --prototxt deploy.prototxt --pt model.pt --to-caffemodel --out W.caffemodel
 
-The net is built from the prototxt (TEST phase unless --phase TRAIN) and the
+The output's extension picks the format (.caffemodel or .pt); the input may be
+any weights file (told by content). The net is built from the prototxt (TEST phase unless --phase TRAIN) and the
 weights are copied by layer name, checking every blob's shape, as Caffe's
 CopyTrainedLayersFrom does. A table says what was loaded, which layers with
 parameters got nothing (left to their fillers), and which weights were unused.
@@ -16,18 +17,19 @@ import argparse
 import sys
 
 from ssdh_port import cli
-from ssdh_port.caffe.net import CaffeNet
+from ssdh_port.caffe.convert import convert_weights
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prototxt", required=True, help="net definition (deploy or train_val)")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--caffemodel", help="Caffe weights (.caffemodel or .caffemodel.h5)")
-    source.add_argument("--pt", help="weights written by this tool (.pt)")
+    source.add_argument("--caffemodel", help="weights: .caffemodel, .caffemodel.h5, .pt or a training "
+                        "snapshot .pt (told by content)")
+    source.add_argument("--pt", help="the same as --caffemodel (kept for the reverse direction)")
     parser.add_argument("--to-caffemodel", action="store_true",
-                        help="write a .caffemodel (loadable by Caffe) instead of a .pt")
-    parser.add_argument("--out", required=True, help="output file")
+                        help="kept for compatibility: the output's extension decides (.caffemodel or .pt)")
+    parser.add_argument("--out", required=True, help="output file: .caffemodel (Caffe) or .pt (PyTorch)")
     parser.add_argument("--phase", default="TEST", choices=("TRAIN", "TEST"))
     parser.add_argument("--allow-shape-mismatch", action="store_true",
                         help="skip (and list) layers whose blob shapes differ instead of failing")
@@ -51,15 +53,14 @@ def print_table(net, report):
 
 def main(argv=None):
     args = parse_args(argv)
-    weights = args.caffemodel or args.pt
-    net = CaffeNet(args.prototxt, phase=args.phase)
-    report = net.copy_from(weights, allow_shape_mismatch=args.allow_shape_mismatch)
-    print_table(net, report)
-    if args.to_caffemodel:
-        net.save_caffemodel(args.out)
+    result = convert_weights(args.prototxt, args.caffemodel or args.pt, args.out, args.phase,
+                             args.allow_shape_mismatch, args.to_caffemodel)
+    if result.net is not None:
+        print_table(result.net, result.report)
     else:
-        net.save_pt(args.out)
-    print(f"wrote {args.out} ({len(report['loaded'])} layers loaded)")
+        print(f"the net's data layers cannot be opened here: converted the {len(result.report['loaded'])} "
+              "layers with blobs by name, shapes not checked", file=sys.stderr)
+    print(f"wrote {args.out} ({result.format}, {len(result.report['loaded'])} layers loaded)")
     return 0
 
 

@@ -32,13 +32,15 @@ def main(argv=None):
     parser.add_argument("--check_size", action="store_true", help="require one image size")
     parser.add_argument("--backend", default="lmdb", choices=("lmdb", "leveldb"))
     parser.add_argument("--overwrite", action="store_true", help="replace an existing DB")
+    parser.add_argument("--strict", action="store_true",
+                        help="fail on an unreadable image (default: log it and skip it, as Caffe does)")
     args = parser.parse_args(argv)
     if bool(args.resize_height) != bool(args.resize_width):
         parser.error("give both --resize_height and --resize_width")
     count = convert_imageset(
         args.root, args.listfile, args.db, args.resize_height, args.resize_width,
         args.shuffle, args.gray, args.encoded, args.encode_type, args.check_size,
-        args.seed, args.overwrite, args.backend)
+        args.seed, args.overwrite, args.backend, args.strict)
     print(f"wrote {count} records to {args.db}")
     return 0
 

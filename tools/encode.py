@@ -41,7 +41,7 @@ def main(argv=None):
         args.prototxt, args.weights, args.input, batch_size=args.batch_size, latent_blob=args.blob,
         features=extra, iterations=args.iterations, backend=args.backend, resize=args.resize,
         device=args.device, transform=transform_param(args.scale, args.mean_file, args.mean_value,
-                                                      args.crop_size))
+                                                      args.crop_size, args.gray))
     encoded.save(args.out, {extra[0]: args.features_out} if args.features_out else None)
     health = encoded.health
     with atomic_write(args.out + ".report.json", "w") as f:

@@ -35,7 +35,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     net = load_net(args.prototxt, args.weights, args.batch_size if args.input else None)
     blobs = list(net.blob_shapes) if args.blobs == "all" else args.blobs.split(",")
-    transform = transform_param(args.scale, args.mean_file, args.mean_value, args.crop_size)
+    transform = transform_param(args.scale, args.mean_file, args.mean_value, args.crop_size, args.gray)
     batches = batch_source(args.input, net, args.batch_size, transform, args.backend, args.resize)
     if batches is None and not args.iterations:
         parser.error("without --input, give --iterations for the net's data layers")

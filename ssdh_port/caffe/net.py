@@ -350,10 +350,11 @@ class CaffeNet(nn.Module):
         value = feeds[name]
         tensor = torch.as_tensor(np.asarray(value)) if not isinstance(value, torch.Tensor) else value
         tensor = tensor.to(self._device_marker.device)
-        if tensor.dim() != len(self.blob_shapes[name]):
+        expected = self.blob_shapes[name]
+        if tensor.dim() != len(expected) or tuple(tensor.shape[1:]) != tuple(expected[1:]):
             raise LayerError(
-                f"net input '{name}' must have {len(self.blob_shapes[name])} axes like "
-                f"{self.blob_shapes[name]}, got shape {tuple(tensor.shape)}")
+                f"net input '{name}' must have shape N x {' x '.join(map(str, expected[1:]))} (the net's "
+                f"{expected}), got {tuple(tensor.shape)}")
         return tensor.float() if not tensor.is_floating_point() else tensor
 
     # ------------------------------------------------------------ weights
@@ -473,28 +474,51 @@ def _blob_mismatch(module, arrays):
     return None
 
 
+ZIP_MAGIC, HDF5_MAGIC = b"PK\x03\x04", b"\x89HDF\r\n\x1a\n"
+
+
 def load_weights(weights):
-    """caffemodel / caffemodel.h5 / .pt path or NetParameter -> {layer: [arrays]}."""
+    """Weights -> {layer: [arrays]}, whatever file holds them, told by its content:
+    a .caffemodel (protobuf), a .caffemodel.h5 (Caffe's HDF5 snapshot), a .pt of
+    weights (save_pt, convert_caffemodel) or a training snapshot .pt; or a
+    NetParameter with blobs. Anything else is a CaffeFileError naming the file."""
     if isinstance(weights, pb.NetParameter):
         return {layer.name: [caffe_io.blob_to_array(b, f"{layer.name}/{k}")
                              for k, b in enumerate(layer.blobs)] for layer in weights.layer}
     path = os.fspath(weights)
-    if not path.endswith((".pt", ".h5")):
-        try:
-            return wire.read_blobs(path)  # memory-mapped, no copy of the file
-        except OSError as err:
-            raise caffe_io.CaffeFileError(f"{path}: cannot read ({err.strerror})") from None
-        except wire.WireError as err:
-            raise caffe_io.CaffeFileError(str(err)) from None
-    if path.endswith(".pt"):
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - report any unreadable .pt the same way
-            raise caffe_io.CaffeFileError(f"{path}: not a readable .pt weights file ({err})") from None
-        if not isinstance(payload, dict) or "blobs" not in payload:
-            raise caffe_io.CaffeFileError(f"{path}: .pt file without a 'blobs' entry")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as err:
+        raise caffe_io.CaffeFileError(f"{path}: cannot read ({err.strerror})") from None
+    if head.startswith(ZIP_MAGIC):
+        return _pt_weights(path)
+    if head == HDF5_MAGIC:
+        return load_weights(caffe_io.read_caffemodel(path))
+    try:
+        return wire.read_blobs(path)  # memory-mapped, no copy of the file
+    except wire.WireError as err:
+        raise caffe_io.CaffeFileError(str(err)) from None
+
+
+def _pt_weights(path):
+    """{layer: [arrays]} of a .pt of weights ({"blobs": ...}) or of a training
+    snapshot ({"params": {"layer/index": tensor}, ...})."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - report any unreadable .pt the same way
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise caffe_io.CaffeFileError(f"{path}: not a readable .pt weights file ({reason})") from None
+    if isinstance(payload, dict) and "blobs" in payload:
         return {k: [t.numpy() for t in v] for k, v in payload["blobs"].items()}
-    return load_weights(caffe_io.read_caffemodel(path))
+    if isinstance(payload, dict) and "params" in payload:
+        layers = collections.defaultdict(dict)
+        for key, tensor in payload["params"].items():
+            layer, _, index = key.rpartition("/")
+            layers[layer][int(index)] = tensor.numpy()
+        return {layer: [blobs[i] for i in sorted(blobs)] for layer, blobs in layers.items()}
+    raise caffe_io.CaffeFileError(f"{path}: a .pt file without weights (expected 'blobs' or a training "
+                                  "snapshot's 'params')")
 
 
 def infer_top_shapes(module, bottom_shapes):

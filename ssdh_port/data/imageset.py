@@ -16,7 +16,10 @@ from ssdh_port.caffe import io as caffe_io
 from ssdh_port.data.datum import array_to_datum, encoded_datum
 from ssdh_port.data.db import DatumDBWriter, open_db
 from ssdh_port.errors import SSDHError
-from ssdh_port.progress import bar
+from ssdh_port.progress import bar, logger
+
+# OpenCV reports unreadable files itself on stderr; the messages here say it once, naming the list line.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 
 class ImagesetError(SSDHError):
@@ -70,29 +73,41 @@ def image_datum(path, label, resize_height=0, resize_width=0, gray=False, encode
 
 def convert_imageset(root, list_file, db_path, resize_height=0, resize_width=0, shuffle=False,
                      gray=False, encoded=False, encode_type="", check_size=False, seed=None,
-                     overwrite=False, backend="lmdb"):
-    """Write the images of list_file (paths relative to root) to a new LMDB (or LevelDB)."""
+                     overwrite=False, backend="lmdb", strict=False):
+    """Write the images of list_file (paths relative to root) to a new LMDB (or
+    LevelDB); returns the number of records written. An image that cannot be
+    read is skipped with a logged error, as Caffe does (its key number stays
+    unused); strict=True makes it an error instead."""
     entries = read_list(list_file)
     if not entries:
         raise ImagesetError(f"{list_file}: no images listed")
     if shuffle:
         order = np.random.default_rng(seed).permutation(len(entries))
         entries = [entries[i] for i in order]
-    size = None
+    size, skipped = None, 0
     with DatumDBWriter(db_path, overwrite=overwrite, backend=backend) as writer:
         for index, (name, label) in enumerate(bar(entries, desc="convert_imageset", unit="img")):
             enc = encode_type
             if encoded and not enc:
                 enc = os.path.splitext(name)[1][1:].lower()  # Caffe guesses from the name
-            datum = image_datum(os.path.join(root, name), label, resize_height, resize_width,
-                                gray, enc if encoded else "")
+            try:
+                datum = image_datum(os.path.join(root, name), label, resize_height, resize_width,
+                                    gray, enc if encoded else "")
+            except ImagesetError as err:
+                if strict:
+                    raise ImagesetError(f"{list_file}:{index + 1}: {err}") from None
+                logger.error("%s:%d: %s; skipped", list_file, index + 1, err)
+                skipped += 1
+                continue
             if check_size and not datum.encoded:
                 shape = (datum.channels, datum.height, datum.width)
                 if size is not None and shape != size:
                     raise ImagesetError(f"{name}: size {shape} differs from the first image {size}")
                 size = shape
             writer.put(f"{index:08d}_{name}", datum)
-    return len(entries)
+    if skipped == len(entries):
+        raise ImagesetError(f"{list_file}: none of the {len(entries)} listed images could be read")
+    return len(entries) - skipped
 
 
 def compute_image_mean(db_path, backend="lmdb"):

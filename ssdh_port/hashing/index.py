@@ -58,7 +58,7 @@ class HammingIndex:
     def add(self, codes, ids=None, labels=None):
         """Append codes (0/1 N x K, or packed N x bytes uint8), with int64 ids
         (default: positions continuing from the current size) and optional labels."""
-        packed = self._packed(codes, "HammingIndex.add").cpu()
+        packed = self._packed(codes, "HammingIndex.add:").cpu()
         n = len(packed)
         start = len(self)
         ids = torch.arange(start, start + n) if ids is None else torch.as_tensor(np.asarray(ids)).long()
@@ -115,12 +115,12 @@ class HammingIndex:
         if packed.shape[1] != self.bytes:
             columns = np.shape(codes)[1]
             raise SSDHError(
-                f"{where}: codes have {columns} columns; a {self.bits}-bit index takes "
+                f"{where} codes have {columns} columns; a {self.bits}-bit index takes "
                 f"{self.bits} 0/1 columns or {self.bytes} packed bytes")
         return packed
 
     def _queries(self, queries):
-        return self._packed(queries, "search").to(self.device)
+        return self._packed(queries, "query").to(self.device)
 
     def search(self, queries, k):
         """(distances Q x k int32, ids Q x k int64): exact, ties in insertion order."""
@@ -160,16 +160,23 @@ class HammingIndex:
                 header = f.read(HEADER.size)
         except OSError as err:
             raise IndexFileError(f"{path}: cannot read ({err.strerror})") from None
-        if len(header) < HEADER.size or header[:8] != MAGIC:
-            raise IndexFileError(f"{path}: not an ssdh code file (bad magic)")
+        if header[:len(MAGIC)] != MAGIC[:len(header)] or not header:
+            raise IndexFileError(f"{path}: not an ssdh code file (it does not start with {MAGIC!r})")
+        if len(header) < HEADER.size:
+            raise IndexFileError(f"{path}: truncated code file ({len(header)} bytes, the header alone "
+                                 f"is {HEADER.size})")
         _, size, bits, nbytes, flags, count, width = HEADER.unpack(header)
         if nbytes != (bits + 7) // 8:
             raise IndexFileError(f"{path}: header says {bits} bits but {nbytes} bytes per code")
         code_bytes = count * nbytes + (-(count * nbytes) % 8)
         expected = size + code_bytes + 8 * count + (4 * count * width if flags & 1 else 0)
         actual = os.path.getsize(path)
-        if actual != expected:
-            raise IndexFileError(f"{path}: {actual} bytes, the header needs {expected} (truncated?)")
+        if actual < expected:
+            raise IndexFileError(f"{path}: truncated code file ({actual} bytes, the header's {count} "
+                                 f"codes need {expected})")
+        if actual > expected:
+            raise IndexFileError(f"{path}: {actual - expected} bytes after the end of the header's {count} "
+                                 f"codes ({expected} bytes): not one code file")
         index = cls(int(bits), device)
         if count:
             codes = np.memmap(path, np.uint8, "c", size, (count, nbytes))

@@ -47,7 +47,8 @@ def db_batches(path, batch_size, transform_param, backend="lmdb", resize=None):
 
         def load(i):
             name, label = entries[i]
-            return read_image(os.path.join(root, name), resize[0], resize[1]), label
+            return read_image(os.path.join(root, name), resize[0], resize[1],
+                              is_color=not transformer.force_gray), label
         total = len(entries)
     else:
         db = open_db(path, backend)
@@ -128,9 +129,10 @@ def load_net(prototxt, weights=None, batch_size=None):
     return net
 
 
-def transform_param(scale=1.0, mean_file=None, mean_value=None, crop_size=0):
-    """A TEST TransformationParameter from the tools' source options."""
-    param = pb.TransformationParameter(scale=scale, crop_size=crop_size)
+def transform_param(scale=1.0, mean_file=None, mean_value=None, crop_size=0, gray=False):
+    """A TEST TransformationParameter from the tools' source options (gray: read
+    images and encoded records as one gray channel)."""
+    param = pb.TransformationParameter(scale=scale, crop_size=crop_size, force_gray=gray)
     if mean_file:
         param.mean_file = mean_file
     param.mean_value.extend(mean_value or [])
