@@ -212,3 +212,25 @@ def test_fast_cifar_trainer_learns_and_resumes(tmp_path):
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     with pytest.raises(SSDHError, match="widths '1,2': expected three positive channel counts"):
         train_fast_cifar(dataclasses.replace(config, widths="1,2"))
+
+
+def test_retrieval_figures(tmp_path, caplog):
+    import logging
+
+    from ssdh_port.pipeline.plots import retrieval_curves, retrieval_picture, training_curves
+
+    query, db = _random_codes(30, 12, 0), _random_codes(400, 12, 1)
+    labels_q, labels_d = np.arange(30) % 4, np.arange(400) % 4
+    ev = retrieval_report(query, db, labels_q, labels_d, method="SSDH-12", bits=12, topk=0, curves=True)
+    references = {"LSH": np.array([[100, 0.2], [1000, 0.15]])}
+    with caplog.at_level(logging.WARNING, logger="ssdh_port"):
+        retrieval_curves([ev], references, tmp_path / "c.png")
+    assert "measured on CIFAR-10 (a database of 50000 images)" in caplog.text and "400" in caplog.text
+    assert os.path.getsize(tmp_path / "c.png") > 10000
+    distances, ids = np.zeros((2, 3), int), np.array([[0, 1, 2], [3, 4, 5]])
+    images = np.zeros((6, 8, 8), np.uint8)
+    retrieval_picture(images[:2], np.array([0, 1]), images, np.array([0, 0, 1, 1, 1, 1]), ids, tmp_path / "p.png",
+                      rows=2, distances=distances)
+    records = [{"iter": i, "smoothed_loss": 1.0 / (i + 1), "outputs": {"fire": 1e-4, "bin": -0.1}} for i in range(5)]
+    training_curves(records, [], tmp_path / "t.png")
+    assert os.path.getsize(tmp_path / "p.png") > 2000 and os.path.getsize(tmp_path / "t.png") > 5000

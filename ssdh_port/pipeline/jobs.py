@@ -87,13 +87,15 @@ def mnist_ssdh(out_dir, *, data_dir="runs/mnist", bits=48, iterations=5000, p=2,
 
 
 def _mnist_picture(db, query, path, rows=8, top=10):
-    """Eight queries spread over the test set with their top 10."""
+    """Eight queries spread over the test set (not its first eight, which repeat a
+    digit) with their top 10 and the Hamming distances."""
     test_images, test_labels = mnist.load_split("test")
     train_images, train_labels = mnist.load_split("train")
     picks = [int(i * len(test_images) / rows) for i in range(rows)]
-    _, ids = db.index.search(query.index.codes[picks], top)
+    distances, ids = db.index.search(query.index.codes[picks], top)
+    # Database ids are record positions here: the images come by position.
     retrieval_picture(test_images[picks], test_labels[picks], train_images, train_labels, ids.numpy(), path,
-                      rows=rows)
+                      rows=rows, distances=distances.numpy())
 
 
 def _write_markdown(report, path):

@@ -3,6 +3,7 @@ training curves, retrieval curves, retrieval examples."""
 import numpy as np
 
 from ssdh_port.caffe.io import atomic_write
+from ssdh_port.progress import logger
 
 
 def pyplot():
@@ -33,8 +34,11 @@ def training_curves(records, tests, path):
     ax.plot(iters, [r["smoothed_loss"] for r in records], label="total (smoothed)", lw=2)
     for name in records[0]["outputs"] if records else []:
         ax.plot(iters, [r["outputs"][name] for r in records], label=name, lw=1)
+    # The SSDH terms differ by orders of magnitude (the fire-rate loss is ~1e-4, the
+    # forcing-binary one negative): a symmetric log axis shows them all.
+    ax.set_yscale("symlog", linthresh=1e-4)
     ax.set_xlabel("iteration")
-    ax.set_title("training")
+    ax.set_title("training (symmetric log scale)")
     ax.legend(fontsize=7)
     if tests:
         ax = axes[0][1]
@@ -48,9 +52,16 @@ def training_curves(records, tests, path):
     save_png(fig, path, dpi=110)
 
 
+# The published precision@k curves (the authors' analysis folders) are CIFAR-10's:
+# 10,000 test queries against the 50,000 training images.
+PUBLISHED_CURVES_DATABASE = 50000
+
+
 def retrieval_curves(evaluations, references, path):
     """precision@k, precision-recall and mAP against code length of Evaluations,
-    with published precision@k curves ({name: k x 2 array}) dashed beside them."""
+    with published precision@k curves ({name: k x 2 array}) dashed beside them
+    (over the ranks they cover, with a warning when the evaluated database is
+    not the one they were measured on)."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     ax = axes[0]
@@ -59,6 +70,13 @@ def retrieval_curves(evaluations, references, path):
         ax.plot(np.arange(1, len(curve) + 1), curve, lw=2, label=ev.report.method)
     for name, data in references.items():
         ax.plot(data[:, 0], data[:, 1], ls="--", marker="o", ms=3, label=f"{name} (published)")
+    if references:
+        ax.set_xlim(0, max(1000, max(float(d[:, 0].max()) for d in references.values())))
+        other = sorted({ev.report.database for ev in evaluations} - {PUBLISHED_CURVES_DATABASE})
+        if other:
+            logger.warning("the published curves were measured on CIFAR-10 (a database of %d images); "
+                           "these results have a database of %s images: compare with care",
+                           PUBLISHED_CURVES_DATABASE, ", ".join(map(str, other)))
     ax.set(xlabel="number of retrieved images k", ylabel="precision@k", title="precision@k")
     ax.legend(fontsize=7)
     ax = axes[1]
@@ -71,16 +89,25 @@ def retrieval_curves(evaluations, references, path):
     by_name = {}
     for ev in evaluations:
         by_name.setdefault(ev.report.method.split("-")[0], []).append((ev.report.bits, ev.report.map_at_topk))
-    for name, points in by_name.items():
-        points.sort()
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
-    ax.set(xlabel="code length (bits)", ylabel="mAP", title="mAP against code length")
-    ax.legend(fontsize=7)
+    if any(len({b for b, _ in points}) > 1 for points in by_name.values()):
+        for name, points in by_name.items():
+            points.sort()
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+        ax.set(xlabel="code length (bits)", ylabel="mAP", title="mAP against code length")
+        ax.legend(fontsize=7)
+    else:
+        # One code length per method: a table says more than single dots would.
+        ax.axis("off")
+        lines = [f"{ev.report.method}: {ev.report.bits} bits, mAP@{ev.report.topk} {ev.report.map_at_topk:.4f}"
+                 for ev in evaluations]
+        ax.text(0.0, 1.0, "\n".join(lines[:20]), va="top", fontsize=8, family="monospace")
+        ax.set_title("mAP (one code length each)")
     save_png(fig, path, dpi=110)
 
 
-def retrieval_picture(query_images, query_labels, db_images, db_labels, ids, path, rows=8):
-    """Queries (one per row) with their nearest database images, wrong classes in red."""
+def retrieval_picture(query_images, query_labels, db_images, db_labels, ids, path, rows=8, distances=None):
+    """Queries (one per row) with their nearest database images, wrong classes in
+    red, each with its Hamming distance when given."""
     plt = pyplot()
     top = ids.shape[1]
     fig, axes = plt.subplots(rows, top + 1, figsize=(1.1 * (top + 1), 1.15 * rows))
@@ -96,8 +123,11 @@ def retrieval_picture(query_images, query_labels, db_images, db_labels, ids, pat
                 spine.set_visible(bool(wrong))
                 spine.set_color("red")
                 spine.set_linewidth(3)
+            distance = "" if distances is None else f"d={int(distances[r, c])} "
             if wrong:
-                ax.set_title(f"wrong ({db_labels[j]})", fontsize=6, color="red")
+                ax.set_title(f"{distance}wrong ({db_labels[j]})", fontsize=6, color="red")
+            elif distance:
+                ax.set_title(distance.strip(), fontsize=6)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
