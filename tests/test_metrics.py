@@ -134,3 +134,52 @@ def test_multilabel_map_matches_precision_m(relevance):
     result = evaluate(q, db, q_labels, db_labels, topk=50, relevance=relevance)
     assert result["map"] == pytest.approx(ref_map, abs=1e-12)
     np.testing.assert_allclose(result["precision_at_k"], ref_prec, atol=1e-12)
+
+
+def _dnnh_transcription(q_bits, d_bits, q_labels, d_labels, top, compat):
+    """caffe-dnnh's evaluate_map written out from docs/SPEC.md, one query at a time."""
+    pool = len(d_bits)
+    total, per_class_sum, per_class_n = 0.0, {}, {}
+    for b, label in zip(q_bits, q_labels):
+        distance = (b[None, :] != d_bits).sum(axis=1)
+        order = np.argsort(distance, kind="stable")
+        found, value = 0, 0.0
+        for i in range(min(top, pool)):
+            if d_labels[order[i]] == label:
+                found += 1
+                value += found / (i + 1)
+        divisor = min(pool // 10, top) if compat else min(int((d_labels == label).sum()), top)
+        ap = value / divisor if divisor else 0.0
+        total += ap
+        per_class_sum[label] = per_class_sum.get(label, 0.0) + ap
+        per_class_n[label] = per_class_n.get(label, 0) + 1
+    extra = 1 if compat else 0
+    return total / (len(q_bits) + extra), {c: per_class_sum[c] / (per_class_n[c] + extra) for c in per_class_sum}
+
+
+@pytest.mark.parametrize("compat", [False, True])
+@pytest.mark.parametrize("top", [7, 60, 1000])
+def test_dnnh_map_is_caffe_dnnhs_evaluate_map(compat, top):
+    from ssdh_port.hashing import dnnh_map
+
+    rng = np.random.default_rng(5)
+    q_bits = rng.integers(0, 2, (25, 4))   # 4 bits: distances 0..4, many ties
+    d_bits = rng.integers(0, 2, (130, 4))
+    q_labels = rng.integers(0, 10, 25)
+    d_labels = rng.integers(0, 7, 130)     # classes 7..9 absent from the database: AP 0
+    got = dnnh_map(q_bits, d_bits, q_labels, d_labels, top=top, compat=compat)
+    expected, per_class = _dnnh_transcription(q_bits, d_bits, q_labels, d_labels, top, compat)
+    assert got["map"] == pytest.approx(expected, rel=1e-12)
+    assert got["per_class"].keys() == per_class.keys()
+    for c in per_class:
+        assert got["per_class"][c] == pytest.approx(per_class[c], rel=1e-12)
+
+
+def test_dnnh_map_over_the_whole_pool_is_the_whole_ranking_map():
+    from ssdh_port.hashing import dnnh_map
+
+    rng = np.random.default_rng(6)
+    q_bits, d_bits = rng.integers(0, 2, (40, 12)), rng.integers(0, 2, (300, 12))
+    q_labels, d_labels = rng.integers(0, 5, 40), rng.integers(0, 5, 300)
+    clean = dnnh_map(q_bits, d_bits, q_labels, d_labels, top=300)
+    assert clean["map"] == pytest.approx(evaluate(q_bits, d_bits, q_labels, d_labels, topk=None)["map"], rel=1e-12)

@@ -4,12 +4,17 @@
     python tools/prepare_dataset.py mnist --out runs/mnist [--idx-dir data/mnist]
     python tools/prepare_dataset.py cifar10-jpg ARCHIVE --out runs/cifar10 [--sizes 32 256] [--layout bgr|rgb]
     python tools/prepare_dataset.py cifar10-batches cifar-10-python.tar.gz|cifar-10-binary.tar.gz --out DIR
+    python tools/prepare_dataset.py cifar10-dnnh ARCHIVE --out runs/cifar10_dnnh [--triplets 50000] [--seed 0]
     python tools/prepare_dataset.py folder ROOT --list list.txt
 
 cifar10-jpg reads the authors' archive (cvprw15-cifar10-dataset-jpg.tar.gz):
 train in the authors' order, test in canonical order, LMDBs at 32 x 32 and at
 each other size given (resized like the authors' 256 x 256 AlexNet input), and
-a mean file per size.
+a mean file per size. cifar10-dnnh builds DNNH's data from the same archive:
+1,000 seeded queries (100 per class), the other 59,000 images as the pool,
+seeded triplets over the pool, 9-channel triplet / query / pool databases and
+their mean, and the label files caffe-dnnh's evaluation reads
+(ssdh_port.data.dnnh says exactly how).
 """
 import argparse
 import sys
@@ -33,10 +38,15 @@ def main(argv=None):
     p = sub.add_parser("cifar10-batches")
     p.add_argument("archive")
     p.add_argument("--out", required=True)
+    p = sub.add_parser("cifar10-dnnh")
+    p.add_argument("archive")
+    p.add_argument("--out", required=True)
+    p.add_argument("--triplets", type=int, default=50000, help="triplets to sample (default 50,000)")
+    p.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("folder")
     p.add_argument("root")
     p.add_argument("--list", required=True)
-    for name in ("mnist", "cifar10-jpg", "cifar10-batches"):
+    for name in ("mnist", "cifar10-jpg", "cifar10-batches", "cifar10-dnnh"):
         sub.choices[name].add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     if args.dataset == "mnist":
@@ -44,6 +54,10 @@ def main(argv=None):
     elif args.dataset == "cifar10-jpg":
         result = datasets.prepare_cifar10_jpg(args.archive, args.out, tuple(args.sizes),
                                               args.overwrite, args.layout)
+    elif args.dataset == "cifar10-dnnh":
+        from ssdh_port.data.dnnh import prepare_cifar10_dnnh
+
+        result = prepare_cifar10_dnnh(args.archive, args.out, args.triplets, args.seed, overwrite=args.overwrite)
     elif args.dataset == "cifar10-batches":
         result = datasets.prepare_cifar10_batches(args.archive, args.out, args.overwrite)
     else:

@@ -66,16 +66,10 @@ def _safe_members(archive, prefix):
             yield member
 
 
-def prepare_cifar10_jpg(archive, out_dir, sizes=(32,), overwrite=False, layout="bgr"):
-    """The authors' CIFAR-10 JPEG archive -> images, list files, LMDBs and means.
-
-    layout "bgr": convert_imageset's records (OpenCV BGR), as the authors' own
-    pipeline made them. layout "rgb": RGB planar bytes at 32 x 32, what Caffe's
-    convert_cifar_data writes from the binary set, for models trained on that
-    (the cifar10_quick example). Returns {"train_list", "test_list",
-    "<split>_lmdb_<size>", "mean_<size>"}."""
-    if layout not in ("bgr", "rgb"):
-        raise DatasetError(f"layout must be 'bgr' or 'rgb', got {layout!r}")
+def extract_cifar10_jpg(archive, out_dir):
+    """The authors' CIFAR-10 JPEG archive -> out_dir/images (once) and the list
+    files train.txt (the authors' order) and test.txt (canonical order);
+    returns (images folder, {"train_list", "test_list"})."""
     prefix = os.path.join("examples", "cvprw15-cifar10", "dataset")
     images_dir = os.path.join(out_dir, "images")
     try:
@@ -90,7 +84,20 @@ def prepare_cifar10_jpg(archive, out_dir, sizes=(32,), overwrite=False, layout="
                 tar.extractall(images_dir, members=members, filter="data")
     except (tarfile.TarError, OSError) as err:
         raise DatasetError(f"{archive}: cannot read the archive ({err})") from None
-    lists = _cifar_lists(images_dir, out_dir)
+    return images_dir, _cifar_lists(images_dir, out_dir)
+
+
+def prepare_cifar10_jpg(archive, out_dir, sizes=(32,), overwrite=False, layout="bgr"):
+    """The authors' CIFAR-10 JPEG archive -> images, list files, LMDBs and means.
+
+    layout "bgr": convert_imageset's records (OpenCV BGR), as the authors' own
+    pipeline made them. layout "rgb": RGB planar bytes at 32 x 32, what Caffe's
+    convert_cifar_data writes from the binary set, for models trained on that
+    (the cifar10_quick example). Returns {"train_list", "test_list",
+    "<split>_lmdb_<size>", "mean_<size>"}."""
+    if layout not in ("bgr", "rgb"):
+        raise DatasetError(f"layout must be 'bgr' or 'rgb', got {layout!r}")
+    images_dir, lists = extract_cifar10_jpg(archive, out_dir)
     result = dict(lists)
     for size in sizes:
         for split in ("train", "test"):

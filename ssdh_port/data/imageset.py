@@ -131,3 +131,68 @@ def write_image_mean(db_path, mean_path, backend="lmdb"):
     mean = compute_image_mean(db_path, backend)
     caffe_io.write_blobproto(mean, mean_path)
     return mean
+
+
+def read_triplet_list(path):
+    """[(anchor, similar, dissimilar)] of a DNNH triplet list (three paths a line)."""
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError as err:
+        raise ImagesetError(f"{path}: cannot read the triplet list ({err.strerror})") from None
+    triplets = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        names = line.split()
+        if len(names) != 3:
+            raise ImagesetError(f"{path}:{number}: expected 'anchor similar dissimilar' (three paths), "
+                                f"got {len(names)} field(s): {line!r}")
+        triplets.append((number, tuple(names)))
+    return triplets
+
+
+def triplet_datum(images, label=1):
+    """Three C x H x W uint8 images of one size -> one Datum of 3C channels
+    (anchor, similar, dissimilar), as caffe-dnnh stores a triplet."""
+    return array_to_datum(np.concatenate(images, axis=0), label)
+
+
+def _read_chw(path, resize_height, resize_width, gray):
+    image = cv2.imread(path, cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR)
+    if image is None:
+        raise ImagesetError(f"{path}: cannot read the image")
+    if resize_height and resize_width:
+        image = cv2.resize(image, (resize_width, resize_height), interpolation=cv2.INTER_LINEAR)
+    return image[None] if image.ndim == 2 else image.transpose(2, 0, 1)
+
+
+def convert_triplet_imageset(root, list_file, db_path, count=None, resize_height=0, resize_width=0, gray=False,
+                             overwrite=False, backend="lmdb"):
+    """caffe-dnnh's convert_triplet_imageset: the first `count` triplets of
+    list_file (all when None), paths relative to root -> one 3C-channel Datum
+    each (anchor, similar, dissimilar; BGR CHW, or gray), label 1, keys
+    '%08d_<anchor path>', in list order. An unreadable image, a bad line or images
+    of different sizes are errors naming list_file:line; the database is written
+    to a temporary folder and renamed when complete. Returns the count written."""
+    triplets = read_triplet_list(list_file)
+    if count is not None:
+        if count < 1 or count > len(triplets):
+            raise ImagesetError(f"{list_file}: {len(triplets)} triplets listed, {count} asked for")
+        triplets = triplets[:count]
+    if not triplets:
+        raise ImagesetError(f"{list_file}: no triplets listed")
+    shape = None
+    with DatumDBWriter(db_path, overwrite=overwrite, backend=backend) as writer:
+        for index, (number, names) in enumerate(bar(triplets, desc="convert_triplet_imageset", unit="triplet")):
+            try:
+                images = [_read_chw(os.path.join(root, name), resize_height, resize_width, gray) for name in names]
+            except ImagesetError as err:
+                raise ImagesetError(f"{list_file}:{number}: {err}") from None
+            shapes = {im.shape for im in images} | ({shape} if shape else set())
+            if len(shapes) != 1:
+                raise ImagesetError(f"{list_file}:{number}: images of different sizes {sorted(shapes)} "
+                                    "(give --resize_height and --resize_width)")
+            shape = images[0].shape
+            writer.put(f"{index:08d}_{names[0]}", triplet_datum(images))
+    return len(triplets)

@@ -180,3 +180,45 @@ def average_precision(hits):
     terms = rank_among_hits.double() / (cols + 1).double()
     sums = torch.zeros(len(hits), dtype=torch.float64).index_add_(0, rows, terms)
     return torch.where(counts > 0, sums / counts.clamp(min=1), 0.0)
+
+
+def dnnh_map(query_codes, db_codes, query_labels, db_labels, top=10000, compat=False, batch_size=128):
+    """caffe-dnnh's evaluate_map (docs/SPEC.md section 1, DNNH) -> {"map", "per_class"}.
+
+    Relevant = same class id; database ranked by Hamming distance, ties in
+    database order. A query's AP is the sum, over the first `top` ranks i (from 1)
+    holding a relevant item, of (relevant items so far) / i, divided by
+    min(relevant items in the database, top). compat=True reproduces the
+    original program's divisors: min(database size // 10, top) for every query
+    (the original assumed ten balanced classes) and Q + 1 for the mean. Per-class
+    values average the APs of the queries of each class (over Q_c + 1 with compat)."""
+    query = as_packed(query_codes, "query_codes").cpu()
+    db = as_packed(db_codes, "db_codes").cpu()
+    if query.shape[1] != db.shape[1]:
+        raise SSDHError(f"query codes have {query.shape[1]} bytes per code, database codes {db.shape[1]}")
+    q_labels = np.asarray(query_labels).reshape(-1).astype(np.int64)
+    d_labels = np.asarray(db_labels).reshape(-1).astype(np.int64)
+    if len(q_labels) != len(query) or len(d_labels) != len(db) or len(db) == 0 or len(query) == 0:
+        raise SSDHError(f"dnnh_map: {len(query)} queries with {len(q_labels)} labels, {len(db)} database codes "
+                        f"with {len(d_labels)} labels (both need at least one)")
+    top = int(top)
+    if top < 1:
+        raise SSDHError(f"dnnh_map: top must be >= 1, got {top}")
+    k = min(top, len(db))
+    classes, counts = np.unique(d_labels, return_counts=True)
+    relevant_in_db = dict(zip(classes.tolist(), counts.tolist()))
+    d_tensor = torch.from_numpy(d_labels)
+    ap = np.zeros(len(query), dtype=np.float64)
+    for start in range(0, len(query), batch_size):
+        stop = min(start + batch_size, len(query))
+        _, order = ops.hamming_topk(query[start:stop], db, k)
+        hits = (d_tensor[order] == torch.from_numpy(q_labels[start:stop])[:, None]).double()
+        ranks = torch.arange(1, k + 1, dtype=torch.float64)
+        sums = (hits * hits.cumsum(dim=1) / ranks).sum(dim=1).numpy()
+        for row, label in enumerate(q_labels[start:stop]):
+            divisor = min(len(db) // 10, top) if compat else min(relevant_in_db.get(int(label), 0), top)
+            ap[start + row] = sums[row] / divisor if divisor else 0.0
+    extra = 1 if compat else 0
+    per_class = {int(c): float(ap[q_labels == c].sum() / ((q_labels == c).sum() + extra))
+                 for c in np.unique(q_labels)}
+    return {"map": float(ap.sum() / (len(ap) + extra)), "per_class": per_class}

@@ -1,0 +1,102 @@
+"""DNNH's data: the triplet converter (caffe-dnnh's convert_triplet_imageset) and
+the seeded CIFAR-10 query / pool / triplet set built from the authors' archive
+layout."""
+import os
+import subprocess
+import sys
+import tarfile
+
+import cv2
+import numpy as np
+import pytest
+
+from ssdh_port.caffe import io as caffe_io
+from ssdh_port.data.db import DatumLMDB
+from ssdh_port.data.dnnh import prepare_cifar10_dnnh, sample_triplets, split_queries
+from ssdh_port.data.imageset import ImagesetError, convert_triplet_imageset
+from tests.shared_data import ROOT
+
+
+def _images(folder, n, size=(6, 5)):
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        cv2.imwrite(os.path.join(folder, f"{i}.png"), rng.integers(0, 256, size + (3,), dtype=np.uint8))
+
+
+def test_convert_triplet_imageset(tmp_path):
+    _images(tmp_path / "img", 4)
+    (tmp_path / "t.txt").write_text("0.png 1.png 2.png\n3.png 0.png 1.png\n2.png 2.png 3.png\n")
+    assert convert_triplet_imageset(tmp_path / "img", tmp_path / "t.txt", tmp_path / "db", 2) == 2
+    db = DatumLMDB(tmp_path / "db")
+    assert [k.decode() for k in db.keys] == ["00000000_0.png", "00000001_3.png"]
+    array, label = db.read(1)
+    assert array.shape == (9, 6, 5) and label == 1
+    for k, name in enumerate(("3.png", "0.png", "1.png")):
+        expected = cv2.imread(str(tmp_path / "img" / name)).transpose(2, 0, 1)
+        np.testing.assert_array_equal(array[3 * k:3 * k + 3], expected)
+    (tmp_path / "bad.txt").write_text("0.png 1.png 2.png\n0.png 1.png\n")
+    with pytest.raises(ImagesetError, match=r"bad.txt:2: expected 'anchor similar dissimilar' \(three paths\), got 2"):
+        convert_triplet_imageset(tmp_path / "img", tmp_path / "bad.txt", tmp_path / "db2")
+    (tmp_path / "missing.txt").write_text("0.png 1.png 2.png\n0.png 9.png 2.png\n")
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "convert_triplet_imageset.py"),
+                             str(tmp_path / "img") + "/", str(tmp_path / "missing.txt"), str(tmp_path / "db3"), "2"],
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "missing.txt:2:" in result.stderr and "9.png: cannot read the image" in result.stderr
+    assert not (tmp_path / "db3").exists() and not (tmp_path / "db2").exists()
+
+
+def test_query_split_and_triplet_sampling():
+    labels = np.repeat(np.arange(10), 30)
+    rng = np.random.default_rng(1)
+    queries, pool = split_queries(labels, 5, rng)
+    assert len(queries) == 50 and len(pool) == 250 and np.all(np.diff(queries) > 0)
+    assert np.array_equal(np.bincount(labels[queries]), np.full(10, 5))
+    anchor, similar, dissimilar = sample_triplets(labels[pool], 2000, rng)
+    pool_labels = labels[pool]
+    assert np.all(pool_labels[anchor] == pool_labels[similar]) and np.all(anchor != similar)
+    assert np.all(pool_labels[anchor] != pool_labels[dissimilar])
+    # Uniform over the other members: every same-class image gets picked.
+    cls0 = np.flatnonzero(pool_labels == 0)
+    assert set(similar[pool_labels[anchor] == 0]) == set(cls0)
+
+
+def _fake_archive(path, per_class=6):
+    """The authors' archive layout: examples/cvprw15-cifar10/dataset/{train,val}.txt + images."""
+    folder = path.parent / "fake"
+    prefix = folder / "examples" / "cvprw15-cifar10" / "dataset"
+    rng = np.random.default_rng(2)
+    train, val = [], []
+    for c in range(10):
+        for i in range(per_class):
+            name = f"batch1/{c}_{i}.jpg"
+            os.makedirs(prefix / "batch1", exist_ok=True)
+            cv2.imwrite(str(prefix / name), rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+            (train if i < per_class - 1 else val).append(f"{name} {c}")
+    val = [f"test/{k + 1}.jpg {line.split()[1]}" for k, line in enumerate(val)]
+    os.makedirs(prefix / "test", exist_ok=True)
+    for k, line in enumerate(val):
+        cv2.imwrite(str(prefix / line.split()[0]), rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    (prefix / "train.txt").write_text("\n".join(train) + "\n")
+    (prefix / "val.txt").write_text("\n".join(val) + "\n")
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(folder / "examples", arcname="examples")
+
+
+def test_prepare_cifar10_dnnh(tmp_path):
+    _fake_archive(tmp_path / "a.tar.gz")
+    paths = prepare_cifar10_dnnh(tmp_path / "a.tar.gz", tmp_path / "out", triplets=30, seed=3, per_class=2)
+    query = open(paths["query.txt"]).read().splitlines()
+    pool = open(paths["pool.txt"]).read().splitlines()
+    assert len(query) == 20 and len(pool) == 40 and not set(query) & set(pool)
+    assert open(paths["query_label.txt"]).read().split() == [str(int(line.split()[1]) + 1) for line in query]
+    assert set(open(paths["pool_label.txt"]).read().split()) == {str(c) for c in range(1, 11)}
+    triplets = DatumLMDB(paths["triplet_lmdb"])
+    assert len(triplets) == 30 and triplets.read(0)[0].shape == (9, 32, 32)
+    pool_db = DatumLMDB(paths["pool_lmdb"])
+    image = pool_db.read(0)[0]
+    assert len(pool_db) == 40 and np.array_equal(image[:3], image[3:6]) and np.array_equal(image[:3], image[6:])
+    assert caffe_io.read_blobproto(paths["triplet_mean"]).shape == (1, 9, 32, 32)
+    again = prepare_cifar10_dnnh(tmp_path / "a.tar.gz", tmp_path / "out2", triplets=30, seed=3, per_class=2)
+    assert open(again["triplets.txt"]).read() == open(paths["triplets.txt"]).read()  # seeded
