@@ -100,3 +100,45 @@ def test_prepare_cifar10_dnnh(tmp_path):
     assert caffe_io.read_blobproto(paths["triplet_mean"]).shape == (1, 9, 32, 32)
     again = prepare_cifar10_dnnh(tmp_path / "a.tar.gz", tmp_path / "out2", triplets=30, seed=3, per_class=2)
     assert open(again["triplets.txt"]).read() == open(paths["triplets.txt"]).read()  # seeded
+
+
+def test_dnnh_recipe_trains_one_blob_per_shared_name_and_encodes(tmp_path):
+    import torch
+
+    from ssdh_port.caffe.net import CaffeNet
+    from ssdh_port.caffe.proto import caffe_pb2 as pb
+    from ssdh_port.caffe.solver import Solver
+    from ssdh_port.data.db import DatumDBWriter
+    from ssdh_port.pipeline import find_latent_blob
+
+    recipe = os.path.join(ROOT, "prototxt", "dnnh12")
+    net = caffe_io.read_net_prototxt(os.path.join(recipe, "train.prototxt"))
+    rng = np.random.default_rng(4)
+    with DatumDBWriter(tmp_path / "triplets") as writer:
+        for k in range(4):
+            writer.put_array(f"{k:08d}", rng.integers(0, 256, (9, 32, 32), dtype=np.uint8), label=1)
+    caffe_io.write_blobproto(np.full((1, 9, 32, 32), 120, np.float32), tmp_path / "mean.binaryproto")
+    data = net.layer[0]
+    data.data_param.source, data.data_param.batch_size = str(tmp_path / "triplets"), 2
+    data.transform_param.mean_file = str(tmp_path / "mean.binaryproto")
+    param = pb.SolverParameter(base_lr=0.01, momentum=0.9, max_iter=2, display=0, random_seed=1)
+    param.net_param.CopyFrom(net)
+    solver = Solver(param, log=lambda line: None)
+    streams = [m for m in solver.net.layers if m.name.startswith("conv1/")]
+    assert len(streams) == 3 and all(m.blobs[0] is streams[0].blobs[0] for m in streams)
+    before = streams[0].blobs[0].detach().clone()
+    solver.solve()
+    assert not torch.equal(before, streams[0].blobs[0].detach())  # trained, once, for all three streams
+    assert len(solver.params) == len({id(b) for m in solver.net.layers for b in m.blobs})
+    # The deploy net: one 3-channel image through stream 1 to the 12 concatenated sigmoids.
+    solver.net.save_caffemodel(tmp_path / "w.caffemodel")
+    deploy = CaffeNet(os.path.join(recipe, "deploy.prototxt"), weights=str(tmp_path / "w.caffemodel"))
+    assert find_latent_blob(deploy) == "concat_s1/cifar"
+    out = deploy(torch.zeros(1, 3, 32, 32))
+    assert out["concat_s1/cifar"].shape == (1, 12)
+    # A 9-channel mean against 3-channel images: a clear error.
+    from ssdh_port.data.transformer import DataTransformer, TransformError
+
+    transform = DataTransformer(pb.TransformationParameter(mean_file=str(tmp_path / "mean.binaryproto")), "TEST")
+    with pytest.raises(TransformError, match="9"):
+        transform(np.zeros((1, 3, 32, 32), np.uint8))

@@ -147,9 +147,10 @@ def test_every_shared_net_builds_in_both_phases(prototxt, tmp_path, monkeypatch)
                                                    for p in RECIPES])
 def test_every_recipe_builds_in_both_phases(prototxt, tmp_path):
     net = _with_fixture_data(caffe_io.read_net_prototxt(prototxt), prototxt, str(tmp_path))
-    for phase in ("TRAIN", "TEST"):
+    for phase in _phases_with_data(net):
         built = CaffeNet(net, phase=phase)
         assert len(built.layers) > 0
+        _assert_one_blob_per_param_name(built)
 
 
 TRAIN_VALS = [p for p in RECIPES if p.endswith("train_val.prototxt")]

@@ -20,12 +20,14 @@ sampled again, with a seed:
   triplet_lmdb (anchor, similar, dissimilar) and query_lmdb / pool_lmdb (the
   image three times, so the author's test nets, which slice the 9 channels and
   run stream 1, read them unchanged); triplet_mean.binaryproto, the 9-channel
-  mean of the triplet database.
+  mean of the triplet database, and image_mean.binaryproto, its first three
+  channels, for the deploy nets that encode single images.
 """
 import os
 
 import numpy as np
 
+from ssdh_port.caffe import io as caffe_io
 from ssdh_port.data.datasets import DatasetError, _log, extract_cifar10_jpg
 from ssdh_port.data.imageset import convert_triplet_imageset, read_list, write_image_mean
 
@@ -98,4 +100,7 @@ def prepare_cifar10_dnnh(archive, out_dir, triplets=50000, seed=0, per_class=100
     paths["triplet_mean"] = os.path.join(out_dir, "triplet_mean.binaryproto")
     if overwrite or not os.path.exists(paths["triplet_mean"]):
         write_image_mean(paths["triplet_lmdb"], paths["triplet_mean"])
+    # The deploy nets encode one 3-channel image: the anchor channels of the mean.
+    paths["image_mean"] = os.path.join(out_dir, "image_mean.binaryproto")
+    caffe_io.write_blobproto(caffe_io.read_blobproto(paths["triplet_mean"])[:, :3], paths["image_mean"])
     return paths

@@ -51,8 +51,13 @@ class EncodedSplit:
 
 
 def find_latent_blob(net):
-    """The latent activations: the Sigmoid top named like '*latent*', else the last one."""
+    """The latent activations: a Concat of Sigmoid outputs (DNNH's divide-and-encode),
+    else the Sigmoid top named like '*latent*', else the last Sigmoid top."""
     tops = [t for m, ts in zip(net.layers, net.tops) if m.type == "Sigmoid" for t in ts]
+    concatenated = [ts[0] for m, bs, ts in zip(net.layers, net.bottoms, net.tops)
+                    if m.type == "Concat" and bs and all(b in tops for b in bs)]
+    if concatenated:
+        return concatenated[-1]
     named = [t for t in tops if "latent" in t]
     if not (named or tops):
         raise SSDHError(f"net '{net.name}' has no Sigmoid layer: name the latent blob")
