@@ -12,7 +12,9 @@ mAP over the whole ranking, precision@k for k = 100..1000, precision within
 Hamming radius r; and a PNG (--out.png): precision@k curves, precision-recall
 curves, mAP against code length. --reference-curves adds the published baseline
 curves of a folder of '<method>-p-at-k.txt' files (k, precision per line), as the
-original plot-p-at-k.gnuplot did.
+original plot-p-at-k.gnuplot did. --dnnh adds caffe-dnnh's evaluate_map on the
+same codes (AP over the first --dnnh-top ranks divided by min(relevant items,
+top); --dnnh-compat: the original program's divisors).
 """
 import argparse
 import glob
@@ -22,7 +24,7 @@ import sys
 import numpy as np
 
 from ssdh_port import cli
-from ssdh_port.pipeline import evaluate_code_files, sampled_curve, write_table
+from ssdh_port.pipeline import dnnh_metric, evaluate_code_files, sampled_curve, write_table
 from ssdh_port.pipeline.plots import retrieval_curves
 
 
@@ -42,6 +44,11 @@ def main(argv=None):
     parser.add_argument("--radius", type=int, default=2)
     parser.add_argument("--relevance", default="any", choices=("any", "exact"))
     parser.add_argument("--reference-curves", help="folder of <method>-p-at-k.txt files")
+    parser.add_argument("--dnnh", action="store_true",
+                        help="also caffe-dnnh's evaluate_map (its AP divisor; per class in the JSON)")
+    parser.add_argument("--dnnh-top", type=int, default=10000, help="evaluate_map's top_neighbor_num")
+    parser.add_argument("--dnnh-compat", action="store_true",
+                        help="the original program's divisors (database // 10 and Q + 1)")
     cli.add_device(parser)
     parser.add_argument("--out", default="runs/eval", help="path prefix of the .md, .json and .png")
     args = parser.parse_args(argv)
@@ -58,8 +65,12 @@ def main(argv=None):
     reports = [ev.report for ev in evaluations]
     for report, query, db in zip(reports, args.query, args.database):
         report.extra.update(query=query, database=db)
+        if args.dnnh:
+            report.extra.update(dnnh_metric(query, db, args.dnnh_top, args.dnnh_compat))
     out_dir, stem = os.path.split(os.path.abspath(args.out))
+    columns = (("DNNH mAP", "dnnh_map", "{:.2%}"),) if args.dnnh else ()
     text = write_table(reports, out_dir, stem=stem, title="Retrieval evaluation (precision.m protocol)",
+                       extra_columns=columns,
                        curves={ev.report.method: sampled_curve(ev.precision_at_k) for ev in evaluations})
     references = reference_curves(args.reference_curves) if args.reference_curves else {}
     retrieval_curves(evaluations, references, args.out + ".png")

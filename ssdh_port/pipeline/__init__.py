@@ -19,6 +19,7 @@ from ssdh_port.pipeline.encode import (  # noqa: F401
 from ssdh_port.pipeline.evaluate import (  # noqa: F401
     Evaluation,
     RetrievalReport,
+    dnnh_metric,
     evaluate_code_files,
     retrieval_report,
     sampled_curve,

@@ -124,3 +124,17 @@ def sampled_curve(curve, points=1000):
     ks = np.unique(np.concatenate([np.arange(1, min(n, 1000) + 1),
                                    np.linspace(1, n, points).round().astype(int)]))
     return {int(k): round(float(curve[k - 1]), 6) for k in ks}
+
+
+def dnnh_metric(query_path, db_path, top=10000, compat=False):
+    """{"dnnh_map", "dnnh_per_class", "dnnh_top", "dnnh_compat"} of two code files
+    (caffe-dnnh's evaluate_map, ssdh_port.hashing.metrics.dnnh_map)."""
+    from ssdh_port.hashing.index import HammingIndex, IndexFileError
+    from ssdh_port.hashing.metrics import dnnh_map
+
+    query, db = HammingIndex.load(query_path), HammingIndex.load(db_path)
+    if query.labels is None or db.labels is None:
+        raise IndexFileError(f"{query_path} / {db_path}: code files without labels cannot be evaluated")
+    result = dnnh_map(query.codes, db.codes, query.labels.numpy(), db.labels.numpy(), top=top, compat=compat)
+    return {"dnnh_map": result["map"], "dnnh_per_class": {str(k): v for k, v in result["per_class"].items()},
+            "dnnh_top": top, "dnnh_compat": compat}

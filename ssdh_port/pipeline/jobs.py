@@ -11,9 +11,10 @@ import time
 
 from ssdh_port.caffe.io import atomic_write
 from ssdh_port.data import datasets, mnist
-from ssdh_port.pipeline.encode import encode_split
+from ssdh_port.errors import SSDHError
+from ssdh_port.pipeline.encode import encode_batches, encode_split
 from ssdh_port.pipeline.evaluate import retrieval_report
-from ssdh_port.pipeline.features import transform_param
+from ssdh_port.pipeline.features import load_net, transform_param
 from ssdh_port.pipeline.plots import retrieval_curves, retrieval_picture
 from ssdh_port.pipeline.recipe import prepare_recipe, recipe_dir
 from ssdh_port.pipeline.report import write_report
@@ -151,3 +152,55 @@ def hashing_baseline_reports(train_features, train_labels, test_features, test_l
                                     method=f"l2 on {source} ({train_features.shape[1]} floats)",
                                     mode="euclidean"))
     return reports
+
+
+def dnnh_run(bits, out_dir, *, data_dir="runs/cifar10_dnnh", solver="solver_cpu.yaml", solver_fields=None,
+             device=None, top=10000):
+    """DNNH on CIFAR-10 with prototxt/dnnh<bits>: train with `solver` (the CPU-scale
+    one by default), encode the 1,000 queries and the 59,000 pool images with the
+    author's test nets (stream 1), evaluate with the project's protocol and with
+    caffe-dnnh's evaluate_map (clean and compat) -> JobResult."""
+    import numpy as np
+
+    from ssdh_port.caffe import io as caffe_io
+    from ssdh_port.hashing.metrics import dnnh_map
+    from ssdh_port.pipeline.recipe import point_data_layers, write_solver
+
+    start = time.time()
+    out_dir = os.path.abspath(out_dir)
+    recipe = recipe_dir(f"dnnh{bits}")
+    data = {name: os.path.abspath(os.path.join(data_dir, name)) for name in (
+        "triplet_lmdb", "query_lmdb", "pool_lmdb", "triplet_mean.binaryproto", "query_label.txt", "pool_label.txt")}
+    nets = {}
+    for name, source in (("train", "triplet_lmdb"), ("test_query", "query_lmdb"), ("test_pool", "pool_lmdb")):
+        net = caffe_io.read_net_prototxt(os.path.join(recipe, f"{name}.prototxt"))
+        phase = "TRAIN" if name == "train" else "TEST"
+        point_data_layers(net, {phase: data[source]}, data["triplet_mean.binaryproto"])
+        nets[name] = os.path.join(out_dir, f"{name}.prototxt")
+        os.makedirs(out_dir, exist_ok=True)
+        caffe_io.write_text_proto(net, nets[name])
+    fields = {"net": nets["train"], "snapshot_prefix": os.path.join(out_dir, f"dnnh{bits}"), **(solver_fields or {})}
+    solver_path = write_solver(os.path.join(recipe, solver), os.path.join(out_dir, "solver.prototxt"), **fields)
+    trained = train_caffe(solver_path, log_dir=out_dir, device=device)
+    labels = {split: np.loadtxt(data[f"{split}_label.txt"], dtype=np.int64) for split in ("query", "pool")}
+    encoded = {}
+    for split in ("query", "pool"):
+        count = len(labels[split])
+        batch = caffe_io.read_net_prototxt(nets[f"test_{split}"]).layer[0].data_param.batch_size
+        if count % batch:
+            raise SSDHError(f"{split}: {count} images are not whole batches of {batch}")
+        # The test nets read their own 9-channel databases; the labels come from the label files.
+        split_codes = encode_batches(load_net(nets[f"test_{split}"], trained.weights), None,
+                                     iterations=count // batch, labels=labels[split], device=device or "cpu")
+        encoded[split] = split_codes.save(os.path.join(out_dir, f"{split}.ssdh"))
+    query, pool = encoded["query"], encoded["pool"]
+    report = splits_report(query, pool, method=f"DNNH-{bits}", seconds=round(time.time() - start, 1))
+    for compat in (False, True):
+        metric = dnnh_map(query.index.codes, pool.index.codes, query.labels, pool.labels, top=top, compat=compat)
+        key = "dnnh_map_compat" if compat else "dnnh_map"
+        report.extra[key] = metric["map"]
+        report.extra[key + "_per_class"] = {str(k): v for k, v in metric["per_class"].items()}
+    report.extra.update(iterations=trained.iterations, train_seconds=round(trained.seconds, 1), solver=solver)
+    write_report(report, os.path.join(out_dir, "report.json"))
+    return JobResult(report, trained, {"log": trained.log, "plot": trained.plot,
+                                       "codes": {s: e.path for s, e in encoded.items()}})
