@@ -234,3 +234,22 @@ def test_retrieval_figures(tmp_path, caplog):
     records = [{"iter": i, "smoothed_loss": 1.0 / (i + 1), "outputs": {"fire": 1e-4, "bin": -0.1}} for i in range(5)]
     training_curves(records, [], tmp_path / "t.png")
     assert os.path.getsize(tmp_path / "p.png") > 2000 and os.path.getsize(tmp_path / "t.png") > 5000
+
+
+def test_eval_retrieval_with_the_dnnh_metric(tmp_path):
+    from ssdh_port.hashing import HammingIndex, dnnh_map
+
+    rng = np.random.default_rng(8)
+    q, d = rng.integers(0, 2, (30, 16)), rng.integers(0, 2, (200, 16))
+    ql, dl = rng.integers(0, 4, 30), rng.integers(0, 4, 200)
+    for name, codes, labels in (("q", q, ql), ("d", d, dl)):
+        index = HammingIndex(16)
+        index.add(codes, labels=labels)
+        index.save(tmp_path / f"{name}.ssdh")
+    result = _run_tool("eval_retrieval.py", "--query", tmp_path / "q.ssdh", "--database", tmp_path / "d.ssdh",
+                       "--dnnh", "--dnnh-top", "50", "--out", tmp_path / "e")
+    assert result.returncode == 0, result.stderr
+    assert "DNNH mAP" in result.stdout
+    row = read_table(tmp_path / "e.json")[0]
+    assert row.extra["dnnh_map"] == pytest.approx(dnnh_map(q, d, ql, dl, top=50)["map"])
+    assert set(row.extra["dnnh_per_class"]) == {"0", "1", "2", "3"}
