@@ -40,7 +40,7 @@ from ssdh_port.errors import SSDHError
 from ssdh_port.models.fastnet import FastNetSSDH
 from ssdh_port.pipeline.evaluate import retrieval_report
 from ssdh_port.pipeline.features import resolve_device
-from ssdh_port.pipeline.plots import pyplot, retrieval_curves, save_png
+from ssdh_port.pipeline.plots import epoch_curves, retrieval_curves
 from ssdh_port.pipeline.scratch import data_paths, load_split
 from ssdh_port.progress import bar, logger
 
@@ -285,21 +285,9 @@ def train_fast_cifar(config):
     plots = {"curves": os.path.join(config.out_dir, "retrieval_curves.png"),
              "training": os.path.join(config.out_dir, "training.png")}
     retrieval_curves([evaluation], {}, plots["curves"])
-    _plot_training(history, plots["training"])
+    epoch_curves(history, plots["training"], "FastNet-SSDH from scratch on CIFAR-10")
     seconds = {"train": round(train_seconds, 1), "encode": round(encode_seconds, 1),
                "evaluate": round(evaluate_seconds, 1), "wall": round(time.perf_counter() - wall, 1)}
     evaluation.report.extra["seconds"] = seconds
     return FastCifarResult(evaluation.report, weights, log_path, plots, seconds)
 
-
-def _plot_training(history, path):
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    epochs = [h["epoch"] for h in history]
-    ax.plot(epochs, [h["loss"] for h in history], label="SSDH loss")
-    ax.plot(epochs, [h["train_accuracy"] for h in history], label="train accuracy")
-    ax.set_xlabel("epoch")
-    ax.set_title("FastNet-SSDH from scratch on CIFAR-10")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    save_png(fig, path)

@@ -133,3 +133,17 @@ def retrieval_picture(query_images, query_labels, db_images, db_labels, ids, pat
         ax.set_yticks([])
     fig.suptitle(f"Hamming retrieval: queries and their top {top} (wrong class in red)", fontsize=9)
     save_png(fig, path)
+
+
+def epoch_curves(history, path, title):
+    """Loss and training accuracy per epoch of a plain-PyTorch training log."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = [h["epoch"] for h in history]
+    ax.plot(epochs, [h["loss"] for h in history], label="SSDH loss")
+    ax.plot(epochs, [h["train_accuracy"] for h in history], label="train accuracy")
+    ax.set_xlabel("epoch")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    save_png(fig, path)

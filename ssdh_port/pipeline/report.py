@@ -14,6 +14,8 @@ from ssdh_port.errors import SSDHError
 from ssdh_port.pipeline.evaluate import RetrievalReport
 
 SCHEMA = "ssdh_port.report/1"
+# The TPAMI paper's best 48-bit CIFAR-10 mAP@1000 (VGG16 pre-trained on ImageNet, on a GPU).
+PAPER_CIFAR10_BEST_MAP = 0.9269
 
 
 def machine():
@@ -92,3 +94,9 @@ def read_table(path):
         raise SSDHError(f"{path}: schema {payload.get('schema')!r}, expected {SCHEMA!r}")
     rows = payload["rows"] if "rows" in payload else [payload["report"]]
     return [RetrievalReport.from_dict(row) for row in rows]
+
+
+def write_run(report, out_dir, *, title, notes="", **meta):
+    """One run's report.json and its one-row table.md / table.json; returns the table text."""
+    write_report(report, os.path.join(out_dir, "report.json"), **meta)
+    return write_table([report], out_dir, title=title, notes=notes)

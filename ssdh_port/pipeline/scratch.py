@@ -29,7 +29,7 @@ from ssdh_port.models.resnet import ResNetSSDH
 from ssdh_port.models.ssdh import SSDHLoss
 from ssdh_port.pipeline.evaluate import retrieval_report
 from ssdh_port.pipeline.features import resolve_device
-from ssdh_port.pipeline.plots import pyplot, save_png
+from ssdh_port.pipeline.plots import epoch_curves
 from ssdh_port.progress import bar, logger
 
 
@@ -190,17 +190,6 @@ def _fit(config, model, images, labels, inputs, amp, log_file):
     return history
 
 
-def _plot(history, path):
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    epochs = [h["epoch"] for h in history]
-    ax.plot(epochs, [h["loss"] for h in history], label="SSDH loss")
-    ax.plot(epochs, [h["train_accuracy"] for h in history], label="train accuracy")
-    ax.set_xlabel("epoch")
-    ax.set_title("SSDH from scratch")
-    ax.legend()
-    save_png(fig, path)
-
 
 def train_scratch(config):
     """Train, encode (test images as queries, training images as the database) and
@@ -243,5 +232,5 @@ def train_scratch(config):
     plot = None
     if history:
         plot = os.path.join(config.out_dir, "training.png")
-        _plot(history, plot)
+        epoch_curves(history, plot, "SSDH from scratch")
     return ScratchResult(report, weights, log_path, plot, train_seconds, time.perf_counter() - wall)
