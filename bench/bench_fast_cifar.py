@@ -1,0 +1,78 @@
+#!/usr/bin/env python
+"""Training throughput of FastNet-SSDH (ssdh_port.models.fastnet) on the CPU per
+precision mode, measured in the same run: images/s of the whole training step
+(forward, SSDH objective, backward, SGD with Nesterov) at batch 1024 on 32 x 32
+images, in
+
+  fp32       float32, contiguous (NCHW) tensors
+  fp32-cl    float32, channels_last
+  bf16       bfloat16 autocast, NCHW
+  bf16-cl    bfloat16 autocast, channels_last (tools/train_cifar10.py's default)
+
+bf16 pays only where oneDNN has bfloat16 convolutions (AVX-512 BF16 or AMX)
+and the tensors are channels_last: in NCHW, bf16 autocast adds layout
+conversions around every convolution, which can make it slower than float32.
+
+    python bench/bench_fast_cifar.py [--widths 128,384,384] [--batch 1024] [--iters 3] [--json out.json]
+"""
+import argparse
+import json
+import time
+
+import torch
+from torch.nn import functional as F
+
+from ssdh_port import ops
+from ssdh_port.models.fastnet import FastNetSSDH
+
+MODES = {"fp32": (False, torch.contiguous_format), "fp32-cl": (False, torch.channels_last),
+         "bf16": (True, torch.contiguous_format), "bf16-cl": (True, torch.channels_last)}
+
+
+def measure(widths, batch, iters, amp, memory_format):
+    torch.manual_seed(0)
+    model = FastNetSSDH(widths=widths).to(memory_format=memory_format)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.85,
+                                nesterov=True)
+    x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=memory_format)
+    y = torch.randint(0, 10, (batch,))
+    times = []
+    for i in range(iters + 1):  # the first step warms up (oneDNN picks its kernels)
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            latent, scores = model(x)
+        loss = F.cross_entropy(scores, y, label_smoothing=0.2) + ops.latent_losses(latent, 2).sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if i:
+            times.append(time.perf_counter() - start)
+    return batch / (sum(times) / len(times))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--widths", default="128,384,384")
+    parser.add_argument("--batch", type=int, default=1024)
+    parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    widths = tuple(int(w) for w in args.widths.split(","))
+    results = {}
+    for mode in args.modes.split(","):
+        amp, memory_format = MODES[mode]
+        results[mode] = measure(widths, args.batch, args.iters, amp, memory_format)
+    base = results.get("fp32-cl") or next(iter(results.values()))
+    print(f"FastNet-SSDH {args.widths}, batch {args.batch}, {torch.get_num_threads()} threads, "
+          f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    for mode, rate in results.items():
+        print(f"  {mode:8s} {rate:8.0f} images/s  ({rate / base:.2f}x fp32-cl; an epoch of 50,000: "
+              f"{50000 / rate:.0f} s)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"widths": args.widths, "batch": args.batch, "images_per_s": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
