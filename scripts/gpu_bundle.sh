@@ -20,7 +20,7 @@ rm -rf .whl.tmp && mkdir -p .whl.tmp
 "$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
   --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl.tmp \
-  $(grep -E '^(lmdb|plyvel|faiss-cpu|expecttest|protobuf)==' requirements.txt)
+  $(grep -E '^(lmdb|plyvel|faiss-cpu|expecttest|protobuf|tqdm)==' requirements.txt)
 rm -rf .carry && mkdir -p .carry/shared .carry/faiss
 mv .whl.tmp/faiss_cpu-*.whl .carry/faiss/
 rm -rf .whl && mv .whl.tmp .whl

@@ -50,7 +50,7 @@ case "$part" in
     "$PYTHON" tools/demo.py --bits 48 --iters 10000 --solver-set solver_mode=GPU \
       --out "$out/mnist_gpu" 2>&1 | tail -30 | tee "$out/train.log"
     "$PYTHON" experiments/cifar10_scratch.py --archive "$BUNDLE"/cifar10-jpg.tar.gz \
-      --epochs "${EPOCHS:-30}" --out "$out/cifar10_scratch" 2>&1 | tee -a "$out/train.log"
+      --epochs "${EPOCHS:-30}" --out-dir "$out/cifar10_scratch" 2>&1 | tee -a "$out/train.log"
     ;;
   *)
     echo "unknown part '$part' (verify, bench or train)" >&2
