@@ -115,7 +115,9 @@ class Data(_SourceLayer):
         do), into page-locked memory with pin_memory (batches bound for a GPU).
         The batches and their order are the same as without."""
         self.stop_prefetch()
-        self._prefetcher = BatchPrefetcher(lambda: self._read_next(pin_memory), depth,
+        # read_ahead: each batch in its own tensor (the thread may start before
+        # self._prefetcher is set, so the staging buffer must not be chosen by it).
+        self._prefetcher = BatchPrefetcher(lambda: self._read_next(pin_memory, read_ahead=True), depth,
                                            name=f"prefetch {self.name}")
 
     def stop_prefetch(self):
@@ -123,7 +125,7 @@ class Data(_SourceLayer):
             self._prefetcher.close()
             self._prefetcher = None
 
-    def _read_next(self, pin_memory=False):
+    def _read_next(self, pin_memory=False, read_ahead=False):
         """The next batch as stored: (uint8 N x C x H x W tensor, labels)."""
         indices = self.batch_indices(self.batch_size, len(self.db))
         if self.raw_records and hasattr(self.db, "read_batch"):
@@ -133,7 +135,7 @@ class Data(_SourceLayer):
             shape = (self.batch_size,) + self.sample_shape
             if pin_memory:
                 batch = torch.empty(shape, dtype=torch.uint8, pin_memory=True)
-            elif self._prefetcher is None:
+            elif not read_ahead:
                 if self._staging is None:
                     self._staging = torch.empty(shape, dtype=torch.uint8)
                 batch = self._staging
