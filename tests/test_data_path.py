@@ -183,6 +183,10 @@ def test_bad_data_input(tmp_path):
 def test_failed_conversion_leaves_no_database(tmp_path):
     (tmp_path / "list.txt").write_text("missing.jpg 0\n")
     with pytest.raises(Exception, match="missing.jpg: cannot read the image"):
+        convert_imageset(str(tmp_path), str(tmp_path / "list.txt"), tmp_path / "db", strict=True)
+    assert not (tmp_path / "db").exists()
+    # Without strict an unreadable image is skipped; with nothing readable it is still an error.
+    with pytest.raises(Exception, match="none of the 1 listed images could be read"):
         convert_imageset(str(tmp_path), str(tmp_path / "list.txt"), tmp_path / "db")
     assert not (tmp_path / "db").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["list.txt"]
