@@ -105,8 +105,8 @@ def convert_imageset(root, list_file, db_path, resize_height=0, resize_width=0, 
                     raise ImagesetError(f"{name}: size {shape} differs from the first image {size}")
                 size = shape
             writer.put(f"{index:08d}_{name}", datum)
-    if skipped == len(entries):
-        raise ImagesetError(f"{list_file}: none of the {len(entries)} listed images could be read")
+        if skipped == len(entries):  # inside the writer: the empty database is not committed
+            raise ImagesetError(f"{list_file}: none of the {len(entries)} listed images could be read")
     return len(entries) - skipped
 
 
