@@ -291,3 +291,35 @@ def train_fast_cifar(config):
     evaluation.report.extra["seconds"] = seconds
     return FastCifarResult(evaluation.report, weights, log_path, plots, seconds)
 
+
+
+@torch.no_grad()
+def _pooled_features(model, images, batches, config, memory_format, batch=1000):
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch):
+        x = batches.normalise(images[start:start + batch]).contiguous(memory_format=memory_format)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+            out.append(model.features(x).float())
+    return torch.cat(out).numpy()
+
+
+def feature_baselines(weights, bits=None):
+    """LSH, ITQ and CCA-ITQ codes (and l2) of a trained FastNet-SSDH's pooled
+    features (the input of its latent layer), fitted on the training images,
+    under the protocol: the paper's comparison at this network's accuracy."""
+    from ssdh_port.pipeline.jobs import hashing_baseline_reports
+
+    state = torch.load(weights, map_location="cpu", weights_only=False)
+    config = FastCifarConfig(**state["config"])
+    paths = data_paths(config.data, config.archive)
+    train_images, train_labels = load_split(paths["train"], config.limit)
+    test_images, test_labels = load_split(paths["test"])
+    batches = _Batches(train_images, train_labels, config, torch.Generator().manual_seed(config.seed))
+    model = FastNetSSDH(bits=config.bits, widths=_widths(config))
+    model.load_state_dict(state["state_dict"])
+    model = model.to(memory_format=torch.channels_last)
+    train = _pooled_features(model, train_images, batches, config, torch.channels_last)
+    test = _pooled_features(model, test_images, batches, config, torch.channels_last)
+    return hashing_baseline_reports(train, train_labels.numpy(), test, test_labels.numpy(),
+                                    bits=bits or config.bits, source="FastNet features")
