@@ -212,6 +212,12 @@ def test_fast_cifar_trainer_learns_and_resumes(tmp_path):
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     with pytest.raises(SSDHError, match="widths '1,2': expected three positive channel counts"):
         train_fast_cifar(dataclasses.replace(config, widths="1,2"))
+    # The hash-function baselines on the same network's features.
+    from ssdh_port.pipeline.fast_cifar import feature_baselines
+
+    baselines = feature_baselines(result.weights)
+    assert [r.method.split("-")[0] for r in baselines] == ["CCA", "ITQ", "LSH", "l2 on FastNet features (32 floats)"]
+    assert all(0 <= r.map_at_topk <= 1 for r in baselines)
 
 
 def test_retrieval_figures(tmp_path, caplog):
