@@ -121,7 +121,8 @@ def test_dnnh_recipe_trains_one_blob_per_shared_name_and_encodes(tmp_path):
     data = net.layer[0]
     data.data_param.source, data.data_param.batch_size = str(tmp_path / "triplets"), 2
     data.transform_param.mean_file = str(tmp_path / "mean.binaryproto")
-    param = pb.SolverParameter(base_lr=0.01, momentum=0.9, max_iter=2, display=0, random_seed=1)
+    param = pb.SolverParameter(base_lr=0.01, momentum=0.9, max_iter=2, display=0, random_seed=1,
+                               snapshot_prefix=str(tmp_path / "s"))
     param.net_param.CopyFrom(net)
     solver = Solver(param, log=lambda line: None)
     streams = [m for m in solver.net.layers if m.name.startswith("conv1/")]
