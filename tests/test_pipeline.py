@@ -128,6 +128,7 @@ def test_prepare_recipe_points_every_data_layer_by_phase(tmp_path):
         prepare_recipe(recipe_dir("lenet_ssdh"), tmp_path / "x", sources={"TRAIN": tmp_path / "tr"})
     with pytest.raises(SSDHError, match="recipe 'nope'"):
         recipe_dir("nope")
+    assert recipe_dir("dnnh12").endswith("dnnh12")  # train.prototxt recipes (DNNH) too
 
 
 def test_solver_overrides_are_typed():

@@ -107,7 +107,7 @@ def build_recipe(author_root, bits, data_dir="runs/cifar10_dnnh", run_dir=None):
     return nets
 
 
-def write_recipe(author_root, bits, out_dir, cpu_iterations=150, **kwargs):
+def write_recipe(author_root, bits, out_dir, cpu_iterations=600, **kwargs):
     """Write a recipe folder: train.prototxt, test_query.prototxt,
     test_pool.prototxt, deploy.prototxt, solver.yaml (the author's schedule) and
     solver_cpu.yaml (the same net for cpu_iterations iterations: a run that ends

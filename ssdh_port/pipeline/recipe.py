@@ -24,8 +24,8 @@ RECIPES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.a
 def recipe_dir(name):
     """The folder of a shipped recipe (prototxt/<name>), or name itself if it is a folder."""
     path = name if os.path.isdir(name) else os.path.join(RECIPES, name)
-    if not os.path.isfile(os.path.join(path, "train_val.prototxt")):
-        raise SSDHError(f"recipe {name!r}: no train_val.prototxt in {path}")
+    if not any(os.path.isfile(os.path.join(path, f)) for f in ("train_val.prototxt", "train.prototxt")):
+        raise SSDHError(f"recipe {name!r}: no train_val.prototxt or train.prototxt in {path}")
     return path
 
 
