@@ -42,7 +42,7 @@ from ssdh_port.models.fastnet import FastNetSSDH
 from ssdh_port.pipeline.evaluate import retrieval_report
 from ssdh_port.pipeline.features import resolve_device
 from ssdh_port.pipeline.plots import epoch_curves, retrieval_curves
-from ssdh_port.pipeline.scratch import data_paths, load_split
+from ssdh_port.pipeline.scratch import Normaliser, data_paths, load_split
 from ssdh_port.progress import bar, logger
 
 
@@ -99,12 +99,7 @@ class _Batches:
     def __init__(self, images, labels, config, generator):
         self.images, self.labels, self.config, self.generator = images, labels, config, generator
         self.flip_base = torch.rand(len(images), generator=generator) < 0.5
-        mean = images.float().mean(dim=(0, 2, 3), keepdim=True)
-        std = images.float().std(dim=(0, 2, 3), keepdim=True)
-        self.mean, self.std = mean, std
-
-    def normalise(self, batch, memory_format=torch.contiguous_format):
-        return ((batch.float() - self.mean) / self.std).contiguous(memory_format=memory_format)
+        self.normalise = Normaliser(images)
 
     def epoch(self, epoch, memory_format):
         n, size, pad = len(self.images), self.config.batch_size, self.config.translate
@@ -157,7 +152,7 @@ def _objective(config, latent, scores, labels):
 
 
 @torch.no_grad()
-def encode(model, images, batches, config, memory_format, batch=1000):
+def tta_latents(model, images, batches, config, memory_format, batch=1000):
     """(latent activations averaged over the test-time views, averaged scores)."""
     model.eval()
     latents, scores = [], []
@@ -268,8 +263,8 @@ def train_fast_cifar(config):
         torch.save({"config": dataclasses.asdict(config), "state_dict": model.state_dict()}, f)
 
     t0 = time.perf_counter()
-    db_latent, _ = encode(model, train_images, batches, config, memory_format)
-    query_latent, query_scores = encode(model, test_images, batches, config, memory_format)
+    db_latent, _ = tta_latents(model, train_images, batches, config, memory_format)
+    query_latent, query_scores = tta_latents(model, test_images, batches, config, memory_format)
     encode_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     evaluation = retrieval_report(

@@ -121,16 +121,17 @@ def parameter_groups(model, weight_decay):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-class _Inputs:
-    """uint8 images -> normalised float batches in the model's memory format."""
+class Normaliser:
+    """uint8 images -> float batches normalised by the per-channel mean and std of
+    the training images, in the model's memory format (or the one asked for)."""
 
-    def __init__(self, images, memory_format):
+    def __init__(self, images, memory_format=torch.contiguous_format):
         self.mean = images.float().mean(dim=(0, 2, 3), keepdim=True)
         self.std = images.float().std(dim=(0, 2, 3), keepdim=True)
         self.memory_format = memory_format
 
-    def __call__(self, batch):
-        return ((batch.float() - self.mean) / self.std).contiguous(memory_format=self.memory_format)
+    def __call__(self, batch, memory_format=None):
+        return ((batch.float() - self.mean) / self.std).contiguous(memory_format=memory_format or self.memory_format)
 
 
 @torch.no_grad()
@@ -202,7 +203,7 @@ def train_scratch(config):
     wall = time.perf_counter()
     train_images, train_labels = (t.to(device) for t in load_split(paths["train"], config.limit))
     test_images, test_labels = (t.to(device) for t in load_split(paths["test"]))
-    inputs = _Inputs(train_images, memory_format)
+    inputs = Normaliser(train_images, memory_format)
     model = ResNetSSDH(bits=config.bits, width=config.width).to(device, memory_format=memory_format)
     logger.info("training on %d images, %d epochs of batch %d on %s (%s)", len(train_images),
                 config.epochs, config.batch_size, device, "bf16 + channels_last" if amp else "float32")
