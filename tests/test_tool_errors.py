@@ -42,11 +42,17 @@ def weights(tmp_path_factory):
 
 
 def test_damaged_resume_snapshot(tmp_path):
+    from ssdh_port.data import mnist
+    from ssdh_port.data.datasets import write_array_db
+    from ssdh_port.pipeline import prepare_recipe, recipe_dir
+
+    images, labels = mnist.load_split("test")
+    write_array_db(tmp_path / "db", images[:50, None], labels[:50])
+    recipe = prepare_recipe(recipe_dir("lenet_ssdh"), tmp_path / "run", sources={"TRAIN": tmp_path / "db",
+                            "TEST": tmp_path / "db"}, max_iter=2)
     (tmp_path / "bad.pt").write_bytes(b"PK\x03\x04 not really a zip")
-    solver = os.path.join(LENET, "solver.yaml")
-    result = run("train_net.py", solver, "--resume", tmp_path / "bad.pt", cwd=ROOT)
-    # The net's LMDBs may be absent here: either failure is one line naming its file.
-    one_line(result, "train_net")
+    result = run("train_net.py", recipe.solver, "--resume", tmp_path / "bad.pt", cwd=tmp_path)
+    one_line(result, "train_net", "bad.pt: not a readable training snapshot")
 
 
 def test_convert_caffemodel_picks_the_format_from_the_name(tmp_path, weights):
