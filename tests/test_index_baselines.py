@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from ssdh_port import ops
+from ssdh_port.errors import SSDHError
 from ssdh_port.hashing import evaluate
 from ssdh_port.hashing.baselines import CCAITQ, ITQ, LSH, itq_rotation
 from ssdh_port.hashing.index import HammingIndex, IndexFileError, coarse_to_fine
@@ -116,3 +117,20 @@ def test_baselines_rank_as_expected_on_clustered_data():
         maps[name] = evaluate(model.encode(features[test]), model.encode(features[train]),
                               labels[test], labels[train], topk=500)["map"]
     assert maps["cca-itq"] > maps["itq"] > maps["lsh"] > 0.1
+
+
+def test_positions_of_ids_and_search_by_position():
+    rng = np.random.default_rng(3)
+    codes = rng.integers(0, 2, (50, 24), dtype=np.uint8)
+    index = HammingIndex(24)
+    ids = rng.permutation(np.arange(1000, 1100))[:50]
+    index.add(codes[:30], ids=ids[:30])
+    index.add(codes[30:], ids=ids[30:])
+    assert index.positions_of(ids[[7, 42, 0]]).tolist() == [7, 42, 0]
+    distances, positions = index.search_positions(codes[:5], 4)
+    d2, found = index.search(codes[:5], 4)
+    assert torch.equal(distances, d2) and torch.equal(torch.as_tensor(ids)[positions], found)
+    with pytest.raises(SSDHError, match=r"ids \[5\] are not in the index"):
+        index.positions_of([int(ids[0]), 5])
+    index.add(codes[:1], ids=[5])  # the lookup follows additions
+    assert index.positions_of([5]).tolist() == [50]

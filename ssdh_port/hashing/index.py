@@ -49,6 +49,7 @@ class HammingIndex:
         self._ids = [torch.empty(0, dtype=torch.int64)]
         self._labels = []
         self._merged = None
+        self._id_order = self._sorted_ids = None
 
     # ------------------------------------------------------------ content
 
@@ -77,6 +78,7 @@ class HammingIndex:
         if labels is not None:
             self._labels.append(labels)
         self._merged = None
+        self._id_order = None
 
     def _merge(self):
         if self._merged is None:
@@ -124,11 +126,31 @@ class HammingIndex:
 
     def search(self, queries, k):
         """(distances Q x k int32, ids Q x k int64): exact, ties in insertion order."""
+        distances, positions = self.search_positions(queries, k)
+        return distances, self.ids[positions]
+
+    def search_positions(self, queries, k):
+        """(distances, positions Q x k int64): as search(), with each result's position in
+        the index (its row of codes and labels) instead of its id."""
         if len(self) == 0:
             raise SSDHError("search: the index is empty")
         k = min(int(k), len(self))
         distances, positions = ops.hamming_topk(self._queries(queries), self._merge(), k)
-        return distances.cpu(), self.ids[positions.cpu()]
+        return distances.cpu(), positions.cpu()
+
+    def positions_of(self, ids):
+        """Positions of the given ids (int64 tensor); an id not in the index is an error
+        that names it. Ids are expected unique; the first position of a repeated id wins."""
+        ids = torch.as_tensor(np.asarray(ids)).long().reshape(-1)
+        if self._id_order is None or len(self._id_order) != len(self):
+            order = torch.sort(self.ids, stable=True).indices
+            self._id_order, self._sorted_ids = order, self.ids[order]
+        slots = torch.searchsorted(self._sorted_ids, ids).clamp(max=max(len(self) - 1, 0))
+        found = self._sorted_ids[slots] == ids if len(self) else torch.zeros_like(ids, dtype=torch.bool)
+        if not bool(found.all()):
+            missing = ids[~found][:5].tolist()
+            raise SSDHError(f"ids {missing} are not in the index")
+        return self._id_order[slots]
 
     def range_search(self, queries, radius):
         """(lims Q+1, distances, ids): query q's results are [lims[q], lims[q+1])."""
