@@ -68,12 +68,22 @@ def add_transform_arguments(parser):
 
 
 def add_model_arguments(parser):
-    """A deploy net, its weights and the code file it searches (search, serve)."""
-    parser.add_argument("--prototxt", required=True)
-    parser.add_argument("--weights", required=True)
+    """The code file to search and the net that encodes queries (search, serve): the
+    net, weights, latent blob and preprocessing come from the model card encode wrote
+    beside the codes; these flags override it."""
     parser.add_argument("--index", required=True, help="code file of the database (tools/encode.py)")
-    parser.add_argument("--blob", help="latent blob (default: found by name)")
-    add_transform_arguments(parser)
+    parser.add_argument("--prototxt", help="deploy net (default: the model card's)")
+    parser.add_argument("--weights", help="weights (default: the model card's)")
+    parser.add_argument("--blob", help="latent blob (default: the model card's, else found by name)")
+    parser.add_argument("--mean-file")
+    parser.add_argument("--mean-value", type=float, nargs="+")
+    parser.add_argument("--scale", type=float, help="input scale (default: the model card's, else 1)")
+
+
+def model_overrides(args):
+    """The ImageSearch keyword arguments of add_model_arguments' flags."""
+    return {"prototxt": args.prototxt, "weights": args.weights, "latent_blob": args.blob,
+            "mean_file": args.mean_file, "mean_value": args.mean_value, "scale": args.scale}
 
 
 def solver_set_argument(parser):

@@ -6,7 +6,6 @@ import sys
 import tarfile
 
 import numpy as np
-import pytest
 import torch
 
 from ssdh_port.caffe.net import CaffeNet
@@ -167,48 +166,28 @@ def test_main_job_smoke_and_backbone_comparison(tmp_path):
     assert "| LeNet smoke | 20 |" in (tmp_path / "backbone" / "table.md").read_text()
 
 
-def test_search_tool_and_web_server(tmp_path):
-    import threading
-    import urllib.request
-
+def test_search_tool_reads_the_model_card(tmp_path):
     import cv2
-
-    from ssdh_port.search import ImageSearch
-    from ssdh_port.server import make_server
 
     images, labels = _tiny_mnist(tmp_path, n=200)
     deploy = os.path.join(LENET_SSDH, "deploy.prototxt")
     CaffeNet(deploy).save_caffemodel(tmp_path / "w.caffemodel")
     assert run("encode.py", "--prototxt", deploy, "--weights", tmp_path / "w.caffemodel", "--input",
                tmp_path / "db", "--scale", "0.00390625", "--out", tmp_path / "c.ssdh").returncode == 0
+    card = json.load(open(tmp_path / "c.ssdh.card.json"))
+    assert card["weights"] == "w.caffemodel" and card["transform"]["scale"] == 0.00390625
     cv2.imwrite(str(tmp_path / "q.png"), images[3])
-    found = run("search.py", "--prototxt", deploy, "--weights", tmp_path / "w.caffemodel", "--index",
-                tmp_path / "c.ssdh", "--scale", "0.00390625", tmp_path / "q.png", "--k", "5")
+    # No --prototxt, --weights or --scale: the card beside the codes gives them.
+    found = run("search.py", "--index", tmp_path / "c.ssdh", tmp_path / "q.png", "--k", "5")
     assert found.returncode == 0, found.stderr
     # The query is database item 3 itself: a code at distance 0 comes first.
     assert "distance   0" in found.stdout.splitlines()[1]
-
-    engine = ImageSearch(deploy, str(tmp_path / "w.caffemodel"), str(tmp_path / "c.ssdh"),
-                         str(tmp_path / "db"), scale=0.00390625)
-    server = make_server(engine, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
-        page = urllib.request.urlopen(base + "/").read().decode()
-        assert "SSDH image search" in page and "200 items, 48-bit codes" in page
-        body = open(tmp_path / "q.png", "rb").read()
-        answer = json.load(urllib.request.urlopen(urllib.request.Request(base + "/search?k=4", data=body)))
-        assert len(answer["results"]) == 4 and answer["results"][0]["distance"] == 0
-        assert {"id", "distance", "label"} <= set(answer["results"][0])
-        png = urllib.request.urlopen(base + f"/image/{answer['results'][0]['id']}.png").read()
-        assert png[:4] == b"\x89PNG"
-        bad = urllib.request.Request(base + "/search?k=4", data=b"not an image")
-        with pytest.raises(urllib.error.HTTPError) as err:
-            urllib.request.urlopen(bad)
-        assert err.value.code == 400
-    finally:
-        server.shutdown()
+    assert f"label {labels[3]}" in found.stdout.splitlines()[1]
+    overridden = run("search.py", "--index", tmp_path / "c.ssdh", "--scale", "1", tmp_path / "q.png")
+    assert overridden.returncode == 0 and "scale 0.00390625 overridden by 1.0" in overridden.stderr
+    (tmp_path / "c.ssdh.card.json").unlink()
+    bare = run("search.py", "--index", tmp_path / "c.ssdh", tmp_path / "q.png")
+    assert bare.returncode == 1 and "give --prototxt and --weights" in bare.stderr
 
 
 def test_bench_train_runs_the_recipe_step(tmp_path):

@@ -1,10 +1,13 @@
 #!/usr/bin/env python
 """Search a code file with query images through a trained SSDH net.
 
-    python tools/search.py --prototxt deploy.prototxt --weights W --index codes.ssdh
-        IMAGE [IMAGE ...] [--k 10] [--mean-file M | --mean-value V ...] [--scale S]
+    python tools/search.py --index codes.ssdh IMAGE [IMAGE ...] [--k 10]
+        [--prototxt deploy.prototxt --weights W --blob B --mean-file M | --mean-value V ... --scale S]
 
-Prints, per image, the k nearest database items: id, Hamming distance, label.
+The net and its preprocessing come from the model card beside the code file
+(<codes>.card.json, written by tools/encode.py); the flags override it (a value
+that differs from the card is a warning). Prints, per image, the k nearest
+database items: id, Hamming distance, label.
 """
 import argparse
 import sys
@@ -19,14 +22,12 @@ def main(argv=None):
     parser.add_argument("images", nargs="+")
     cli.add_k(parser, 10)
     args = parser.parse_args(argv)
-    engine = ImageSearch(args.prototxt, args.weights, args.index, None, args.blob, args.mean_file,
-                         args.mean_value, args.scale)
-    results = engine.search(read_images(args.images), args.k)
-    for path, (ids, distances, labels) in zip(args.images, results):
+    engine = ImageSearch(args.index, **cli.model_overrides(args))
+    for path, hits in zip(args.images, engine.search(read_images(args.images), args.k)):
         print(f"{path}:")
-        for rank, (item, distance) in enumerate(zip(ids, distances), 1):
-            label = f"  label {labels[rank - 1]}" if labels is not None else ""
-            print(f"  {rank:3d}. id {item:8d}  distance {distance:3d}{label}")
+        for rank, hit in enumerate(hits, 1):
+            label = f"  label {hit.label}" if hit.label is not None else ""
+            print(f"  {rank:3d}. id {hit.id:8d}  distance {hit.distance:3d}{label}")
     return 0
 
 

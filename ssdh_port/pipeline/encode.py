@@ -17,6 +17,9 @@ from ssdh_port.caffe.io import atomic_write
 from ssdh_port.errors import SSDHError
 from ssdh_port.hashing.codes import code_report
 from ssdh_port.hashing.index import HammingIndex
+from ssdh_port.model_card import ModelCard, make_card, write_card
+from ssdh_port.caffe.proto import caffe_pb2 as pb
+from ssdh_port.data.db import open_db
 from ssdh_port.pipeline.features import batch_source, extract, load_net, resolve_device
 
 
@@ -28,6 +31,7 @@ class EncodedSplit:
     features: dict
     health: dict
     path: str | None = None
+    card: ModelCard | None = None     # how the codes were made; saved beside them
 
     @property
     def labels(self):
@@ -39,10 +43,13 @@ class EncodedSplit:
         return float((scores.reshape(len(scores), -1).argmax(axis=1) == self.labels).mean())
 
     def save(self, path, feature_paths=None):
-        """The code file at path and each kept blob at feature_paths[name] (default
-        <path>.<blob>.npy), each written whole or not at all."""
+        """The code file at path, its model card (<path>.card.json, when known) and each
+        kept blob at feature_paths[name] (default <path>.<blob>.npy), each written whole
+        or not at all."""
         self.index.save(path)
         self.path = os.fspath(path)
+        if self.card is not None:
+            write_card(self.card, path)
         for name, array in self.features.items():
             target = (feature_paths or {}).get(name) or f"{path}.{name}.npy"
             with atomic_write(target) as f:
@@ -97,5 +104,27 @@ def encode_split(prototxt, weights, source, *, transform=None, batch_size=64, la
     if source is None and not iterations:
         raise SSDHError("without a source, give the number of iterations of the net's data layers")
     batches = batch_source(source, net, batch_size, transform, backend, resize)
-    return encode_batches(net, batches, latent_blob=latent_blob, features=features,
-                          iterations=iterations, device=device)
+    encoded = encode_batches(net, batches, latent_blob=latent_blob, features=features,
+                             iterations=iterations, device=device)
+    transform, image_size = _preprocessing(net, source, transform, backend, resize)
+    encoded.card = make_card(prototxt, weights, encoded.latent_blob, encoded.index.bits, len(encoded.index),
+                             transform, image_size, source)
+    return encoded
+
+
+def _preprocessing(net, source, transform, backend, resize):
+    """(the TransformationParameter the codes went through, the H x W of the images
+    before it) for the model card: the tool's options for a database or a list, the
+    net's own data layer otherwise; arrays go in as they are."""
+    if source is None:
+        layer = next((m for m in net.layers if hasattr(m, "transformer")), None)
+        param = layer.param.transform_param if layer is not None and hasattr(layer, "param") else None
+        return param or pb.TransformationParameter(), None
+    source = os.fspath(source)
+    if source.endswith((".npy", ".npz")):
+        return pb.TransformationParameter(), None
+    transform = transform or pb.TransformationParameter()
+    if os.path.isfile(source):
+        return transform, list(resize) if resize and all(resize) else None
+    array, _ = open_db(source, backend).read(0)
+    return transform, list(np.shape(array)[-2:])
