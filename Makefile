@@ -10,7 +10,7 @@ DEPS_STAMP := $(VENV)/.requirements-installed
 BUILD_INFO := ssdh_port/_build_info.py
 NATIVE_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
 
-.PHONY: all demo test build bench proto cuda-check device-test clean
+.PHONY: all demo test build bench proto cuda-check device-test clean browser
 
 all: build
 
@@ -29,7 +29,16 @@ $(BUILD_INFO): $(DEPS_STAMP) $(NATIVE_SOURCES) setup.py
 
 build: $(BUILD_INFO)
 
-test: build
+# Debian's chromium for the page test (tests/test_server.py drives it with
+# playwright; nothing is downloaded from anywhere but the Debian archive).
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	$$SUDO apt-get install -y -q chromium || { $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }
+
+browser: $(CHROMIUM)
+
+test: build browser
 	$(PY) -m ruff check .
 	$(PY) scripts/check_cuda_compile.py
 	SSDH_PROGRESS=0 $(PY) -m pytest -q tests

@@ -1,8 +1,17 @@
 """Image search with a trained SSDH net: an image -> the net's latent layer -> its
-code -> the nearest codes of a HammingIndex; the database images themselves come
-from the Datum database the index was encoded from (ids = record positions).
-Shared by tools/search.py and the web server (ssdh_port.server).
+code -> the nearest codes of a HammingIndex.
+
+The net, the weights, the latent blob and the preprocessing come from the model
+card beside the code file (ssdh_port.model_card); arguments override it. Results
+carry each item's id and its label; labels (and database images) are looked up by
+the item's position in the code file, which is its record in the database the
+codes were encoded from. Shared by tools/search.py and the retrieval service
+(ssdh_port.server).
 """
+import dataclasses
+import io
+import warnings
+
 import cv2
 import numpy as np
 import torch
@@ -14,29 +23,104 @@ from ssdh_port.data.db import open_db
 from ssdh_port.data.transformer import DataTransformer
 from ssdh_port.errors import SSDHError
 from ssdh_port.hashing.index import HammingIndex
+from ssdh_port.model_card import ModelCard, read_card
 from ssdh_port.pipeline.encode import find_latent_blob
+
+# Formats accepted from clients (Pillow's names): what OpenCV decodes as well.
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "PPM", "GIF")
+
+
+class ImageInputError(SSDHError):
+    """An uploaded image that cannot be used; `status` is the HTTP status that says why
+    (400 empty, 415 not an image, 422 undecodable or too many pixels)."""
+
+    def __init__(self, message, status):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclasses.dataclass
+class Hit:
+    id: int
+    distance: int
+    label: object        # int, a multi-hot list, or None without labels
+    position: int
+
+
+def decode_image(data, max_pixels=None, name="the image"):
+    """Encoded image bytes -> an OpenCV array (BGR or gray, as stored). The size is read
+    from the header first: an image over max_pixels is refused before any pixel is
+    decoded (a small PNG can claim 30000 x 30000 pixels)."""
+    from PIL import Image
+
+    if not data:
+        raise ImageInputError(f"{name} is empty", 400)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data)) as header:
+                width, height, kind = header.width, header.height, header.format
+        except Image.DecompressionBombError as err:
+            raise ImageInputError(f"{name}: too many pixels ({err}); the limit is {max_pixels}", 422) from None
+        except Exception:  # Pillow raises several types for bytes that are no image
+            raise ImageInputError(f"{name} is not an image (expected one of {', '.join(IMAGE_FORMATS)})",
+                                  415) from None
+    if kind not in IMAGE_FORMATS:
+        raise ImageInputError(f"{name}: {kind} images are not accepted (expected one of "
+                              f"{', '.join(IMAGE_FORMATS)})", 415)
+    if max_pixels and width * height > max_pixels:
+        raise ImageInputError(f"{name}: {width} x {height} pixels, more than the limit of {max_pixels}", 422)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ImageInputError(f"{name}: a {kind} header but the pixels cannot be decoded", 422)
+    if image.dtype != np.uint8:
+        image = cv2.convertScaleAbs(image, alpha=255.0 / max(1, np.iinfo(image.dtype).max))
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    return image
 
 
 class ImageSearch:
-    def __init__(self, prototxt, weights, index_path, db_path=None, latent_blob=None,
-                 mean_file=None, mean_value=None, scale=1.0, backend="lmdb"):
-        self.net = CaffeNet(prototxt, weights=weights)
+    """search(images, k) and neighbors(item ids, k) over a code file with its net."""
+
+    def __init__(self, index_path, db_path=None, *, backend="lmdb", prototxt=None, weights=None,
+                 latent_blob=None, mean_file=None, mean_value=None, scale=None):
+        card = read_card(index_path) or ModelCard()
+        self.card = card.with_overrides(prototxt=prototxt, weights=weights, latent_blob=latent_blob,
+                                        mean_file=mean_file, mean_value=mean_value, scale=scale)
+        self.card.require("prototxt", "weights")
+        self.card.check_files()
+        self.index = HammingIndex.load(index_path)
+        self.net = CaffeNet(self.card.prototxt, weights=self.card.weights)
         if not self.net.input_names:
-            raise SSDHError(f"{prototxt}: a deploy net with an Input layer is needed")
+            raise SSDHError(f"{self.card.prototxt}: a deploy net with an Input layer is needed")
         self.input = self.net.input_names[0]
         self.shape = self.net.blob_shapes[self.input]  # N x C x H x W
-        self.latent = latent_blob or find_latent_blob(self.net)
-        param = pb.TransformationParameter(scale=scale)
-        if mean_file:
-            param.mean_file = mean_file
-        param.mean_value.extend(mean_value or [])
-        self.transformer = DataTransformer(param, "TEST")
-        self.index = HammingIndex.load(index_path)
+        self.latent = self.card.latent_blob or find_latent_blob(self.net)
+        self.transformer = DataTransformer(self._transform_param(), "TEST")
         self.db = open_db(db_path, backend) if db_path else None
+        if self.db is not None and len(self.db) < len(self.index):
+            raise SSDHError(f"{db_path}: {len(self.db)} records for the {len(self.index)} items of {index_path}")
+
+    def _transform_param(self):
+        t = self.card.transform
+        param = pb.TransformationParameter(scale=float(t["scale"]), crop_size=int(t["crop_size"] or 0))
+        if t["mean_file"]:
+            param.mean_file = t["mean_file"]
+        param.mean_value.extend(t["mean_value"] or [])
+        return param
+
+    @property
+    def labels(self):
+        return self.index.labels
 
     def encode_images(self, images):
-        """BGR (or gray) H x W (x C) uint8 images -> packed codes, one row each."""
+        """BGR (or gray) H x W (x C) uint8 images -> packed codes, one row each. Each is
+        resized to the size the database images had (the card's image_size; else the
+        net's input) and goes through the same transformation (crop, mean, scale)."""
         _, channels, height, width = self.shape
+        if self.card.image_size:
+            height, width = self.card.image_size
         batch = []
         for image in images:
             if channels == 1 and image.ndim == 3:
@@ -46,35 +130,61 @@ class ImageSearch:
             image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
             batch.append(image[None] if image.ndim == 2 else image.transpose(2, 0, 1))
         data = self.transformer(torch.from_numpy(np.stack(batch)))
-        with torch.no_grad():
+        with torch.inference_mode():
             latent = self.net(**{self.input: data})[self.latent]
         return ops.pack_bits(latent.reshape(len(batch), -1))
 
-    def search(self, images, k=10):
-        """[(ids, distances, labels or None)] of the k nearest codes per image."""
-        distances, ids = self.index.search(self.encode_images(images), k)
-        labels = self.index.labels
-        return [(ids[i].tolist(), distances[i].tolist(),
-                 labels[ids[i]].tolist() if labels is not None else None) for i in range(len(images))]
+    def _hits(self, distances, positions):
+        labels = self.labels
+        ids = self.index.ids
+        out = []
+        for row_d, row_p in zip(distances.tolist(), positions.tolist()):
+            out.append([Hit(int(ids[p]), d, None if labels is None else labels[p].tolist(), p)
+                        for d, p in zip(row_d, row_p)])
+        return out
 
-    def database_image(self, item):
-        """The stored image of database item (BGR H x W x C or gray H x W uint8)."""
+    def search_codes(self, codes, k):
+        """[[Hit] * k] per packed code."""
+        return self._hits(*self.index.search_positions(codes, k))
+
+    def search(self, images, k=10):
+        """[[Hit] * k] per image: the k nearest database items, ties in database order."""
+        return self.search_codes(self.encode_images(images), k)
+
+    def item(self, item_id):
+        """(position, label) of a database item; an unknown id is an error that names it."""
+        position = int(self.index.positions_of([item_id])[0])
+        labels = self.labels
+        return position, None if labels is None else labels[position].tolist()
+
+    def neighbors(self, item_id, k=10):
+        """[Hit] * k nearest to a database item's own code (the item itself first)."""
+        position, _ = self.item(item_id)
+        return self.search_codes(self.index.codes[position:position + 1], k)[0]
+
+    def database_image(self, item_id):
+        """The stored image of a database item (BGR H x W x C or gray H x W uint8)."""
         if self.db is None:
             raise SSDHError("no image database given")
-        array, _ = self.db.read(int(item))
+        position, _ = self.item(item_id)
+        array, _ = self.db.read(position)
         image = np.asarray(array)
         if image.dtype != np.uint8:
             image = np.clip(image, 0, 255).astype(np.uint8)
         return image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
 
 
-
 def read_images(paths):
     """Image files -> arrays as OpenCV reads them (unchanged depth and channels)."""
     images = []
     for path in paths:
-        image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-        if image is None:
-            raise SSDHError(f"{path}: cannot read the image")
-        images.append(image)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as err:
+            raise SSDHError(f"{path}: cannot read the image ({err.strerror})") from None
+        try:
+            images.append(decode_image(data, name=str(path)))
+        except ImageInputError as err:
+            raise SSDHError(str(err)) from None
     return images

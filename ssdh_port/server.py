@@ -1,112 +1,359 @@
-"""A small retrieval server with a web page: upload an image, see its nearest
-database images by Hamming distance (tools/serve.py runs it).
+"""The retrieval service: an ASGI app (FastAPI) over an ImageSearch, served by uvicorn.
 
-GET /                 the page (upload form, results with their distances and labels)
-POST /search?k=10     body: an image file (JPEG/PNG); answer: JSON {results: [{id, distance, label}]}
-GET /image/<id>.png   a database image, from the Datum database the index was encoded from
-GET /health           {"items": N, "bits": K}
+    POST /search?k=10              one image: the raw body, or a multipart form field
+    POST /search/batch?k=10        several images in one multipart form, one answer
+    GET  /items/{id}/neighbors?k=  search by a database item's own code
+    GET  /items/{id}/image         a database image (PNG)
+    GET  /health                   items, bits, the model card, the limits
+    GET  /                         the page; GET /docs the OpenAPI documentation
+
+Every error is a JSON body {"error": message, "status": code}: 413 over the body
+limit, 400 an empty body or a malformed form, 415 not an image, 422 an
+undecodable image, one over the pixel limit (checked from the header, before the
+pixels are decoded) or k outside 1..N, 404 an unknown item, 408 a body that does
+not arrive within the read timeout, 503 when the model queue is full or a request
+waits too long for it.
+
+The model runs in a bounded pool of threads; the requests waiting for it are
+gathered into one forward pass (micro-batching), which is what keeps the
+throughput up under load on a CPU. The index and the net are shared read-only.
+A client that goes away is one warning line, not a traceback.
 """
-import json
-import sys
-import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import asyncio
+import dataclasses
+import logging
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
-import numpy as np
 
-PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>SSDH image search</title>
-<style>
-body { font-family: sans-serif; margin: 2em; }
-#results { display: flex; flex-wrap: wrap; gap: 12px; margin-top: 1em; }
-.item { text-align: center; font-size: 12px; }
-.item img { width: 96px; height: 96px; image-rendering: pixelated; border: 1px solid #ccc; }
-</style></head>
-<body>
-<h1>SSDH image search</h1>
-<p>__INFO__</p>
-<input type="file" id="file" accept="image/*"> k <input type="number" id="k" value="20" min="1" max="200">
-<button id="go">Search</button>
-<div id="query"></div>
-<div id="results"></div>
-<script>
-document.getElementById("go").onclick = async () => {
-  const file = document.getElementById("file").files[0];
-  if (!file) { alert("choose an image"); return; }
-  document.getElementById("query").innerHTML =
-    '<p>query:</p><img width="96" src="' + URL.createObjectURL(file) + '">';
-  const k = document.getElementById("k").value;
-  const response = await fetch("/search?k=" + k, { method: "POST", body: file });
-  const answer = await response.json();
-  const box = document.getElementById("results");
-  if (!response.ok) { box.textContent = answer.error; return; }
-  box.innerHTML = answer.results.map(r =>
-    '<div class="item"><img src="/image/' + r.id + '.png"><br>id ' + r.id +
-    '<br>distance ' + r.distance + (r.label === null ? "" : '<br>label ' + r.label) + '</div>').join("");
-};
-</script>
-</body></html>
-"""
+from ssdh_port.errors import SSDHError
+from ssdh_port.search import ImageInputError, decode_image
+
+log = logging.getLogger("ssdh_port.server")
 
 
-def make_handler(engine):
-    class Handler(BaseHTTPRequestHandler):
-        def _send(self, status, body, content_type):
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+@dataclasses.dataclass
+class ServiceLimits:
+    max_body_bytes: int = 8 << 20       # a request body, raw or multipart
+    max_pixels: int = 16_000_000        # width x height of one image
+    max_images: int = 32                # images in one batch request
+    max_k: int = 0                      # 0: the number of items
+    max_pending: int = 256              # images waiting for the model; beyond: 503
+    workers: int = 1                    # threads running the model
+    batch_images: int = 64              # images per forward pass at most
+    read_timeout: float = 15.0          # seconds for the whole request body
+    model_timeout: float = 30.0         # seconds a request may wait for the model
+    max_connections: int = 1024         # open connections at once; beyond: 503
+    backlog: int = 2048                 # the listen queue
 
-        def _json(self, status, payload):
-            self._send(status, json.dumps(payload).encode(), "application/json")
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.type is float:
+                if not isinstance(value, (int, float)) or not value > 0:
+                    raise SSDHError(f"ServiceLimits.{field.name} must be a positive number of seconds, "
+                                    f"got {value!r}")
+                continue
+            least = 0 if field.name == "max_k" else 1
+            if not isinstance(value, int) or value < least:
+                raise SSDHError(f"ServiceLimits.{field.name} must be an integer >= {least}, got {value!r}")
 
-        def do_GET(self):
-            path = urllib.parse.urlparse(self.path).path
-            if path == "/":
-                info = f"{len(engine.index)} items, {engine.index.bits}-bit codes"
-                self._send(200, PAGE.replace("__INFO__", info).encode(), "text/html; charset=utf-8")
-            elif path == "/health":
-                self._json(200, {"items": len(engine.index), "bits": engine.index.bits})
-            elif path.startswith("/image/") and path.endswith(".png"):
+
+class ApiError(SSDHError):
+    """An error answered as JSON with its HTTP status."""
+
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+
+
+class _ModelQueue:
+    """Requests for the model, answered in batches by `workers` threads."""
+
+    def __init__(self, engine, limits):
+        self.engine, self.limits = engine, limits
+        self.pool = ThreadPoolExecutor(limits.workers, thread_name_prefix="ssdh-model")
+        self.waiting = []          # (images, k, future)
+        self.pending_images = 0
+        self.active = 0
+
+    async def search(self, images, k):
+        if self.pending_images + len(images) > self.limits.max_pending:
+            raise ApiError(503, f"the server is busy ({self.pending_images} images waiting for the model); "
+                                "retry later")
+        future = asyncio.get_running_loop().create_future()
+        self.waiting.append((images, k, future))
+        self.pending_images += len(images)
+        if self.active < self.limits.workers:
+            self.active += 1
+            asyncio.get_running_loop().create_task(self._drain())
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), self.limits.model_timeout)
+        except asyncio.TimeoutError:
+            raise ApiError(503, f"no answer from the model within {self.limits.model_timeout:g} s") from None
+
+    async def _drain(self):
+        loop = asyncio.get_running_loop()
+        try:
+            while self.waiting:
+                batch, count = [], 0
+                while self.waiting and (not batch or count + len(self.waiting[0][0]) <= self.limits.batch_images):
+                    batch.append(self.waiting.pop(0))
+                    count += len(batch[-1][0])
                 try:
-                    item = int(path[len("/image/"):-4])
-                    if not 0 <= item < len(engine.db):
-                        raise ValueError
-                    ok, png = cv2.imencode(".png", engine.database_image(item))
-                    self._send(200, png.tobytes(), "image/png")
-                except ValueError:
-                    self._json(404, {"error": f"no database image {path}"})
-            else:
-                self._json(404, {"error": f"no such page {path}"})
+                    answers = await loop.run_in_executor(self.pool, self._run, batch)
+                except Exception as err:  # one failed pass fails its own requests only
+                    answers = [err] * len(batch)
+                for (images, _, future), answer in zip(batch, answers):
+                    self.pending_images -= len(images)
+                    if future.done():
+                        continue
+                    if isinstance(answer, Exception):
+                        future.set_exception(answer)
+                    else:
+                        future.set_result(answer)
+        finally:
+            self.active -= 1
 
-        def do_POST(self):
-            parsed = urllib.parse.urlparse(self.path)
-            if parsed.path != "/search":
-                self._json(404, {"error": f"no such endpoint {parsed.path}"})
-                return
-            try:
-                k = int(urllib.parse.parse_qs(parsed.query).get("k", ["10"])[0])
-                if not 1 <= k <= len(engine.index):
-                    raise ValueError(f"k must be between 1 and {len(engine.index)}")
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                image = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_UNCHANGED)
-                if image is None:
-                    raise ValueError("the request body is not an image OpenCV can decode")
-                ids, distances, labels = engine.search([image], k)[0]
-            except ValueError as err:
-                self._json(400, {"error": str(err)})
-                return
-            results = [{"id": i, "distance": d, "label": None if labels is None else labels[n]}
-                       for n, (i, d) in enumerate(zip(ids, distances))]
-            self._json(200, {"results": results})
-
-        def log_message(self, fmt, *args):
-            sys.stderr.write("serve: " + fmt % args + "\n")
-
-    return Handler
+    def _run(self, batch):
+        images = [image for request in batch for image in request[0]]
+        k = max(request[1] for request in batch)
+        hits = self.engine.search(images, k)
+        answers, start = [], 0
+        for request_images, request_k, _ in batch:
+            answers.append([row[:request_k] for row in hits[start:start + len(request_images)]])
+            start += len(request_images)
+        return answers
 
 
-def make_server(engine, host="127.0.0.1", port=8000):
-    """A threading HTTP server answering for engine (an ssdh_port.search.ImageSearch)."""
-    return ThreadingHTTPServer((host, port), make_handler(engine))
+async def _read_body(request, limits):
+    """The whole body, within the size limit and the read timeout."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise ApiError(400, f"Content-Length {declared!r} is not a byte count")
+        if int(declared) > limits.max_body_bytes:
+            raise ApiError(413, f"the body is {declared} bytes; the limit is {limits.max_body_bytes}")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limits.read_timeout
+    chunks, size = [], 0
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), max(0.0, deadline - loop.time()))
+        except StopAsyncIteration:
+            break
+        except asyncio.TimeoutError:
+            raise ApiError(408, f"the body did not arrive within {limits.read_timeout:g} s") from None
+        size += len(chunk)
+        if size > limits.max_body_bytes:
+            raise ApiError(413, f"the body is over the limit of {limits.max_body_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _uploaded_images(request, limits, most):
+    """[(file name, bytes)] of a request: the raw body (one image, name None) or the
+    file fields of a multipart form (at most `most`)."""
+    from starlette.formparsers import MultiPartException, MultiPartParser
+    from starlette.datastructures import UploadFile
+
+    body = await _read_body(request, limits)
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "application/x-www-form-urlencoded":
+        raise ApiError(415, "send the image as the raw body or as a multipart/form-data file field")
+    if kind != "multipart/form-data":
+        if not body:
+            raise ApiError(400, "the body is empty: send an image (raw bytes or a multipart file field)")
+        return [(None, body)]
+
+    async def once():
+        yield body
+
+    parser = MultiPartParser(request.headers, once(), max_files=most, max_fields=most,
+                             max_part_size=limits.max_body_bytes)
+    try:
+        form = await parser.parse()
+    except MultiPartException as err:
+        if err.message.startswith("Too many files"):
+            raise ApiError(422, f"more than {most} images in one request; the limit is {most}") from None
+        raise ApiError(400, f"malformed multipart form: {err.message}") from None
+    files = [(value.filename or key, await value.read()) for key, value in form.multi_items()
+             if isinstance(value, UploadFile)]
+    if not files:
+        raise ApiError(400, "the multipart form has no file field")
+    return files
+
+
+def _hit(hit, query_label=None):
+    out = {"id": hit.id, "distance": hit.distance, "label": hit.label}
+    if query_label is not None and hit.label is not None:
+        out["same_label"] = hit.label == query_label
+    return out
+
+
+def create_app(engine, limits=None):
+    """The FastAPI app answering for engine (an ssdh_port.search.ImageSearch)."""
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from starlette.exceptions import HTTPException
+    from starlette.requests import ClientDisconnect
+
+    from ssdh_port.server_page import page
+
+    limits = limits or ServiceLimits()
+    items = len(engine.index)
+    max_k = min(limits.max_k or items, items)
+    queue = _ModelQueue(engine, limits)
+    decoder = ThreadPoolExecutor(2, thread_name_prefix="ssdh-decode")
+    app = FastAPI(title="SSDH image search", version="1",
+                  description="Binary-code image search with a trained SSDH net (Hamming distance).")
+
+    def error(status, message):
+        return JSONResponse({"error": message, "status": status}, status_code=status)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request, err):
+        return error(err.status, str(err))
+
+    @app.exception_handler(ImageInputError)
+    async def _image_error(request, err):
+        return error(err.status, str(err))
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request, err):
+        message = {404: f"no such page {request.url.path}",
+                   405: f"{request.method} is not allowed on {request.url.path}"}.get(err.status_code, err.detail)
+        return error(err.status_code, message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request, err):
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+        return error(422, problems)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request, err):
+        log.warning("client %s went away during %s %s", request.client.host if request.client else "?",
+                    request.method, request.url.path)
+        return Response(status_code=499)
+
+    def check_k(k):
+        if not 1 <= k <= max_k:
+            raise ApiError(422, f"k must be between 1 and {max_k}, got {k}")
+
+    def item_or_404(item_id):
+        try:
+            return engine.item(item_id)
+        except SSDHError:
+            raise ApiError(404, f"no item with id {item_id}") from None
+
+    async def decode(files):
+        loop = asyncio.get_running_loop()
+        return [await loop.run_in_executor(decoder, decode_image, data, limits.max_pixels,
+                                           "the request body" if name is None else f"file {name!r}")
+                for name, data in files]
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index_page():
+        return page(items, engine.index.bits, max_k, engine.db is not None, engine.labels is not None)
+
+    @app.get("/health")
+    async def health():
+        card = engine.card
+        return {"status": "ok", "items": items, "bits": engine.index.bits,
+                "labels": engine.labels is not None, "images": engine.db is not None,
+                "model": {"prototxt": card.prototxt, "weights": card.weights, "latent_blob": engine.latent,
+                          "transform": card.transform, "image_size": card.image_size, "card": card.path},
+                "limits": dataclasses.asdict(limits), "waiting_images": queue.pending_images}
+
+    @app.post("/search")
+    async def search(request: Request, k: int = 10):
+        """Nearest database items of one image (raw body, or the first file of a
+        multipart form)."""
+        check_k(k)
+        started = time.perf_counter()
+        files = await _uploaded_images(request, limits, 1)
+        images = await decode(files)
+        hits = (await queue.search(images, k))[0]
+        return {"k": k, "results": [_hit(h) for h in hits], "seconds": round(time.perf_counter() - started, 4)}
+
+    @app.post("/search/batch")
+    async def search_batch(request: Request, k: int = 10):
+        """Nearest database items of each file of a multipart form, in the form's order."""
+        check_k(k)
+        started = time.perf_counter()
+        files = await _uploaded_images(request, limits, limits.max_images)
+        images = await decode(files)
+        answers = await queue.search(images, k)
+        return {"k": k, "queries": [{"name": name, "results": [_hit(h) for h in hits]}
+                                    for (name, _), hits in zip(files, answers)],
+                "seconds": round(time.perf_counter() - started, 4)}
+
+    @app.get("/items/{item_id}/neighbors")
+    async def neighbors(item_id: int, k: int = 10):
+        """Nearest database items of a database item's own code; each result says
+        whether its label is the item's."""
+        check_k(k)
+        _, label = item_or_404(item_id)
+        hits = await asyncio.get_running_loop().run_in_executor(decoder, engine.neighbors, item_id, k)
+        return {"k": k, "item": {"id": item_id, "label": label},
+                "results": [_hit(h, label) for h in hits]}
+
+    @app.get("/items/{item_id}/image", responses={200: {"content": {"image/png": {}}}})
+    async def item_image(item_id: int):
+        """A database image as PNG (when the server was given the image database)."""
+        item_or_404(item_id)
+        if engine.db is None:
+            raise ApiError(404, "the server was started without the image database (--db)")
+        image = await asyncio.get_running_loop().run_in_executor(decoder, engine.database_image, item_id)
+        _, png = cv2.imencode(".png", image)
+        return Response(png.tobytes(), media_type="image/png",
+                        headers={"Cache-Control": "public, max-age=3600"})
+
+    return app
+
+
+def listening_socket(host="127.0.0.1", port=8000, backlog=2048):
+    """A bound, listening TCP socket (port 0: any free port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise SSDHError(f"cannot listen on {host}:{port} ({err.strerror})") from None
+    sock.listen(backlog)
+    return sock
+
+
+def serve(engine, host="127.0.0.1", port=8000, limits=None, ready=None, proxy_headers=False,
+          forwarded_allow_ips=None):
+    """Serve engine with uvicorn until interrupted; ready(url) is called once listening."""
+    import uvicorn
+
+    limits = limits or ServiceLimits()
+    sock = listening_socket(host, port, limits.backlog)
+    bound = sock.getsockname()[1]
+    config = uvicorn.Config(
+        create_app(engine, limits), limit_concurrency=limits.max_connections, backlog=limits.backlog,
+        timeout_keep_alive=5, proxy_headers=proxy_headers, forwarded_allow_ips=forwarded_allow_ips,
+        server_header=False, log_config=_log_config())
+    server = uvicorn.Server(config)
+    if ready:
+        ready(f"http://{host}:{bound}/")
+    server.run(sockets=[sock])
+
+
+def _log_config():
+    """uvicorn's loggers on stderr, one line each (access lines included)."""
+    return {"version": 1, "disable_existing_loggers": False,
+            "formatters": {"line": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+            "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "line",
+                                    "stream": "ext://sys.stderr"}},
+            "loggers": {"uvicorn": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+                        "uvicorn.access": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+                        "ssdh_port": {"handlers": ["stderr"], "level": "INFO", "propagate": False}}}

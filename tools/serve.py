@@ -1,38 +1,55 @@
 #!/usr/bin/env python
-"""A small retrieval server with a web page: upload an image, see its nearest
-database images by Hamming distance.
+"""The retrieval service: a JSON API and a search page over a code file and its net.
 
-    python tools/serve.py --prototxt deploy.prototxt --weights W --index codes.ssdh
-        --db DB [--host 127.0.0.1] [--port 8000] [--mean-file M | --mean-value V ...] [--scale S]
+    python tools/serve.py --index codes.ssdh [--db DB] [--host 127.0.0.1] [--port 8000]
+        [--prototxt deploy.prototxt --weights W ...] [--workers 1] [--max-body-mb 8]
+        [--max-pixels 16000000] [--read-timeout 15] [--proxy-headers --forwarded-allow-ips IP]
 
-GET /                 the page (upload form, results with their distances and labels)
-POST /search?k=10     body: an image file (JPEG/PNG); answer: JSON {results: [{id, distance, label}]}
-GET /image/<id>.png   a database image, from the Datum database the index was encoded from
-GET /health           {"items": N, "bits": K}
+POST /search?k=10 (raw image body or multipart field), POST /search/batch?k=10
+(multipart, several files), GET /items/{id}/neighbors?k=10, GET /items/{id}/image,
+GET /health, GET / (the page), GET /docs (OpenAPI). Errors are JSON
+{"error", "status"}. The net and its preprocessing come from the model card
+beside the code file; the flags override it. Binds 127.0.0.1 unless --host says
+otherwise; see the README for running it behind a reverse proxy.
 """
 import argparse
 import sys
 
 from ssdh_port import cli
 from ssdh_port.search import ImageSearch
-from ssdh_port.server import make_server
+from ssdh_port.server import ServiceLimits, serve
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     cli.add_model_arguments(parser)
-    parser.add_argument("--db", required=True, help="Datum database the index was encoded from")
+    parser.add_argument("--db", help="Datum database the codes were encoded from (serves the images)")
+    parser.add_argument("--backend", default="lmdb", choices=("lmdb", "leveldb"))
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=int, default=8000, help="0: any free port (the URL is printed)")
+    defaults = ServiceLimits()
+    parser.add_argument("--workers", type=int, default=defaults.workers, help="threads running the model")
+    parser.add_argument("--max-body-mb", type=float, default=defaults.max_body_bytes / 2**20)
+    parser.add_argument("--max-pixels", type=int, default=defaults.max_pixels)
+    parser.add_argument("--max-images", type=int, default=defaults.max_images, help="files per batch request")
+    parser.add_argument("--max-k", type=int, default=defaults.max_k, help="0: the number of items")
+    parser.add_argument("--max-pending", type=int, default=defaults.max_pending,
+                        help="images waiting for the model before requests get 503")
+    parser.add_argument("--max-connections", type=int, default=defaults.max_connections)
+    parser.add_argument("--read-timeout", type=float, default=defaults.read_timeout)
+    parser.add_argument("--model-timeout", type=float, default=defaults.model_timeout)
+    parser.add_argument("--proxy-headers", action="store_true",
+                        help="trust X-Forwarded-For/-Proto from --forwarded-allow-ips (behind a reverse proxy)")
+    parser.add_argument("--forwarded-allow-ips", default="127.0.0.1")
     args = parser.parse_args(argv)
-    engine = ImageSearch(args.prototxt, args.weights, args.index, args.db, args.blob, args.mean_file,
-                         args.mean_value, args.scale)
-    server = make_server(engine, args.host, args.port)
-    print(f"serving {len(engine.index)} items on http://{args.host}:{server.server_address[1]}/", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+    limits = ServiceLimits(
+        max_body_bytes=int(args.max_body_mb * 2**20), max_pixels=args.max_pixels, max_images=args.max_images,
+        max_k=args.max_k, max_pending=args.max_pending, workers=args.workers,
+        max_connections=args.max_connections, read_timeout=args.read_timeout, model_timeout=args.model_timeout)
+    engine = ImageSearch(args.index, args.db, backend=args.backend, **cli.model_overrides(args))
+    serve(engine, args.host, args.port, limits,
+          ready=lambda url: print(f"serving {len(engine.index)} items on {url}", flush=True),
+          proxy_headers=args.proxy_headers, forwarded_allow_ips=args.forwarded_allow_ips)
     return 0
 
 

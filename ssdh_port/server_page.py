@@ -1,0 +1,153 @@
+"""The search page of the retrieval service: one self-contained HTML document (no
+external assets). Pick or drop an image (or press Enter on the drop zone to open
+the file dialog), see the query and its nearest items with image, id, label and
+Hamming distance; "Similar" on a result searches by that item, and then the
+results whose label differs from the item's are marked. Errors appear on the
+page (role=alert)."""
+import html
+import json
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>SSDH image search</title>
+<style>
+body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
+form { display: flex; flex-wrap: wrap; gap: .8em; align-items: center; }
+#drop { border: 2px dashed #888; padding: 1em 1.5em; border-radius: 6px; cursor: pointer; }
+#drop.over, #drop:focus { border-color: #06c; outline: none; background: #eef5ff; }
+#error { color: #b00; font-weight: bold; }
+#query img, .item img { width: 96px; height: 96px; image-rendering: pixelated; border: 1px solid #ccc;
+  object-fit: contain; background: #f4f4f4; }
+#results { display: flex; flex-wrap: wrap; gap: 12px; list-style: none; padding: 0; }
+.item { text-align: center; font-size: 12px; padding: 4px; border: 2px solid transparent; }
+.item.wrong { border-color: #c00; background: #fee; }
+.item .mark { color: #c00; font-weight: bold; display: block; }
+button { font-size: 1em; }
+</style></head>
+<body>
+<main>
+<h1>SSDH image search</h1>
+<p id="info">__INFO__</p>
+<form id="form">
+  <label for="file">Query image</label>
+  <input type="file" id="file" name="file" accept="image/*">
+  <div id="drop" tabindex="0" role="button" aria-label="Drop an image here, or press Enter to choose one">
+    or drop an image here</div>
+  <label for="k">Results</label>
+  <input type="number" id="k" name="k" value="__K__" min="1" max="__MAXK__">
+  <button type="submit" id="go">Search</button>
+</form>
+<p id="status" role="status" aria-live="polite"></p>
+<p id="error" role="alert"></p>
+<section id="query" aria-label="query"></section>
+<ol id="results" aria-label="results"></ol>
+</main>
+<script>
+const CONFIG = __CONFIG__;
+const $ = (id) => document.getElementById(id);
+let chosen = null;
+
+function showError(message) { $("error").textContent = message; $("status").textContent = ""; }
+
+function text(tag, content, cls) {
+  const node = document.createElement(tag);
+  node.textContent = content;
+  if (cls) node.className = cls;
+  return node;
+}
+
+function picture(src, alt) {
+  const img = document.createElement("img");
+  img.src = src; img.alt = alt;
+  return img;
+}
+
+function render(results, queryLabel) {
+  const list = $("results");
+  list.replaceChildren();
+  for (const r of results) {
+    const li = document.createElement("li");
+    li.className = "item";
+    li.dataset.id = r.id;
+    if (r.same_label === false) li.classList.add("wrong");
+    if (CONFIG.images) li.appendChild(picture("/items/" + r.id + "/image", "item " + r.id));
+    li.appendChild(text("div", "id " + r.id, "id"));
+    if (r.label !== null) li.appendChild(text("div", "label " + JSON.stringify(r.label), "label"));
+    li.appendChild(text("div", "distance " + r.distance, "distance"));
+    if (r.same_label === false) li.appendChild(text("span", "different class", "mark"));
+    const again = text("button", "Similar");
+    again.type = "button";
+    again.setAttribute("aria-label", "search by item " + r.id);
+    again.onclick = () => searchItem(r.id);
+    li.appendChild(again);
+    list.appendChild(li);
+  }
+  const wrong = results.filter(r => r.same_label === false).length;
+  $("status").textContent = results.length + " results" +
+    (queryLabel === undefined ? "" : ", " + wrong + " of another class");
+}
+
+async function answer(response) {
+  let body = null;
+  try { body = await response.json(); } catch (e) { /* not JSON */ }
+  if (!response.ok) throw new Error((body && body.error) || ("HTTP " + response.status));
+  return body;
+}
+
+async function searchFile(file) {
+  $("error").textContent = "";
+  $("status").textContent = "searching...";
+  const query = $("query");
+  query.replaceChildren(text("h2", "Query"), picture(URL.createObjectURL(file), "query image"));
+  const form = new FormData();
+  form.append("file", file, file.name);
+  try {
+    const body = await answer(await fetch("/search?k=" + encodeURIComponent($("k").value),
+                                          { method: "POST", body: form }));
+    render(body.results);
+  } catch (err) { $("results").replaceChildren(); showError(err.message); }
+}
+
+async function searchItem(id) {
+  $("error").textContent = "";
+  $("status").textContent = "searching...";
+  try {
+    const body = await answer(await fetch("/items/" + id + "/neighbors?k=" + encodeURIComponent($("k").value)));
+    const query = $("query");
+    query.replaceChildren(text("h2", "Query: item " + id +
+      (body.item.label === null ? "" : ", label " + JSON.stringify(body.item.label))));
+    if (CONFIG.images) query.appendChild(picture("/items/" + id + "/image", "item " + id));
+    render(body.results, body.item.label);
+  } catch (err) { showError(err.message); }
+}
+
+$("file").addEventListener("change", () => { chosen = $("file").files[0] || null; if (chosen) searchFile(chosen); });
+$("form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  if (!chosen) { showError("choose an image first"); return; }
+  searchFile(chosen);
+});
+const drop = $("drop");
+drop.addEventListener("click", () => $("file").click());
+drop.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" || event.key === " ") { event.preventDefault(); $("file").click(); }
+});
+drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (event) => {
+  event.preventDefault(); drop.classList.remove("over");
+  const file = event.dataTransfer.files[0];
+  if (file) { chosen = file; searchFile(file); }
+});
+</script>
+</body></html>
+"""
+
+
+def page(items, bits, max_k, images, labels):
+    """The page for an index of `items` codes of `bits` bits."""
+    info = f"{items} items, {bits}-bit codes" + ("" if labels else ", no labels")
+    config = json.dumps({"images": bool(images), "labels": bool(labels)})
+    return (_PAGE.replace("__INFO__", html.escape(info)).replace("__K__", str(min(20, max_k)))
+            .replace("__MAXK__", str(max_k)).replace("__CONFIG__", config))
