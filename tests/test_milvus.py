@@ -1,0 +1,122 @@
+"""MilvusIndex on the embedded Milvus Lite: results identical to HammingIndex (top-k
+with ties, radius), persistence across reopening, labels and filters, and bad
+input as clear errors."""
+import numpy as np
+import pytest
+import torch
+
+from ssdh_port.errors import SSDHError
+from ssdh_port.hashing import HammingIndex
+
+pytest.importorskip("pymilvus")
+pytest.importorskip("milvus_lite")
+
+from ssdh_port.hashing.milvus import MAX_TOPK, MilvusIndex  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def uri(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("milvus") / "codes.db")
+
+
+def codes(n, bits, clustered, seed):
+    rng = np.random.default_rng(seed)
+    if not clustered:
+        return rng.integers(0, 2, (n, bits), dtype=np.uint8)
+    centers = rng.integers(0, 2, (4, bits), dtype=np.uint8)
+    return centers[rng.integers(0, 4, n)] ^ (rng.random((n, bits)) < 0.02).astype(np.uint8)
+
+
+def pair(uri, name, bits, db, ids=None, labels=None):
+    hamming = HammingIndex(bits)
+    hamming.add(db, ids=ids, labels=labels)
+    milvus = MilvusIndex(bits, uri, name)
+    milvus.add(db, ids=ids, labels=labels)
+    return hamming, milvus
+
+
+@pytest.mark.parametrize("bits", [12, 48, 64, 1024])
+@pytest.mark.parametrize("clustered", [False, True])
+def test_results_equal_hamming_index(uri, bits, clustered):
+    db = codes(2000, bits, clustered, bits)
+    queries = np.concatenate([codes(6, bits, clustered, bits + 1), db[:2]])
+    ids = np.arange(2000) * 3 + 11
+    hamming, milvus = pair(uri, f"equal_{bits}_{int(clustered)}", bits, db, ids, np.arange(2000) % 10)
+    assert len(milvus) == 2000
+    for k in (1, 17, 300):
+        d1, i1 = hamming.search(queries, k)
+        d2, i2 = milvus.search(queries, k)
+        assert torch.equal(d1, d2) and torch.equal(i1, i2), k
+    radius = {12: 2, 48: 3, 64: 4, 1024: 420}[bits]
+    for a, b in zip(hamming.range_search(queries, radius), milvus.range_search(queries, radius)):
+        assert torch.equal(a, b)
+
+
+def test_ties_beyond_the_first_answer_are_the_earliest_inserted(uri):
+    # 3000 identical codes: every result ties, HammingIndex returns them in insertion order.
+    db = np.zeros((3000, 24), np.uint8)
+    db[1500:, 0] = 1
+    hamming, milvus = pair(uri, "ties", 24, db)
+    d1, i1 = hamming.search(db[:1], 700)
+    d2, i2 = milvus.search(db[:1], 700)
+    assert torch.equal(i2, torch.arange(700)[None]) and torch.equal(d1, d2) and torch.equal(i1, i2)
+    one = np.zeros((1, 24), np.uint8)
+    one[0, 0] = 1
+    assert torch.equal(milvus.search(one, 5)[1], torch.arange(1500, 1505)[None])
+
+
+def test_a_radius_with_more_than_milvus_limit_of_results(uri):
+    db = np.zeros((MAX_TOPK + 3000, 16), np.uint8)
+    db[::9, 1] = 1
+    hamming, milvus = pair(uri, "wide", 16, db)
+    zero = np.zeros((1, 16), np.uint8)
+    for a, b in zip(hamming.range_search(zero, 1), milvus.range_search(zero, 1)):
+        assert torch.equal(a, b)
+    lims, _, ids = milvus.range_search(zero, 0)
+    assert int(lims[-1]) == len(db) - len(db[::9]) > MAX_TOPK and bool((ids % 9 != 0).all())
+
+
+def test_persistence_labels_and_filters(uri):
+    db = codes(500, 40, True, 5)
+    labels = np.random.default_rng(5).integers(0, 2, (500, 6))
+    hamming, milvus = pair(uri, "multi", 40, db, labels=labels)
+    del milvus
+    reopened = MilvusIndex.open(uri, "multi")
+    assert reopened.bits == 40 and len(reopened) == 500 and reopened.label_kind == "multi:6"
+    assert torch.equal(reopened.search(db[:3], 9)[1], hamming.search(db[:3], 9)[1])
+    assert torch.equal(reopened.labels_at([4, 0]), torch.as_tensor(labels[[4, 0]]))
+    assert torch.equal(reopened.codes_at([7]), hamming.codes[7:8])
+    assert reopened.positions_of([9, 2]).tolist() == [9, 2]
+    classes = MilvusIndex(16, uri, "classes")
+    classes.add(codes(300, 16, False, 6), labels=np.arange(300) % 5)
+    distances, ids = classes.search(codes(2, 16, False, 7), 10, where="label == 3")
+    assert set((ids % 5).tolist()[0]) == {3} and bool((distances >= 0).all())
+
+
+def test_copy_of_a_code_file(uri, tmp_path):
+    index = HammingIndex(20)
+    index.add(codes(100, 20, False, 8), ids=np.arange(100) + 1000, labels=np.arange(100) % 3)
+    index.save(tmp_path / "c.ssdh")
+    milvus = MilvusIndex.from_hamming(str(tmp_path / "c.ssdh"), uri, "copied")
+    assert torch.equal(milvus.search(index.codes[:4], 6)[1], index.search(index.codes[:4], 6)[1])
+    with pytest.raises(SSDHError, match="already holds 100 codes"):
+        MilvusIndex.from_hamming(index, uri, "copied")
+
+
+def test_bad_input_is_a_clear_error(uri):
+    milvus = MilvusIndex(16, uri, "errors")
+    with pytest.raises(SSDHError, match="a 16-bit collection takes 16 0/1 columns or 2 packed bytes"):
+        milvus.add(np.zeros((3, 3), np.uint8))
+    with pytest.raises(SSDHError, match="collection 'errors' is empty"):
+        milvus.search(np.zeros((1, 16), np.uint8), 3)
+    milvus.add(np.zeros((3, 16), np.uint8))
+    with pytest.raises(SSDHError, match="query codes have 8 columns"):
+        milvus.search(np.zeros((1, 8), np.uint8), 3)
+    with pytest.raises(SSDHError, match="holds labels none, this batch class"):
+        milvus.add(np.zeros((1, 16), np.uint8), labels=[1])
+    with pytest.raises(SSDHError, match="holds 16-bit codes, not 24"):
+        MilvusIndex(24, uri, "errors")
+    with pytest.raises(SSDHError, match="no collection 'nothing'"):
+        MilvusIndex.open(uri, "nothing")
+    with pytest.raises(SSDHError, match=r"ids \[99\] are not in collection"):
+        milvus.positions_of([99])
