@@ -71,7 +71,11 @@ def add_model_arguments(parser):
     """The code file to search and the net that encodes queries (search, serve): the
     net, weights, latent blob and preprocessing come from the model card encode wrote
     beside the codes; these flags override it."""
-    parser.add_argument("--index", required=True, help="code file of the database (tools/encode.py)")
+    parser.add_argument("--index", help="code file of the database (tools/encode.py)")
+    parser.add_argument("--milvus", metavar="URI", help="search a Milvus collection instead: a Milvus Lite "
+                        "file or http://host:19530")
+    parser.add_argument("--collection", default="ssdh_codes", help="Milvus collection (default ssdh_codes)")
+    parser.add_argument("--card", help="model card (default: beside the code file or the Milvus Lite file)")
     parser.add_argument("--prototxt", help="deploy net (default: the model card's)")
     parser.add_argument("--weights", help="weights (default: the model card's)")
     parser.add_argument("--blob", help="latent blob (default: the model card's, else found by name)")
@@ -80,10 +84,14 @@ def add_model_arguments(parser):
     parser.add_argument("--scale", type=float, help="input scale (default: the model card's, else 1)")
 
 
-def model_overrides(args):
-    """The ImageSearch keyword arguments of add_model_arguments' flags."""
-    return {"prototxt": args.prototxt, "weights": args.weights, "latent_blob": args.blob,
-            "mean_file": args.mean_file, "mean_value": args.mean_value, "scale": args.scale}
+def search_engine(args, db=None, backend="lmdb"):
+    """The ImageSearch that add_model_arguments' flags describe."""
+    from ssdh_port.search import ImageSearch, open_index
+
+    index, card = open_index(args.index, args.milvus, args.collection, args.card)
+    return ImageSearch(index, db, backend=backend, card=card, prototxt=args.prototxt, weights=args.weights,
+                       latent_blob=args.blob, mean_file=args.mean_file, mean_value=args.mean_value,
+                       scale=args.scale)
 
 
 def solver_set_argument(parser):

@@ -127,10 +127,10 @@ def _relative(path, folder):
     return os.path.relpath(absolute, folder) if inside else absolute
 
 
-def write_card(card, codes_path):
-    """Write the card beside the code file (atomically); file paths below the card's
-    folder are stored relative to it, so the folder can move."""
-    path = card_path(codes_path)
+def write_card(card, codes_path=None, path=None):
+    """Write the card beside the code file (or at path), atomically; file paths below
+    the card's folder are stored relative to it, so the folder can move."""
+    path = path or card_path(codes_path)
     folder = os.path.dirname(os.path.abspath(path))
     record = {"schema": SCHEMA, **dataclasses.asdict(card)}
     record.pop("path")
@@ -142,12 +142,23 @@ def write_card(card, codes_path):
     return path
 
 
+def milvus_card_path(uri, collection):
+    """Where the card of a Milvus Lite collection lives (beside its database file);
+    None for a Milvus server, whose card is named explicitly."""
+    uri = os.fspath(uri)
+    return None if "://" in uri else f"{uri}.{collection}.card.json"
+
+
 def read_card(codes_path, required=False):
     """The card beside a code file (None when there is none and it is not required)."""
-    path = card_path(codes_path)
-    if not os.path.exists(path):
+    return read_card_file(card_path(codes_path), required)
+
+
+def read_card_file(path, required=False):
+    """A model card (None when the file does not exist and it is not required)."""
+    if not path or not os.path.exists(path):
         if required:
-            raise ModelCardError(f"{path}: no model card beside the code file {codes_path}")
+            raise ModelCardError(f"{path}: no model card there")
         return None
     try:
         with open(path) as f:

@@ -10,6 +10,7 @@ codes were encoded from. Shared by tools/search.py and the retrieval service
 """
 import dataclasses
 import io
+import os
 import warnings
 
 import cv2
@@ -23,7 +24,7 @@ from ssdh_port.data.db import open_db
 from ssdh_port.data.transformer import DataTransformer
 from ssdh_port.errors import SSDHError
 from ssdh_port.hashing.index import HammingIndex
-from ssdh_port.model_card import ModelCard, read_card
+from ssdh_port.model_card import ModelCard, card_path, read_card_file
 from ssdh_port.pipeline.encode import find_latent_blob
 
 # Formats accepted from clients (Pillow's names): what OpenCV decodes as well.
@@ -83,14 +84,21 @@ def decode_image(data, max_pixels=None, name="the image"):
 class ImageSearch:
     """search(images, k) and neighbors(item ids, k) over a code file with its net."""
 
-    def __init__(self, index_path, db_path=None, *, backend="lmdb", prototxt=None, weights=None,
+    def __init__(self, index, db_path=None, *, backend="lmdb", card=None, prototxt=None, weights=None,
                  latent_blob=None, mean_file=None, mean_value=None, scale=None):
-        card = read_card(index_path) or ModelCard()
-        self.card = card.with_overrides(prototxt=prototxt, weights=weights, latent_blob=latent_blob,
-                                        mean_file=mean_file, mean_value=mean_value, scale=scale)
+        """index: a code file (its card is read from beside it), or an open index (a
+        HammingIndex or a MilvusIndex; then `card` names its model card, if any)."""
+        if isinstance(index, (str, os.PathLike)):
+            card = card or card_path(index)
+            index = HammingIndex.load(index)
+        self.index = index
+        found = read_card_file(card) or ModelCard()
+        self.card = found.with_overrides(prototxt=prototxt, weights=weights, latent_blob=latent_blob,
+                                         mean_file=mean_file, mean_value=mean_value, scale=scale)
         self.card.require("prototxt", "weights")
         self.card.check_files()
-        self.index = HammingIndex.load(index_path)
+        self.items = len(self.index)
+        self.has_labels = self.index.labels_at([0]) is not None if self.items else False
         self.net = CaffeNet(self.card.prototxt, weights=self.card.weights)
         if not self.net.input_names:
             raise SSDHError(f"{self.card.prototxt}: a deploy net with an Input layer is needed")
@@ -99,8 +107,8 @@ class ImageSearch:
         self.latent = self.card.latent_blob or find_latent_blob(self.net)
         self.transformer = DataTransformer(self._transform_param(), "TEST")
         self.db = open_db(db_path, backend) if db_path else None
-        if self.db is not None and len(self.db) < len(self.index):
-            raise SSDHError(f"{db_path}: {len(self.db)} records for the {len(self.index)} items of {index_path}")
+        if self.db is not None and len(self.db) < self.items:
+            raise SSDHError(f"{db_path}: {len(self.db)} records for the {self.items} indexed items")
 
     def _transform_param(self):
         t = self.card.transform
@@ -110,9 +118,6 @@ class ImageSearch:
         param.mean_value.extend(t["mean_value"] or [])
         return param
 
-    @property
-    def labels(self):
-        return self.index.labels
 
     def encode_images(self, images):
         """BGR (or gray) H x W (x C) uint8 images -> packed codes, one row each. Each is
@@ -135,12 +140,17 @@ class ImageSearch:
         return ops.pack_bits(latent.reshape(len(batch), -1))
 
     def _hits(self, distances, positions):
-        labels = self.labels
-        ids = self.index.ids
-        out = []
+        flat = positions.reshape(-1)
+        ids = self.index.ids_at(flat).tolist()
+        labels = self.index.labels_at(flat)
+        labels = None if labels is None else labels.tolist()
+        out, n = [], 0
         for row_d, row_p in zip(distances.tolist(), positions.tolist()):
-            out.append([Hit(int(ids[p]), d, None if labels is None else labels[p].tolist(), p)
-                        for d, p in zip(row_d, row_p)])
+            hits = []
+            for d, p in zip(row_d, row_p):
+                hits.append(Hit(ids[n], d, None if labels is None else labels[n], p))
+                n += 1
+            out.append(hits)
         return out
 
     def search_codes(self, codes, k):
@@ -154,13 +164,13 @@ class ImageSearch:
     def item(self, item_id):
         """(position, label) of a database item; an unknown id is an error that names it."""
         position = int(self.index.positions_of([item_id])[0])
-        labels = self.labels
-        return position, None if labels is None else labels[position].tolist()
+        labels = self.index.labels_at([position])
+        return position, None if labels is None else labels[0].tolist()
 
     def neighbors(self, item_id, k=10):
         """[Hit] * k nearest to a database item's own code (the item itself first)."""
         position, _ = self.item(item_id)
-        return self.search_codes(self.index.codes[position:position + 1], k)[0]
+        return self.search_codes(self.index.codes_at([position]), k)[0]
 
     def database_image(self, item_id):
         """The stored image of a database item (BGR H x W x C or gray H x W uint8)."""
@@ -172,6 +182,20 @@ class ImageSearch:
         if image.dtype != np.uint8:
             image = np.clip(image, 0, 255).astype(np.uint8)
         return image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
+
+
+def open_index(path=None, milvus=None, collection="ssdh_codes", card=None):
+    """(the index to search, its model card's path): a code file, or a Milvus collection
+    (uri: a Milvus Lite file or http://host:19530), whose card lies beside a Lite file
+    unless `card` names it."""
+    if (path is None) == (milvus is None):
+        raise SSDHError("give a code file (--index) or a Milvus collection (--milvus URI), not both")
+    if path is not None:
+        return HammingIndex.load(path), card or card_path(path)
+    from ssdh_port.hashing.milvus import MilvusIndex
+    from ssdh_port.model_card import milvus_card_path
+
+    return MilvusIndex.open(milvus, collection), card or milvus_card_path(milvus, collection)
 
 
 def read_images(paths):

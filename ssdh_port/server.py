@@ -205,7 +205,7 @@ def create_app(engine, limits=None):
     from ssdh_port.server_page import page
 
     limits = limits or ServiceLimits()
-    items = len(engine.index)
+    items = engine.items
     max_k = min(limits.max_k or items, items)
     queue = _ModelQueue(engine, limits)
     decoder = ThreadPoolExecutor(2, thread_name_prefix="ssdh-decode")
@@ -258,13 +258,14 @@ def create_app(engine, limits=None):
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index_page():
-        return page(items, engine.index.bits, max_k, engine.db is not None, engine.labels is not None)
+        return page(items, engine.index.bits, max_k, engine.db is not None, engine.has_labels)
 
     @app.get("/health")
     async def health():
         card = engine.card
         return {"status": "ok", "items": items, "bits": engine.index.bits,
-                "labels": engine.labels is not None, "images": engine.db is not None,
+                "labels": engine.has_labels, "images": engine.db is not None,
+                "index": type(engine.index).__name__,
                 "model": {"prototxt": card.prototxt, "weights": card.weights, "latent_blob": engine.latent,
                           "transform": card.transform, "image_size": card.image_size, "card": card.path},
                 "limits": dataclasses.asdict(limits), "waiting_images": queue.pending_images}

@@ -120,3 +120,47 @@ def test_bad_input_is_a_clear_error(uri):
         MilvusIndex.open(uri, "nothing")
     with pytest.raises(SSDHError, match=r"ids \[99\] are not in collection"):
         milvus.positions_of([99])
+
+
+def test_encode_search_and_serve_through_a_collection(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import cv2
+    from fastapi.testclient import TestClient
+
+    from ssdh_port.caffe.net import CaffeNet
+    from ssdh_port.data import mnist
+    from ssdh_port.data.datasets import write_array_db
+    from ssdh_port.search import ImageSearch, open_index
+    from ssdh_port.server import create_app
+    from tests.shared_data import ROOT
+
+    images, labels = mnist.load_split("test")
+    write_array_db(tmp_path / "db", images[:150, None], labels[:150])
+    deploy = os.path.join(ROOT, "prototxt", "lenet_ssdh", "deploy.prototxt")
+    CaffeNet(deploy).save_caffemodel(tmp_path / "w.caffemodel")
+    cv2.imwrite(str(tmp_path / "q.png"), images[4])
+
+    def tool(name, *args):
+        return subprocess.run([sys.executable, os.path.join(ROOT, "tools", name), *map(str, args)],
+                              capture_output=True, text=True, env={**os.environ, "SSDH_PROGRESS": "0"})
+    uri = tmp_path / "lite.db"
+    coded = tool("encode.py", "--prototxt", deploy, "--weights", tmp_path / "w.caffemodel", "--input", tmp_path / "db",
+                 "--scale", "0.00390625", "--out", tmp_path / "c.ssdh", "--milvus", uri, "--collection", "mnist")
+    assert coded.returncode == 0, coded.stderr
+    assert os.path.exists(f"{uri}.mnist.card.json")
+    by_file = tool("search.py", "--index", tmp_path / "c.ssdh", tmp_path / "q.png", "--k", "8")
+    by_milvus = tool("search.py", "--milvus", uri, "--collection", "mnist", tmp_path / "q.png", "--k", "8")
+    assert by_file.returncode == 0 and by_milvus.returncode == 0, by_milvus.stderr
+    assert by_file.stdout == by_milvus.stdout and "distance   0" in by_milvus.stdout
+    neither = tool("search.py", tmp_path / "q.png")
+    assert neither.returncode == 1 and "give a code file (--index) or a Milvus collection" in neither.stderr
+
+    index, card = open_index(milvus=str(uri), collection="mnist")
+    api = TestClient(create_app(ImageSearch(index, tmp_path / "db", card=card)))
+    answer = api.post("/search?k=5", content=cv2.imencode(".png", images[4])[1].tobytes()).json()
+    assert answer["results"][0] == {"id": 4, "distance": 0, "label": int(labels[4])}
+    assert api.get("/items/4/neighbors?k=3").json()["results"][0]["same_label"] is True
+    assert api.get("/health").json()["index"] == "MilvusIndex"

@@ -2,7 +2,7 @@
 """Encode images to binary codes with a trained SSDH net and write a code file.
 
     python tools/encode.py --prototxt deploy.prototxt --weights W --input DB|list|.npy|.npz
-        --out codes.ssdh [--blob latent_sigmoid] [--features fc7[,fc9] [--features-out fc7.npy]]
+        --out codes.ssdh [--milvus URI [--collection C]] [--blob latent_sigmoid] [--features fc7[,fc9] [--features-out fc7.npy]]
         [--batch-size B] [--device cpu|cuda:N] [--mean-file M | --mean-value V ...] [--scale S]
         [--crop-size C] [--resize H W] [--backend lmdb|leveldb]
 
@@ -11,7 +11,10 @@ The latent activations (default blob: the Sigmoid output named like
 packed (ssdh_port.ops.pack_bits layout) and saved with ids 0..N-1 and the labels
 of the source in the code file (ssdh_port.hashing.index). Degenerate codes are
 reported loudly (activations near 0.5 everywhere, constant bits, all codes
-equal) with the bit balance, also in <out>.report.json.
+equal) with the bit balance, also in <out>.report.json. A model card (the net,
+weights, latent blob and preprocessing) goes beside the code file
+(<out>.card.json); with --milvus the codes go into a Milvus collection too (or
+only), its card beside a Milvus Lite file.
 """
 import argparse
 import json
@@ -28,12 +31,18 @@ from ssdh_port.pipeline import encode_split, transform_param
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     cli.add_source_arguments(parser)
-    parser.add_argument("--out", required=True, help="code file to write (.ssdh)")
+    parser.add_argument("--out", help="code file to write (.ssdh)")
+    parser.add_argument("--milvus", metavar="URI", help="also (or instead) append the codes to a Milvus "
+                        "collection: a Milvus Lite file or http://host:19530")
+    parser.add_argument("--collection", default="ssdh_codes")
+    parser.add_argument("--card", help="model card of the Milvus collection (default: beside a Milvus Lite file)")
     parser.add_argument("--blob", help="latent activations blob (default: found by name)")
     parser.add_argument("--features", help="also keep these blobs (comma-separated, e.g. fc7 for "
                         "re-ranking): <out>.<blob>.npy each")
     parser.add_argument("--features-out", help=".npy file for a single --features blob")
     args = parser.parse_args(argv)
+    if not (args.out or args.milvus):
+        raise SSDHError("give --out (a code file) and/or --milvus (a collection)")
     extra = args.features.split(",") if args.features else []
     if args.features_out and len(extra) != 1:
         raise SSDHError("--features-out goes with a single --features blob")
@@ -42,12 +51,16 @@ def main(argv=None):
         features=extra, iterations=args.iterations, backend=args.backend, resize=args.resize,
         device=args.device, transform=transform_param(args.scale, args.mean_file, args.mean_value,
                                                       args.crop_size, args.gray))
-    encoded.save(args.out, {extra[0]: args.features_out} if args.features_out else None)
     health = encoded.health
-    with atomic_write(args.out + ".report.json", "w") as f:
-        json.dump(health, f, indent=1)
+    if args.out:
+        encoded.save(args.out, {extra[0]: args.features_out} if args.features_out else None)
+        with atomic_write(args.out + ".report.json", "w") as f:
+            json.dump(health, f, indent=1)
+    if args.milvus:
+        encoded.to_milvus(args.milvus, args.collection, args.card)
+    where = " and ".join(filter(None, [args.out, args.milvus and f"{args.milvus} ({args.collection})"]))
     print(f"encoded {health['items']} items to {health['bits']}-bit codes from blob "
-          f"'{encoded.latent_blob}': {args.out}")
+          f"'{encoded.latent_blob}': {where}")
     print(f"bit balance: mean {health['mean_bit_balance']:.3f} (per bit "
           f"{np.round(health['bit_balance'], 2).tolist()}); {health['distinct_codes']} distinct codes")
     for warning in health["warnings"]:

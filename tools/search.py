@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Search a code file with query images through a trained SSDH net.
 
-    python tools/search.py --index codes.ssdh IMAGE [IMAGE ...] [--k 10]
+    python tools/search.py --index codes.ssdh | --milvus URI [--collection C] IMAGE [IMAGE ...] [--k 10]
         [--prototxt deploy.prototxt --weights W --blob B --mean-file M | --mean-value V ... --scale S]
 
 The net and its preprocessing come from the model card beside the code file
@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from ssdh_port import cli
-from ssdh_port.search import ImageSearch, read_images
+from ssdh_port.search import read_images
 
 
 def main(argv=None):
@@ -22,7 +22,7 @@ def main(argv=None):
     parser.add_argument("images", nargs="+")
     cli.add_k(parser, 10)
     args = parser.parse_args(argv)
-    engine = ImageSearch(args.index, **cli.model_overrides(args))
+    engine = cli.search_engine(args)
     for path, hits in zip(args.images, engine.search(read_images(args.images), args.k)):
         print(f"{path}:")
         for rank, hit in enumerate(hits, 1):

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The retrieval service: a JSON API and a search page over a code file and its net.
 
-    python tools/serve.py --index codes.ssdh [--db DB] [--host 127.0.0.1] [--port 8000]
+    python tools/serve.py --index codes.ssdh | --milvus URI [--collection C] [--db DB] [--port 8000]
         [--prototxt deploy.prototxt --weights W ...] [--workers 1] [--max-body-mb 8]
         [--max-pixels 16000000] [--read-timeout 15] [--proxy-headers --forwarded-allow-ips IP]
 
@@ -16,7 +16,6 @@ import argparse
 import sys
 
 from ssdh_port import cli
-from ssdh_port.search import ImageSearch
 from ssdh_port.server import ServiceLimits, serve
 
 
@@ -46,7 +45,7 @@ def main(argv=None):
         max_body_bytes=int(args.max_body_mb * 2**20), max_pixels=args.max_pixels, max_images=args.max_images,
         max_k=args.max_k, max_pending=args.max_pending, workers=args.workers,
         max_connections=args.max_connections, read_timeout=args.read_timeout, model_timeout=args.model_timeout)
-    engine = ImageSearch(args.index, args.db, backend=args.backend, **cli.model_overrides(args))
+    engine = cli.search_engine(args, args.db, args.backend)
     serve(engine, args.host, args.port, limits,
           ready=lambda url: print(f"serving {len(engine.index)} items on {url}", flush=True),
           proxy_headers=args.proxy_headers, forwarded_allow_ips=args.forwarded_allow_ips)

@@ -138,6 +138,16 @@ class HammingIndex:
         distances, positions = ops.hamming_topk(self._queries(queries), self._merge(), k)
         return distances.cpu(), positions.cpu()
 
+    def ids_at(self, positions):
+        return self.ids[torch.as_tensor(positions).long()]
+
+    def labels_at(self, positions):
+        labels = self.labels
+        return None if labels is None else labels[torch.as_tensor(positions).long()]
+
+    def codes_at(self, positions):
+        return self.codes[torch.as_tensor(positions).long().reshape(-1)]
+
     def positions_of(self, ids):
         """Positions of the given ids (int64 tensor); an id not in the index is an error
         that names it. Ids are expected unique; the first position of a repeated id wins."""

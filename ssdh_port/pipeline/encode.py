@@ -57,6 +57,22 @@ class EncodedSplit:
         return self
 
 
+    def to_milvus(self, uri, collection="ssdh_codes", card=None):
+        """Append the codes (ids, labels) to a Milvus collection and write the model card
+        (default: beside a Milvus Lite file); returns the MilvusIndex."""
+        from ssdh_port.hashing.milvus import MilvusIndex
+        from ssdh_port.model_card import milvus_card_path
+
+        index = MilvusIndex(self.index.bits, uri, collection)
+        labels = self.index.labels
+        index.add(self.index.codes, self.index.ids.numpy(), None if labels is None else labels.numpy(),
+                  progress=True)
+        target = card or milvus_card_path(uri, collection)
+        if self.card is not None and target:
+            write_card(self.card, path=target)
+        return index
+
+
 def find_latent_blob(net):
     """The latent activations: a Concat of Sigmoid outputs (DNNH's divide-and-encode),
     else the Sigmoid top named like '*latent*', else the last Sigmoid top."""
