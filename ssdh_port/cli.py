@@ -20,10 +20,11 @@ from ssdh_port.errors import SSDHError
 
 
 def _gpu(value):
-    try:
-        return f"cuda:{int(value)}"
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a GPU number, got {value!r}") from None
+    """Caffe's --gpu: N, or (train_net) N,M,... / all for one process per GPU."""
+    parts = value.split(",")
+    if value != "all" and not all(part.isdigit() for part in parts):
+        raise argparse.ArgumentTypeError(f"expected a GPU number (or numbers like 0,1), got {value!r}")
+    return f"cuda:{value}"
 
 
 def add_device(parser, default="cpu"):

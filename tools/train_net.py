@@ -2,8 +2,14 @@
 """Train a Caffe net from a solver, as `caffe train -solver S [-weights W]` does.
 
     python tools/train_net.py solver.yaml|solver.prototxt [--weights W.caffemodel|.pt]
-        [--resume SNAPSHOT.solverstate|.pt] [--device cpu|cuda:N | --gpu N] [--amp]
+        [--resume SNAPSHOT.solverstate|.pt] [--device cpu|cuda:N | --gpu N|N,M,...|all] [--amp]
         [--channels-last] [--tf32] [--log-dir DIR] [--solver-set FIELD=VALUE ...]
+
+Several processes train one net as Caffe's multi-GPU training does (each rank runs
+batch_size, reads every N-th record, gradients averaged, rank 0 logs, tests and
+snapshots; ssdh_port.caffe.parallel): `torchrun --nproc_per_node=N
+tools/train_net.py S` (gloo on CPUs, NCCL on GPUs), or Caffe's `--gpu 0,1,2,3` /
+`--gpu all`, which starts one process per GPU.
 
 SIGINT or SIGTERM stops at the end of the iteration with a snapshot (exit 0),
 SIGHUP snapshots and goes on, as Caffe's defaults (--sigint-effect / --sighup-effect).
@@ -18,6 +24,7 @@ import argparse
 import sys
 
 from ssdh_port import cli
+from ssdh_port.caffe import parallel
 from ssdh_port.caffe.solver import read_solver
 from ssdh_port.pipeline import set_solver_fields, solver_overrides, train_caffe
 
@@ -44,6 +51,9 @@ def main(argv=None):
     parser.add_argument("--sighup-effect", default="snapshot", choices=("stop", "snapshot", "none"),
                         help="on SIGHUP (default: snapshot and go on)")
     args = parser.parse_args(argv)
+    if args.device and args.device.startswith("cuda:") and not args.device[5:].isdigit():
+        # Caffe's --gpu 0,1,2,3: one process per GPU, ranks of one training.
+        return parallel.launch(__file__, sys.argv[1:] if argv is None else argv, parallel.parse_gpus(args.device[5:]))
     param = set_solver_fields(read_solver(args.solver), solver_overrides(args.solver_set))
     result = train_caffe(param, weights=args.weights, resume=args.resume, device=args.device,
                          amp=args.amp, channels_last=args.channels_last, tf32=args.tf32,

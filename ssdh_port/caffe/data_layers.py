@@ -83,6 +83,25 @@ class Data(_SourceLayer):
         self.raw_records = bool(first.data) and not first.encoded
         self._staging = None
         self._prefetcher = None
+        # Multi-process training (ssdh_port.caffe.parallel): this rank keeps the
+        # records whose running offset is rank modulo world (Caffe's DataLayer::Skip).
+        self.rank, self.world, self.offset = 0, 1, 0
+
+    def shard(self, rank, world):
+        """Read only this rank's records (TRAIN phase; TEST data layers read everything)."""
+        if self.phase == "TRAIN":
+            self.rank, self.world = int(rank), int(world)
+
+    def batch_indices(self, batch_size, total):
+        if self.world == 1:
+            return super().batch_indices(batch_size, total)
+        indices = []
+        while len(indices) < batch_size:
+            if self.offset % self.world == self.rank:
+                indices.append(self.cursor)
+            self.offset += 1
+            self.cursor = (self.cursor + 1) % total
+        return indices
 
     def _read(self, index):
         t = self.transformer
@@ -100,13 +119,22 @@ class Data(_SourceLayer):
         return self._transformed(batch, labels)
 
     def data_state(self):
-        """Where the next batch starts (read-ahead batches not yet used do not count)."""
-        return {"cursor": int(getattr(self, "position", self.cursor))}
+        """Where the next batch starts (read-ahead batches not yet used do not count).
+        Sharded, the position is taken to the iteration boundary: the next offset
+        that is a multiple of world, where rank 0's next record and every rank's
+        batch begin, so that a run resumes with any number of ranks."""
+        cursor, offset = getattr(self, "position", (self.cursor, self.offset))
+        while offset % self.world:
+            offset += 1
+            cursor = (cursor + 1) % len(self.db)
+        return {"cursor": int(cursor), "offset": int(offset)}
 
     def load_data_state(self, state):
         was_prefetching = self._prefetcher is not None
         self.stop_prefetch()
-        self.cursor = self.position = int(state["cursor"]) % len(self.db)
+        self.cursor = int(state["cursor"]) % len(self.db)
+        self.offset = int(state.get("offset", 0))
+        self.position = (self.cursor, self.offset)
         if was_prefetching:
             self.start_prefetch()
 
@@ -142,9 +170,9 @@ class Data(_SourceLayer):
             else:
                 batch = torch.empty(shape, dtype=torch.uint8)
             labels = self.db.read_batch(indices, batch.numpy())
-            return batch, labels, self.cursor
+            return batch, labels, (self.cursor, self.offset)
         records = [self._read(i) for i in indices]
-        return self.stacked([r[0] for r in records]), [r[1] for r in records], self.cursor
+        return self.stacked([r[0] for r in records]), [r[1] for r in records], (self.cursor, self.offset)
 
 
 def check_paired_databases(layers):

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ssdh_port.caffe import io as caffe_io
+from ssdh_port.caffe import parallel
 from ssdh_port.caffe.net import CaffeNet
 from ssdh_port.caffe.proto import caffe_pb2 as pb
 from ssdh_port.errors import SSDHError
@@ -193,9 +194,13 @@ class Solver:
     display lines; on_iteration(record) a dict per displayed iteration."""
 
     def __init__(self, param, device="cpu", log=print, on_iteration=None, on_test=None, amp=False,
-                 channels_last=False, tf32=False, prefetch=None):
+                 channels_last=False, tf32=False, prefetch=None, ranks=None):
         self.param = param
         self.device = torch.device(device)
+        # One rank of a multi-process run (ssdh_port.caffe.parallel): Caffe's rules.
+        self.ranks = ranks or parallel.Ranks()
+        if not self.ranks.root:
+            log = on_iteration = on_test = None
         # Opt-in speed modes for the GPU's tensor cores, off by default for Caffe
         # fidelity: bf16 autocast of the training forward passes (weights, their
         # gradients and the update stay float32), channels_last layout, and TF32
@@ -204,7 +209,7 @@ class Solver:
         self.channels_last = bool(channels_last)
         if self.device.type == "cuda":
             set_tf32(tf32)
-        self.log = log
+        self.log = log or (lambda line: None)
         self.on_iteration = on_iteration or (lambda record: None)
         self.on_test = on_test or (lambda record: None)
         if param.random_seed >= 0:
@@ -231,6 +236,11 @@ class Solver:
                 net.start_prefetch(prefetch)
         self._seed_data_layers()
         self.params = learnable_params(self.net)
+        if self.ranks.world > 1:
+            for module in self.net.layers:
+                if hasattr(module, "shard"):
+                    module.shard(self.ranks.rank, self.ranks.world)
+            parallel.broadcast_parameters([lp.tensor for lp in self.params])
         self.rate = LearningRate(param)
         self.updater = Updater(param)
         self.iter = 0
@@ -243,7 +253,9 @@ class Solver:
         for net_index, net in enumerate([self.net] + self.test_nets):
             for layer_index, module in enumerate(net.layers):
                 if hasattr(module, "reseed"):
-                    module.reseed(self.param.random_seed + 1000 * net_index + layer_index)
+                    # Each rank draws its own crops and mirrors.
+                    module.reseed(self.param.random_seed + 1000 * net_index + layer_index
+                                  + 7919 * self.ranks.rank)
 
     # ------------------------------------------------------------ training
 
@@ -291,8 +303,13 @@ class Solver:
                     self.iter > 0 or p.test_initialization):
                 self.test_all()
             loss, outputs = self.forward_backward()
-            if not math.isfinite(loss):
+            finite = math.isfinite(loss)
+            if self.ranks.world > 1:
+                finite = not parallel.agree(not finite)  # a divergence anywhere stops every rank
+            if not finite:
                 raise SolverError(self._divergence(loss, outputs))
+            if self.ranks.world > 1:
+                parallel.average_gradients([lp.tensor for lp in self.params], self.ranks.world)
             self.losses.append(loss)
             smoothed = sum(self.losses) / len(self.losses)
             displayed = p.display and self.iter % p.display == 0
@@ -305,8 +322,11 @@ class Solver:
             self.iter += 1
             if p.snapshot and self.iter % p.snapshot == 0:
                 self.snapshot()
-            # A signal's request takes effect at the end of the iteration, as in Caffe.
+            # A signal's request takes effect at the end of the iteration, as in Caffe;
+            # the ranks agree on it (a stop outranks a snapshot).
             action, self.requested_action = self.requested_action, None
+            if self.ranks.world > 1:
+                action = [None, "snapshot", "stop"][parallel.agree({"snapshot": 1, "stop": 2}.get(action, 0))]
             if action == "snapshot":
                 self.snapshot()
             elif action == "stop":
@@ -342,6 +362,8 @@ class Solver:
     @torch.no_grad()
     def test_all(self):
         results = []
+        if not self.ranks.root:
+            return results  # only rank 0 tests, as Caffe's root solver
         for k, net in enumerate(self.test_nets):
             sums = collections.OrderedDict()
             for _ in range(self.param.test_iter[k]):
@@ -383,6 +405,8 @@ class Solver:
         place, then the record <prefix>_latest naming the set, so that a kill at
         any moment leaves the previous complete set as the latest one."""
         model_path, state_path, pt_path = self.snapshot_paths()
+        if not self.ranks.root:
+            return model_path, state_path, pt_path  # only rank 0 writes them
         state = pb.SolverState(iter=self.iter, learned_net=model_path,
                                current_step=self.rate.current_step)
         for lp in self.params:

@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from ssdh_port.caffe import parallel
 from ssdh_port.caffe.proto import caffe_pb2 as pb
 from ssdh_port.caffe.solver import Solver, read_solver, remove_stale_temporaries
 from ssdh_port.errors import SSDHError
@@ -115,20 +116,28 @@ def train_caffe(solver, *, weights=None, resume=None, device=None, amp=False, ch
     if weights and resume:
         raise SSDHError("give initial weights or a snapshot to resume from, not both")
     param = read_solver(solver) if not isinstance(solver, pb.SolverParameter) else solver
-    device = pick_device(param, device)
+    device = parallel.rank_device(pick_device(param, device))
+    # Under torchrun (or train_net --gpu 0,1,...): one rank of Caffe's multi-GPU
+    # training; rank 0 alone displays, logs, tests and snapshots.
+    ranks = parallel.from_environment(device)
     log_dir = log_dir or os.path.dirname(param.snapshot_prefix) or "."
     os.makedirs(log_dir, exist_ok=True)
-    display = display or logger.info
-    removed = remove_stale_temporaries(param.snapshot_prefix or "snapshot")
-    if removed:
-        display(f"removed {len(removed)} temporary file(s) of an interrupted snapshot: {removed}")
-    log = _Log(os.path.join(log_dir, "train_log.jsonl"), param.display, append=bool(resume))
+    display = (display or logger.info) if ranks.root else (lambda line: None)
+    progress = progress and ranks.root
+    if ranks.root:
+        removed = remove_stale_temporaries(param.snapshot_prefix or "snapshot")
+        if removed:
+            display(f"removed {len(removed)} temporary file(s) of an interrupted snapshot: {removed}")
+    log = _Log(os.path.join(log_dir, "train_log.jsonl") if ranks.root else os.devnull, param.display,
+               append=bool(resume))
     start = time.time()
     try:
         engine = Solver(param, device=device, log=display, on_iteration=log.iteration,
-                        on_test=log.test, amp=amp, channels_last=channels_last, tf32=tf32)
+                        on_test=log.test, amp=amp, channels_last=channels_last, tf32=tf32, ranks=ranks)
         display(f"Solver: {engine.updater.kind}, lr_policy {engine.rate.policy}, device {device}, "
-                f"{len(engine.params)} learnable blobs, max_iter {param.max_iter}")
+                f"{len(engine.params)} learnable blobs, max_iter {param.max_iter}"
+                + (f", {ranks.world} ranks of batch_size each (effective batch x{ranks.world})"
+                   if ranks.world > 1 else ""))
         if weights:
             report = engine.net.copy_from(weights)
             display(f"Initialised from {weights}: loaded {report['loaded']}; "
@@ -144,7 +153,7 @@ def train_caffe(solver, *, weights=None, resume=None, device=None, amp=False, ch
     finally:
         log.close()
     plot = None
-    records, tests = read_log(log.path)  # the whole log: a resumed run's plot shows all of it
+    records, tests = read_log(log.path) if ranks.root else ([], [])  # the whole log, a resumed run's too
     if records:
         plot = os.path.join(log_dir, "train_loss.png")
         training_curves(records, tests, plot)
