@@ -161,3 +161,27 @@ def test_lenet_ssdh_recipe_two_ranks_equal_one_process_after_20_iterations(tmp_p
     assert set(finals["one"]) == set(finals["two"]) and len(finals["one"]) == 10
     for key in finals["one"]:
         torch.testing.assert_close(finals["two"][key], finals["one"][key], rtol=1e-5, atol=1e-6)
+
+
+def test_sharded_encoding_writes_the_one_process_code_file(database, tmp_path):
+    from ssdh_port.caffe.net import CaffeNet
+    from ssdh_port.data import mnist
+    from ssdh_port.data.datasets import write_array_db
+
+    images, labels = mnist.load_split("test")
+    write_array_db(tmp_path / "db", images[:250, None], labels[:250])  # 4 batches of 64, the last short
+    deploy = os.path.join(ROOT, "prototxt", "lenet_ssdh", "deploy.prototxt")
+    CaffeNet(deploy).save_caffemodel(tmp_path / "w.caffemodel")
+    tool = os.path.join(ROOT, "tools", "encode.py")
+    common = ["--prototxt", deploy, "--weights", str(tmp_path / "w.caffemodel"), "--input", str(tmp_path / "db"),
+              "--scale", "0.00390625", "--features", "ip2"]
+    env = {**os.environ, "SSDH_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, tool, *common, "--out", str(tmp_path / "one.ssdh")],
+                         capture_output=True, text=True, env=env)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                          f"--master_port={free_port()}", "--master_addr=127.0.0.1", tool, *common,
+                          "--out", str(tmp_path / "two.ssdh")], capture_output=True, text=True, env=env)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
+    assert (tmp_path / "one.ssdh").read_bytes() == (tmp_path / "two.ssdh").read_bytes()
+    assert np.array_equal(np.load(tmp_path / "one.ssdh.ip2.npy"), np.load(tmp_path / "two.ssdh.ip2.npy"))
+    assert two.stdout.count("encoded 250 items") == 1

@@ -14,7 +14,9 @@ reported loudly (activations near 0.5 everywhere, constant bits, all codes
 equal) with the bit balance, also in <out>.report.json. A model card (the net,
 weights, latent blob and preprocessing) goes beside the code file
 (<out>.card.json); with --milvus the codes go into a Milvus collection too (or
-only), its card beside a Milvus Lite file.
+only), its card beside a Milvus Lite file. Under `torchrun --nproc_per_node=N`, the
+N processes encode interleaved batches and rank 0 writes one code file identical
+to one process's.
 """
 import argparse
 import json
@@ -51,6 +53,8 @@ def main(argv=None):
         features=extra, iterations=args.iterations, backend=args.backend, resize=args.resize,
         device=args.device, transform=transform_param(args.scale, args.mean_file, args.mean_value,
                                                       args.crop_size, args.gray))
+    if encoded is None:
+        return 0  # a rank other than 0 of `torchrun ... tools/encode.py`: rank 0 writes
     health = encoded.health
     if args.out:
         encoded.save(args.out, {extra[0]: args.features_out} if args.features_out else None)

@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -131,3 +132,21 @@ def _without_device(argv):
         elif not arg.startswith(("--gpu=", "--device=")):
             out.append(arg)
     return out
+
+
+def gather_batches(arrays, labels, batch_size, ranks):
+    """Rank r extracted the batches r, r + N, ... ({blob: rows}, labels): rank 0 gets
+    every batch in the original order (None elsewhere)."""
+    gathered = [None] * ranks.world if ranks.root else None
+    dist.gather_object((arrays, labels), gathered, dst=0)
+    if not ranks.root:
+        return None
+    rows = [len(next(iter(a.values()))) for a, _ in gathered]
+    batches = sum(-(-n // batch_size) for n in rows)
+    order = [(b % ranks.world, (b // ranks.world) * batch_size) for b in range(batches)]
+    merged = {name: np.concatenate([gathered[r][0][name][s:s + batch_size] for r, s in order])
+              for name in arrays}
+    has_labels = gathered[0][1] is not None
+    merged_labels = (np.concatenate([gathered[r][1][s:s + batch_size] for r, s in order])
+                     if has_labels else None)
+    return merged, merged_labels

@@ -18,6 +18,7 @@ from ssdh_port.errors import SSDHError
 from ssdh_port.hashing.codes import code_report
 from ssdh_port.hashing.index import HammingIndex
 from ssdh_port.model_card import ModelCard, make_card, write_card
+from ssdh_port.caffe import parallel
 from ssdh_port.caffe.proto import caffe_pb2 as pb
 from ssdh_port.data.db import open_db
 from ssdh_port.pipeline.features import batch_source, extract, load_net, resolve_device
@@ -96,12 +97,19 @@ def codes_from_activations(activations, labels=None, ids=None):
 
 
 def encode_batches(net, batches, *, latent_blob=None, features=(), iterations=None, device="cpu",
-                   labels=None):
+                   labels=None, gather=None):
     """Encode what `batches` yields (None: the net's data layers for `iterations`);
-    labels (class ids or multi-hot rows) replace those of the source."""
+    labels (class ids or multi-hot rows) replace those of the source. gather(arrays,
+    labels) -> (arrays, labels) or None puts a sharded run's pieces together (None:
+    this process keeps no result)."""
     blob = latent_blob or find_latent_blob(net)
     wanted = [blob] + [name for name in features if name != blob]
     arrays, source_labels = extract(net, wanted, batches, iterations, resolve_device(device))
+    if gather is not None:
+        gathered = gather(arrays, source_labels)
+        if gathered is None:
+            return None
+        arrays, source_labels = gathered
     labels = source_labels if labels is None else labels
     activations = arrays.pop(blob)
     activations = activations.reshape(len(activations), -1)
@@ -115,13 +123,23 @@ def encode_split(prototxt, weights, source, *, transform=None, batch_size=64, la
                  features=(), iterations=None, backend="lmdb", resize=None, device="cpu"):
     """Encode a split with a deploy (or test) net: source is a Datum database, an
     image list, an .npy / .npz array file, or None for the net's own data layers
-    (then give iterations)."""
+    (then give iterations). Under torchrun, the ranks encode interleaved batches
+    (rank r: batches r, r + N, ...) and rank 0 returns the whole split, identical to
+    one process's; the other ranks return None."""
     net = load_net(prototxt, weights, batch_size if source is not None else None)
     if source is None and not iterations:
         raise SSDHError("without a source, give the number of iterations of the net's data layers")
-    batches = batch_source(source, net, batch_size, transform, backend, resize)
+    device = parallel.rank_device(resolve_device(device))
+    ranks = parallel.from_environment(device) if source is not None else parallel.Ranks()
+    batches = batch_source(source, net, batch_size, transform, backend, resize, shard=(ranks.rank, ranks.world))
+    gather = None
+    if ranks.world > 1:
+        def gather(arrays, labels):
+            return parallel.gather_batches(arrays, labels, batch_size, ranks)
     encoded = encode_batches(net, batches, latent_blob=latent_blob, features=features,
-                             iterations=iterations, device=device)
+                             iterations=iterations, device=device, gather=gather)
+    if encoded is None:
+        return None
     transform, image_size = _preprocessing(net, source, transform, backend, resize)
     encoded.card = make_card(prototxt, weights, encoded.latent_blob, encoded.index.bits, len(encoded.index),
                              transform, image_size, source)

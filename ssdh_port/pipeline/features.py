@@ -26,19 +26,26 @@ from ssdh_port.precision import set_tf32
 from ssdh_port.progress import bar, logger
 
 
-def array_batches(arrays, batch_size):
+def _owned(total, batch_size, shard):
+    """The batch starts this shard (rank, world) encodes: batches rank, rank + world, ..."""
+    rank, world = shard or (0, 1)
+    return [start for b, start in enumerate(range(0, total, batch_size)) if b % world == rank]
+
+
+def array_batches(arrays, batch_size, shard=None):
     """{blob: array} -> batches of {blob: tensor}; all arrays share the first axis."""
     sizes = {len(a) for a in arrays.values()}
     if len(sizes) != 1:
         raise SSDHError(f"input arrays have different lengths {sorted(sizes)}")
     total = sizes.pop()
-    for start in range(0, total, batch_size):
+    for start in _owned(total, batch_size, shard):
         yield {k: torch.from_numpy(np.ascontiguousarray(v[start:start + batch_size]))
                for k, v in arrays.items()}, None
 
 
-def db_batches(path, batch_size, transform_param, backend="lmdb", resize=None):
-    """Datum database or image list -> batches (data tensor, labels array)."""
+def db_batches(path, batch_size, transform_param, backend="lmdb", resize=None, shard=None):
+    """Datum database or image list -> batches (data tensor, labels array); with shard
+    (rank, world), only batches rank, rank + world, ... (the others are not read)."""
     transformer = DataTransformer(transform_param or pb.TransformationParameter(), "TEST")
     if os.path.isfile(path):
         entries = read_list(path)
@@ -56,7 +63,7 @@ def db_batches(path, batch_size, transform_param, backend="lmdb", resize=None):
 
         def load(i):
             return db.read(i, transformer.force_color, transformer.force_gray)
-    for start in range(0, total, batch_size):
+    for start in _owned(total, batch_size, shard):
         records = [load(i) for i in range(start, min(total, start + batch_size))]
         data = transformer(torch.from_numpy(np.stack([r[0] for r in records])))
         yield data, np.array([r[1] for r in records])
@@ -139,7 +146,7 @@ def transform_param(scale=1.0, mean_file=None, mean_value=None, crop_size=0, gra
     return param
 
 
-def batch_source(source, net, batch_size, transform=None, backend="lmdb", resize=None):
+def batch_source(source, net, batch_size, transform=None, backend="lmdb", resize=None, shard=None):
     """Batches for net from source: None (the net's own data layers), an .npy
     array (fed to the first input blob), an .npz (one array per input blob), a
     Datum database folder or an image list file (transformed by `transform`)."""
@@ -147,14 +154,14 @@ def batch_source(source, net, batch_size, transform=None, backend="lmdb", resize
         return None
     source = os.fspath(source)
     if source.endswith(".npy"):
-        return array_batches({net.input_names[0]: _load_array(source)}, batch_size)
+        return array_batches({net.input_names[0]: _load_array(source)}, batch_size, shard)
     if source.endswith(".npz"):
         arrays = dict(np.load(source))
         unknown = [k for k in arrays if k not in net.input_names]
         if unknown:
             raise SSDHError(f"{source}: arrays {unknown} match no input blob {net.input_names}")
-        return array_batches(arrays, batch_size)
-    return db_batches(source, batch_size, transform, backend, resize)
+        return array_batches(arrays, batch_size, shard)
+    return db_batches(source, batch_size, transform, backend, resize, shard)
 
 
 def _load_array(path):
