@@ -8,6 +8,11 @@ classification accuracy.
         [--bits 48] [--epochs 16] [--seed 0] [--precision bf16|fp32] [--tta 2]
         [--out-dir results/cifar10_fast] [--resume results/cifar10_fast/snapshot.pt]
 
+Several processes (`torchrun --nproc_per_node=N tools/train_cifar10.py ...`) train
+one net: each rank takes batch_size images per step (the learning rate follows the
+effective batch N x batch_size), the gradients are averaged, rank 0 writes
+everything; batch norm statistics stay per rank (no synchronised batch norm).
+
 Every field of ssdh_port.pipeline.fast_cifar.FastCifarConfig is a flag (the
 recipe is documented there). Writes to --out-dir: train_log.jsonl (one line per
 epoch, flushed), snapshot.pt (each epoch; --resume continues from it), model.pt,
@@ -28,6 +33,8 @@ def main(argv=None):
     args = vars(parser.parse_args(argv))
     config = FastCifarConfig(**args)
     result = train_fast_cifar(config)
+    if result is None:
+        return 0  # a rank other than 0 of `torchrun ... tools/train_cifar10.py`
     print(write_run(result.report, config.out_dir, title="CIFAR-10 SSDH from scratch on the CPU (FastNet-SSDH)",
                     notes=f"seconds: {result.seconds}; the paper's best 48-bit mAP@1000 (VGG16 with ImageNet "
                     f"weights, GPU): {100 * PAPER_CIFAR10_BEST_MAP:.2f}",

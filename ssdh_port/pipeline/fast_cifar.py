@@ -36,6 +36,7 @@ import torch
 from torch.nn import functional as F
 
 from ssdh_port import ops
+from ssdh_port.caffe import parallel
 from ssdh_port.caffe.io import atomic_write
 from ssdh_port.errors import SSDHError
 from ssdh_port.models.fastnet import FastNetSSDH
@@ -96,18 +97,22 @@ def _widths(config):
 class _Batches:
     """Normalised, augmented training batches from uint8 images in memory."""
 
-    def __init__(self, images, labels, config, generator):
+    def __init__(self, images, labels, config, generator, ranks=None):
         self.images, self.labels, self.config, self.generator = images, labels, config, generator
+        # Several processes: each step takes world x batch_size images, rank r its slice
+        # (every rank draws the same permutation and augmentation numbers, in step).
+        self.ranks = ranks or parallel.Ranks()
         self.flip_base = torch.rand(len(images), generator=generator) < 0.5
         self.normalise = Normaliser(images)
 
     def epoch(self, epoch, memory_format):
         n, size, pad = len(self.images), self.config.batch_size, self.config.translate
+        step = size * self.ranks.world
         order = torch.randperm(n, generator=self.generator)
         # Alternating flips: random in the first epoch, then every other epoch the other way.
         flips = self.flip_base ^ bool(epoch % 2)
-        for start in range(0, n - size + 1, size):
-            index = order[start:start + size]
+        for start in range(0, n - step + 1, step):
+            index = order[start + self.ranks.rank * size:start + (self.ranks.rank + 1) * size]
             x = self.normalise(self.images[index])
             x = torch.where(flips[index][:, None, None, None], x.flip(-1), x)
             if pad:
@@ -125,10 +130,11 @@ def _translate(x, pad, generator):
     return padded[torch.arange(n)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
 
 
-def _optimizer(model, config, batch_norm_names):
+def _optimizer(model, config, batch_norm_names, world=1):
     kilostep = 1024 * (1 + 1 / (1 - config.momentum))
-    lr = config.lr / kilostep * config.batch_size         # on the batch-mean loss
-    decay = config.weight_decay * config.batch_size / kilostep
+    batch = config.batch_size * world                      # the effective batch
+    lr = config.lr / kilostep * batch                      # on the batch-mean loss
+    decay = config.weight_decay * batch / kilostep
     biases = [p for n, p in model.named_parameters() if n in batch_norm_names and p.requires_grad]
     others = [p for n, p in model.named_parameters() if n not in batch_norm_names and p.requires_grad]
     bias_lr = lr * config.bias_scaler
@@ -186,7 +192,8 @@ def _snapshot(path, model, optimizer, epoch, step, generator, history):
 
 
 def train_fast_cifar(config):
-    """Train, encode and evaluate one FastCifarConfig; returns a FastCifarResult."""
+    """Train, encode and evaluate one FastCifarConfig; returns a FastCifarResult (None
+    on the ranks other than 0 of a torchrun training)."""
     wall = time.perf_counter()
     device = resolve_device(config.device)
     if device.type != "cpu":
@@ -195,24 +202,32 @@ def train_fast_cifar(config):
         raise SSDHError(f"precision {config.precision!r}: expected bf16 or fp32")
     if config.tta not in (0, 1, 2):
         raise SSDHError(f"tta {config.tta}: expected 0, 1 or 2")
-    paths = data_paths(config.data, config.archive)
+    # Under torchrun: ranks of one training (each batch_size images per step, the
+    # gradients averaged, rank 0 logs, snapshots, encodes and evaluates).
+    ranks = parallel.from_environment(device)
+    paths = data_paths(config.data, config.archive) if ranks.root else None
+    if ranks.world > 1:
+        torch.distributed.barrier()  # rank 0 prepares the databases first
+        paths = data_paths(config.data, config.archive)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     train_images, train_labels = load_split(paths["train"], config.limit)
     test_images, test_labels = load_split(paths["test"])
-    if len(train_images) < config.batch_size:
-        raise SSDHError(f"{len(train_images)} training images for a batch of {config.batch_size}")
-    batches = _Batches(train_images, train_labels, config, generator)
+    if len(train_images) < config.batch_size * ranks.world:
+        raise SSDHError(f"{len(train_images)} training images for {ranks.world} batch(es) of {config.batch_size}")
+    batches = _Batches(train_images, train_labels, config, generator, ranks)
     model = FastNetSSDH(bits=config.bits, widths=_widths(config))
     model.init_whitening(batches.normalise(train_images[:5000]))
     memory_format = torch.channels_last
     model = model.to(memory_format=memory_format)
     norm_names = {n for n, _ in model.named_parameters() if ".norm" in n}
-    optimizer = _optimizer(model, config, norm_names)
-    steps_per_epoch = len(train_images) // config.batch_size
+    optimizer = _optimizer(model, config, norm_names, ranks.world)
+    if ranks.world > 1:
+        parallel.broadcast_parameters(list(model.parameters()) + list(model.buffers()))
+    steps_per_epoch = len(train_images) // (config.batch_size * ranks.world)
     total = int(config.epochs * steps_per_epoch)
     os.makedirs(config.out_dir, exist_ok=True)
-    log_path = os.path.join(config.out_dir, "train_log.jsonl")
+    log_path = os.path.join(config.out_dir, "train_log.jsonl") if ranks.root else os.devnull
     history, step, start_epoch = [], 0, 0
     if config.resume:
         state = torch.load(config.resume, map_location="cpu", weights_only=False)
@@ -224,7 +239,7 @@ def train_fast_cifar(config):
     logger.info("training FastNet-SSDH-%d (%s) on %d images: %d steps of %d, %s", config.bits, config.widths,
                 len(train_images), total, config.batch_size, config.precision)
     train_seconds = history[-1]["seconds"] if history else 0.0
-    ticker = bar(total=total, initial=step, desc="train", unit="step")
+    ticker = bar(total=total, initial=step, desc="train", unit="step", disable_if=not ranks.root)
     with open(log_path, "a" if config.resume else "w") as log_file:
         epoch = start_epoch
         while step < total:
@@ -243,6 +258,8 @@ def train_fast_cifar(config):
                 loss, e1 = _objective(config, latent, scores, y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if ranks.world > 1:
+                    parallel.average_gradients([p for p in model.parameters() if p.requires_grad], ranks.world)
                 optimizer.step()
                 sums += torch.tensor([float(loss.detach()) * len(y), float((scores.argmax(1) == y).sum()), len(y)])
                 step += 1
@@ -254,10 +271,14 @@ def train_fast_cifar(config):
             history.append(record)
             log_file.write(json.dumps(record) + "\n")
             log_file.flush()
+            if not ranks.root:
+                continue
             _snapshot(os.path.join(config.out_dir, "snapshot.pt"), model, optimizer, epoch, step, generator, history)
             logger.info("epoch %d: loss %.4f, train accuracy %.4f, %.0f s", epoch, record["loss"],
                         record["train_accuracy"], train_seconds)
     ticker.close()
+    if not ranks.root:
+        return None
     weights = os.path.join(config.out_dir, "model.pt")
     with atomic_write(weights) as f:
         torch.save({"config": dataclasses.asdict(config), "state_dict": model.state_dict()}, f)
