@@ -6,7 +6,7 @@ classification accuracy.
 
     python tools/train_cifar10.py [--archive cvprw15-cifar10-dataset-jpg.tar.gz] [--data runs/cifar10]
         [--bits 48] [--epochs 16] [--seed 0] [--precision bf16|fp32] [--tta 2]
-        [--out-dir results/cifar10_fast] [--resume results/cifar10_fast/snapshot.pt]
+        [--out-dir results/cifar10_fast] [--resume results/cifar10_fast/snapshot.pt] [--device cpu|cuda]
 
 Several processes (`torchrun --nproc_per_node=N tools/train_cifar10.py ...`) train
 one net: each rank takes batch_size images per step (the learning rate follows the
