@@ -133,3 +133,21 @@ def test_pair_mosaics_and_dont_care_labels(tmp_path):
         np.testing.assert_array_equal(f["label"][()], signed)
     with pytest.raises(ValueError, match="need N >= 2 images"):
         pair_mosaics(images[:1], labels[:1], 5, seed=0)
+
+
+def test_fastnet_heads():
+    from ssdh_port.errors import SSDHError
+    from ssdh_port.models.fastnet import FastNetSSDH
+
+    x = torch.randn(4, 3, 32, 32)
+    ssdh = FastNetSSDH(bits=12, widths=(8, 16, 16))
+    latent, scores = ssdh(x)
+    assert latent.shape == (4, 12) and scores.shape == (4, 10) and bool(((latent > 0) & (latent < 1)).all())
+    torch.testing.assert_close(scores, ssdh.classifier(latent))  # SSDH: the classifier reads the latent layer
+    plain = FastNetSSDH(bits=12, widths=(8, 16, 16), head="plain")
+    plain.load_state_dict(ssdh.state_dict(), strict=False)
+    latent, scores = plain(x)
+    # The recipe's own head reads the pooled features, scaled by 1/9.
+    torch.testing.assert_close(scores, plain.head(plain.features(x)) / 9)
+    with pytest.raises(SSDHError, match="head 'x': expected ssdh or plain"):
+        FastNetSSDH(head="x")

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ssdh_port.errors import SSDHError
 from ssdh_port.models.ssdh import LatentLayer
 
 
@@ -59,14 +60,22 @@ class ConvGroup(nn.Module):
 class FastNetSSDH(nn.Module):
     """forward(images) -> (latent activations N x bits, class scores N x classes)."""
 
-    def __init__(self, bits=48, widths=(64, 256, 256), classes=10, temperature=1.0):
+    def __init__(self, bits=48, widths=(64, 256, 256), classes=10, temperature=1.0, head="ssdh"):
         super().__init__()
+        if head not in ("ssdh", "plain"):
+            raise SSDHError(f"head {head!r}: expected ssdh or plain")
         self.whiten = nn.Conv2d(3, 24, 2, bias=True)
         self.groups = nn.Sequential(ConvGroup(24, widths[0]), ConvGroup(widths[0], widths[1]),
                                     ConvGroup(widths[1], widths[2]))
         self.latent = LatentLayer(widths[2], bits)
         self.classifier = nn.Linear(bits, classes, bias=False)
         self.temperature = temperature
+        # head="plain": the published recipe's own head (pooled features -> linear -> x 1/9),
+        # a reference for what the backbone reaches without the latent layer; the latent
+        # activations are still computed (train them only through E2/E3, if at all).
+        self.head_kind = head
+        if head == "plain":
+            self.head = nn.Linear(widths[2], classes, bias=False)
 
     @torch.no_grad()
     def init_whitening(self, images, eps=5e-4):
@@ -92,4 +101,6 @@ class FastNetSSDH(nn.Module):
         # The latent layer and the classifier in float32 even under autocast.
         with torch.autocast(x.device.type, enabled=False):
             latent = self.latent(features.float())
+            if self.head_kind == "plain":
+                return latent, self.head(features.float()) / 9
             return latent, self.classifier(latent) * self.temperature

@@ -60,6 +60,7 @@ class FastCifarConfig:
     epochs: float = 16.0
     batch_size: int = 1024
     widths: str = "128,384,384"
+    head: str = "ssdh"          # "plain": the recipe's own head, a reference (no SSDH codes)
     lr: float = 11.5            # per 1024 examples, the recipe's convention
     momentum: float = 0.85
     weight_decay: float = 0.0153
@@ -219,7 +220,7 @@ def train_fast_cifar(config):
     if len(train_images) < config.batch_size * ranks.world:
         raise SSDHError(f"{len(train_images)} training images for {ranks.world} batch(es) of {config.batch_size}")
     batches = _Batches(train_images, train_labels, config, generator, ranks)
-    model = FastNetSSDH(bits=config.bits, widths=_widths(config))
+    model = FastNetSSDH(bits=config.bits, widths=_widths(config), head=config.head)
     model.init_whitening(batches.normalise(train_images[:5000]))
     memory_format = torch.channels_last
     model = model.to(device, memory_format=memory_format)
@@ -294,11 +295,12 @@ def train_fast_cifar(config):
     test_labels, train_labels = test_labels.cpu(), train_labels.cpu()
     evaluation = retrieval_report(
         ops.pack_bits(query_latent, 0.5), ops.pack_bits(db_latent, 0.5), test_labels, train_labels,
-        method=f"FastNet-SSDH-{config.bits} (scratch)", bits=config.bits, curves=True,
+        method=(f"FastNet-SSDH-{config.bits} (scratch)" if config.head == "ssdh"
+                else f"FastNet, the recipe's plain head (scratch; {config.bits} untrained latent bits)"), bits=config.bits, curves=True,
         classification_accuracy=float((query_scores.argmax(1) == test_labels).float().mean()),
         seconds=round(train_seconds, 1),
         extra={"epochs": config.epochs, "widths": config.widths, "precision": config.precision,
-               "tta": config.tta, "loss_weights": [config.alpha, config.beta, config.gamma],
+               "tta": config.tta, "head": config.head, "loss_weights": [config.alpha, config.beta, config.gamma],
                "seed": config.seed, "train_images": len(train_images),
                "device": str(device) if device.type != "cpu" else platform.processor() or platform.machine(),
                "threads": torch.get_num_threads(),
@@ -338,7 +340,7 @@ def feature_baselines(weights, bits=None):
     train_images, train_labels = load_split(paths["train"], config.limit)
     test_images, test_labels = load_split(paths["test"])
     batches = _Batches(train_images, train_labels, config, torch.Generator().manual_seed(config.seed))
-    model = FastNetSSDH(bits=config.bits, widths=_widths(config))
+    model = FastNetSSDH(bits=config.bits, widths=_widths(config), head=config.head)
     model.load_state_dict(state["state_dict"])
     model = model.to(memory_format=torch.channels_last)
     train = _pooled_features(model, train_images, batches, config, torch.channels_last)
