@@ -62,10 +62,14 @@ def add_source_arguments(parser):
                         help="read list images and encoded records as gray (nets with one input channel)")
 
 
-def add_transform_arguments(parser):
+def add_transform_arguments(parser, scale=1.0):
+    """--mean-file, --mean-value, --scale (scale=None: not given unless on the command
+    line, for tools whose model card supplies it)."""
     parser.add_argument("--mean-file")
     parser.add_argument("--mean-value", type=float, nargs="+")
-    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--scale", type=float, default=scale,
+                        help="input scale" + (f" (default {scale:g})" if scale is not None
+                                              else " (default: the model card's, else 1)"))
 
 
 def add_model_arguments(parser):
@@ -80,9 +84,7 @@ def add_model_arguments(parser):
     parser.add_argument("--prototxt", help="deploy net (default: the model card's)")
     parser.add_argument("--weights", help="weights (default: the model card's)")
     parser.add_argument("--blob", help="latent blob (default: the model card's, else found by name)")
-    parser.add_argument("--mean-file")
-    parser.add_argument("--mean-value", type=float, nargs="+")
-    parser.add_argument("--scale", type=float, help="input scale (default: the model card's, else 1)")
+    add_transform_arguments(parser, scale=None)
 
 
 def search_engine(args, db=None, backend="lmdb"):

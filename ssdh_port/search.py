@@ -19,13 +19,13 @@ import torch
 
 from ssdh_port import ops
 from ssdh_port.caffe.net import CaffeNet
-from ssdh_port.caffe.proto import caffe_pb2 as pb
 from ssdh_port.data.db import open_db
 from ssdh_port.data.transformer import DataTransformer
 from ssdh_port.errors import SSDHError
 from ssdh_port.hashing.index import HammingIndex
 from ssdh_port.model_card import ModelCard, card_path, read_card_file
 from ssdh_port.pipeline.encode import find_latent_blob
+from ssdh_port.pipeline.features import transform_param
 
 # Formats accepted from clients (Pillow's names): what OpenCV decodes as well.
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "PPM", "GIF")
@@ -112,11 +112,7 @@ class ImageSearch:
 
     def _transform_param(self):
         t = self.card.transform
-        param = pb.TransformationParameter(scale=float(t["scale"]), crop_size=int(t["crop_size"] or 0))
-        if t["mean_file"]:
-            param.mean_file = t["mean_file"]
-        param.mean_value.extend(t["mean_value"] or [])
-        return param
+        return transform_param(float(t["scale"]), t["mean_file"], t["mean_value"], int(t["crop_size"] or 0))
 
 
     def encode_images(self, images):

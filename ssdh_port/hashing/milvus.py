@@ -112,10 +112,7 @@ class MilvusIndex:
     def add(self, codes, ids=None, labels=None, progress=False):
         """Append codes (0/1 N x K, or packed N x bytes uint8) with int64 ids (default:
         their positions) and optional labels (class ids, or multi-hot rows)."""
-        packed = as_packed(codes, "codes", self.bits).cpu().numpy()
-        if packed.shape[1] != self.bytes:
-            raise MilvusError(f"MilvusIndex.add: codes have {np.shape(codes)[1]} columns; a {self.bits}-bit "
-                              f"collection takes {self.bits} 0/1 columns or {self.bytes} packed bytes")
+        packed = self._packed(codes, "MilvusIndex.add: codes")
         n, start = len(packed), len(self)
         ids = np.arange(start, start + n) if ids is None else np.asarray(ids, dtype=np.int64).reshape(-1)
         if len(ids) != n:
@@ -213,12 +210,17 @@ class MilvusIndex:
 
     # ------------------------------------------------------------ search
 
-    def _queries(self, queries):
-        packed = as_packed(queries, "queries", self.bits).cpu().numpy()
+    def _packed(self, codes, what):
+        """Packed uint8 rows of this collection's width (checked here: Milvus Lite would
+        store rows of another length silently)."""
+        packed = as_packed(codes, what, self.bits).cpu().numpy()
         if packed.shape[1] != self.bytes:
-            raise MilvusError(f"query codes have {np.shape(queries)[1]} columns; a {self.bits}-bit collection "
+            raise MilvusError(f"{what} have {np.shape(codes)[1]} columns; a {self.bits}-bit collection "
                               f"takes {self.bits} 0/1 columns or {self.bytes} packed bytes")
-        return [bytes(row) for row in packed]
+        return packed
+
+    def _queries(self, queries):
+        return [bytes(row) for row in self._packed(queries, "query codes")]
 
     def _search(self, vectors, limit, where=None, low=None, high=None):
         params = {"metric_type": "HAMMING"}

@@ -208,10 +208,11 @@ def train_fast_cifar(config):
     # Under torchrun: ranks of one training (each batch_size images per step, the
     # gradients averaged, rank 0 logs, snapshots, encodes and evaluates).
     ranks = parallel.from_environment(device)
-    paths = data_paths(config.data, config.archive) if ranks.root else None
-    if ranks.world > 1:
+    if not ranks.root:
         torch.distributed.barrier()  # rank 0 prepares the databases first
-        paths = data_paths(config.data, config.archive)
+    paths = data_paths(config.data, config.archive)
+    if ranks.root and ranks.world > 1:
+        torch.distributed.barrier()
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     # The uint8 images live on the device (150 MB for CIFAR-10); batches are cut there.
