@@ -1,16 +1,19 @@
 #!/usr/bin/env python
-"""What the Caffe path costs: one training step of LeNet-SSDH-48 through CaffeNet +
-Data layer + Caffe's solver, against the same network written as a plain
-nn.Module (ssdh_port.models.LeNetSSDH + SSDHLoss) with torch.optim.SGD on batches
-already in memory, in the same run. The same update rule: momentum 0.9, weight
-decay 5e-4, biases at twice the rate (the recipe's lr_mult 2), the recipe's 'inv'
-learning rate.
+"""What the Caffe path costs: one training step of a recipe's net through CaffeNet +
+Data layer + Caffe's solver, against the same network written by hand as a plain
+nn.Module (bench/plain_nets.py; ssdh_port.models.SSDHLoss for the objective) with
+torch.optim.SGD on batches already transformed in memory, in the same run. The
+same update rule: momentum, weight decay and every blob's lr_mult / decay_mult
+taken from the prototxt, the solver's learning rate set before each step.
 
-    python bench/bench_caffe_overhead.py [--batch 64] [--iters 200] [--warmup 20] [--threads 2]
-        [--json out.json]
+    python bench/bench_caffe_overhead.py [--net lenet_ssdh cifar10_quick_ssdh alexnet_ssdh48]
+        [--batch N] [--iters N] [--warmup N] [--threads 2] [--compile] [--profile N] [--json out.json]
 
-Prints ms per step of each and the ratio (Caffe path / plain); the target of the
-speed work is <= 1.10.
+Nets: lenet_ssdh (MNIST, batch 64), cifar10_quick_ssdh (random 32 x 32 images with a
+mean file and mirroring, batch 100), alexnet_ssdh48 (random 256 x 256 images, 227
+crops, mirroring, mean file; batch 8 by default). Prints ms per step of each and
+the ratio (Caffe path / plain); the target of the speed work is <= 1.10. --compile
+adds the Caffe path with torch.compile (Solver(compile=True)).
 """
 import argparse
 import json
@@ -19,50 +22,88 @@ import sys
 import tempfile
 import time
 
+import numpy as np
 import torch
 
+from bench_data import make_db
+from plain_nets import PLAIN
 from ssdh_port.caffe import io as caffe_io
 from ssdh_port.caffe.solver import Solver, read_solver
 from ssdh_port.data import mnist
 from ssdh_port.data.datasets import write_array_db
-from ssdh_port.models.ssdh import LeNetSSDH, SSDHLoss
+from ssdh_port.data.db import open_db
+from ssdh_port.models.ssdh import SSDHLoss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RECIPE = os.path.join(ROOT, "prototxt", "lenet_ssdh")
+DEFAULT_BATCH = {"lenet_ssdh": 64, "cifar10_quick_ssdh": 100, "alexnet_ssdh48": 8}
+DEFAULT_ITERS = {"lenet_ssdh": 200, "cifar10_quick_ssdh": 100, "alexnet_ssdh48": 10}
 
 
-def caffe_solver(db, batch):
-    net = caffe_io.read_net_prototxt(os.path.join(RECIPE, "train_val.prototxt"))
-    for layer in net.layer:
+def make_data(net, folder, count, rng):
+    """(database, mean file or None, plain's float images N x C x H x W, labels)."""
+    db, mean_file = os.path.join(folder, f"{net}_db"), None
+    if net == "lenet_ssdh":
+        images, labels = mnist.load_split("train")
+        images, labels = images[:count, None], labels[:count]
+        write_array_db(db, images, labels)
+        return db, None, torch.from_numpy(images).float() * 0.00390625, torch.from_numpy(labels).long()
+    if net == "cifar10_quick_ssdh":
+        images = rng.integers(0, 256, (count, 3, 32, 32), dtype=np.uint8)
+        labels = (np.arange(count) % 10).astype(np.int64)
+        write_array_db(db, images, labels)
+        mean = images.mean(0, keepdims=True).astype(np.float32)
+        plain = torch.from_numpy(images.astype(np.float32) - mean)
+    else:
+        make_db(db, count, encoded=False, rng=rng)
+        images = np.empty((count, 3, 256, 256), np.uint8)
+        open_db(db).read_batch(range(count), images)
+        mean = np.full((1, 3, 256, 256), 110.0, np.float32)
+        labels = (np.arange(count) % 10).astype(np.int64)
+        plain = torch.from_numpy(images[:, :, 14:241, 14:241].astype(np.float32) - 110.0)
+    mean_file = os.path.join(folder, f"{net}_mean.binaryproto")
+    caffe_io.write_blobproto(mean, mean_file)
+    return db, mean_file, plain, torch.from_numpy(labels)
+
+
+def caffe_param(net, db, mean_file, batch):
+    recipe = os.path.join(ROOT, "prototxt", net)
+    definition = caffe_io.read_net_prototxt(os.path.join(recipe, "train_val.prototxt"))
+    for layer in definition.layer:
         if layer.type == "Data":
             layer.data_param.source = db
             layer.data_param.batch_size = batch
-    param = read_solver(os.path.join(RECIPE, "solver.yaml"))
+            if mean_file:
+                layer.transform_param.mean_file = mean_file
+    param = read_solver(os.path.join(recipe, "solver.yaml"))
     param.ClearField("net")
-    param.net_param.CopyFrom(net)
+    param.net_param.CopyFrom(definition)
     del param.test_iter[:]
     param.test_interval = param.display = param.snapshot = 0
-    return Solver(param, log=lambda line: None), param
+    return param
 
 
-def plain_step(param, images, labels, batch):
-    model = LeNetSSDH(48)
-    objective = SSDHLoss()
-    biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
-    weights = [p for n, p in model.named_parameters() if not n.endswith("bias")]
+def plain_step(net, solver, images, labels, batch):
+    """The plain module's step; its parameters get the Caffe net's multipliers in order."""
+    model = PLAIN[net]()
+    params = list(model.parameters())
+    caffe_params = solver.params
+    shapes = [tuple(p.shape) for p in params], [tuple(lp.tensor.shape) for lp in caffe_params]
+    if shapes[0] != shapes[1]:
+        raise SystemExit(f"bench_caffe_overhead: the plain {net} is not the prototxt's net: {shapes}")
+    param = solver.param
+    groups = [{"params": [p], "lr_mult": lp.lr_mult, "weight_decay": param.weight_decay * lp.decay_mult}
+              for p, lp in zip(params, caffe_params)]
     # Caffe's SGD: h = m h + lr (g + wd w); w -= h. torch's: b = m b + (g + wd w); w -= lr b:
-    # the same while lr is constant within a step (the 'inv' rate is set before each step).
-    optimizer = torch.optim.SGD([{"params": weights, "lr_mult": 1.0, "weight_decay": param.weight_decay},
-                                 {"params": biases, "lr_mult": 2.0, "weight_decay": 0.0}],
-                                lr=param.base_lr, momentum=param.momentum)
-    data = images.float() * 0.00390625
+    # the same while lr is constant within a step (the rate is set before each step).
+    optimizer = torch.optim.SGD(groups, lr=param.base_lr, momentum=param.momentum)
+    objective = SSDHLoss()
     state = {"it": 0, "cursor": 0}
 
     def step():
         start = state["cursor"]
-        x, y = data[start:start + batch], labels[start:start + batch]
-        state["cursor"] = (start + batch) % (len(data) - batch)
-        rate = param.base_lr * (1 + param.gamma * state["it"]) ** (-param.power)
+        x, y = images[start:start + batch], labels[start:start + batch]
+        state["cursor"] = (start + batch) % (len(images) - batch + 1)
+        rate = solver.rate(state["it"])
         for group in optimizer.param_groups:
             group["lr"] = rate * group["lr_mult"]
         optimizer.zero_grad(set_to_none=True)
@@ -83,37 +124,82 @@ def timed(step, warmup, iters):
     return (time.perf_counter() - started) / iters
 
 
+def bench_net(net, args, folder):
+    batch = args.batch or DEFAULT_BATCH[net]
+    iters = args.iters or DEFAULT_ITERS[net]
+    warmup = args.warmup if args.warmup is not None else max(2, iters // 10)
+    count = max(8 * batch, 512 if net != "alexnet_ssdh48" else 64)
+    db, mean_file, images, labels = make_data(net, folder, count, np.random.default_rng(0))
+    param = caffe_param(net, db, mean_file, batch)
+    paths = {"caffe": Solver(param, log=lambda line: None)}
+    if args.compile:
+        paths["caffe_compiled"] = Solver(param, log=lambda line: None, compile=True)
+    steps = {name: (lambda s=s: s.step(1)) for name, s in paths.items()}
+    steps["plain"] = plain_step(net, paths["caffe"], images, labels, batch)
+    # Interleave the measurements twice, so that a slower phase of the machine hits all.
+    seconds = {name: [] for name in steps}
+    for _ in range(2):
+        for name, step in steps.items():
+            seconds[name].append(timed(step, warmup, iters))
+    ms = {name: 1000 * min(s) for name, s in seconds.items()}
+    result = {"net": net, "batch": batch, "iters": iters, "threads": torch.get_num_threads(),
+              "caffe_ms_per_step": round(ms["caffe"], 2), "plain_ms_per_step": round(ms["plain"], 2),
+              "ratio": round(ms["caffe"] / ms["plain"], 3)}
+    line = (f"{net}, batch {batch}, {torch.get_num_threads()} threads: Caffe path {ms['caffe']:.2f} ms/step, "
+            f"plain PyTorch {ms['plain']:.2f} ms/step, ratio {ms['caffe'] / ms['plain']:.2f}x")
+    if args.compile:
+        result.update(compiled_ms_per_step=round(ms["caffe_compiled"], 2),
+                      compiled_ratio=round(ms["caffe_compiled"] / ms["plain"], 3))
+        line += f"; compiled {ms['caffe_compiled']:.2f} ms/step ({ms['caffe_compiled'] / ms['plain']:.2f}x)"
+    print(line, flush=True)
+    if args.profile:
+        result["profile"] = {name: top_ops(step, args.profile) for name, step in steps.items()}
+        for name, rows in result["profile"].items():
+            print(f"  {name}: top {args.profile} ops by self CPU time (ms per step, calls per step)")
+            for row in rows:
+                print(f"    {row['op']:44s} {row['ms_per_step']:8.3f} ms  {row['calls_per_step']:6.1f}")
+    return result
+
+
+def top_ops(step, count, steps=20):
+    """The ops that take the most self CPU time over `steps` steps (torch.profiler)."""
+    from torch.profiler import profile
+    with profile() as prof:
+        for _ in range(steps):
+            step()
+    events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:count]
+    return [{"op": e.key, "ms_per_step": round(e.self_cpu_time_total / steps / 1000, 3),
+             "calls_per_step": round(e.count / steps, 1)} for e in events]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--iters", type=int, default=200)
-    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--net", nargs="+", default=list(DEFAULT_BATCH), choices=list(DEFAULT_BATCH))
+    parser.add_argument("--batch", type=int, default=0, help="batch size (0: the net's default)")
+    parser.add_argument("--iters", type=int, default=0, help="timed steps (0: the net's default)")
+    parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--compile", action="store_true", help="also time the Caffe path under torch.compile")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="also list each path's top N ops by self CPU time (torch.profiler)")
     parser.add_argument("--json")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    images, labels = mnist.load_split("train")
-    images, labels = images[:5000], labels[:5000]
     with tempfile.TemporaryDirectory() as folder:
-        write_array_db(os.path.join(folder, "db"), images[:, None], labels)
-        solver, param = caffe_solver(os.path.join(folder, "db"), args.batch)
-        plain = plain_step(param, torch.from_numpy(images[:, None]), torch.from_numpy(labels).long(), args.batch)
-        # Interleave the two measurements twice, so that a slower phase of the machine hits both.
-        caffe_s, plain_s = [], []
-        for _ in range(2):
-            caffe_s.append(timed(lambda: solver.step(1), args.warmup, args.iters))
-            plain_s.append(timed(plain, args.warmup, args.iters))
-    caffe_ms, plain_ms = 1000 * min(caffe_s), 1000 * min(plain_s)
-    result = {"net": "lenet_ssdh48", "batch": args.batch, "threads": torch.get_num_threads(),
-              "caffe_ms_per_step": round(caffe_ms, 2), "plain_ms_per_step": round(plain_ms, 2),
-              "ratio": round(caffe_ms / plain_ms, 3)}
-    print(f"LeNet-SSDH-48, batch {args.batch}, {torch.get_num_threads()} threads: Caffe path {caffe_ms:.2f} ms/step, "
-          f"plain PyTorch {plain_ms:.2f} ms/step, ratio {caffe_ms / plain_ms:.2f}x")
+        results = [bench_net(net, args, folder) for net in args.net]
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+            json.dump({"cpu": _cpu_name(), "nets": results}, f, indent=1)
     return 0
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return "unknown"
 
 
 if __name__ == "__main__":

@@ -40,3 +40,33 @@ def max_margin(scores, positive, negative, p):
 def pack_bits(a, threshold=0.5):
     """numpy's little-endian bit packing of a > threshold."""
     return torch.from_numpy(np.packbits((a > threshold).numpy(), axis=1, bitorder="little"))
+
+
+def caffe_pooling(x, method, kernel, stride, pad, ceil_mode=True):
+    """Caffe's PoolingLayer::Forward_cpu, loop by loop (MAX and AVE), on a numpy
+    N x C x H x W array: returns (top, mask) (mask None for AVE)."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, pad
+    n, c, h, w = x.shape
+
+    def pooled(size, k, s, p):
+        out = (-(-(size + 2 * p - k) // s) if ceil_mode else (size + 2 * p - k) // s) + 1
+        if p and (out - 1) * s >= size + p:
+            out -= 1
+        return out
+    oh, ow = pooled(h, kh, sh, ph), pooled(w, kw, sw, pw)
+    top = np.zeros((n, c, oh, ow), np.float64)
+    mask = np.full((n, c, oh, ow), -1, np.int64)
+    for i in range(oh):
+        for j in range(ow):
+            h0, w0 = i * sh - ph, j * sw - pw
+            h1, w1 = min(h0 + kh, h + ph), min(w0 + kw, w + pw)
+            size = (h1 - h0) * (w1 - w0)
+            h0, w0, h1, w1 = max(h0, 0), max(w0, 0), min(h1, h), min(w1, w)
+            window = x[:, :, h0:h1, w0:w1].reshape(n, c, -1)
+            if method == "AVE":
+                top[:, :, i, j] = window.sum(-1) / size
+            else:
+                first = window.argmax(-1)  # numpy: the first maximum, as Caffe's strict >
+                top[:, :, i, j] = window.max(-1)
+                mask[:, :, i, j] = (h0 + first // (w1 - w0)) * w + w0 + first % (w1 - w0)
+    return top, (mask if method == "MAX" else None)

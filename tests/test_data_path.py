@@ -163,6 +163,35 @@ def test_transformer_mean_file_is_cropped_with_the_image(tmp_path):
         t(np.zeros((1, 3, 8, 8), np.uint8))
 
 
+@pytest.mark.parametrize("phase,crop", [("TRAIN", 0), ("TEST", 0), ("TEST", 5)])
+def test_transformer_batch_window_equals_per_image_windows(tmp_path, phase, crop):
+    """One window for the batch (no crop, TEST's centre crop) mirrors and subtracts
+    the mean image by image as the per-image loop and the gathered (GPU) path do."""
+    rng = np.random.default_rng(4)
+    mean = rng.normal(100, 10, (1, 3, 9, 11)).astype(np.float32)
+    caffe_io.write_blobproto(mean, tmp_path / "mean.binaryproto")
+    batch = torch.from_numpy(rng.integers(0, 256, (6, 3, 9, 11), dtype=np.uint8))
+    for fields in ({"mean_file": str(tmp_path / "mean.binaryproto")}, {"mean_value": [3, 4, 5]}, {}):
+        t = _transformer(phase, crop_size=crop, mirror=True, scale=0.25, **fields)
+        rows, cols, flips = t.draw(6, 9, 11)
+        assert 0 < flips.sum() < 6
+        out = t(batch, rows, cols, flips)
+        h, w = (crop or 9), (crop or 11)
+        per_image = torch.empty_like(out)
+        for i, (r, c) in enumerate(zip(rows, cols)):  # Caffe's Transform, image by image
+            window = batch[i, :, r:r + h, c:c + w].float()
+            if t.mean is not None:
+                window = window - t.mean[:, r:r + h, c:c + w]
+            elif t.mean_values:
+                window = window - torch.tensor([3.0, 4.0, 5.0]).view(-1, 1, 1)
+            per_image[i] = (window.flip(-1) if flips[i] else window) * 0.25
+        gathered = t._windows_gathered(batch, rows, cols, flips, h, w)
+        if t.mean_values:
+            gathered -= torch.tensor([3.0, 4.0, 5.0]).view(1, -1, 1, 1)
+        torch.testing.assert_close(out, per_image, rtol=0, atol=0)
+        torch.testing.assert_close(out, gathered * 0.25, rtol=0, atol=0)
+
+
 def test_bad_data_input(tmp_path):
     with pytest.raises(DatabaseError, match="no LMDB database here"):
         DatumLMDB(tmp_path / "missing")

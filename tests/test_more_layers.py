@@ -175,3 +175,51 @@ def test_unsupported_layers_say_so(kind):
     bottom = "" if kind == "WindowData" else 'bottom: "x" '
     with pytest.raises(LayerError, match=f"layer 'u' \\({kind}\\): this layer type is not supported: "):
         _net(f'layer {{ name: "u" type: "{kind}" {bottom}top: "z" }}', {"x": (1, 1, 2, 2)})
+
+
+POOL_CASES = [  # (input H x W, kernel, stride, pad, ceil) with odd sizes, last windows cut off, pads up to k - 1
+    ((7, 6), (3, 3), (2, 2), (0, 0), True), ((7, 6), (3, 3), (2, 2), (1, 1), True), ((8, 8), (2, 2), (2, 2), (0, 0), True),
+    ((13, 13), (3, 3), (2, 2), (0, 0), True), ((5, 9), (3, 2), (1, 2), (1, 0), True), ((6, 6), (3, 3), (3, 3), (2, 2), True),
+    ((9, 7), (4, 4), (3, 3), (3, 1), True), ((7, 7), (3, 3), (2, 2), (1, 1), False), ((4, 4), (4, 4), (1, 1), (0, 0), True),
+    ((10, 11), (5, 3), (2, 3), (2, 1), True), ((3, 3), (2, 2), (2, 2), (1, 1), True),
+]
+
+
+@pytest.mark.parametrize("size,kernel,stride,pad,ceil", POOL_CASES)
+@pytest.mark.parametrize("method", ["MAX", "AVE"])
+def test_pooling_is_caffes_loop(size, kernel, stride, pad, ceil, method):
+    """Both ways to pool (torch's kernel where it accepts the padding, the padded copy
+    everywhere) against Caffe's loop; forward, mask and gradients."""
+    from ssdh_port.caffe.layers import caffe_max_pool_with_mask, caffe_pool, caffe_pool_padded
+    from tests.reference import caffe_pooling
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 5, (2, 3) + size, generator=g).double()  # ties everywhere
+    want, want_mask = caffe_pooling(x.numpy(), method, kernel, stride, pad, ceil)
+    grads = []
+    for pool in (caffe_pool, caffe_pool_padded):
+        leaf = x.clone().requires_grad_(True)
+        top = pool(leaf, method, kernel, stride, pad, ceil)
+        np.testing.assert_allclose(top.detach().numpy(), want, rtol=1e-12, err_msg=pool.__name__)
+        top.backward(torch.arange(top.numel(), dtype=torch.float64).reshape(top.shape))
+        grads.append(leaf.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+    if method == "MAX":
+        top, mask = caffe_max_pool_with_mask(x, kernel, stride, pad, ceil)
+        np.testing.assert_array_equal(mask.long().numpy(), want_mask)
+
+
+@pytest.mark.parametrize("spec,axis,num_axes", [("dim: 0 dim: -1", 0, -1), ("dim: 0 dim: 1 dim: 1 dim: -1", 0, -1),
+                                                  ("dim: 2 dim: -1", 1, 1), ("dim: -1", 1, -1), ("dim: 2 dim: 0 dim: 2", 2, 2)])
+def test_reshape_follows_the_batch_of_each_call(spec, axis, num_axes):
+    """Caffe's Reshape: 0 copies the bottom's axis, -1 is inferred, axes outside
+    [axis, axis + num_axes) are kept; resolved again for another batch size."""
+    net = _net(f'layer {{ name: "r" type: "Reshape" bottom: "x" top: "y" reshape_param {{ shape {{ {spec} }} '
+               f'axis: {axis} num_axes: {num_axes} }} }}', {"x": (2, 6, 4, 3)})
+    for batch in (2, 5):
+        x = torch.arange(batch * 72, dtype=torch.float32).reshape(batch, 6, 4, 3)
+        dims = [int(d) for d in spec.replace("dim:", "").split()]
+        shape = list(x.shape)
+        end = len(shape) if num_axes == -1 else axis + num_axes
+        middle = [shape[axis + i] if d == 0 else d for i, d in enumerate(dims)]
+        want = x.numpy().reshape(shape[:axis] + middle + shape[end:])
+        np.testing.assert_array_equal(net(x=x)["y"].detach().numpy(), want)

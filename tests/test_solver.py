@@ -169,6 +169,24 @@ def test_channels_last_keeps_caffes_trajectory(e_solver, monkeypatch):
 
 
 @needs_shared
+def test_compiled_layers_keep_caffes_trajectory(e_solver, monkeypatch):
+    """Solver(compile=True): torch.compile of the TRAIN net's layers, the same 12
+    iterations as real Caffe; the net then returns its outputs only."""
+    solver = _solver_in(e_solver, monkeypatch, modes={"compile": True})
+    trajectory = np.load("sgd_step/trajectory.npz")
+    losses = json.load(open("sgd_step/losses.json"))["losses"]
+    seen = []
+    solver.on_iteration = seen.append
+    solver.step(12)
+    assert solver.net._compiled is not None
+    for lp in solver.params:
+        np.testing.assert_allclose(lp.tensor.detach().numpy(), trajectory[f"iter12/param/{lp.key}"],
+                                   rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose([r["loss"] for r in seen], [r["total_weighted_loss"] for r in losses], rtol=1e-5)
+    assert set(solver.net().keys()) == set(solver.net.output_names)
+
+
+@needs_shared
 def test_bf16_autocast_stays_near_the_float32_run(e_solver, monkeypatch):
     exact = _solver_in(e_solver, monkeypatch)
     fast = _solver_in(e_solver, monkeypatch, modes={"amp": True, "channels_last": True})
@@ -288,15 +306,15 @@ def _twelve_steps(folder, monkeypatch, kind, perturb):
     fields = {"type": kind} if kind == "SGD" else {"type": kind, "momentum": 0.0, "base_lr": 0.001,
                                                    "delta": 1e-8, "rms_decay": 0.98}
     solver = _solver_in(folder, monkeypatch, **fields)
-    update = solver.updater.__call__
+    update_all = solver.updater.update_all
     generator = torch.Generator().manual_seed(11)
 
-    def noisy(lp, grad, rate, it):
-        noise = torch.randn(grad.shape, generator=generator) * (perturb * float(grad.abs().max()))
-        return update(lp, grad + noise, rate, it)
+    def noisy(lps, grads, rate, it):
+        grads = [grad + torch.randn(grad.shape, generator=generator) * (perturb * float(grad.abs().max()))
+                 for grad in grads]
+        return update_all(lps, grads, rate, it)
 
-    solver.updater = noisy
-    solver.updater.kind = kind
+    solver.updater.update_all = noisy
     solver.step(12)
     return {lp.key: lp.tensor.detach().clone() for lp in solver.params}
 

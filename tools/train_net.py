@@ -3,7 +3,7 @@
 
     python tools/train_net.py solver.yaml|solver.prototxt [--weights W.caffemodel|.pt]
         [--resume SNAPSHOT.solverstate|.pt] [--device cpu|cuda:N | --gpu N|N,M,...|all] [--amp]
-        [--channels-last] [--tf32] [--log-dir DIR] [--solver-set FIELD=VALUE ...]
+        [--channels-last] [--tf32] [--compile] [--log-dir DIR] [--solver-set FIELD=VALUE ...]
 
 Several processes train one net as Caffe's multi-GPU training does (each rank runs
 batch_size, reads every N-th record, gradients averaged, rank 0 logs, tests and
@@ -43,6 +43,9 @@ def main(argv=None):
                         help="NHWC layout of images and conv weights (for GPU tensor cores)")
     parser.add_argument("--tf32", action="store_true",
                         help="TF32 float32 convolutions on the GPU (default: full float32, as Caffe)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the TRAIN net's layers (the same trajectory to float tolerance; "
+                        "the first iterations pay the compilation)")
     parser.add_argument("--log-dir", default=None)
     cli.solver_set_argument(parser)
     parser.add_argument("--sigint-effect", default="stop", choices=("stop", "snapshot", "none"),
@@ -56,7 +59,7 @@ def main(argv=None):
         return parallel.launch(__file__, sys.argv[1:] if argv is None else argv, parallel.parse_gpus(args.device[5:]))
     param = set_solver_fields(read_solver(args.solver), solver_overrides(args.solver_set))
     result = train_caffe(param, weights=args.weights, resume=args.resume, device=args.device,
-                         amp=args.amp, channels_last=args.channels_last, tf32=args.tf32,
+                         amp=args.amp, channels_last=args.channels_last, tf32=args.tf32, compile=args.compile,
                          log_dir=args.log_dir, display=lambda line: print(line, flush=True),
                          sigint_effect=args.sigint_effect, sighup_effect=args.sighup_effect)
     if result.stopped_early:

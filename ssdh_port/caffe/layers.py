@@ -6,6 +6,7 @@ and returns a tuple of tops. Learnable (and Caffe-stored) blobs live in
 ``self.blobs`` in Caffe's order, so caffemodel I/O is a zip over that list.
 Adding a type is one class with @register plus a test against a Caffe blob.
 """
+import collections
 import math
 
 import torch
@@ -59,6 +60,9 @@ class CaffeLayer(nn.Module):
         self.type = param.type
         self.phase = phase
         self.param = param
+        # Forward passes read plain Python values set here, not the protobuf
+        # (torch.compile cannot trace protobuf objects; each read costs too).
+        self.n_tops = len(param.top)
         self.bottom_shapes = [tuple(s) for s in bottom_shapes]
         self.blobs = nn.ParameterList()
         self.frozen_blobs = set()  # blob indices this layer computes no gradient for
@@ -228,6 +232,21 @@ def caffe_pool_size(size, kernel, stride, pad, ceil_mode=True):
 def caffe_pool(x, method, kernel, stride, pad, ceil_mode=True):
     """MAX / AVE pooling with Caffe's sizes; AVE divides by the window clipped to
     the padded bounds (H + pad), computed before clipping to the image."""
+    (kh, kw), (ph, pw) = kernel, pad
+    if 2 * ph <= kh and 2 * pw <= kw:
+        # torch's pooling has Caffe's rules wherever it accepts the padding: the same
+        # ceil size with the same "no window starts in the padding" correction, MAX
+        # over the window clipped to the image, AVE divided by the window clipped to
+        # H + pad (count_include_pad). One kernel, no padded copy.
+        if method == "MAX":
+            return F.max_pool2d(x, kernel, stride, pad, ceil_mode=ceil_mode)
+        return F.avg_pool2d(x, kernel, stride, pad, ceil_mode=ceil_mode, count_include_pad=True)
+    return caffe_pool_padded(x, method, kernel, stride, pad, ceil_mode)
+
+
+def caffe_pool_padded(x, method, kernel, stride, pad, ceil_mode=True):
+    """caffe_pool through an explicitly padded copy: any pad below the kernel size
+    (torch refuses a pad over half the kernel)."""
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, pad
     h, w = x.shape[-2:]
     oh = caffe_pool_size(h, kh, sh, ph, ceil_mode)
@@ -285,7 +304,7 @@ class Pooling(CaffeLayer):
             raise self.error(f"makes 1 top (or 2: the pooled map and its argmax mask), got {len(param.top)}")
 
     def forward(self, x):
-        if len(self.param.top) == 2:
+        if self.n_tops == 2:
             return caffe_max_pool_with_mask(x, self.kernel, self.stride, self.pad, self.ceil_mode)
         return (caffe_pool(x, self.method, self.kernel, self.stride, self.pad, self.ceil_mode),)
 
@@ -295,6 +314,10 @@ def caffe_max_pool_with_mask(x, kernel, stride, pad, ceil_mode=True):
     into its input map of the maximum (the first one in row-major order on ties,
     as Caffe scans the window), as a float blob."""
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, pad
+    if 2 * ph <= kh and 2 * pw <= kw:
+        # torch's indices are Caffe's mask already (flat into the input map, first maximum).
+        out, index = F.max_pool2d(x, kernel, stride, pad, ceil_mode=ceil_mode, return_indices=True)
+        return out, index.to(x.dtype)
     h, w = x.shape[-2:]
     oh, ow = caffe_pool_size(h, kh, sh, ph, ceil_mode), caffe_pool_size(w, kw, sw, pw, ceil_mode)
     extra_h = max(0, (oh - 1) * sh + kh - h - ph)
@@ -346,9 +369,12 @@ class _Neuron(CaffeLayer):
 
 @register("ReLU")
 class ReLU(_Neuron):
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        self.slope = param.relu_param.negative_slope
+
     def apply(self, x):
-        slope = self.param.relu_param.negative_slope
-        return F.leaky_relu(x, slope) if slope else F.relu(x)
+        return F.leaky_relu(x, self.slope) if self.slope else F.relu(x)
 
 
 @register("Sigmoid")
@@ -412,10 +438,13 @@ class Threshold(_Neuron):
 
 @register("Dropout")
 class Dropout(_Neuron):
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        self.ratio = param.dropout_param.dropout_ratio
+
     def apply(self, x):
-        ratio = self.param.dropout_param.dropout_ratio
         # Caffe scales at training time (1 / (1 - ratio)), as torch does.
-        return F.dropout(x, ratio, training=self.phase == "TRAIN")
+        return F.dropout(x, self.ratio, training=self.phase == "TRAIN")
 
 
 @register("PReLU")
@@ -461,11 +490,24 @@ class InnerProduct(CaffeLayer):
         return (F.linear(flat, weight, self.blob(1) if self.bias_term else None),)
 
 
+_ReshapeSpec = collections.namedtuple("_ReshapeSpec", "axis num_axes dims")
+
+
 @register("Reshape")
 class Reshape(CaffeLayer):
     def __init__(self, param, bottom_shapes, phase):
         super().__init__(param, bottom_shapes, phase)
-        self.top_shape = self._shape(param.reshape_param, self.bottom_shapes[0])
+        p = param.reshape_param
+        self.spec = _ReshapeSpec(p.axis, p.num_axes, tuple(int(d) for d in p.shape.dim))
+        self.top_shape = self._shape(self.spec, self.bottom_shapes[0])
+        # Per call, an axis copied from the bottom (a 0 in the spec, and the axes
+        # outside [axis, axis + num_axes)) follows the batch; the rest is fixed.
+        ndim = len(self.bottom_shapes[0])
+        start = p.axis if p.axis >= 0 else ndim + 1 + p.axis
+        end = ndim if p.num_axes == -1 else start + p.num_axes
+        self.plan = ([("copy", j) for j in range(start)]
+                     + [("copy", start + i) if d == 0 else d for i, d in enumerate(self.spec.dims)]
+                     + [("copy", j) for j in range(end, ndim)])
 
     def _shape(self, p, shape):
         ndim = len(shape)
@@ -475,7 +517,7 @@ class Reshape(CaffeLayer):
         end = ndim if p.num_axes == -1 else start + p.num_axes
         if end > ndim:
             raise self.error(f"axis {p.axis} + num_axes {p.num_axes} exceeds {ndim} axes")
-        dims = [int(d) for d in p.shape.dim]
+        dims = list(p.dims)
         if dims.count(-1) > 1:
             raise self.error("at most one dimension may be -1")
         middle = []
@@ -498,38 +540,49 @@ class Reshape(CaffeLayer):
         return tuple(new)
 
     def forward(self, x):
-        # Resolved per call: a 0 copies the bottom's axis, whatever the batch.
-        return (x.reshape(self._shape(self.param.reshape_param, tuple(x.shape))),)
+        if x.dim() != len(self.bottom_shapes[0]):
+            raise self.error(f"the bottom has {x.dim()} axes, the net was built for {len(self.bottom_shapes[0])}")
+        return (x.reshape([x.shape[e[1]] if isinstance(e, tuple) else e for e in self.plan]),)
 
 
 @register("Flatten")
 class Flatten(CaffeLayer):
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        self.axes = param.flatten_param.axis, param.flatten_param.end_axis
+
     def forward(self, x):
-        p = self.param.flatten_param
-        start = canonical_axis(p.axis, x.dim(), self.name)
-        end = canonical_axis(p.end_axis, x.dim(), self.name)
+        start = canonical_axis(self.axes[0], x.dim(), self.name)
+        end = canonical_axis(self.axes[1], x.dim(), self.name)
         return (x.flatten(start, end),)
 
 
 @register("Concat")
 class Concat(CaffeLayer):
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        p = param.concat_param
+        self.axis = p.axis if p.HasField("axis") or not p.HasField("concat_dim") else p.concat_dim
+
     def forward(self, *xs):
-        p = self.param.concat_param
-        axis = p.axis if p.HasField("axis") or not p.HasField("concat_dim") else p.concat_dim
-        return (torch.cat(xs, canonical_axis(axis, xs[0].dim(), self.name)),)
+        return (torch.cat(xs, canonical_axis(self.axis, xs[0].dim(), self.name)),)
 
 
 @register("Slice")
 class Slice(CaffeLayer):
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        p = param.slice_param
+        self.axis = p.axis if p.HasField("axis") or not p.HasField("slice_dim") else p.slice_dim
+        self.points = [int(v) for v in p.slice_point]
+
     def forward(self, x):
-        p = self.param.slice_param
-        axis = p.axis if p.HasField("axis") or not p.HasField("slice_dim") else p.slice_dim
-        axis = canonical_axis(axis, x.dim(), self.name)
-        tops = len(self.param.top)
-        if p.slice_point:
-            if len(p.slice_point) != tops - 1:
-                raise self.error(f"{len(p.slice_point)} slice points for {tops} tops")
-            bounds = [0] + list(p.slice_point) + [x.shape[axis]]
+        axis = canonical_axis(self.axis, x.dim(), self.name)
+        tops = self.n_tops
+        if self.points:
+            if len(self.points) != tops - 1:
+                raise self.error(f"{len(self.points)} slice points for {tops} tops")
+            bounds = [0] + self.points + [x.shape[axis]]
             sizes = [b - a for a, b in zip(bounds, bounds[1:])]
         else:
             if x.shape[axis] % tops:
@@ -541,7 +594,7 @@ class Slice(CaffeLayer):
 @register("Split")
 class Split(CaffeLayer):
     def forward(self, x):
-        return tuple(x for _ in self.param.top)
+        return (x,) * self.n_tops
 
 
 @register("Silence")
@@ -708,15 +761,21 @@ def _caffe_topk(x, k):
 # ---------------------------------------------------------------- losses
 
 
-def _normalizer(loss_param, outer, inner, valid, default_mode="VALID"):
-    """Caffe's LossLayer::GetNormalizer."""
+def _normalization_mode(loss_param, default_mode="VALID"):
+    """The normalization a loss_param asks for (Caffe's LossLayer)."""
     if loss_param.HasField("normalization"):
-        mode = pb.LossParameter.NormalizationMode.Name(loss_param.normalization)
-    elif loss_param.HasField("normalize"):
-        mode = "VALID" if loss_param.normalize else "BATCH_SIZE"
-    else:
-        mode = default_mode
-    value = {"FULL": outer * inner, "VALID": valid, "BATCH_SIZE": outer, "NONE": 1}[mode]
+        return pb.LossParameter.NormalizationMode.Name(loss_param.normalization)
+    if loss_param.HasField("normalize"):
+        return "VALID" if loss_param.normalize else "BATCH_SIZE"
+    return default_mode
+
+
+def _normalizer(mode, outer, inner, valid):
+    """Caffe's LossLayer::GetNormalizer; valid may be a count tensor (kept on the
+    device: no host synchronisation)."""
+    if mode == "VALID":
+        return torch.clamp(valid.to(torch.float32), min=1.0) if torch.is_tensor(valid) else max(1.0, float(valid))
+    value = {"FULL": outer * inner, "BATCH_SIZE": outer, "NONE": 1}[mode]
     return max(1.0, float(value))
 
 
@@ -730,25 +789,32 @@ class _Loss(CaffeLayer):
 
 @register("SoftmaxWithLoss")
 class SoftmaxWithLoss(_Loss):
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        lp = param.loss_param
+        self.softmax_axis = param.softmax_param.axis
+        self.ignore_label = lp.ignore_label if lp.HasField("ignore_label") else None
+        self.normalization = _normalization_mode(lp)
+
     def forward(self, scores, label):
-        axis = canonical_axis(self.param.softmax_param.axis, scores.dim(), self.name)
+        axis = canonical_axis(self.softmax_axis, scores.dim(), self.name)
         prob = torch.softmax(scores, axis)
         outer = math.prod(scores.shape[:axis])
         inner = math.prod(scores.shape[axis + 1:])
         target = label.reshape(outer, inner).long()
         p = prob.movedim(axis, -1).reshape(outer, inner, -1)
-        lp = self.param.loss_param
         valid = torch.ones_like(target, dtype=torch.bool)
-        if lp.HasField("ignore_label"):
-            valid = target != lp.ignore_label
+        if self.ignore_label is not None:
+            valid = target != self.ignore_label
         safe = torch.where(valid, target, torch.zeros_like(target))
-        if bool(((safe < 0) | (safe >= p.shape[-1])).any()):
+        # (Compiled, the check would split the graph: gather's own index check stays.)
+        if not torch.compiler.is_compiling() and bool(((safe < 0) | (safe >= p.shape[-1])).any()):
             raise self.error(f"labels must lie in [0, {p.shape[-1]}) (or be the ignore_label)")
         picked = torch.gather(p, 2, safe.unsqueeze(-1)).squeeze(-1)
         losses = -torch.log(torch.clamp(picked, min=FLT_MIN)) * valid
-        norm = _normalizer(lp, outer, inner, int(valid.sum()))
+        norm = _normalizer(self.normalization, outer, inner, valid.sum())
         loss = losses.sum() / norm
-        return (loss, prob) if len(self.param.top) > 1 else (loss,)
+        return (loss, prob) if self.n_tops > 1 else (loss,)
 
 
 @register("EuclideanLoss")
@@ -823,7 +889,7 @@ class InfogainLoss(_Loss):
         floor = torch.clamp(log_prob.detach(), min=math.log(LOG_THRESHOLD))
         # Value with Caffe's floor; gradient of -sum H log softmax, which is Caffe's formula.
         terms = -(weights * (floor + (log_prob - log_prob.detach())))
-        loss = terms.sum() / _normalizer(lp, outer, inner, int(valid.sum()))
+        loss = terms.sum() / _normalizer(_normalization_mode(lp), outer, inner, int(valid.sum()))
         if len(self.param.top) > 1:
             return loss, torch.softmax(scores, axis)
         return (loss,)
@@ -839,8 +905,8 @@ class SigmoidCrossEntropyLoss(_Loss):
             valid = t != lp.ignore_label
         pos = (x >= 0).to(x.dtype)
         losses = -(x * (t - pos) - torch.log1p(torch.exp(x - 2 * x * pos))) * valid
-        norm = _normalizer(lp, x.shape[0], x.numel() // x.shape[0], int(valid.sum()),
-                           default_mode="BATCH_SIZE")
+        norm = _normalizer(_normalization_mode(lp, "BATCH_SIZE"), x.shape[0], x.numel() // x.shape[0],
+                           int(valid.sum()))
         return (losses.sum() / norm,)
 
 
@@ -980,8 +1046,12 @@ class K1EuclideanLoss(_Loss):
     first bottom (the second, the same blob in the authors' nets, is unused);
     ssdh_loss_param { p: 1 } gives the p = 1 variant."""
 
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        self.p = param.ssdh_loss_param.p
+
     def forward(self, a, *unused):
-        return (ops.forcing_binary_loss(a.reshape(a.shape[0], -1), self.param.ssdh_loss_param.p),)
+        return (ops.forcing_binary_loss(a.reshape(a.shape[0], -1), self.p),)
 
 
 @register("K2_EuclideanLoss")
@@ -989,9 +1059,13 @@ class K2EuclideanLoss(_Loss):
     """The original 50%-fire-rate layer on its bottom b (N x D, the 1 x K average
     pooled latent in the authors' nets): (1/(2N)) sum (b - 0.5)^2."""
 
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        self.p = param.ssdh_loss_param.p
+
     def forward(self, b, *unused):
         flat = b.reshape(b.shape[0], -1)
-        p = self.param.ssdh_loss_param.p
+        p = self.p
         if flat.shape[1] == 1:
             return (ops.fire_rate_loss(flat, p),)
         # Over D > 1 values per sample the original sums rather than averages:
@@ -1040,10 +1114,14 @@ class TripletRankingHingeLoss(_Loss):
     the public layer's (see _TripletHinge); legacy_gradient_scale: false gives the
     true gradient scaled by the loss weight."""
 
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        p = param.triplet_ranking_hinge_loss_param
+        self.dim, self.margin, self.legacy = p.dim, p.margin, p.legacy_gradient_scale
+
     def forward(self, query, similar, dissimilar):
-        p = self.param.triplet_ranking_hinge_loss_param
         n = query.shape[0]
         q, s, d = (t.reshape(n, -1) for t in (query, similar, dissimilar))
-        if q.shape[1] != p.dim:
-            raise self.error(f"bottoms have {q.shape[1]} units, dim is {p.dim}")
-        return (_TripletHinge.apply(q, s, d, p.margin, p.legacy_gradient_scale),)
+        if q.shape[1] != self.dim:
+            raise self.error(f"bottoms have {q.shape[1]} units, dim is {self.dim}")
+        return (_TripletHinge.apply(q, s, d, self.margin, self.legacy),)

@@ -100,6 +100,7 @@ class CaffeNet(nn.Module):
         # 4-D blobs from data and input layers take this layout (see use_channels_last).
         self.memory_format = torch.contiguous_format
         self.load_report = None
+        self._compiled = None  # set by compile_layers()
         if weights is not None:
             self.load_report = self.copy_from(weights)
 
@@ -308,29 +309,44 @@ class CaffeNet(nn.Module):
 
     def forward(self, *args, **inputs):
         """Run the net. Input blobs come positionally (in Input-layer order) or by
-        name; returns a NetOutput of every blob, with .loss set when the phase has
-        loss tops."""
+        name; returns a NetOutput of every blob (of the net's outputs only when
+        compiled, see compile_layers()), with .loss set when the phase has loss tops."""
         feeds = dict(zip(self.input_names, args))
         feeds.update(inputs)
-        blobs = NetOutput()
+        # Input and data layers first (they read no blob: running them ahead keeps
+        # every result; the data layers' reads stay outside a compiled graph).
+        sources = {}
+        for i, module in enumerate(self.layers):
+            if isinstance(module, Input):
+                sources[i] = tuple(self._laid_out(self._fed(name, feeds)) for name in self.tops[i])
+            elif not self.bottoms[i]:
+                device = self._device_marker.device
+                if hasattr(module, "transform_device"):
+                    module.transform_device = device
+                sources[i] = tuple(self._laid_out(t.to(device, non_blocking=True)) for t in module())
+        compute = self._compiled if self._compiled is not None else self._compute
+        values, loss = compute(sources)
+        blobs = NetOutput(values)
+        blobs.loss = loss
+        return blobs
+
+    def _compute(self, sources, keep=None):
+        """The layers in file order over the source layers' tops: ({blob: tensor}, loss).
+        keep: the blob names to return (None: all, in Caffe's order, split names too)."""
+        blobs = {}
         loss = None
         # force_backward: every blob gets a gradient (Caffe computes every bottom's
         # diff); without it only what the losses need, as autograd does anyway.
         force_backward = self.net_param.force_backward and torch.is_grad_enabled()
         for i, module in enumerate(self.layers):
-            if isinstance(module, Input):
-                outs = tuple(self._laid_out(self._fed(name, feeds)) for name in self.tops[i])
-            elif not self.bottoms[i]:
-                device = self._device_marker.device
-                if hasattr(module, "transform_device"):
-                    module.transform_device = device
-                outs = tuple(self._laid_out(t.to(device, non_blocking=True)) for t in module())
+            if i in sources:
+                outs = sources[i]
             else:
-                bottoms = [blobs[b] if keep else blobs[b].detach()
-                           for b, keep in zip(self.bottoms[i], self.propagate[i])]
+                bottoms = [blobs[b] if propagate else blobs[b].detach()
+                           for b, propagate in zip(self.bottoms[i], self.propagate[i])]
                 outs = module(*bottoms)
             if force_backward:
-                outs = _with_gradients(outs, leaf=not self.bottoms[i])
+                outs = _with_gradients(outs, leaf=i in sources)
             for j, (name, value) in enumerate(zip(self.tops[i], outs)):
                 blobs[name] = value
                 weight = self.loss_weights[i][j]
@@ -341,8 +357,32 @@ class CaffeNet(nn.Module):
             for j, value in enumerate(outs):
                 for alias in self.split_names.get((i, j), ()):
                     blobs[alias] = value
-        blobs.loss = loss
-        return blobs
+        if keep is not None:
+            blobs = {name: blobs[name] for name in keep}
+        return blobs, loss
+
+    def compile_layers(self, enabled=True, **options):
+        """Run the layers (not the data layers' reads) through torch.compile; the
+        net then returns its output blobs only (the intermediate ones stay inside
+        the compiled graph, where they can be fused away). Random layers (Dropout)
+        draw from torch's generator as in eager mode (inductor's fallback_random),
+        so a compiled run follows the eager one's trajectory to float tolerance.
+        options go to torch.compile (e.g. mode="max-autotune")."""
+        if not enabled:
+            self._compiled = None
+            return self
+        import functools
+
+        import torch._inductor.config as inductor_config
+        inductor_config.fallback_random = True
+        # Inductor's own channels_last choice for convolutions gives wrong weight
+        # gradients on the CPU when a ceil-mode max pooling follows (torch 2.13,
+        # conv -> relu -> max_pool2d(ceil_mode=True) -> linear with the weights as
+        # module parameters: conv grads off by 5 %); the layout stays the net's.
+        inductor_config.layout_optimization = False
+        keep = tuple(self.output_names)
+        self._compiled = torch.compile(functools.partial(self._compute, keep=keep), **options)
+        return self
 
     def _fed(self, name, feeds):
         if name not in feeds:

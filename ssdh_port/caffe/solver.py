@@ -149,6 +149,30 @@ class Updater:
         w.sub_(update)
         return update
 
+    @torch.no_grad()
+    def update_all(self, lps, grads, rate, it):
+        """Every blob's update. SGD with L2 decay, the recipes' rule, runs as a few
+        fused torch._foreach_* kernels per (lr_mult, decay_mult) group, in Caffe's
+        order: diff += decay w (into the gradient, as Caffe's Regularize does);
+        h = momentum h + rate diff; w -= h. Other rules go blob by blob."""
+        if self.kind != "SGD" or self.p.regularization_type != "L2":
+            for lp, grad in zip(lps, grads):
+                self(lp, grad, rate, it)
+            return
+        groups = collections.defaultdict(list)
+        for lp, grad in zip(lps, grads):
+            groups[(lp.lr_mult, lp.decay_mult)].append((lp, grad))
+        for (lr_mult, decay_mult), members in groups.items():
+            weights = [lp.tensor for lp, _ in members]
+            history = [lp.history[0] for lp, _ in members]
+            diffs = [grad for _, grad in members]
+            decay = self.p.weight_decay * decay_mult
+            if decay:
+                torch._foreach_add_(diffs, weights, alpha=decay)
+            torch._foreach_mul_(history, self.p.momentum)
+            torch._foreach_add_(history, diffs, alpha=rate * lr_mult)
+            torch._foreach_sub_(weights, history)
+
 
 def clip_gradients(grads, threshold):
     """Caffe's ClipGradients: scale all gradients when their joint L2 norm exceeds threshold."""
@@ -194,7 +218,7 @@ class Solver:
     display lines; on_iteration(record) a dict per displayed iteration."""
 
     def __init__(self, param, device="cpu", log=print, on_iteration=None, on_test=None, amp=False,
-                 channels_last=False, tf32=False, prefetch=None, ranks=None):
+                 channels_last=False, tf32=False, prefetch=None, ranks=None, compile=False):
         self.param = param
         self.device = torch.device(device)
         # One rank of a multi-process run (ssdh_port.caffe.parallel): Caffe's rules.
@@ -235,6 +259,10 @@ class Solver:
             if prefetch:
                 net.start_prefetch(prefetch)
         self._seed_data_layers()
+        # Opt-in torch.compile of the TRAIN net's layers (the data layers stay eager);
+        # the trajectory is the eager one to float tolerance (CaffeNet.compile_layers).
+        if compile:
+            self.net.compile_layers()
         self.params = learnable_params(self.net)
         if self.ranks.world > 1:
             for module in self.net.layers:
@@ -285,12 +313,10 @@ class Solver:
         grads = [lp.tensor.grad if lp.tensor.grad is not None else torch.zeros_like(lp.tensor)
                  for lp in self.params]
         grads = clip_gradients(grads, self.param.clip_gradients)
-        updates = {}
-        for lp, grad in zip(self.params, grads):
-            if self.param.iter_size > 1:
-                grad = grad / self.param.iter_size
-            updates[lp.key] = self.updater(lp, grad, rate, self.iter)
-        return rate, updates
+        if self.param.iter_size > 1:
+            grads = [grad / self.param.iter_size for grad in grads]
+        self.updater.update_all(self.params, grads, rate, self.iter)
+        return rate
 
     def step(self, iters):
         """Run iters iterations (tests, display and snapshots as configured)."""
@@ -316,9 +342,12 @@ class Solver:
             if displayed:
                 self.log(f"Iteration {self.iter}, loss = {smoothed:g}")
                 self._log_outputs("Train", self.net, {n: outputs[n] for n in self.net.output_names})
-            rate, _ = self.apply_update()
+            rate = self.apply_update()
             self.on_iteration({"iter": self.iter, "loss": loss, "smoothed_loss": smoothed,
                                "lr": rate, "outputs": _scalars(outputs, self.net.output_names)})
+            # This iteration's blobs go before the next forward makes its own (two sets
+            # alive would double the memory the allocator has to find each step).
+            del outputs
             self.iter += 1
             if p.snapshot and self.iter % p.snapshot == 0:
                 self.snapshot()

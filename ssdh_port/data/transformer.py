@@ -94,6 +94,8 @@ class DataTransformer:
         """Per image: the window (a view), mirrored if drawn, converted to float and
         mean-subtracted in one pass into the output; no gather, no intermediate."""
         out = torch.empty((x.shape[0], x.shape[1], out_h, out_w), dtype=torch.float32)
+        if len(x) and (rows == rows[0]).all() and (cols == cols[0]).all():
+            return self._window_batch(x, int(rows[0]), int(cols[0]), flips, out)
         for i in range(x.shape[0]):
             r, c = int(rows[i]), int(cols[i])
             window = x[i, :, r:r + out_h, c:c + out_w]
@@ -104,6 +106,21 @@ class DataTransformer:
                 torch.sub(window, mean, out=out[i])
             else:
                 out[i].copy_(window.flip(-1) if flips[i] else window)
+        return out
+
+    def _window_batch(self, x, r, c, flips, out):
+        """One window for the whole batch (no crop, or TEST's centre crop): one pass
+        over the batch, then the drawn images mirrored (mirroring commutes with the
+        mean subtraction, the mean mirrored with its image)."""
+        h, w = out.shape[-2:]
+        window = x[:, :, r:r + h, c:c + w]
+        if self.mean is not None:
+            torch.sub(window, self.mean[:, r:r + h, c:c + w], out=out)
+        else:
+            out.copy_(window)
+        if flips.any():
+            drawn = torch.from_numpy(np.flatnonzero(flips))
+            out[drawn] = out[drawn].flip(-1)
         return out
 
     def _windows_gathered(self, x, rows, cols, flips, out_h, out_w):

@@ -107,7 +107,7 @@ def _signal_effects(solver, sigint_effect, sighup_effect, display):
 
 def train_caffe(solver, *, weights=None, resume=None, device=None, amp=False, channels_last=False,
                 tf32=False, log_dir=None, display=None, progress=True, sigint_effect="stop",
-                sighup_effect="snapshot"):
+                sighup_effect="snapshot", compile=False):
     """Run a Caffe solver (solver.prototxt / solver.yaml path or SolverParameter).
     resume: a snapshot (.solverstate or .pt), "latest" (the newest complete
     snapshot set of this solver's prefix) or a folder holding its *_latest record.
@@ -133,7 +133,8 @@ def train_caffe(solver, *, weights=None, resume=None, device=None, amp=False, ch
     start = time.time()
     try:
         engine = Solver(param, device=device, log=display, on_iteration=log.iteration,
-                        on_test=log.test, amp=amp, channels_last=channels_last, tf32=tf32, ranks=ranks)
+                        on_test=log.test, amp=amp, channels_last=channels_last, tf32=tf32, ranks=ranks,
+                        compile=compile)
         display(f"Solver: {engine.updater.kind}, lr_policy {engine.rate.policy}, device {device}, "
                 f"{len(engine.params)} learnable blobs, max_iter {param.max_iter}"
                 + (f", {ranks.world} ranks of batch_size each (effective batch x{ranks.world})"
