@@ -1,6 +1,7 @@
 """DNNH's data: the triplet converter (caffe-dnnh's convert_triplet_imageset) and
 the seeded CIFAR-10 query / pool / triplet set built from the authors' archive
 layout."""
+import json
 import os
 import subprocess
 import sys
@@ -100,6 +101,21 @@ def test_prepare_cifar10_dnnh(tmp_path):
     assert caffe_io.read_blobproto(paths["triplet_mean"]).shape == (1, 9, 32, 32)
     again = prepare_cifar10_dnnh(tmp_path / "a.tar.gz", tmp_path / "out2", triplets=30, seed=3, per_class=2)
     assert open(again["triplets.txt"]).read() == open(paths["triplets.txt"]).read()  # seeded
+    # The same split as 3-channel databases (SSDH on DNNH's images), and SSDH trained on it.
+    from ssdh_port.data.dnnh import split_image_dbs
+    from ssdh_port.pipeline.jobs import ssdh_on_dnnh_split
+
+    images = split_image_dbs(tmp_path / "out", tmp_path / "out" / "ssdh_split")
+    train, test = DatumLMDB(images["train"]), DatumLMDB(images["test"])
+    assert (len(train), len(test)) == (40, 20)
+    assert np.array_equal(train.read(5)[0], pool_db.read(5)[0][:3])
+    assert [test.read(i)[1] for i in range(20)] == [int(v) - 1 for v in open(paths["query_label.txt"]).read().split()]
+    result = ssdh_on_dnnh_split(8, str(tmp_path / "ssdh"), data_dir=str(tmp_path / "out"), epochs=1, batch_size=8,
+                                widths="8,8,8", precision="fp32", top=40)
+    extra = result.report.extra
+    assert result.report.queries == 20 and result.report.database == 40
+    assert 0 < extra["dnnh_map"] <= 1 and len(extra["dnnh_map_per_class"]) == 10
+    assert json.load(open(tmp_path / "ssdh" / "report.json"))["report"]["extra"]["dnnh_map"] == extra["dnnh_map"]
 
 
 def test_dnnh_recipe_trains_one_blob_per_shared_name_and_encodes(tmp_path):

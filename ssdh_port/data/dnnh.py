@@ -104,3 +104,27 @@ def prepare_cifar10_dnnh(archive, out_dir, triplets=50000, seed=0, per_class=100
     paths["image_mean"] = os.path.join(out_dir, "image_mean.binaryproto")
     caffe_io.write_blobproto(caffe_io.read_blobproto(paths["triplet_mean"])[:, :3], paths["image_mean"])
     return paths
+
+
+def split_image_dbs(data_dir, out_dir, overwrite=False):
+    """The same split as 3-channel 32 x 32 image databases for the other methods
+    (SSDH trained on the same images): out_dir/train_lmdb_32 holds the pool images
+    (the anchor channels of pool_lmdb, BGR as stored) and out_dir/test_lmdb_32 the
+    queries, labels 0..9 (the label files' 1..10 minus one)."""
+    from ssdh_port.data.datasets import write_array_db
+    from ssdh_port.data.db import DatumLMDB
+
+    paths = {}
+    for split, db in (("query", "test_lmdb_32"), ("pool", "train_lmdb_32")):
+        paths[split] = os.path.join(out_dir, db)
+        if os.path.isdir(paths[split]) and not overwrite:
+            _log(f"{paths[split]} exists, kept")
+            continue
+        source = DatumLMDB(os.path.join(data_dir, f"{split}_lmdb"))
+        labels = np.loadtxt(os.path.join(data_dir, f"{split}_label.txt"), dtype=np.int64) - 1
+        if len(labels) != len(source):
+            raise DatasetError(f"{data_dir}: {split}_label.txt has {len(labels)} labels for {len(source)} records")
+        triplets = np.empty((len(source), 9, 32, 32), np.uint8)
+        source.read_batch(range(len(source)), triplets)
+        write_array_db(paths[split], triplets[:, :3], labels, overwrite=overwrite)
+    return {"train": paths["pool"], "test": paths["query"]}

@@ -43,6 +43,7 @@ from ssdh_port import ops
 from ssdh_port.caffe import parallel
 from ssdh_port.caffe.io import atomic_write
 from ssdh_port.errors import SSDHError
+from ssdh_port.hashing.index import HammingIndex
 from ssdh_port.models.fastnet import FastNetSSDH
 from ssdh_port.pipeline.evaluate import retrieval_report
 from ssdh_port.pipeline.features import resolve_device
@@ -87,6 +88,7 @@ class FastCifarResult:
     log: str
     plots: dict
     seconds: dict             # train, encode, evaluate, wall
+    codes: dict = dataclasses.field(default_factory=dict)  # {"test", "train"}: code files (.ssdh)
 
 
 def _widths(config):
@@ -307,6 +309,12 @@ def train_fast_cifar(config):
                "threads": torch.get_num_threads(),
                "torch": torch.__version__})
     evaluate_seconds = time.perf_counter() - t0
+    codes = {}
+    for split, latent, labels in (("test", query_latent, test_labels), ("train", db_latent, train_labels)):
+        index = HammingIndex(config.bits)
+        index.add(ops.pack_bits(latent, 0.5), labels=labels)
+        codes[split] = os.path.join(config.out_dir, f"{split}.ssdh")
+        index.save(codes[split])
     plots = {"curves": os.path.join(config.out_dir, "retrieval_curves.png"),
              "training": os.path.join(config.out_dir, "training.png")}
     retrieval_curves([evaluation], {}, plots["curves"])
@@ -314,7 +322,7 @@ def train_fast_cifar(config):
     seconds = {"train": round(train_seconds, 1), "encode": round(encode_seconds, 1),
                "evaluate": round(evaluate_seconds, 1), "wall": round(time.perf_counter() - wall, 1)}
     evaluation.report.extra["seconds"] = seconds
-    return FastCifarResult(evaluation.report, weights, log_path, plots, seconds)
+    return FastCifarResult(evaluation.report, weights, log_path, plots, seconds, codes)
 
 
 
