@@ -7,13 +7,17 @@ same update rule: momentum, weight decay and every blob's lr_mult / decay_mult
 taken from the prototxt, the solver's learning rate set before each step.
 
     python bench/bench_caffe_overhead.py [--net lenet_ssdh cifar10_quick_ssdh alexnet_ssdh48]
-        [--batch N] [--iters N] [--warmup N] [--threads 2] [--compile] [--profile N] [--json out.json]
+        [--batch N] [--iters N] [--warmup N] [--threads 2] [--rounds 3] [--compile] [--profile N]
+        [--json out.json]
 
 Nets: lenet_ssdh (MNIST, batch 64), cifar10_quick_ssdh (random 32 x 32 images with a
 mean file and mirroring, batch 100), alexnet_ssdh48 (random 256 x 256 images, 227
-crops, mirroring, mean file; batch 8 by default). Prints ms per step of each and
-the ratio (Caffe path / plain); the target of the speed work is <= 1.10. --compile
-adds the Caffe path with torch.compile (Solver(compile=True)).
+crops, mirroring, mean file; batch 8 by default).
+
+Prints ms per step of each and the ratio (Caffe path / plain); the target of the
+speed work is <= 1.10. The plain step runs twice: with torch.optim.SGD's default
+(a per-tensor loop on the CPU) and with foreach=True (fused, as the Caffe path's
+update is). --profile N lists each path's top N ops (torch.profiler).
 """
 import argparse
 import json
@@ -82,8 +86,9 @@ def caffe_param(net, db, mean_file, batch):
     return param
 
 
-def plain_step(net, solver, images, labels, batch):
-    """The plain module's step; its parameters get the Caffe net's multipliers in order."""
+def plain_step(net, solver, images, labels, batch, foreach=None):
+    """The plain module's step; its parameters get the Caffe net's multipliers in order.
+    foreach: torch.optim.SGD's (None: its default, the per-tensor loop on the CPU)."""
     model = PLAIN[net]()
     params = list(model.parameters())
     caffe_params = solver.params
@@ -95,7 +100,7 @@ def plain_step(net, solver, images, labels, batch):
               for p, lp in zip(params, caffe_params)]
     # Caffe's SGD: h = m h + lr (g + wd w); w -= h. torch's: b = m b + (g + wd w); w -= lr b:
     # the same while lr is constant within a step (the rate is set before each step).
-    optimizer = torch.optim.SGD(groups, lr=param.base_lr, momentum=param.momentum)
+    optimizer = torch.optim.SGD(groups, lr=param.base_lr, momentum=param.momentum, foreach=foreach)
     objective = SSDHLoss()
     state = {"it": 0, "cursor": 0}
 
@@ -136,17 +141,22 @@ def bench_net(net, args, folder):
         paths["caffe_compiled"] = Solver(param, log=lambda line: None, compile=True)
     steps = {name: (lambda s=s: s.step(1)) for name, s in paths.items()}
     steps["plain"] = plain_step(net, paths["caffe"], images, labels, batch)
-    # Interleave the measurements twice, so that a slower phase of the machine hits all.
+    steps["plain_foreach"] = plain_step(net, paths["caffe"], images, labels, batch, foreach=True)
+    # Interleave the measurements, so that a slower phase of the machine hits all;
+    # each path's best round counts.
     seconds = {name: [] for name in steps}
-    for _ in range(2):
+    for _ in range(args.rounds):
         for name, step in steps.items():
             seconds[name].append(timed(step, warmup, iters))
     ms = {name: 1000 * min(s) for name, s in seconds.items()}
     result = {"net": net, "batch": batch, "iters": iters, "threads": torch.get_num_threads(),
               "caffe_ms_per_step": round(ms["caffe"], 2), "plain_ms_per_step": round(ms["plain"], 2),
-              "ratio": round(ms["caffe"] / ms["plain"], 3)}
+              "ratio": round(ms["caffe"] / ms["plain"], 3),
+              "plain_foreach_ms_per_step": round(ms["plain_foreach"], 2),
+              "ratio_vs_foreach": round(ms["caffe"] / ms["plain_foreach"], 3)}
     line = (f"{net}, batch {batch}, {torch.get_num_threads()} threads: Caffe path {ms['caffe']:.2f} ms/step, "
-            f"plain PyTorch {ms['plain']:.2f} ms/step, ratio {ms['caffe'] / ms['plain']:.2f}x")
+            f"plain PyTorch {ms['plain']:.2f} ms/step (ratio {ms['caffe'] / ms['plain']:.2f}x), "
+            f"plain with foreach SGD {ms['plain_foreach']:.2f} ms/step ({ms['caffe'] / ms['plain_foreach']:.2f}x)")
     if args.compile:
         result.update(compiled_ms_per_step=round(ms["caffe_compiled"], 2),
                       compiled_ratio=round(ms["caffe_compiled"] / ms["plain"], 3))
@@ -179,6 +189,7 @@ def main():
     parser.add_argument("--iters", type=int, default=0, help="timed steps (0: the net's default)")
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every path")
     parser.add_argument("--compile", action="store_true", help="also time the Caffe path under torch.compile")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="also list each path's top N ops by self CPU time (torch.profiler)")

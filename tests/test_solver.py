@@ -346,3 +346,24 @@ def test_rmsprop_drift_is_float_noise_amplified(e_solver, monkeypatch):
     expected = 0.001 * lp.lr_mult * grad / (h.sqrt() + 1e-8)
     update = solver.updater(lp, lp.tensor.grad, 0.001, 0)
     torch.testing.assert_close(update.double(), expected, rtol=2e-6, atol=1e-9)
+
+
+def test_cpu_solver_keeps_freed_memory(monkeypatch):
+    """A CPU Solver asks glibc to keep freed blocks (no page faults to refill each
+    step's activations); without glibc the call is a no-op that says False."""
+    import platform
+
+    from google.protobuf import text_format
+
+    from ssdh_port.caffe import solver as solver_module
+    calls = []
+    monkeypatch.setattr(solver_module, "keep_freed_memory", lambda: calls.append(1) or True)
+    param = _param(base_lr=0.1)
+    text_format.Parse(
+        'name: "n" layer { name: "x" type: "DummyData" top: "x" dummy_data_param { shape { dim: 2 dim: 3 } } } '
+        'layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" inner_product_param { num_output: 1 } } '
+        'layer { name: "l" type: "EuclideanLoss" bottom: "y" bottom: "y" top: "l" }', param.net_param)
+    solver_module.Solver(param, log=lambda line: None)
+    assert calls == [1]
+    monkeypatch.undo()
+    assert solver_module.keep_freed_memory() is (platform.libc_ver()[0] == "glibc")
