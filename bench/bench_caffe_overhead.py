@@ -29,10 +29,10 @@ import time
 import numpy as np
 import torch
 
-from bench_data import make_db
+from bench_data import make_db, recipe_solver
 from plain_nets import PLAIN
 from ssdh_port.caffe import io as caffe_io
-from ssdh_port.caffe.solver import Solver, read_solver
+from ssdh_port.caffe.solver import Solver
 from ssdh_port.data import mnist
 from ssdh_port.data.datasets import write_array_db
 from ssdh_port.data.db import open_db
@@ -67,23 +67,6 @@ def make_data(net, folder, count, rng):
     mean_file = os.path.join(folder, f"{net}_mean.binaryproto")
     caffe_io.write_blobproto(mean, mean_file)
     return db, mean_file, plain, torch.from_numpy(labels)
-
-
-def caffe_param(net, db, mean_file, batch):
-    recipe = os.path.join(ROOT, "prototxt", net)
-    definition = caffe_io.read_net_prototxt(os.path.join(recipe, "train_val.prototxt"))
-    for layer in definition.layer:
-        if layer.type == "Data":
-            layer.data_param.source = db
-            layer.data_param.batch_size = batch
-            if mean_file:
-                layer.transform_param.mean_file = mean_file
-    param = read_solver(os.path.join(recipe, "solver.yaml"))
-    param.ClearField("net")
-    param.net_param.CopyFrom(definition)
-    del param.test_iter[:]
-    param.test_interval = param.display = param.snapshot = 0
-    return param
 
 
 def plain_step(net, solver, images, labels, batch, foreach=None):
@@ -135,7 +118,7 @@ def bench_net(net, args, folder):
     warmup = args.warmup if args.warmup is not None else max(2, iters // 10)
     count = max(8 * batch, 512 if net != "alexnet_ssdh48" else 64)
     db, mean_file, images, labels = make_data(net, folder, count, np.random.default_rng(0))
-    param = caffe_param(net, db, mean_file, batch)
+    param = recipe_solver(os.path.join(ROOT, "prototxt", net), db, batch, mean_file)
     paths = {"caffe": Solver(param, log=lambda line: None)}
     if args.compile:
         paths["caffe_compiled"] = Solver(param, log=lambda line: None, compile=True)

@@ -17,10 +17,27 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ssdh_port.caffe import io as caffe_io
 from ssdh_port.caffe.proto import caffe_pb2 as pb
+from ssdh_port.caffe.solver import read_solver
 from ssdh_port.data.datum import array_to_datum, encoded_datum, parse_datum
 from ssdh_port.data.db import DatumDBWriter, DatumLMDB
 from ssdh_port.data.transformer import DataTransformer
+from ssdh_port.pipeline.recipe import point_data_layers
+
+
+def recipe_solver(recipe, db, batch, mean_file=None):
+    """A recipe folder's solver with its train_val net inlined, every data layer
+    reading db in batches of `batch` (mean_file replacing the mean), no tests,
+    display or snapshots: the solver the training benchmarks time."""
+    net = caffe_io.read_net_prototxt(os.path.join(recipe, "train_val.prototxt"))
+    point_data_layers(net, {"TRAIN": db, "TEST": db}, mean_file, {"TRAIN": batch, "TEST": batch})
+    param = read_solver(os.path.join(recipe, "solver.yaml"))
+    param.ClearField("net")
+    param.net_param.CopyFrom(net)
+    del param.test_iter[:]
+    param.test_interval = param.display = param.snapshot = 0
+    return param
 
 
 def make_db(path, count, encoded, rng):

@@ -26,9 +26,9 @@ import time
 import numpy as np
 import torch
 
-from bench_data import make_db
+from bench_data import make_db, recipe_solver
 from ssdh_port.caffe import io as caffe_io
-from ssdh_port.caffe.solver import Solver, read_solver
+from ssdh_port.caffe.solver import Solver
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "prototxt", "alexnet_ssdh48")
@@ -38,22 +38,6 @@ MODES = {
     "bf16-cl": {"amp": True, "channels_last": True},
 }
 ORIGINAL_IMAGES_PER_S = (50_000 * 32 / (3 * 3600), 50_000 * 32 / (2 * 3600))
-
-
-def solver_param(folder, batch):
-    """The recipe's solver and TRAIN net, reading the benchmark's database."""
-    net = caffe_io.read_net_prototxt(os.path.join(RECIPE, "train_val.prototxt"))
-    for layer in net.layer:
-        if layer.type == "Data":
-            layer.data_param.source = os.path.join(folder, "lmdb")
-            layer.data_param.batch_size = batch
-            layer.transform_param.mean_file = os.path.join(folder, "mean.binaryproto")
-    param = read_solver(os.path.join(RECIPE, "solver.yaml"))
-    param.ClearField("net")
-    param.net_param.CopyFrom(net)
-    del param.test_iter[:]
-    param.test_interval = param.display = param.snapshot = 0
-    return param
 
 
 def synchronize(device):
@@ -103,7 +87,8 @@ def main():
         make_db(os.path.join(folder, "lmdb"), args.images, encoded=False, rng=rng)
         caffe_io.write_blobproto(np.full((1, 3, 256, 256), 110.0, np.float32),
                                  os.path.join(folder, "mean.binaryproto"))
-        param = solver_param(folder, args.batch)
+        param = recipe_solver(RECIPE, os.path.join(folder, "lmdb"), args.batch,
+                              os.path.join(folder, "mean.binaryproto"))
         for mode in modes:
             solver = Solver(param, device=device, log=lambda line: None, **MODES[mode])
             seconds = time_steps(solver, args.warmup, args.iters)
