@@ -221,6 +221,47 @@ def test_fast_cifar_trainer_learns_and_resumes(tmp_path):
     assert all(0 <= r.map_at_topk <= 1 for r in baselines)
 
 
+def test_lookahead_averages_weights_and_statistics():
+    from torch import nn
+
+    from ssdh_port.pipeline.fast_cifar import _Lookahead
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    lookahead = _Lookahead(model)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    model.train()(torch.randn(8, 4))  # moves the running statistics
+    moved = {k: v.clone() for k, v in model.state_dict().items()}
+    lookahead.update(model, 0.75)
+    for name, value in model.state_dict().items():
+        if value.is_floating_point():
+            assert torch.allclose(value, 0.75 * start[name] + 0.25 * moved[name]), name
+            assert torch.equal(value, lookahead.average[name])
+        else:
+            assert torch.equal(value, moved[name])  # num_batches_tracked is not averaged
+    assert _Lookahead.decay(0, 100) == 0 and abs(_Lookahead.decay(100, 100) - 0.95 ** 5) < 1e-12
+
+
+def test_fast_cifar_lookahead_trains_and_resumes(tmp_path):
+    from ssdh_port.pipeline.fast_cifar import FastCifarConfig, train_fast_cifar
+
+    _colour_cifar(str(tmp_path / "data"))
+    config = FastCifarConfig(data=str(tmp_path / "data"), out_dir=str(tmp_path / "run"), epochs=2, batch_size=128,
+                             widths="16,32,32", tta=0, precision="fp32", bits=16, lookahead=True)
+    result = train_fast_cifar(config)
+    assert result.report.classification_accuracy > 0.5 and result.report.extra["lookahead"] is True
+    snapshot = torch.load(tmp_path / "run" / "snapshot.pt", weights_only=False)
+    assert set(snapshot["lookahead"]) >= {"latent.linear.weight", "groups.0.norm1.running_mean"}
+    train_fast_cifar(dataclasses.replace(config, epochs=3, resume=str(tmp_path / "run" / "snapshot.pt")))
+    assert [json.loads(line)["epoch"] for line in open(result.log)] == [1, 2, 3]
+    plain = dataclasses.replace(config, lookahead=False, out_dir=str(tmp_path / "plain"), epochs=1)
+    train_fast_cifar(plain)
+    with pytest.raises(SSDHError, match="no lookahead average"):
+        train_fast_cifar(dataclasses.replace(config, epochs=2, resume=str(tmp_path / "plain" / "snapshot.pt")))
+
+
 def test_retrieval_figures(tmp_path, caplog):
     import logging
 

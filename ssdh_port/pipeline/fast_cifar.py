@@ -74,6 +74,7 @@ class FastCifarConfig:
     gamma: float = 1.0
     p: int = 2
     tta: int = 2
+    lookahead: bool = False     # the recipe's weight averaging (below)
     precision: str = "bf16"
     device: str = "cpu"
     limit: int = 0
@@ -158,6 +159,29 @@ def _schedule(step, total):
     return max(0.0, (total - step) / max(1, total - rise))
 
 
+class _Lookahead:
+    """Weight averaging as the fast recipes do it: an exponential average of the
+    floating-point state (weights and batch-norm statistics) that, at each
+    update, also replaces the net's own state."""
+
+    every = 5
+
+    def __init__(self, model):
+        self.average = {name: value.detach().clone() for name, value in model.state_dict().items()
+                        if value.is_floating_point()}
+
+    @staticmethod
+    def decay(step, total):
+        return 0.95 ** 5 * (step / total) ** 3
+
+    @torch.no_grad()
+    def update(self, model, decay):
+        state = model.state_dict()
+        for name, average in self.average.items():
+            average.lerp_(state[name], 1 - decay)
+            state[name].copy_(average)
+
+
 def _objective(config, latent, scores, labels):
     e1 = F.cross_entropy(scores, labels, label_smoothing=config.label_smoothing)
     e2_e3 = ops.latent_losses(latent, config.p)
@@ -191,11 +215,12 @@ def tta_latents(model, images, batches, config, memory_format, batch=1000):
     return torch.cat(latents), torch.cat(scores)
 
 
-def _snapshot(path, model, optimizer, epoch, step, generator, history):
+def _snapshot(path, model, optimizer, epoch, step, generator, history, lookahead):
     with atomic_write(path) as f:
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                     "step": step, "generator": generator.get_state(), "history": history,
-                    "torch_rng": torch.get_rng_state()}, f)
+                    "torch_rng": torch.get_rng_state(),
+                    "lookahead": lookahead.average if lookahead else None}, f)
 
 
 def train_fast_cifar(config):
@@ -236,10 +261,15 @@ def train_fast_cifar(config):
     os.makedirs(config.out_dir, exist_ok=True)
     log_path = os.path.join(config.out_dir, "train_log.jsonl") if ranks.root else os.devnull
     history, step, start_epoch = [], 0, 0
+    lookahead = _Lookahead(model) if config.lookahead else None
     if config.resume:
         state = torch.load(config.resume, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if lookahead and state.get("lookahead") is None:
+            raise SSDHError(f"resume {config.resume}: the snapshot has no lookahead average (trained without --lookahead)")
+        if lookahead:
+            lookahead.average = {name: value.to(device) for name, value in state["lookahead"].items()}
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         history, step, start_epoch = state["history"], state["step"], state["epoch"]
@@ -270,6 +300,8 @@ def train_fast_cifar(config):
                 optimizer.step()
                 sums += torch.tensor([float(loss.detach()) * len(y), float((scores.argmax(1) == y).sum()), len(y)])
                 step += 1
+                if lookahead and step % lookahead.every == 0:
+                    lookahead.update(model, lookahead.decay(step, total))
                 ticker.update(1)
             epoch += 1
             train_seconds += time.perf_counter() - t0
@@ -280,10 +312,13 @@ def train_fast_cifar(config):
             log_file.flush()
             if not ranks.root:
                 continue
-            _snapshot(os.path.join(config.out_dir, "snapshot.pt"), model, optimizer, epoch, step, generator, history)
+            _snapshot(os.path.join(config.out_dir, "snapshot.pt"), model, optimizer, epoch, step, generator, history,
+                      lookahead)
             logger.info("epoch %d: loss %.4f, train accuracy %.4f, %.0f s", epoch, record["loss"],
                         record["train_accuracy"], train_seconds)
     ticker.close()
+    if lookahead:
+        lookahead.update(model, 1.0)  # the trained net is the last average
     if not ranks.root:
         return None
     weights = os.path.join(config.out_dir, "model.pt")
@@ -303,7 +338,7 @@ def train_fast_cifar(config):
         classification_accuracy=float((query_scores.argmax(1) == test_labels).float().mean()),
         seconds=round(train_seconds, 1),
         extra={"epochs": config.epochs, "widths": config.widths, "precision": config.precision,
-               "tta": config.tta, "head": config.head, "loss_weights": [config.alpha, config.beta, config.gamma],
+               "tta": config.tta, "lookahead": config.lookahead, "head": config.head, "loss_weights": [config.alpha, config.beta, config.gamma],
                "seed": config.seed, "train_images": len(train_images),
                "device": str(device) if device.type != "cpu" else platform.processor() or platform.machine(),
                "threads": torch.get_num_threads(),
