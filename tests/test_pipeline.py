@@ -213,6 +213,8 @@ def test_fast_cifar_trainer_learns_and_resumes(tmp_path):
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     with pytest.raises(SSDHError, match="widths '1,2': expected three positive channel counts"):
         train_fast_cifar(dataclasses.replace(config, widths="1,2"))
+    with pytest.raises(SSDHError, match="cutout 40: expected a square side from 0"):
+        train_fast_cifar(dataclasses.replace(config, cutout=40))
     # The hash-function baselines on the same network's features.
     from ssdh_port.pipeline.fast_cifar import feature_baselines
 
@@ -244,12 +246,25 @@ def test_lookahead_averages_weights_and_statistics():
     assert _Lookahead.decay(0, 100) == 0 and abs(_Lookahead.decay(100, 100) - 0.95 ** 5) < 1e-12
 
 
+def test_cutout_erases_one_square_per_image():
+    from ssdh_port.pipeline.fast_cifar import _cutout
+
+    x = torch.ones(64, 3, 32, 32)
+    out = _cutout(x, 12, torch.Generator().manual_seed(0))
+    erased = out[:, 0] == 0
+    assert (erased.sum(dim=(1, 2)) == 144).all() and torch.equal(out[:, 0] == 0, out[:, 2] == 0)
+    rows, cols = erased.any(dim=2), erased.any(dim=1)  # one contiguous 12-row and 12-column band each
+    assert (rows.sum(1) == 12).all() and (cols.sum(1) == 12).all()
+    assert len({tuple(r.nonzero()[0].tolist()) for r in rows}) > 5  # placed at random
+
+
 def test_fast_cifar_lookahead_trains_and_resumes(tmp_path):
     from ssdh_port.pipeline.fast_cifar import FastCifarConfig, train_fast_cifar
 
     _colour_cifar(str(tmp_path / "data"))
     config = FastCifarConfig(data=str(tmp_path / "data"), out_dir=str(tmp_path / "run"), epochs=2, batch_size=128,
-                             widths="16,32,32", tta=0, precision="fp32", bits=16, lookahead=True)
+                             widths="16,32,32", tta=0, precision="fp32", bits=16, lookahead=True,
+                             cutout=8)
     result = train_fast_cifar(config)
     assert result.report.classification_accuracy > 0.5 and result.report.extra["lookahead"] is True
     snapshot = torch.load(tmp_path / "run" / "snapshot.pt", weights_only=False)

@@ -12,8 +12,12 @@ learning rate rises from 0.2 to 1 of its peak over the first 20 % of the steps,
 then falls linearly to 0; label smoothing 0.2; augmentation: 2-pixel reflected
 translation (a random 32 x 32 crop of the padded image) and alternating flips
 (each image flipped at random in the first epoch, then every other epoch), both
-per image; the
-whitening layer's bias trains for the first 3 epochs only. The SSDH objective:
+per image; optionally cutout (one random square per image set to the mean); the
+whitening layer's bias trains for the first 3 epochs only; with lookahead=True,
+the recipe's weight averaging (every 5 steps the weights and batch-norm statistics
+move to an exponential average of themselves, which then replaces them; the
+average's decay grows as 0.95**5 x (step / steps)**3, so it is off early and
+strongest at the end; the last average is the trained net). The SSDH objective:
 alpha * E1 (the smoothed cross-entropy) + beta * E2 + gamma * E3.
 
 Codes: the latent activations averaged over test-time views (the image and its
@@ -69,6 +73,7 @@ class FastCifarConfig:
     label_smoothing: float = 0.2
     whiten_bias_epochs: float = 3.0
     translate: int = 2
+    cutout: int = 0             # side of a square erased at random in each image (0: none)
     alpha: float = 1.0
     beta: float = 1.0
     gamma: float = 1.0
@@ -125,6 +130,8 @@ class _Batches:
             x = torch.where(flips[index].to(x.device)[:, None, None, None], x.flip(-1), x)
             if pad:
                 x = _translate(x, pad, self.generator)
+            if self.config.cutout:
+                x = _cutout(x, self.config.cutout, self.generator)
             yield x.contiguous(memory_format=memory_format), self.labels[index]
 
 
@@ -136,6 +143,17 @@ def _translate(x, pad, generator):
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]
     cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]
     return padded[torch.arange(n, device=x.device)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
+
+
+def _cutout(x, side, generator):
+    """Each image with one side x side square, placed at random inside it, set to 0
+    (the mean after normalisation)."""
+    n, _, h, w = x.shape
+    top, left = (torch.randint(0, extent - side + 1, (n,), generator=generator).to(x.device) for extent in (h, w))
+    rows = torch.arange(h, device=x.device)[None, :] - top[:, None]
+    cols = torch.arange(w, device=x.device)[None, :] - left[:, None]
+    inside = ((rows >= 0) & (rows < side))[:, :, None] & ((cols >= 0) & (cols < side))[:, None, :]
+    return x.masked_fill(inside[:, None], 0.0)
 
 
 def _optimizer(model, config, batch_norm_names, world=1):
@@ -230,6 +248,8 @@ def train_fast_cifar(config):
     device = parallel.rank_device(resolve_device(config.device))
     if config.precision not in ("bf16", "fp32"):
         raise SSDHError(f"precision {config.precision!r}: expected bf16 or fp32")
+    if not 0 <= config.cutout <= 32:
+        raise SSDHError(f"cutout {config.cutout}: expected a square side from 0 (none) to 32 pixels")
     if config.tta not in (0, 1, 2):
         raise SSDHError(f"tta {config.tta}: expected 0, 1 or 2")
     # Under torchrun: ranks of one training (each batch_size images per step, the
