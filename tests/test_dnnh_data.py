@@ -157,5 +157,6 @@ def test_dnnh_recipe_trains_one_blob_per_shared_name_and_encodes(tmp_path):
     from ssdh_port.data.transformer import DataTransformer, TransformError
 
     transform = DataTransformer(pb.TransformationParameter(mean_file=str(tmp_path / "mean.binaryproto")), "TEST")
-    with pytest.raises(TransformError, match="9"):
+    with pytest.raises(TransformError, match=r"mean file .*mean.binaryproto has shape \(9, 32, 32\), the data is "
+                                             r"\(3, 32, 32\)"):
         transform(np.zeros((1, 3, 32, 32), np.uint8))
