@@ -9,11 +9,15 @@ images, in
   bf16       bfloat16 autocast, NCHW
   bf16-cl    bfloat16 autocast, channels_last (tools/train_cifar10.py's default)
 
+The C allocator keeps freed blocks as the trainer tells it to
+(ssdh_port.caffe.solver.keep_freed_memory); --malloc-defaults measures glibc's
+defaults instead, under which each step faults its activations in again.
+
 bf16 pays where oneDNN has bfloat16 convolutions (AVX-512 BF16 or AMX), most
 with channels_last tensors (measured on the 2-core VM: fp32 135, fp32-cl 195,
 bf16 219, bf16-cl 330 images/s).
 
-    python bench/bench_fast_cifar.py [--widths 128,384,384] [--batch 1024] [--iters 3] [--json out.json]
+    python bench/bench_fast_cifar.py [--widths 128,384,384] [--batch 1024] [--iters 3] [--malloc-defaults] [--json out.json]
 """
 import argparse
 import json
@@ -23,6 +27,7 @@ import torch
 from torch.nn import functional as F
 
 from ssdh_port import ops
+from ssdh_port.caffe.solver import keep_freed_memory
 from ssdh_port.models.fastnet import FastNetSSDH
 
 MODES = {"fp32": (False, torch.contiguous_format), "fp32-cl": (False, torch.channels_last),
@@ -56,8 +61,10 @@ def main():
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--malloc-defaults", action="store_true", help="leave glibc's trimming and unmapping on")
     parser.add_argument("--json")
     args = parser.parse_args()
+    kept = not args.malloc_defaults and keep_freed_memory()
     widths = tuple(int(w) for w in args.widths.split(","))
     results = {}
     for mode in args.modes.split(","):
@@ -65,13 +72,14 @@ def main():
         results[mode] = measure(widths, args.batch, args.iters, amp, memory_format)
     base = results.get("fp32-cl") or next(iter(results.values()))
     print(f"FastNet-SSDH {args.widths}, batch {args.batch}, {torch.get_num_threads()} threads, "
-          f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
+          f"CPU capability {torch.backends.cpu.get_cpu_capability()}, freed memory kept: {kept}")
     for mode, rate in results.items():
         print(f"  {mode:8s} {rate:8.0f} images/s  ({rate / base:.2f}x fp32-cl; an epoch of 50,000: "
               f"{50000 / rate:.0f} s)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"widths": args.widths, "batch": args.batch, "images_per_s": results}, f, indent=1)
+            json.dump({"widths": args.widths, "batch": args.batch, "freed_memory_kept": kept,
+                       "images_per_s": results}, f, indent=1)
 
 
 if __name__ == "__main__":
