@@ -266,7 +266,8 @@ def test_fast_cifar_lookahead_trains_and_resumes(tmp_path):
                              widths="16,32,32", tta=0, precision="fp32", bits=16, lookahead=True,
                              cutout=8)
     result = train_fast_cifar(config)
-    assert result.report.classification_accuracy > 0.5 and result.report.extra["lookahead"] is True
+    assert result.report.classification_accuracy > 0.5
+    assert result.report.extra["lookahead"] is True and result.report.extra["cutout"] == 8
     snapshot = torch.load(tmp_path / "run" / "snapshot.pt", weights_only=False)
     assert set(snapshot["lookahead"]) >= {"latent.linear.weight", "groups.0.norm1.running_mean"}
     train_fast_cifar(dataclasses.replace(config, epochs=3, resume=str(tmp_path / "run" / "snapshot.pt")))
