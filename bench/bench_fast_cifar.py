@@ -10,7 +10,7 @@ images, in
   bf16-cl    bfloat16 autocast, channels_last (tools/train_cifar10.py's default)
 
 The C allocator keeps freed blocks as the trainer tells it to
-(ssdh_port.caffe.solver.keep_freed_memory); --malloc-defaults measures glibc's
+(ssdh_port.allocator.keep_freed_memory); --malloc-defaults measures glibc's
 defaults instead, under which each step faults its activations in again.
 
 bf16 pays where oneDNN has bfloat16 convolutions (AVX-512 BF16 or AMX), most
@@ -27,7 +27,7 @@ import torch
 from torch.nn import functional as F
 
 from ssdh_port import ops
-from ssdh_port.caffe.solver import keep_freed_memory
+from ssdh_port.allocator import keep_freed_memory
 from ssdh_port.models.fastnet import FastNetSSDH
 
 MODES = {"fp32": (False, torch.contiguous_format), "fp32-cl": (False, torch.channels_last),

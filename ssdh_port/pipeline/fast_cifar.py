@@ -44,9 +44,9 @@ import torch
 from torch.nn import functional as F
 
 from ssdh_port import ops
+from ssdh_port.allocator import keep_freed_memory
 from ssdh_port.caffe import parallel
 from ssdh_port.caffe.io import atomic_write
-from ssdh_port.caffe.solver import keep_freed_memory
 from ssdh_port.errors import SSDHError
 from ssdh_port.hashing.index import HammingIndex
 from ssdh_port.models.fastnet import FastNetSSDH
@@ -291,9 +291,10 @@ def train_fast_cifar(config):
         state = torch.load(config.resume, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        if lookahead and state.get("lookahead") is None:
-            raise SSDHError(f"resume {config.resume}: the snapshot has no lookahead average (trained without --lookahead)")
         if lookahead:
+            if state.get("lookahead") is None:
+                raise SSDHError(f"resume {config.resume}: the snapshot has no lookahead average "
+                                "(trained without --lookahead)")
             lookahead.average = {name: value.to(device) for name, value in state["lookahead"].items()}
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
