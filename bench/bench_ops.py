@@ -18,6 +18,7 @@ import time
 import torch
 
 from ssdh_port import ops
+from ssdh_port.pipeline.features import synchronize
 
 
 def plain_latent_losses(a, p=2):
@@ -58,11 +59,6 @@ def native_max_margin(scores, labels, mask, p=2):
     return ops.max_margin_loss(scores, labels, p, mask=mask, label_format="binary")
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_step(fn, inputs, device, repeats):
     """Median seconds of one forward + backward, over `repeats` timed blocks."""
     x = inputs[0]
@@ -74,19 +70,19 @@ def time_step(fn, inputs, device, repeats):
     for _ in range(3):
         step()
     # Enough calls per block for about 20 ms of work.
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     step()
-    _sync(device)
+    synchronize(device)
     once = max(time.perf_counter() - start, 1e-6)
     per_block = max(1, int(0.02 / once))
     samples = []
     for _ in range(repeats):
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         for _ in range(per_block):
             step()
-        _sync(device)
+        synchronize(device)
         samples.append((time.perf_counter() - start) / per_block)
     return statistics.median(samples)
 

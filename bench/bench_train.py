@@ -29,6 +29,7 @@ import torch
 from bench_data import make_db, recipe_solver
 from ssdh_port.caffe import io as caffe_io
 from ssdh_port.caffe.solver import Solver
+from ssdh_port.pipeline.features import synchronize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "prototxt", "alexnet_ssdh48")
@@ -38,11 +39,6 @@ MODES = {
     "bf16-cl": {"amp": True, "channels_last": True},
 }
 ORIGINAL_IMAGES_PER_S = (50_000 * 32 / (3 * 3600), 50_000 * 32 / (2 * 3600))
-
-
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_steps(solver, warmup, iters):

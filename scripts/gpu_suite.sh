@@ -7,7 +7,9 @@
 #   scripts/gpu_suite.sh verify OUT_DIR   build with CUDA; the whole test suite (CUDA tests included)
 #   scripts/gpu_suite.sh bench OUT_DIR    build; op, Hamming and training benchmarks (JSON + logs)
 #   scripts/gpu_suite.sh train OUT_DIR    build; LeNet-SSDH-48 on MNIST on the GPU (compare with the
-#                                       CPU row of results/mnist); CIFAR-10 from scratch (ResNet-18)
+#                                       CPU row of results/mnist); CIFAR-10 from scratch: FastNet-SSDH-48
+#                                       at the CPU headline's recipe (compare with results/cifar10_fast/seed0),
+#                                       then the ResNet-18 experiment
 #
 # Environment: PYTHON (python3), WHEELS (.whl), BUNDLE (.carry), EPOCHS (30, the train part),
 # SANITIZE=1 (verify: also the CUDA Hamming tests under compute-sanitizer's memcheck).
@@ -45,10 +47,15 @@ case "$part" in
     "$PYTHON" bench/bench_ops.py --device cuda --json "$out/bench_ops.json" 2>&1 | tee "$out/bench.log"
     "$PYTHON" bench/bench_hamming.py --device cuda --json "$out/bench_hamming.json" 2>&1 | tee -a "$out/bench.log"
     "$PYTHON" bench/bench_train.py --device cuda --json "$out/bench_train.json" 2>&1 | tee -a "$out/bench.log"
+    "$PYTHON" bench/bench_fast_cifar.py --device cuda --iters 20 --json "$out/bench_fast_cifar.json" 2>&1 \
+      | tee -a "$out/bench.log"
     ;;
   train)
+    SSDH_PROGRESS=0 "$PYTHON" tools/train_cifar10.py --archive "$BUNDLE"/cifar10-jpg.tar.gz --data /tmp/ssdh-cifar10 \
+      --widths 128,384,384 --epochs 26 --seed 0 --precision bf16 --tta 2 --device cuda \
+      --out-dir "$out/cifar10_fast" 2>&1 | tail -30 | tee "$out/train.log"
     "$PYTHON" tools/demo.py --bits 48 --iters 10000 --solver-set solver_mode=GPU \
-      --out "$out/mnist_gpu" 2>&1 | tail -30 | tee "$out/train.log"
+      --out "$out/mnist_gpu" 2>&1 | tail -30 | tee -a "$out/train.log"
     "$PYTHON" experiments/cifar10_scratch.py --archive "$BUNDLE"/cifar10-jpg.tar.gz \
       --epochs "${EPOCHS:-30}" --out-dir "$out/cifar10_scratch" 2>&1 | tee -a "$out/train.log"
     ;;

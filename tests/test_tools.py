@@ -203,3 +203,19 @@ def test_bench_train_runs_the_recipe_step(tmp_path):
     assert set(report["modes"]) == {"fp32", "bf16-cl"}
     assert all(row["images_per_s"] > 0 for row in report["modes"].values())
     assert report["data_images_per_s"] > 0
+
+
+def test_bench_fast_cifar_measures_each_mode(tmp_path):
+    # A smoke run of the FastNet benchmark (tiny widths and batch): each asked mode is
+    # measured and compared with the first one when fp32-cl is not among them.
+    out = tmp_path / "bench.json"
+    script = os.path.join(ROOT, "bench", "bench_fast_cifar.py")
+    result = subprocess.run([sys.executable, script, "--widths", "8,16,16", "--batch", "32", "--iters", "1",
+                             "--modes", "bf16-cl,fp32", "--json", str(out)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert set(report["images_per_s"]) == {"bf16-cl", "fp32"} and min(report["images_per_s"].values()) > 0
+    assert "(1.00x bf16-cl;" in result.stdout
+    bad = subprocess.run([sys.executable, script, "--device", "tpu"], capture_output=True, text=True)
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1] == (
+        "bench_fast_cifar: device 'tpu': expected cpu, cuda or cuda:N")

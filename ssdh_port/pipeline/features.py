@@ -122,6 +122,13 @@ def resolve_device(device):
     return resolved
 
 
+def synchronize(device):
+    """Wait for the work queued on a CUDA device (kernels run asynchronously, so a
+    clock read without this times their launch, not the work); nothing on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def load_net(prototxt, weights=None, batch_size=None):
     """A TEST-phase CaffeNet with weights; Input blobs take batch_size as their
     first dimension when it is given (a deploy net fed from an outside source)."""

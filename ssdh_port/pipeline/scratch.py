@@ -28,7 +28,7 @@ from ssdh_port.errors import SSDHError
 from ssdh_port.models.resnet import ResNetSSDH
 from ssdh_port.models.ssdh import SSDHLoss
 from ssdh_port.pipeline.evaluate import retrieval_report
-from ssdh_port.pipeline.features import resolve_device
+from ssdh_port.pipeline.features import resolve_device, synchronize
 from ssdh_port.pipeline.plots import epoch_curves
 from ssdh_port.progress import bar, logger
 
@@ -211,8 +211,7 @@ def train_scratch(config):
     log_path = os.path.join(config.out_dir, "train_log.jsonl")
     with open(log_path, "w") as log_file:
         history = _fit(config, model, train_images, train_labels, inputs, amp, log_file)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     train_seconds = history[-1]["seconds"] if history else 0.0
     weights = os.path.join(config.out_dir, "model.pt")
     with atomic_write(weights) as f:
