@@ -431,6 +431,8 @@ def test_the_page_in_a_real_browser(service, tmp_path):
             assert len(found) == 10
             assert sum(text == f"label {labels[query]}" for text in found) >= 8, found
             assert page.locator("#query img").count() == 1
+            # Thumbnails load after the list is drawn: wait until the first has loaded (or failed).
+            page.wait_for_function("document.querySelector('#results img').complete")
             assert page.evaluate("document.querySelector('#results img').naturalWidth") == 28
             page.screenshot(path=os.path.join(ARTIFACTS, "search_page.png"), full_page=True)
 
