@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from ssdh_port import allocator
 from ssdh_port.caffe.net import load_weights
 from ssdh_port.caffe.proto import caffe_pb2 as pb
 from ssdh_port.caffe.solver import LearnableParam, LearningRate, Solver, SolverError, Updater, read_solver
@@ -366,4 +367,4 @@ def test_cpu_solver_keeps_freed_memory(monkeypatch):
     solver_module.Solver(param, log=lambda line: None)
     assert calls == [1]
     monkeypatch.undo()
-    assert solver_module.keep_freed_memory() is (platform.libc_ver()[0] == "glibc")
+    assert allocator.keep_freed_memory() is (platform.libc_ver()[0] == "glibc")

@@ -18,8 +18,8 @@ import re
 import numpy as np
 import torch
 
-from ssdh_port.caffe import io as caffe_io
 from ssdh_port.allocator import keep_freed_memory
+from ssdh_port.caffe import io as caffe_io
 from ssdh_port.caffe import parallel
 from ssdh_port.caffe.net import CaffeNet
 from ssdh_port.caffe.proto import caffe_pb2 as pb
