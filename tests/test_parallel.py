@@ -4,6 +4,7 @@ records, the gradients are averaged), only rank 0 logs and snapshots, and a
 snapshot of two ranks resumes in one process at the right record."""
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -110,6 +111,45 @@ def test_a_two_rank_snapshot_resumes_in_one_process(database):
         torch.testing.assert_close(final[key], reference[key], rtol=1e-5, atol=1e-6)
 
 
+PROBE = """import os
+import torch
+from ssdh_port.caffe import parallel
+
+def threads():
+    return len(os.listdir("/proc/self/task"))
+
+before = threads()
+ranks = parallel.from_environment(torch.device("cpu"))
+from torch._subclasses.fake_tensor import FakeTensorMode  # noqa: E402
+
+with FakeTensorMode():  # what the net builder's shape inference runs, after the group exists
+    torch.empty(2, 3).sum()
+assert parallel.agree(ranks.rank) == 1
+during = threads()
+parallel.shutdown()
+print(f"threads {before} {during} {threads()};")
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_shutdown_ends_the_groups_threads_before_the_interpreter_exits(tmp_path):
+    # A rank whose gloo worker threads outlive the group's destruction can abort at
+    # exit (a thread drops a collective's tensor while the interpreter finalises):
+    # after shutdown() no thread of the group may be left, even though the net
+    # builder's imports ran after the group was made.
+    script = tmp_path / "probe.py"
+    script.write_text(PROBE)
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                          f"--master_port={free_port()}", "--master_addr=127.0.0.1", str(script)],
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT})
+    assert run.returncode == 0, run.stderr[-3000:]
+    counts = re.findall(r"threads (\d+) (\d+) (\d+);", run.stdout)  # the ranks' lines may interleave
+    assert len(counts) == 2, run.stdout
+    for before, during, after in counts:
+        assert int(during) > int(before) and after == before
+
+
 def test_data_layer_shards_by_offset():
     from ssdh_port.caffe.data_layers import Data
 
@@ -137,7 +177,6 @@ def test_lenet_ssdh_recipe_two_ranks_equal_one_process_after_20_iterations(tmp_p
     1 process of batch 16. E3 (the fire-rate loss) is not a mean over images, so
     the ranks' averaged E3 gradient differs from the full batch's at second order,
     as in Caffe's multi-GPU training; after 20 iterations the weights agree to 1e-6."""
-    import re
 
     from ssdh_port.data import mnist
     from ssdh_port.data.datasets import write_array_db

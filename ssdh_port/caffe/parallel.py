@@ -16,7 +16,9 @@ Processes come from torchrun (`torchrun --nproc_per_node=N tools/train_net.py S`
 RANK / WORLD_SIZE / LOCAL_RANK in the environment) or from launch() (Caffe's
 `--gpu 0,1,2,3`: one process per listed GPU). NCCL on GPUs, gloo on CPUs.
 """
+import atexit
 import dataclasses
+import importlib
 import os
 import socket
 import subprocess
@@ -49,8 +51,25 @@ def from_environment(device):
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
+        # Modules that take the default group as a default argument value bind
+        # it when they are imported (torch.distributed.nn.functional, reached
+        # through torch._dynamo, which the net builder's shape inference loads):
+        # imported after the group exists, they would keep it alive past
+        # shutdown(). Imported first, they hold None.
+        importlib.import_module("torch._dynamo")
         dist.init_process_group(backend)
+        atexit.register(shutdown)
     return Ranks(dist.get_rank(), dist.get_world_size())
+
+
+def shutdown():
+    """Destroy the process group (from_environment registers this at exit).
+    Left to the interpreter's own exit, gloo's worker threads outlive it: one that
+    drops the last reference to a collective's tensor while the interpreter is
+    finalising cannot take the GIL and aborts the process (std::terminate),
+    a rank that had finished its work."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def rank_device(device):
