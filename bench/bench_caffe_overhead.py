@@ -20,7 +20,6 @@ speed work is <= 1.10. The plain step runs twice: with torch.optim.SGD's default
 update is). --profile N lists each path's top N ops (torch.profiler).
 """
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from ssdh_port.caffe.solver import Solver
 from ssdh_port.data import mnist
 from ssdh_port.data.datasets import write_array_db
 from ssdh_port.data.db import open_db
+from ssdh_port.device import cpu_name
 from ssdh_port.models.ssdh import SSDHLoss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -183,17 +183,8 @@ def main():
     with tempfile.TemporaryDirectory() as folder:
         results = [bench_net(net, args, folder) for net in args.net]
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"cpu": _cpu_name(), "nets": results}, f, indent=1)
+        caffe_io.write_json(args.json, {"cpu": cpu_name(), "nets": results})
     return 0
-
-
-def _cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return "unknown"
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ protobuf parse, each in a fresh process, on an AlexNet-SSDH-48-sized model
     python bench/bench_caffemodel_io.py [--prototxt P] [--json out.json]
 """
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -42,6 +41,7 @@ def main():
     parser.add_argument("--prototxt", default=DEFAULT_PROTOTXT)
     parser.add_argument("--json")
     args = parser.parse_args()
+    from ssdh_port.caffe.io import write_json
     from ssdh_port.caffe.net import CaffeNet
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -61,8 +61,7 @@ def main():
                   f"{extra / 2**20:7.0f} MiB = {extra / size:.2f} x the file")
             results[mode] = {"seconds": seconds, "extra_peak_bytes": extra, "ratio_to_file": extra / size}
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+        write_json(args.json, results)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ pipeline measured in the same run.
 """
 import argparse
 import io
-import json
 import os
 import tempfile
 import time
@@ -118,8 +117,7 @@ def main():
             results.append({"records": kind, "ours_img_s": ours_rate, "baseline_img_s": base_rate,
                             "ratio": ours_rate / base_rate})
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+        caffe_io.write_json(args.json, results)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ of tools/train_cifar10.py --device cuda takes.
         [--malloc-defaults] [--json out.json]
 """
 import argparse
-import json
 import sys
 import time
 
@@ -34,8 +33,9 @@ from torch.nn import functional as F
 
 from ssdh_port import cli, ops
 from ssdh_port.allocator import keep_freed_memory
+from ssdh_port.caffe.io import write_json
+from ssdh_port.device import describe, resolve_device, synchronize
 from ssdh_port.models.fastnet import FastNetSSDH
-from ssdh_port.pipeline.features import resolve_device, synchronize
 
 MODES = {"fp32": (False, torch.contiguous_format), "fp32-cl": (False, torch.channels_last),
          "bf16": (True, torch.contiguous_format), "bf16-cl": (True, torch.channels_last)}
@@ -82,16 +82,14 @@ def main(argv=None):
         amp, memory_format = MODES[mode]
         results[mode] = measure(widths, args.batch, args.iters, amp, memory_format, device)
     base_mode = "fp32-cl" if "fp32-cl" in results else next(iter(results))
-    where = (torch.cuda.get_device_name(device) if device.type == "cuda" else
-             f"{torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    where = describe(device)
     print(f"FastNet-SSDH {args.widths}, batch {args.batch}, {where}, freed memory kept: {kept}")
     for mode, rate in results.items():
         print(f"  {mode:8s} {rate:8.0f} images/s  ({rate / results[base_mode]:.2f}x {base_mode}; an epoch of 50,000: "
               f"{50000 / rate:.0f} s)")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"widths": args.widths, "batch": args.batch, "device": where, "freed_memory_kept": kept,
-                       "images_per_s": results}, f, indent=1)
+        write_json(args.json, {"widths": args.widths, "batch": args.batch, "device": where,
+                               "freed_memory_kept": kept, "images_per_s": results})
 
 
 if __name__ == "__main__":

@@ -13,13 +13,13 @@ then an int8 matrix product of +-1 bits with a top-k over unique (distance,
 index) keys on the same GPU, and faiss (if installed) runs on the machine's CPU.
 """
 import argparse
-import json
 import time
 
 import numpy as np
 import torch
 
 from ssdh_port import ops
+from ssdh_port.caffe.io import write_json
 from ssdh_port.hashing import evaluate
 
 
@@ -162,8 +162,7 @@ def main():
     else:
         bench_cpu(args, rng, results)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+        write_json(args.json, results)
 
 
 def bench_cpu(args, rng, results):

@@ -13,7 +13,6 @@ its heap leaves them, so for faiss the distances are compared. Writes
 <out>/bench_milvus.json and bench_milvus.md.
 """
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 
 from ssdh_port import ops
-from ssdh_port.caffe.io import atomic_write
+from ssdh_port.caffe.io import atomic_write, write_json
 from ssdh_port.hashing import HammingIndex
 from ssdh_port.hashing.milvus import MilvusIndex
 
@@ -93,8 +92,7 @@ def main():
     record = {"n": args.n, "bits": args.bits, "queries": args.queries, "k": args.k, "cpus": os.cpu_count(),
               "rows": rows, "same_results": same}
     os.makedirs(args.out, exist_ok=True)
-    with atomic_write(os.path.join(args.out, "bench_milvus.json"), "w") as f:
-        json.dump(record, f, indent=1)
+    write_json(os.path.join(args.out, "bench_milvus.json"), record)
     base = rows[0]["queries_per_s"]
     lines = [f"{args.n} {args.bits}-bit codes, {args.queries} queries, k = {args.k}, {os.cpu_count()} CPUs",
              "", "| engine | build / insert s | queries/s | vs HammingIndex | single query ms (p50) |",

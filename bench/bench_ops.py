@@ -11,14 +11,14 @@ Reports the median time of each and the ratio plain / native (> 1: native is
 faster).
 """
 import argparse
-import json
 import statistics
 import time
 
 import torch
 
 from ssdh_port import ops
-from ssdh_port.pipeline.features import synchronize
+from ssdh_port.caffe.io import write_json
+from ssdh_port.device import describe, synchronize
 
 
 def plain_latent_losses(a, p=2):
@@ -111,8 +111,8 @@ def main(argv=None):
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"device: {name}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    name = describe(device)
+    print(f"device: {name}, torch {torch.__version__}")
     print(f"{'case':40s} {'plain torch':>12s} {'native':>12s} {'ratio':>7s}")
     results = []
     for label, plain, native, inputs in cases(device):
@@ -126,8 +126,7 @@ def main(argv=None):
             {"case": label, "plain_s": t_plain, "native_s": t_native, "ratio": ratio}
         )
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": name, "torch": torch.__version__, "results": results}, f, indent=1)
+        write_json(args.json, {"device": name, "torch": torch.__version__, "results": results})
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ run as their own processes; peak memory is the server process's VmHWM. Writes
 """
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import subprocess
@@ -26,7 +25,7 @@ import zlib
 
 import cv2
 
-from ssdh_port.caffe.io import atomic_write
+from ssdh_port.caffe.io import atomic_write, write_json
 from ssdh_port.data import mnist
 from ssdh_port.data.datasets import write_array_db
 from ssdh_port.pipeline import encode_split, transform_param
@@ -228,8 +227,7 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     record = {"items": args.items, "bits": 500, "requests_per_level": args.requests, "cpus": os.cpu_count(),
               "results": results}
-    with atomic_write(os.path.join(args.out, "bench_serve.json"), "w") as f:
-        json.dump(record, f, indent=1)
+    write_json(os.path.join(args.out, "bench_serve.json"), record)
     text = table(results)
     with atomic_write(os.path.join(args.out, "bench_serve.md"), "w") as f:
         f.write(text)

@@ -17,7 +17,6 @@ Titan X, about 150-220 images/s.
         [--images 1024] [--modes fp32,tf32,bf16-cl] [--json out.json]
 """
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -29,7 +28,7 @@ import torch
 from bench_data import make_db, recipe_solver
 from ssdh_port.caffe import io as caffe_io
 from ssdh_port.caffe.solver import Solver
-from ssdh_port.pipeline.features import synchronize
+from ssdh_port.device import describe, synchronize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "prototxt", "alexnet_ssdh48")
@@ -76,7 +75,7 @@ def main():
     if unknown:
         parser.error(f"unknown modes {unknown} (known: {', '.join(MODES)})")
     device = torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    name = describe(device)
     results = {"device": name, "batch": args.batch, "iters": args.iters, "modes": {}}
     with tempfile.TemporaryDirectory() as folder:
         rng = np.random.default_rng(0)
@@ -107,8 +106,7 @@ def main():
             row["speedup_vs_fp32"] = row["images_per_s"] / base
         print("vs fp32: " + ", ".join(f"{m} {r['speedup_vs_fp32']:.2f}x" for m, r in results["modes"].items()))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+        caffe_io.write_json(args.json, results)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import hashlib
 import json
 import os
 
-from ssdh_port.caffe.io import atomic_write
+from ssdh_port.caffe.io import write_json
 from ssdh_port.errors import SSDHError
 from ssdh_port.progress import logger
 
@@ -137,8 +137,7 @@ def write_card(card, codes_path=None, path=None):
     for name in ("prototxt", "weights", "source"):
         record[name] = _relative(record[name], folder)
     record["transform"] = dict(record["transform"], mean_file=_relative(record["transform"]["mean_file"], folder))
-    with atomic_write(path, "w") as f:
-        json.dump(record, f, indent=1)
+    write_json(path, record)
     return path
 
 

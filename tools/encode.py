@@ -19,13 +19,12 @@ N processes encode interleaved batches and rank 0 writes one code file identical
 to one process's.
 """
 import argparse
-import json
 import sys
 
 import numpy as np
 
 from ssdh_port import cli
-from ssdh_port.caffe.io import atomic_write
+from ssdh_port.caffe.io import write_json
 from ssdh_port.errors import SSDHError
 from ssdh_port.pipeline import encode_split, transform_param
 
@@ -58,8 +57,7 @@ def main(argv=None):
     health = encoded.health
     if args.out:
         encoded.save(args.out, {extra[0]: args.features_out} if args.features_out else None)
-        with atomic_write(args.out + ".report.json", "w") as f:
-            json.dump(health, f, indent=1)
+        write_json(args.out + ".report.json", health)
     if args.milvus:
         encoded.to_milvus(args.milvus, args.collection, args.card)
     where = " and ".join(filter(None, [args.out, args.milvus and f"{args.milvus} ({args.collection})"]))

@@ -5,6 +5,7 @@ numpy arrays. Every writer goes through a temporary file and a rename, so a
 failed write never leaves a file that looks complete.
 """
 import contextlib
+import json
 import os
 import tempfile
 
@@ -42,6 +43,12 @@ def atomic_write(path, mode="wb"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def write_json(path, payload):
+    """payload as indented JSON, through a temporary file and a rename."""
+    with atomic_write(path, "w") as f:
+        json.dump(payload, f, indent=1)
 
 
 def write_text_proto(message, path):

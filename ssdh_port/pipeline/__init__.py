@@ -24,13 +24,8 @@ from ssdh_port.pipeline.evaluate import (  # noqa: F401
     retrieval_report,
     sampled_curve,
 )
-from ssdh_port.pipeline.features import (  # noqa: F401
-    batch_source,
-    extract,
-    load_net,
-    resolve_device,
-    transform_param,
-)
+from ssdh_port.device import resolve_device  # noqa: F401
+from ssdh_port.pipeline.features import batch_source, extract, load_net, transform_param  # noqa: F401
 from ssdh_port.pipeline.jobs import JobResult, encode_splits, mnist_ssdh, splits_report  # noqa: F401
 from ssdh_port.pipeline.recipe import (  # noqa: F401
     PreparedRecipe,

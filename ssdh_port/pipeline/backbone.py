@@ -8,7 +8,7 @@ import json
 import os
 import re
 
-from ssdh_port.caffe.io import atomic_write, read_net_prototxt, write_text_proto
+from ssdh_port.caffe.io import atomic_write, read_net_prototxt, write_json, write_text_proto
 from ssdh_port.errors import SSDHError
 from ssdh_port.pipeline.recipe import remove_latent, write_solver
 from ssdh_port.pipeline.train import final_test, train_caffe
@@ -45,8 +45,7 @@ def compare_backbone(ssdh_run, name, out_dir, weights=None):
     comparison = BackboneComparison(name, backbone["iter"], ssdh_run, ssdh["outputs"]["accuracy"],
                                      backbone["outputs"]["accuracy"],
                                      command + (f" --weights {weights}" if weights else ""))
-    with atomic_write(os.path.join(run_dir, "comparison.json"), "w") as f:
-        json.dump(dataclasses.asdict(comparison), f, indent=1)
+    write_json(os.path.join(run_dir, "comparison.json"), dataclasses.asdict(comparison))
     write_comparisons(out_dir)
     return comparison
 
@@ -64,6 +63,6 @@ def write_comparisons(out_dir):
     text = "\n".join(lines) + "\n\nEach pair: same data, solver, iterations and initial weights.\n"
     with atomic_write(os.path.join(out_dir, "table.md"), "w") as f:
         f.write(text)
-    with atomic_write(os.path.join(out_dir, "table.json"), "w") as f:
-        json.dump({"schema": "ssdh_port.backbone/1", "rows": [dataclasses.asdict(r) for r in rows]}, f, indent=1)
+    write_json(os.path.join(out_dir, "table.json"),
+               {"schema": "ssdh_port.backbone/1", "rows": [dataclasses.asdict(r) for r in rows]})
     return text

@@ -21,7 +21,8 @@ from ssdh_port.model_card import ModelCard, make_card, write_card
 from ssdh_port.caffe import parallel
 from ssdh_port.caffe.proto import caffe_pb2 as pb
 from ssdh_port.data.db import open_db
-from ssdh_port.pipeline.features import batch_source, extract, load_net, resolve_device
+from ssdh_port.device import resolve_device
+from ssdh_port.pipeline.features import batch_source, extract, load_net
 
 
 @dataclasses.dataclass

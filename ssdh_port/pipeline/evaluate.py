@@ -20,6 +20,7 @@ import dataclasses
 
 import numpy as np
 
+from ssdh_port.device import resolve_device
 from ssdh_port.errors import SSDHError
 from ssdh_port.hashing.metrics import evaluate
 
@@ -75,8 +76,6 @@ def retrieval_report(query, database, query_labels, db_labels, *, method, topk=1
     P@k, and the precision within Hamming radius `radius`. known: the other
     RetrievalReport fields (bits, classification_accuracy, seconds, extra).
     Returns an Evaluation when curves=True, else the RetrievalReport."""
-    from ssdh_port.pipeline.features import resolve_device
-
     device = resolve_device(device)
     n_db = len(db_labels)
     cut = n_db if not topk else min(int(topk), n_db)

@@ -47,11 +47,11 @@ from ssdh_port import ops
 from ssdh_port.allocator import keep_freed_memory
 from ssdh_port.caffe import parallel
 from ssdh_port.caffe.io import atomic_write
+from ssdh_port.device import resolve_device
 from ssdh_port.errors import SSDHError
 from ssdh_port.hashing.index import HammingIndex
 from ssdh_port.models.fastnet import FastNetSSDH
 from ssdh_port.pipeline.evaluate import retrieval_report
-from ssdh_port.pipeline.features import resolve_device
 from ssdh_port.pipeline.plots import epoch_curves, retrieval_curves
 from ssdh_port.pipeline.scratch import Normaliser, data_paths, load_split
 from ssdh_port.progress import bar, logger

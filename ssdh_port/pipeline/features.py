@@ -21,6 +21,7 @@ from ssdh_port.caffe.proto import caffe_pb2 as pb
 from ssdh_port.data.db import open_db
 from ssdh_port.data.imageset import read_list
 from ssdh_port.data.transformer import DataTransformer
+from ssdh_port.device import resolve_device
 from ssdh_port.errors import SSDHError
 from ssdh_port.precision import set_tf32
 from ssdh_port.progress import bar, logger
@@ -104,29 +105,6 @@ def extract(net, blobs, batches=None, iterations=None, device="cpu", progress=Tr
     ticker.close()
     result = {name: np.concatenate([np.atleast_1d(p) for p in parts]) for name, parts in collected.items()}
     return result, (np.concatenate(labels) if labels else None)
-
-
-def resolve_device(device):
-    """"cpu", "cuda", "cuda:N" or an int N (a GPU number) -> torch.device; a CUDA
-    device on a machine without CUDA is an error naming the argument."""
-    if device is None:
-        return torch.device("cpu")
-    if isinstance(device, int) or (isinstance(device, str) and device.isdigit()):
-        device = f"cuda:{int(device)}"
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise SSDHError(f"device {device!r}: expected cpu, cuda or cuda:N") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise SSDHError(f"device {device!r}: CUDA is not available on this machine")
-    return resolved
-
-
-def synchronize(device):
-    """Wait for the work queued on a CUDA device (kernels run asynchronously, so a
-    clock read without this times their launch, not the work); nothing on the CPU."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def load_net(prototxt, weights=None, batch_size=None):

@@ -9,7 +9,7 @@ import json
 import os
 import platform
 
-from ssdh_port.caffe.io import atomic_write
+from ssdh_port.caffe.io import atomic_write, write_json
 from ssdh_port.errors import SSDHError
 from ssdh_port.pipeline.evaluate import RetrievalReport
 
@@ -72,15 +72,13 @@ def write_table(reports, out_dir, *, title, notes="", extra_columns=(), stem="ta
         f.write(text)
     payload = {"schema": SCHEMA, "title": title, "notes": notes, "machine": machine(), **meta,
                "rows": [r.to_dict() for r in reports]}
-    with atomic_write(os.path.join(out_dir, f"{stem}.json"), "w") as f:
-        json.dump(payload, f, indent=1)
+    write_json(os.path.join(out_dir, f"{stem}.json"), payload)
     return text
 
 
 def write_report(report, path, **meta):
     """One RetrievalReport as a report.json (the same fields as a table row)."""
-    with atomic_write(path, "w") as f:
-        json.dump({"schema": SCHEMA, **meta, "report": report.to_dict()}, f, indent=1)
+    write_json(path, {"schema": SCHEMA, **meta, "report": report.to_dict()})
 
 
 def read_table(path):

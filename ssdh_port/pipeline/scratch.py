@@ -24,11 +24,11 @@ from ssdh_port import ops
 from ssdh_port.caffe.io import atomic_write
 from ssdh_port.data import datasets
 from ssdh_port.data.db import DatumLMDB
+from ssdh_port.device import resolve_device, synchronize
 from ssdh_port.errors import SSDHError
 from ssdh_port.models.resnet import ResNetSSDH
 from ssdh_port.models.ssdh import SSDHLoss
 from ssdh_port.pipeline.evaluate import retrieval_report
-from ssdh_port.pipeline.features import resolve_device, synchronize
 from ssdh_port.pipeline.plots import epoch_curves
 from ssdh_port.progress import bar, logger
 

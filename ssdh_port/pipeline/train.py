@@ -20,8 +20,8 @@ import torch
 from ssdh_port.caffe import parallel
 from ssdh_port.caffe.proto import caffe_pb2 as pb
 from ssdh_port.caffe.solver import Solver, read_solver, remove_stale_temporaries
+from ssdh_port.device import resolve_device
 from ssdh_port.errors import SSDHError
-from ssdh_port.pipeline.features import resolve_device
 from ssdh_port.pipeline.plots import training_curves
 from ssdh_port.progress import bar, logger
 
