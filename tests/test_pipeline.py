@@ -223,6 +223,25 @@ def test_fast_cifar_trainer_learns_and_resumes(tmp_path):
     assert all(0 <= r.map_at_topk <= 1 for r in baselines)
 
 
+def test_scratch_trainer_learns_the_colour_classes(tmp_path):
+    # The ResNet-18 SSDH trainer of experiments/cifar10_scratch.py, narrow and short:
+    # it learns, writes its weights, log and plot, and its report names the machine.
+    from ssdh_port.device import describe
+    from ssdh_port.pipeline import ScratchConfig, train_scratch
+
+    _colour_cifar(str(tmp_path / "data"))
+    config = ScratchConfig(data=str(tmp_path / "data"), out_dir=str(tmp_path / "run"), bits=16, epochs=4,
+                           batch_size=64, lr=0.2, width=8)
+    result = train_scratch(config)
+    history = [json.loads(line) for line in open(result.log)]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4] and history[-1]["loss"] < history[0]["loss"]
+    report = result.report
+    assert report.bits == 16 and report.classification_accuracy > 0.5 and report.map_at_topk > 0.3
+    assert report.extra["device"] == describe(torch.device("cpu")) and report.extra["train_images"] == 1024
+    assert torch.load(result.weights, weights_only=False)["config"]["width"] == 8
+    assert os.path.getsize(result.plot) > 5000
+
+
 def test_lookahead_averages_weights_and_statistics():
     from torch import nn
 

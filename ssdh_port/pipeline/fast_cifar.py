@@ -37,7 +37,6 @@ AVX-512-BF16 CPUs bf16 with channels_last is 1.7x float32 with channels_last
 import dataclasses
 import json
 import os
-import platform
 import time
 
 import torch
@@ -47,7 +46,7 @@ from ssdh_port import ops
 from ssdh_port.allocator import keep_freed_memory
 from ssdh_port.caffe import parallel
 from ssdh_port.caffe.io import atomic_write
-from ssdh_port.device import resolve_device
+from ssdh_port.device import describe, resolve_device
 from ssdh_port.errors import SSDHError
 from ssdh_port.hashing.index import HammingIndex
 from ssdh_port.models.fastnet import FastNetSSDH
@@ -367,8 +366,7 @@ def train_fast_cifar(config):
                "tta": config.tta, "lookahead": config.lookahead, "cutout": config.cutout, "head": config.head,
                "loss_weights": [config.alpha, config.beta, config.gamma],
                "seed": config.seed, "train_images": len(train_images),
-               "device": str(device) if device.type != "cpu" else platform.processor() or platform.machine(),
-               "threads": torch.get_num_threads(),
+               "device": describe(device), "threads": torch.get_num_threads(),
                "torch": torch.__version__})
     evaluate_seconds = time.perf_counter() - t0
     codes = {}

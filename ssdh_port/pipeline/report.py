@@ -7,9 +7,9 @@ Percentages in the Markdown table, fractions in the JSON.
 """
 import json
 import os
-import platform
 
 from ssdh_port.caffe.io import atomic_write, write_json
+from ssdh_port.device import cpu_name
 from ssdh_port.errors import SSDHError
 from ssdh_port.pipeline.evaluate import RetrievalReport
 
@@ -20,7 +20,7 @@ PAPER_CIFAR10_BEST_MAP = 0.9269
 
 def machine():
     """What ran it: processor and CPU count."""
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+    return f"{cpu_name()}, {os.cpu_count()} CPUs"
 
 
 def _pct(value):

@@ -13,7 +13,6 @@ weights (.pt) go to out_dir.
 import dataclasses
 import json
 import os
-import platform
 import time
 
 import numpy as np
@@ -24,7 +23,7 @@ from ssdh_port import ops
 from ssdh_port.caffe.io import atomic_write
 from ssdh_port.data import datasets
 from ssdh_port.data.db import DatumLMDB
-from ssdh_port.device import resolve_device, synchronize
+from ssdh_port.device import describe, resolve_device, synchronize
 from ssdh_port.errors import SSDHError
 from ssdh_port.models.resnet import ResNetSSDH
 from ssdh_port.models.ssdh import SSDHLoss
@@ -227,8 +226,7 @@ def train_scratch(config):
         extra={"epochs": config.epochs, "batch_size": config.batch_size, "lr": config.lr,
                "loss_weights": [config.alpha, config.beta, config.gamma], "p": config.p,
                "train_images": len(train_images), "amp": amp, "seed": config.seed,
-               "device": torch.cuda.get_device_name(device) if device.type == "cuda"
-               else platform.processor() or "CPU", "torch": torch.__version__})
+               "device": describe(device), "torch": torch.__version__})
     plot = None
     if history:
         plot = os.path.join(config.out_dir, "training.png")
