@@ -66,8 +66,8 @@ def shutdown():
     """Destroy the process group (from_environment registers this at exit).
     Left to the interpreter's own exit, gloo's worker threads outlive it: one that
     drops the last reference to a collective's tensor while the interpreter is
-    finalising cannot take the GIL and aborts the process (std::terminate),
-    a rank that had finished its work."""
+    finalising cannot take the GIL, and std::terminate aborts a rank that had
+    finished its work."""
     if dist.is_initialized():
         dist.destroy_process_group()
 
