@@ -20,6 +20,7 @@ import torch
 
 from ssdh_port import ops
 from ssdh_port.caffe.io import write_json
+from ssdh_port.device import describe
 from ssdh_port.hashing import evaluate
 
 
@@ -81,7 +82,7 @@ def bench_cuda(args, rng, results):
     q = rng.integers(0, 256, (queries, 8), dtype=np.uint8)
     db_gpu, q_gpu = torch.from_numpy(db).to(device), torch.from_numpy(q).to(device)
     comparisons = args.database * queries
-    results.update(gpu=torch.cuda.get_device_name(device), queries=queries)
+    results.update(gpu=describe(device), queries=queries)
     ours_s, (ours_d, ours_i) = gpu_time(lambda: ops.hamming_topk(q_gpu, db_gpu, args.k))
     results["ours_s"] = ours_s
     print(f"ssdh hamming_topk (GPU): {ours_s * 1e3:8.2f} ms  {comparisons / ours_s / 1e12:6.3f} T comparisons/s")
