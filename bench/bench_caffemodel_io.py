@@ -41,7 +41,7 @@ def main():
     parser.add_argument("--prototxt", default=DEFAULT_PROTOTXT)
     parser.add_argument("--json")
     args = parser.parse_args()
-    from ssdh_port.caffe.io import write_json
+    from ssdh_port.fileio import write_json
     from ssdh_port.caffe.net import CaffeNet
 
     with tempfile.TemporaryDirectory() as tmp:

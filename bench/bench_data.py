@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from ssdh_port.caffe import io as caffe_io
+from ssdh_port.fileio import write_json
 from ssdh_port.caffe.proto import caffe_pb2 as pb
 from ssdh_port.caffe.solver import read_solver
 from ssdh_port.data.datum import array_to_datum, encoded_datum, parse_datum
@@ -117,7 +118,7 @@ def main():
             results.append({"records": kind, "ours_img_s": ours_rate, "baseline_img_s": base_rate,
                             "ratio": ours_rate / base_rate})
     if args.json:
-        caffe_io.write_json(args.json, results)
+        write_json(args.json, results)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from torch.nn import functional as F
 
 from ssdh_port import cli, ops
 from ssdh_port.allocator import keep_freed_memory
-from ssdh_port.caffe.io import write_json
+from ssdh_port.fileio import write_json
 from ssdh_port.device import describe, resolve_device, synchronize
 from ssdh_port.models.fastnet import FastNetSSDH
 

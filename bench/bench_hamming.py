@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ssdh_port import ops
-from ssdh_port.caffe.io import write_json
+from ssdh_port.fileio import write_json
 from ssdh_port.device import describe
 from ssdh_port.hashing import evaluate
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ssdh_port import ops
-from ssdh_port.caffe.io import atomic_write, write_json
+from ssdh_port.fileio import atomic_write, write_json
 from ssdh_port.hashing import HammingIndex
 from ssdh_port.hashing.milvus import MilvusIndex
 

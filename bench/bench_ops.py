@@ -17,7 +17,7 @@ import time
 import torch
 
 from ssdh_port import ops
-from ssdh_port.caffe.io import write_json
+from ssdh_port.fileio import write_json
 from ssdh_port.device import describe, synchronize
 
 

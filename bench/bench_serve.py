@@ -25,7 +25,7 @@ import zlib
 
 import cv2
 
-from ssdh_port.caffe.io import atomic_write, write_json
+from ssdh_port.fileio import atomic_write, write_json
 from ssdh_port.data import mnist
 from ssdh_port.data.datasets import write_array_db
 from ssdh_port.pipeline import encode_split, transform_param

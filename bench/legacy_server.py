@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from ssdh_port import cli
-from ssdh_port.search import ImageSearch
+from ssdh_port.service.search import ImageSearch
 
 
 def make_handler(engine):

@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 
+from ssdh_port.allocator import keep_freed_memory
 from ssdh_port.errors import SSDHError
 
 
@@ -89,7 +90,7 @@ def add_model_arguments(parser):
 
 def search_engine(args, db=None, backend="lmdb"):
     """The ImageSearch that add_model_arguments' flags describe."""
-    from ssdh_port.search import ImageSearch, open_index
+    from ssdh_port.service.search import ImageSearch, open_index
 
     index, card = open_index(args.index, args.milvus, args.collection, args.card)
     return ImageSearch(index, db, backend=backend, card=card, prototxt=args.prototxt, weights=args.weights,
@@ -125,10 +126,14 @@ def tool_name():
     return os.path.splitext(os.path.basename(sys.argv[0]))[0] or "ssdh"
 
 
-def run(main, argv=None):
-    """Call main(argv) with the library's log on stderr; expected errors -> one line, exit 1."""
-    name = tool_name()
+def run(main, argv=None, name=None):
+    """Call main(argv) with the library's log on stderr; expected errors -> one line
+    `name: message`, exit 1. The process-wide settings of a command are made here,
+    once, at its entry point: glibc keeps freed memory (ssdh_port.allocator; each
+    training step or encoded batch reuses it instead of faulting it in again)."""
+    name = name or tool_name()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    keep_freed_memory()
     try:
         return main(argv) or 0
     except SSDHError as err:

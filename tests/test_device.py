@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from ssdh_port.caffe.io import write_json
+from ssdh_port.fileio import write_json
 from ssdh_port.device import cpu_name, describe, resolve_device, synchronize
 from ssdh_port.errors import SSDHError
 

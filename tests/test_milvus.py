@@ -133,8 +133,8 @@ def test_encode_search_and_serve_through_a_collection(tmp_path):
     from ssdh_port.caffe.net import CaffeNet
     from ssdh_port.data import mnist
     from ssdh_port.data.datasets import write_array_db
-    from ssdh_port.search import ImageSearch, open_index
-    from ssdh_port.server import create_app
+    from ssdh_port.service.search import ImageSearch, open_index
+    from ssdh_port.service.server import create_app
     from tests.shared_data import ROOT
 
     images, labels = mnist.load_split("test")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ssdh_port.caffe.fillers import fill_
+from ssdh_port.fillers import fill_
 from ssdh_port.data import mnist
 from ssdh_port.models import LeNetSSDH, SSDHLoss
 from ssdh_port import ops

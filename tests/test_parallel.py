@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from ssdh_port.caffe.parallel import _without_device, parse_gpus
+from ssdh_port.distributed import _without_device, parse_gpus
 from ssdh_port.errors import SSDHError
 from tests.shared_data import ROOT
 
@@ -113,20 +113,20 @@ def test_a_two_rank_snapshot_resumes_in_one_process(database):
 
 PROBE = """import os
 import torch
-from ssdh_port.caffe import parallel
+from ssdh_port import distributed
 
 def threads():
     return len(os.listdir("/proc/self/task"))
 
 before = threads()
-ranks = parallel.from_environment(torch.device("cpu"))
+ranks = distributed.from_environment(torch.device("cpu"))
 from torch._subclasses.fake_tensor import FakeTensorMode  # noqa: E402
 
 with FakeTensorMode():  # what the net builder's shape inference runs, after the group exists
     torch.empty(2, 3).sum()
-assert parallel.agree(ranks.rank) == 1
+assert distributed.agree(ranks.rank) == 1
 during = threads()
-parallel.shutdown()
+distributed.shutdown()
 print(f"threads {before} {during} {threads()};")
 """
 

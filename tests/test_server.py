@@ -1,4 +1,4 @@
-"""The retrieval service (ssdh_port.server) in-process: every endpoint and every
+"""The retrieval service (ssdh_port.service.server) in-process: every endpoint and every
 error status, the model card travelling with the codes, labels by position, the
 read timeout and client disconnects at the ASGI level. The real LeNet (BVLC
 Caffe's trained MNIST model) encodes 300 MNIST test digits to 500-bit codes (its
@@ -56,8 +56,8 @@ def png(image):
 def client(folder, db=True, **limits):
     from fastapi.testclient import TestClient
 
-    from ssdh_port.search import ImageSearch
-    from ssdh_port.server import ServiceLimits, create_app
+    from ssdh_port.service.search import ImageSearch
+    from ssdh_port.service.server import ServiceLimits, create_app
 
     engine = ImageSearch(folder / "codes.ssdh", folder / "db" if db else None)
     return TestClient(create_app(engine, ServiceLimits(**limits)))
@@ -72,7 +72,7 @@ def png_header_only(width, height):
 
 
 def test_model_card_is_written_beside_the_codes_and_read_back(service):
-    from ssdh_port.model_card import read_card
+    from ssdh_port.service.model_card import read_card
 
     folder, _, _ = service
     record = json.load(open(folder / "codes.ssdh.card.json"))
@@ -85,7 +85,7 @@ def test_model_card_is_written_beside_the_codes_and_read_back(service):
 
 
 def test_search_uses_the_card_and_flags_override_with_a_warning(service, caplog):
-    from ssdh_port.search import ImageSearch
+    from ssdh_port.service.search import ImageSearch
 
     folder, images, labels = service
     engine = ImageSearch(folder / "codes.ssdh")
@@ -100,7 +100,7 @@ def test_search_uses_the_card_and_flags_override_with_a_warning(service, caplog)
 
 def test_without_a_card_the_net_must_be_named(tmp_path, service):
     from ssdh_port.errors import SSDHError
-    from ssdh_port.search import ImageSearch
+    from ssdh_port.service.search import ImageSearch
 
     folder, _, _ = service
     shutil.copy(folder / "codes.ssdh", tmp_path / "bare.ssdh")
@@ -109,7 +109,7 @@ def test_without_a_card_the_net_must_be_named(tmp_path, service):
 
 
 def test_a_changed_weights_file_is_a_warning(tmp_path, service, caplog):
-    from ssdh_port.model_card import read_card
+    from ssdh_port.service.model_card import read_card
 
     folder, _, _ = service
     card = read_card(folder / "codes.ssdh")
@@ -298,8 +298,8 @@ def _asgi_post(app, receive, headers):
 
 
 def test_a_body_that_does_not_arrive_is_408(service):
-    from ssdh_port.search import ImageSearch
-    from ssdh_port.server import ServiceLimits, create_app
+    from ssdh_port.service.search import ImageSearch
+    from ssdh_port.service.server import ServiceLimits, create_app
 
     folder, _, _ = service
     app = create_app(ImageSearch(folder / "codes.ssdh"), ServiceLimits(read_timeout=0.3))
@@ -314,8 +314,8 @@ def test_a_body_that_does_not_arrive_is_408(service):
 
 
 def test_a_client_that_goes_away_is_one_warning_line(service, caplog):
-    from ssdh_port.search import ImageSearch
-    from ssdh_port.server import create_app
+    from ssdh_port.service.search import ImageSearch
+    from ssdh_port.service.server import create_app
 
     folder, _, _ = service
     app = create_app(ImageSearch(folder / "codes.ssdh"))
@@ -333,7 +333,7 @@ def test_a_client_that_goes_away_is_one_warning_line(service, caplog):
 
 def test_limits_are_checked():
     from ssdh_port.errors import SSDHError
-    from ssdh_port.server import ServiceLimits
+    from ssdh_port.service.server import ServiceLimits
 
     with pytest.raises(SSDHError, match="ServiceLimits.workers must be an integer >= 1, got 0"):
         ServiceLimits(workers=0)

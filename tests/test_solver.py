@@ -349,22 +349,27 @@ def test_rmsprop_drift_is_float_noise_amplified(e_solver, monkeypatch):
     torch.testing.assert_close(update.double(), expected, rtol=2e-6, atol=1e-9)
 
 
-def test_cpu_solver_keeps_freed_memory(monkeypatch):
-    """A CPU Solver asks glibc to keep freed blocks (no page faults to refill each
-    step's activations); without glibc the call is a no-op that says False."""
+def test_freed_memory_is_kept_by_the_entry_point_not_the_solver(monkeypatch):
+    """The glibc setting is process-wide: a command sets it once at its entry point
+    (cli.run); constructing a Solver leaves it alone. Without glibc the call is a
+    no-op that says False."""
     import platform
 
     from google.protobuf import text_format
 
-    from ssdh_port.caffe import solver as solver_module
+    from ssdh_port import cli
+
     calls = []
-    monkeypatch.setattr(solver_module, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append("library") or True)
+    monkeypatch.setattr(cli, "keep_freed_memory", lambda: calls.append("entry") or True)
     param = _param(base_lr=0.1)
     text_format.Parse(
         'name: "n" layer { name: "x" type: "DummyData" top: "x" dummy_data_param { shape { dim: 2 dim: 3 } } } '
         'layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" inner_product_param { num_output: 1 } } '
         'layer { name: "l" type: "EuclideanLoss" bottom: "y" bottom: "y" top: "l" }', param.net_param)
-    solver_module.Solver(param, log=lambda line: None)
-    assert calls == [1]
+    Solver(param, log=lambda line: None)
+    assert calls == []
+    assert cli.run(lambda argv: 0, [], name="t") == 0
+    assert calls == ["entry"]
     monkeypatch.undo()
     assert allocator.keep_freed_memory() is (platform.libc_ver()[0] == "glibc")

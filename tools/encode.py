@@ -24,7 +24,7 @@ import sys
 import numpy as np
 
 from ssdh_port import cli
-from ssdh_port.caffe.io import write_json
+from ssdh_port.fileio import write_json
 from ssdh_port.errors import SSDHError
 from ssdh_port.pipeline import encode_split, transform_param
 

@@ -22,7 +22,7 @@ import sys
 import numpy as np
 
 from ssdh_port import cli
-from ssdh_port.caffe.io import atomic_write
+from ssdh_port.fileio import atomic_write
 from ssdh_port.pipeline import batch_source, extract, load_net, transform_param
 
 

@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from ssdh_port import cli
-from ssdh_port.search import read_images
+from ssdh_port.service.search import read_images
 
 
 def main(argv=None):

@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from ssdh_port import cli
-from ssdh_port.server import ServiceLimits, serve
+from ssdh_port.service.server import ServiceLimits, serve
 
 
 def main(argv=None):

@@ -7,7 +7,7 @@
 
 Several processes train one net as Caffe's multi-GPU training does (each rank runs
 batch_size, reads every N-th record, gradients averaged, rank 0 logs, tests and
-snapshots; ssdh_port.caffe.parallel): `torchrun --nproc_per_node=N
+snapshots; ssdh_port.caffe.parallel, ssdh_port.distributed): `torchrun --nproc_per_node=N
 tools/train_net.py S` (gloo on CPUs, NCCL on GPUs), or Caffe's `--gpu 0,1,2,3` /
 `--gpu all`, which starts one process per GPU.
 
@@ -24,7 +24,7 @@ import argparse
 import sys
 
 from ssdh_port import cli
-from ssdh_port.caffe import parallel
+from ssdh_port import distributed
 from ssdh_port.caffe.solver import read_solver
 from ssdh_port.pipeline import set_solver_fields, solver_overrides, train_caffe
 
@@ -56,7 +56,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.device and args.device.startswith("cuda:") and not args.device[5:].isdigit():
         # Caffe's --gpu 0,1,2,3: one process per GPU, ranks of one training.
-        return parallel.launch(__file__, sys.argv[1:] if argv is None else argv, parallel.parse_gpus(args.device[5:]))
+        return distributed.launch(__file__, sys.argv[1:] if argv is None else argv, distributed.parse_gpus(args.device[5:]))
     param = set_solver_fields(read_solver(args.solver), solver_overrides(args.solver_set))
     result = train_caffe(param, weights=args.weights, resume=args.resume, device=args.device,
                          amp=args.amp, channels_last=args.channels_last, tf32=args.tf32, compile=args.compile,

@@ -4,10 +4,6 @@
 numpy arrays. Every writer goes through a temporary file and a rename, so a
 failed write never leaves a file that looks complete.
 """
-import contextlib
-import json
-import os
-import tempfile
 
 import numpy as np
 from google.protobuf import message as pb_message
@@ -16,6 +12,7 @@ from google.protobuf import text_format
 from ssdh_port.caffe.proto import caffe_pb2 as pb
 from ssdh_port.caffe.upgrade import UpgradeError, upgrade_net
 from ssdh_port.errors import SSDHError
+from ssdh_port.fileio import atomic_write
 
 
 class CaffeFileError(SSDHError):
@@ -23,32 +20,6 @@ class CaffeFileError(SSDHError):
 
 
 # ---------------------------------------------------------------- writing
-
-
-@contextlib.contextmanager
-def atomic_write(path, mode="wb"):
-    """Open a temporary file beside path; rename it over path on success."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=folder)
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-        # mkstemp makes the file private; give it the usual umask-based mode.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def write_json(path, payload):
-    """payload as indented JSON, through a temporary file and a rename."""
-    with atomic_write(path, "w") as f:
-        json.dump(payload, f, indent=1)
 
 
 def write_text_proto(message, path):

@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ssdh_port import ops
-from ssdh_port.caffe.fillers import fill_
+from ssdh_port.fillers import fill_
 from ssdh_port.caffe.proto import caffe_pb2 as pb
 from ssdh_port.errors import SSDHError
 

@@ -579,3 +579,17 @@ def infer_top_shapes(module, bottom_shapes):
 
 
 __all__ = ["CaffeNet", "NetOutput", "CaffeLayer", "load_weights", "layer_included"]
+
+
+def find_latent_blob(net):
+    """The latent activations: a Concat of Sigmoid outputs (DNNH's divide-and-encode),
+    else the Sigmoid top named like '*latent*', else the last Sigmoid top."""
+    tops = [t for m, ts in zip(net.layers, net.tops) if m.type == "Sigmoid" for t in ts]
+    concatenated = [ts[0] for m, bs, ts in zip(net.layers, net.bottoms, net.tops)
+                    if m.type == "Concat" and bs and all(b in tops for b in bs)]
+    if concatenated:
+        return concatenated[-1]
+    named = [t for t in tops if "latent" in t]
+    if not (named or tops):
+        raise SSDHError(f"net '{net.name}' has no Sigmoid layer: name the latent blob")
+    return (named or tops)[-1]

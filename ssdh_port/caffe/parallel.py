@@ -12,145 +12,15 @@ Caffe's rules (BVLC master: NCCL solvers, DataLayer::Skip):
   position at the iteration boundary (offset k * batch_size * N after k
   iterations), so a run resumes with any N.
 
-Processes come from torchrun (`torchrun --nproc_per_node=N tools/train_net.py S`:
-RANK / WORLD_SIZE / LOCAL_RANK in the environment) or from launch() (Caffe's
-`--gpu 0,1,2,3`: one process per listed GPU). NCCL on GPUs, gloo on CPUs.
+The ranks themselves (process group, broadcast, gradient averaging, launch) are
+ssdh_port.distributed's. Processes come from torchrun (`torchrun
+--nproc_per_node=N tools/train_net.py S`: RANK / WORLD_SIZE / LOCAL_RANK in the
+environment) or from distributed.launch() (Caffe's `--gpu 0,1,2,3`: one process
+per listed GPU). NCCL on GPUs, gloo on CPUs.
 """
-import atexit
-import dataclasses
-import importlib
-import os
-import socket
-import subprocess
-import sys
-
 import numpy as np
-import torch
 import torch.distributed as dist
 
-from ssdh_port.errors import SSDHError
-
-
-@dataclasses.dataclass(frozen=True)
-class Ranks:
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def root(self):
-        return self.rank == 0
-
-
-def from_environment(device):
-    """The process group torchrun (or launch) described, initialised once; Ranks()
-    for a single process. device: the torch.device the rank trains on."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Ranks()
-    if not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        # Modules that take the default group as a default argument value bind
-        # it when they are imported (torch.distributed.nn.functional, reached
-        # through torch._dynamo, which the net builder's shape inference loads):
-        # imported after the group exists, they would keep it alive past
-        # shutdown(). Imported first, they hold None.
-        importlib.import_module("torch._dynamo")
-        dist.init_process_group(backend)
-        atexit.register(shutdown)
-    return Ranks(dist.get_rank(), dist.get_world_size())
-
-
-def shutdown():
-    """Destroy the process group (from_environment registers this at exit).
-    Left to the interpreter's own exit, gloo's worker threads outlive it: one that
-    drops the last reference to a collective's tensor while the interpreter is
-    finalising cannot take the GIL, and std::terminate aborts a rank that had
-    finished its work."""
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def rank_device(device):
-    """Under torchrun, a CUDA device is the rank's own GPU (LOCAL_RANK)."""
-    local = os.environ.get("LOCAL_RANK")
-    if local is not None and device.type == "cuda" and device.index is None:
-        return torch.device("cuda", int(local))
-    return device
-
-
-def broadcast_parameters(tensors):
-    """Every rank starts from rank 0's values."""
-    with torch.no_grad():
-        for tensor in tensors:
-            dist.broadcast(tensor, 0)
-
-
-def average_gradients(tensors, world):
-    """Sum each tensor's .grad over the ranks (one flat buffer) and scale by 1/world."""
-    grads = []
-    for tensor in tensors:
-        if tensor.grad is None:
-            tensor.grad = torch.zeros_like(tensor)
-        grads.append(tensor.grad)
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat.div_(world)
-    start = 0
-    for g in grads:
-        g.copy_(flat[start:start + g.numel()].view_as(g))
-        start += g.numel()
-
-
-def agree(value):
-    """The largest of an int over the ranks (all ranks stop, or fail, together)."""
-    tensor = torch.tensor([int(value)], dtype=torch.int64)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return int(tensor.item())
-
-
-def parse_gpus(text):
-    """Caffe's --gpu value: '0', '0,1,2,3' or 'all' -> [GPU numbers]."""
-    if text == "all":
-        return list(range(torch.cuda.device_count()))
-    try:
-        gpus = [int(part) for part in text.split(",")]
-    except ValueError:
-        raise SSDHError(f"--gpu {text!r}: expected GPU numbers like 0 or 0,1,2,3, or all") from None
-    if len(set(gpus)) != len(gpus) or min(gpus) < 0:
-        raise SSDHError(f"--gpu {text!r}: each GPU once, numbers >= 0")
-    return gpus
-
-
-def launch(script, argv, gpus):
-    """Run `script argv` once per GPU as ranks of one process group (what torchrun
-    does, for Caffe's --gpu 0,1,...); each rank gets --device cuda:<its GPU>.
-    Returns the first non-zero exit status, or 0."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    argv = _without_device(argv)
-    processes = []
-    for rank, gpu in enumerate(gpus):
-        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
-               "WORLD_SIZE": str(len(gpus)), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(len(gpus))}
-        processes.append(subprocess.Popen([sys.executable, script, *argv, "--device", f"cuda:{gpu}"], env=env))
-    codes = [p.wait() for p in processes]
-    return next((c for c in codes if c), 0)
-
-
-def _without_device(argv):
-    """argv without its --gpu / --device options (each rank gets its own)."""
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg in ("--gpu", "--device"):
-            skip = True
-        elif not arg.startswith(("--gpu=", "--device=")):
-            out.append(arg)
-    return out
 
 
 def gather_batches(arrays, labels, batch_size, ranks):

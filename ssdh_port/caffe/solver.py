@@ -18,13 +18,13 @@ import re
 import numpy as np
 import torch
 
-from ssdh_port.allocator import keep_freed_memory
 from ssdh_port.caffe import io as caffe_io
-from ssdh_port.caffe import parallel
+from ssdh_port import distributed
 from ssdh_port.caffe.net import CaffeNet
 from ssdh_port.caffe.proto import caffe_pb2 as pb
 from ssdh_port.errors import SSDHError
-from ssdh_port.precision import set_tf32
+from ssdh_port.precision import tf32_mode
+from ssdh_port.progress import logger
 
 SOLVER_TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
 LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
@@ -216,30 +216,30 @@ def resolve_nets(param):
 
 class Solver:
     """Caffe's Solver::Solve / Step on CaffeNets. log(line) receives Caffe-style
-    display lines; on_iteration(record) a dict per displayed iteration."""
+    display lines (default: the `ssdh_port` logger); on_iteration(record) a dict
+    per displayed iteration."""
 
-    def __init__(self, param, device="cpu", log=print, on_iteration=None, on_test=None, amp=False,
+    def __init__(self, param, device="cpu", log=None, on_iteration=None, on_test=None, amp=False,
                  channels_last=False, tf32=False, prefetch=None, ranks=None, compile=False):
         self.param = param
         self.device = torch.device(device)
         # One rank of a multi-process run (ssdh_port.caffe.parallel): Caffe's rules.
-        self.ranks = ranks or parallel.Ranks()
+        self.ranks = ranks or distributed.Ranks()
         if not self.ranks.root:
             log = on_iteration = on_test = None
         # Opt-in speed modes for the GPU's tensor cores, off by default for Caffe
         # fidelity: bf16 autocast of the training forward passes (weights, their
         # gradients and the update stay float32), channels_last layout, and TF32
-        # for the float32 convolutions (set process-wide on a GPU).
+        # for the float32 convolutions (on a GPU, inside step() and test_all() only).
         self.amp = bool(amp)
         self.channels_last = bool(channels_last)
-        if self.device.type == "cuda":
-            set_tf32(tf32)
-        if self.device.type == "cpu":
-            keep_freed_memory()
-        self.log = log or (lambda line: None)
+        self.tf32 = bool(tf32)
+        self.log = (log or logger.info) if self.ranks.root else (lambda line: None)
         self.on_iteration = on_iteration or (lambda record: None)
         self.on_test = on_test or (lambda record: None)
         if param.random_seed >= 0:
+            # Caffe::set_random_seed: the solver's random_seed seeds the process's
+            # generators (Caffe's are process-wide too); only when the solver sets it.
             torch.manual_seed(param.random_seed)
             np.random.seed(param.random_seed % 2**32)
         train_def, test_defs = resolve_nets(param)
@@ -271,7 +271,7 @@ class Solver:
             for module in self.net.layers:
                 if hasattr(module, "shard"):
                     module.shard(self.ranks.rank, self.ranks.world)
-            parallel.broadcast_parameters([lp.tensor for lp in self.params])
+            distributed.broadcast_parameters([lp.tensor for lp in self.params])
         self.rate = LearningRate(param)
         self.updater = Updater(param)
         self.iter = 0
@@ -321,8 +321,15 @@ class Solver:
         self.updater.update_all(self.params, grads, rate, self.iter)
         return rate
 
+    def _precision(self):
+        return tf32_mode(self.tf32) if self.device.type == "cuda" else contextlib.nullcontext()
+
     def step(self, iters):
         """Run iters iterations (tests, display and snapshots as configured)."""
+        with self._precision():
+            self._step(iters)
+
+    def _step(self, iters):
         stop = self.iter + iters
         while self.iter < stop:
             for lp in self.params:
@@ -334,11 +341,11 @@ class Solver:
             loss, outputs = self.forward_backward()
             finite = math.isfinite(loss)
             if self.ranks.world > 1:
-                finite = not parallel.agree(not finite)  # a divergence anywhere stops every rank
+                finite = not distributed.agree(not finite)  # a divergence anywhere stops every rank
             if not finite:
                 raise SolverError(self._divergence(loss, outputs))
             if self.ranks.world > 1:
-                parallel.average_gradients([lp.tensor for lp in self.params], self.ranks.world)
+                distributed.average_gradients([lp.tensor for lp in self.params], self.ranks.world)
             self.losses.append(loss)
             smoothed = sum(self.losses) / len(self.losses)
             displayed = p.display and self.iter % p.display == 0
@@ -358,7 +365,7 @@ class Solver:
             # the ranks agree on it (a stop outranks a snapshot).
             action, self.requested_action = self.requested_action, None
             if self.ranks.world > 1:
-                action = [None, "snapshot", "stop"][parallel.agree({"snapshot": 1, "stop": 2}.get(action, 0))]
+                action = [None, "snapshot", "stop"][distributed.agree({"snapshot": 1, "stop": 2}.get(action, 0))]
             if action == "snapshot":
                 self.snapshot()
             elif action == "stop":
@@ -391,8 +398,12 @@ class Solver:
 
     # ------------------------------------------------------------ testing
 
-    @torch.no_grad()
     def test_all(self):
+        with self._precision():
+            return self._test_all()
+
+    @torch.no_grad()
+    def _test_all(self):
         results = []
         if not self.ranks.root:
             return results  # only rank 0 tests, as Caffe's root solver

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from ssdh_port.caffe.io import atomic_write
+from ssdh_port.fileio import atomic_write
 from ssdh_port.errors import SSDHError
 
 

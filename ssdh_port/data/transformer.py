@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ssdh_port.caffe import io as caffe_io
+from ssdh_port.caffe.proto import caffe_pb2 as pb
 from ssdh_port.errors import SSDHError
 
 
@@ -150,3 +151,13 @@ class DataTransformer:
             raise TransformError(
                 f"{len(self.mean_values)} mean_value entries for {channels} channels "
                 "(give 1 or one per channel)")
+
+
+def transform_param(scale=1.0, mean_file=None, mean_value=None, crop_size=0, gray=False):
+    """A TEST TransformationParameter from the tools' source options (gray: read
+    images and encoded records as one gray channel)."""
+    param = pb.TransformationParameter(scale=scale, crop_size=crop_size, force_gray=gray)
+    if mean_file:
+        param.mean_file = mean_file
+    param.mean_value.extend(mean_value or [])
+    return param

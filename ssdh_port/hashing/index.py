@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ssdh_port import ops
-from ssdh_port.caffe.io import atomic_write
+from ssdh_port.fileio import atomic_write
 from ssdh_port.errors import SSDHError
 from ssdh_port.hashing.codes import as_packed
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ssdh_port.caffe.fillers import fill_
+from ssdh_port.fillers import fill_
 from ssdh_port.models.ssdh import LatentLayer
 
 

@@ -8,7 +8,8 @@ import json
 import os
 import re
 
-from ssdh_port.caffe.io import atomic_write, read_net_prototxt, write_json, write_text_proto
+from ssdh_port.caffe.io import read_net_prototxt, write_text_proto
+from ssdh_port.fileio import atomic_write, write_json
 from ssdh_port.errors import SSDHError
 from ssdh_port.pipeline.recipe import remove_latent, write_solver
 from ssdh_port.pipeline.train import final_test, train_caffe

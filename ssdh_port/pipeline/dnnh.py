@@ -19,6 +19,7 @@ from ssdh_port.caffe import io as caffe_io
 from ssdh_port.caffe.proto import caffe_pb2 as pb
 from ssdh_port.caffe.solver import read_solver
 from ssdh_port.errors import SSDHError
+from ssdh_port.fileio import atomic_write
 
 GROUP = 50  # channels per bit in divide-and-encode
 SHIPPED = (12, 24, 48)
@@ -139,13 +140,13 @@ def write_recipe(author_root, bits, out_dir, cpu_iterations=600, **kwargs):
         header = (f"# DNNH-{bits}: caffe-dnnh's {name.replace('_', ' ')} net"
                   f"{'' if bits in SHIPPED else ' (derived from the 48-bit one)'}, pointed at the databases of\n"
                   "# tools/prepare_dataset.py cifar10-dnnh (ssdh_port.pipeline.dnnh.build_recipe made this file).\n")
-        with caffe_io.atomic_write(os.path.join(out_dir, f"{name}.prototxt"), "w") as f:
+        with atomic_write(os.path.join(out_dir, f"{name}.prototxt"), "w") as f:
             f.write(header + text_format.MessageToString(nets[name]))
     solver = nets["solver"]
     for name, changes in (("solver.yaml", {}), ("solver_cpu.yaml", cpu_solver_fields(cpu_iterations))):
         fields = json_format.MessageToDict(solver, preserving_proto_field_name=True)
         fields.update(changes)
-        with caffe_io.atomic_write(os.path.join(out_dir, name), "w") as f:
+        with atomic_write(os.path.join(out_dir, name), "w") as f:
             what = ("the author's" if not changes else
                     "CPU scale: the author's, rate x50, gradient norm clipped at 0.5 (pipeline.dnnh.CPU_SCHEDULE)")
             f.write(f"# DNNH-{bits} solver ({what}); run from the repository root:\n"

@@ -13,12 +13,14 @@ import numpy as np
 import torch
 
 from ssdh_port import ops
-from ssdh_port.caffe.io import atomic_write
+from ssdh_port.fileio import atomic_write
 from ssdh_port.errors import SSDHError
 from ssdh_port.hashing.codes import code_report
 from ssdh_port.hashing.index import HammingIndex
-from ssdh_port.model_card import ModelCard, make_card, write_card
+from ssdh_port.service.model_card import ModelCard, make_card, write_card
+from ssdh_port import distributed
 from ssdh_port.caffe import parallel
+from ssdh_port.caffe.net import find_latent_blob
 from ssdh_port.caffe.proto import caffe_pb2 as pb
 from ssdh_port.data.db import open_db
 from ssdh_port.device import resolve_device
@@ -63,7 +65,7 @@ class EncodedSplit:
         """Append the codes (ids, labels) to a Milvus collection and write the model card
         (default: beside a Milvus Lite file); returns the MilvusIndex."""
         from ssdh_port.hashing.milvus import MilvusIndex
-        from ssdh_port.model_card import milvus_card_path
+        from ssdh_port.service.model_card import milvus_card_path
 
         index = MilvusIndex(self.index.bits, uri, collection)
         labels = self.index.labels
@@ -73,20 +75,6 @@ class EncodedSplit:
         if self.card is not None and target:
             write_card(self.card, path=target)
         return index
-
-
-def find_latent_blob(net):
-    """The latent activations: a Concat of Sigmoid outputs (DNNH's divide-and-encode),
-    else the Sigmoid top named like '*latent*', else the last Sigmoid top."""
-    tops = [t for m, ts in zip(net.layers, net.tops) if m.type == "Sigmoid" for t in ts]
-    concatenated = [ts[0] for m, bs, ts in zip(net.layers, net.bottoms, net.tops)
-                    if m.type == "Concat" and bs and all(b in tops for b in bs)]
-    if concatenated:
-        return concatenated[-1]
-    named = [t for t in tops if "latent" in t]
-    if not (named or tops):
-        raise SSDHError(f"net '{net.name}' has no Sigmoid layer: name the latent blob")
-    return (named or tops)[-1]
 
 
 def codes_from_activations(activations, labels=None, ids=None):
@@ -130,8 +118,8 @@ def encode_split(prototxt, weights, source, *, transform=None, batch_size=64, la
     net = load_net(prototxt, weights, batch_size if source is not None else None)
     if source is None and not iterations:
         raise SSDHError("without a source, give the number of iterations of the net's data layers")
-    device = parallel.rank_device(resolve_device(device))
-    ranks = parallel.from_environment(device) if source is not None else parallel.Ranks()
+    device = distributed.rank_device(resolve_device(device))
+    ranks = distributed.from_environment(device) if source is not None else distributed.Ranks()
     batches = batch_source(source, net, batch_size, transform, backend, resize, shard=(ranks.rank, ranks.world))
     gather = None
     if ranks.world > 1:

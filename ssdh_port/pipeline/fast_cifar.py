@@ -43,9 +43,8 @@ import torch
 from torch.nn import functional as F
 
 from ssdh_port import ops
-from ssdh_port.allocator import keep_freed_memory
-from ssdh_port.caffe import parallel
-from ssdh_port.caffe.io import atomic_write
+from ssdh_port import distributed
+from ssdh_port.fileio import atomic_write
 from ssdh_port.device import describe, resolve_device
 from ssdh_port.errors import SSDHError
 from ssdh_port.hashing.index import HammingIndex
@@ -114,7 +113,7 @@ class _Batches:
         self.images, self.labels, self.config, self.generator = images, labels, config, generator
         # Several processes: each step takes world x batch_size images, rank r its slice
         # (every rank draws the same permutation and augmentation numbers, in step).
-        self.ranks = ranks or parallel.Ranks()
+        self.ranks = ranks or distributed.Ranks()
         self.flip_base = torch.rand(len(images), generator=generator) < 0.5
         self.normalise = Normaliser(images)
 
@@ -245,7 +244,7 @@ def train_fast_cifar(config):
     """Train, encode and evaluate one FastCifarConfig; returns a FastCifarResult (None
     on the ranks other than 0 of a torchrun training)."""
     wall = time.perf_counter()
-    device = parallel.rank_device(resolve_device(config.device))
+    device = distributed.rank_device(resolve_device(config.device))
     if config.precision not in ("bf16", "fp32"):
         raise SSDHError(f"precision {config.precision!r}: expected bf16 or fp32")
     if not 0 <= config.cutout <= 32:
@@ -254,11 +253,7 @@ def train_fast_cifar(config):
         raise SSDHError(f"tta {config.tta}: expected 0, 1 or 2")
     # Under torchrun: ranks of one training (each batch_size images per step, the
     # gradients averaged, rank 0 logs, snapshots, encodes and evaluates).
-    ranks = parallel.from_environment(device)
-    if device.type == "cpu":
-        # Each step allocates ~2 GB of activations; with glibc's defaults they are faulted in
-        # again every step (measured: 530,000 page faults a step, bench_fast_cifar --malloc-defaults).
-        keep_freed_memory()
+    ranks = distributed.from_environment(device)
     if not ranks.root:
         torch.distributed.barrier()  # rank 0 prepares the databases first
     paths = data_paths(config.data, config.archive)
@@ -279,7 +274,7 @@ def train_fast_cifar(config):
     norm_names = {n for n, _ in model.named_parameters() if ".norm" in n}
     optimizer = _optimizer(model, config, norm_names, ranks.world)
     if ranks.world > 1:
-        parallel.broadcast_parameters(list(model.parameters()) + list(model.buffers()))
+        distributed.broadcast_parameters(list(model.parameters()) + list(model.buffers()))
     steps_per_epoch = len(train_images) // (config.batch_size * ranks.world)
     total = int(config.epochs * steps_per_epoch)
     os.makedirs(config.out_dir, exist_ok=True)
@@ -321,7 +316,7 @@ def train_fast_cifar(config):
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if ranks.world > 1:
-                    parallel.average_gradients([p for p in model.parameters() if p.requires_grad], ranks.world)
+                    distributed.average_gradients([p for p in model.parameters() if p.requires_grad], ranks.world)
                 optimizer.step()
                 sums += torch.tensor([float(loss.detach()) * len(y), float((scores.argmax(1) == y).sum()), len(y)])
                 step += 1

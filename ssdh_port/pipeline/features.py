@@ -23,7 +23,7 @@ from ssdh_port.data.imageset import read_list
 from ssdh_port.data.transformer import DataTransformer
 from ssdh_port.device import resolve_device
 from ssdh_port.errors import SSDHError
-from ssdh_port.precision import set_tf32
+from ssdh_port.precision import tf32_mode
 from ssdh_port.progress import bar, logger
 
 
@@ -75,15 +75,13 @@ def extract(net, blobs, batches=None, iterations=None, device="cpu", progress=Tr
     return ({blob: concatenated array}, labels array or None). On a GPU the
     convolutions run in full float32, as Caffe's do (see ssdh_port.precision)."""
     device = resolve_device(device)
-    if device.type == "cuda":
-        set_tf32(False)
     net = net.to(device).eval()
     collected = {name: [] for name in blobs}
     labels = []
     missing = [b for b in blobs if b not in net.blob_shapes]
     if missing:
         raise LayerError(f"blob(s) {missing} not in net '{net.name}' (blobs: {list(net.blob_shapes)})")
-    with torch.no_grad():
+    with torch.no_grad(), tf32_mode(False):
         if batches is None:
             if not iterations:
                 raise SSDHError("extract: give batches or a number of iterations for the data layers")
@@ -119,16 +117,6 @@ def load_net(prototxt, weights=None, batch_size=None):
         logger.info("weights %s: loaded %s; left to fillers %s", weights, report["loaded"],
                     report["not_in_weights"])
     return net
-
-
-def transform_param(scale=1.0, mean_file=None, mean_value=None, crop_size=0, gray=False):
-    """A TEST TransformationParameter from the tools' source options (gray: read
-    images and encoded records as one gray channel)."""
-    param = pb.TransformationParameter(scale=scale, crop_size=crop_size, force_gray=gray)
-    if mean_file:
-        param.mean_file = mean_file
-    param.mean_value.extend(mean_value or [])
-    return param
 
 
 def batch_source(source, net, batch_size, transform=None, backend="lmdb", resize=None, shard=None):

@@ -9,12 +9,13 @@ import dataclasses
 import os
 import time
 
-from ssdh_port.caffe.io import atomic_write
+from ssdh_port.fileio import atomic_write
 from ssdh_port.data import datasets, mnist
 from ssdh_port.errors import SSDHError
 from ssdh_port.pipeline.encode import encode_batches, encode_split
 from ssdh_port.pipeline.evaluate import retrieval_report
-from ssdh_port.pipeline.features import load_net, transform_param
+from ssdh_port.data.transformer import transform_param
+from ssdh_port.pipeline.features import load_net
 from ssdh_port.pipeline.plots import retrieval_curves, retrieval_picture
 from ssdh_port.pipeline.recipe import prepare_recipe, recipe_dir
 from ssdh_port.pipeline.report import write_report

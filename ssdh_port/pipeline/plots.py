@@ -2,7 +2,7 @@
 training curves, retrieval curves, retrieval examples."""
 import numpy as np
 
-from ssdh_port.caffe.io import atomic_write
+from ssdh_port.fileio import atomic_write
 from ssdh_port.progress import logger
 
 

@@ -8,7 +8,7 @@ Percentages in the Markdown table, fractions in the JSON.
 import json
 import os
 
-from ssdh_port.caffe.io import atomic_write, write_json
+from ssdh_port.fileio import atomic_write, write_json
 from ssdh_port.device import cpu_name
 from ssdh_port.errors import SSDHError
 from ssdh_port.pipeline.evaluate import RetrievalReport

@@ -20,7 +20,7 @@ import torch
 from torch.nn import functional as F
 
 from ssdh_port import ops
-from ssdh_port.caffe.io import atomic_write
+from ssdh_port.fileio import atomic_write
 from ssdh_port.data import datasets
 from ssdh_port.data.db import DatumLMDB
 from ssdh_port.device import describe, resolve_device, synchronize

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from ssdh_port.caffe import parallel
+from ssdh_port import distributed
 from ssdh_port.caffe.proto import caffe_pb2 as pb
 from ssdh_port.caffe.solver import Solver, read_solver, remove_stale_temporaries
 from ssdh_port.device import resolve_device
@@ -116,10 +116,10 @@ def train_caffe(solver, *, weights=None, resume=None, device=None, amp=False, ch
     if weights and resume:
         raise SSDHError("give initial weights or a snapshot to resume from, not both")
     param = read_solver(solver) if not isinstance(solver, pb.SolverParameter) else solver
-    device = parallel.rank_device(pick_device(param, device))
+    device = distributed.rank_device(pick_device(param, device))
     # Under torchrun (or train_net --gpu 0,1,...): one rank of Caffe's multi-GPU
     # training; rank 0 alone displays, logs, tests and snapshots.
-    ranks = parallel.from_environment(device)
+    ranks = distributed.from_environment(device)
     log_dir = log_dir or os.path.dirname(param.snapshot_prefix) or "."
     os.makedirs(log_dir, exist_ok=True)
     display = (display or logger.info) if ranks.root else (lambda line: None)

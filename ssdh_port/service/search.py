@@ -2,11 +2,11 @@
 code -> the nearest codes of a HammingIndex.
 
 The net, the weights, the latent blob and the preprocessing come from the model
-card beside the code file (ssdh_port.model_card); arguments override it. Results
+card beside the code file (ssdh_port.service.model_card); arguments override it. Results
 carry each item's id and its label; labels (and database images) are looked up by
 the item's position in the code file, which is its record in the database the
 codes were encoded from. Shared by tools/search.py and the retrieval service
-(ssdh_port.server).
+(ssdh_port.service.server).
 """
 import dataclasses
 import io
@@ -18,14 +18,12 @@ import numpy as np
 import torch
 
 from ssdh_port import ops
-from ssdh_port.caffe.net import CaffeNet
+from ssdh_port.caffe.net import CaffeNet, find_latent_blob
 from ssdh_port.data.db import open_db
-from ssdh_port.data.transformer import DataTransformer
+from ssdh_port.data.transformer import DataTransformer, transform_param
 from ssdh_port.errors import SSDHError
 from ssdh_port.hashing.index import HammingIndex
-from ssdh_port.model_card import ModelCard, card_path, read_card_file
-from ssdh_port.pipeline.encode import find_latent_blob
-from ssdh_port.pipeline.features import transform_param
+from ssdh_port.service.model_card import ModelCard, card_path, read_card_file
 
 # Formats accepted from clients (Pillow's names): what OpenCV decodes as well.
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "PPM", "GIF")
@@ -189,7 +187,7 @@ def open_index(path=None, milvus=None, collection="ssdh_codes", card=None):
     if path is not None:
         return HammingIndex.load(path), card or card_path(path)
     from ssdh_port.hashing.milvus import MilvusIndex
-    from ssdh_port.model_card import milvus_card_path
+    from ssdh_port.service.model_card import milvus_card_path
 
     return MilvusIndex.open(milvus, collection), card or milvus_card_path(milvus, collection)
 

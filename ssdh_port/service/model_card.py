@@ -23,7 +23,7 @@ import hashlib
 import json
 import os
 
-from ssdh_port.caffe.io import write_json
+from ssdh_port.fileio import write_json
 from ssdh_port.errors import SSDHError
 from ssdh_port.progress import logger
 

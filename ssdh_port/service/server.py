@@ -29,9 +29,9 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 
 from ssdh_port.errors import SSDHError
-from ssdh_port.search import ImageInputError, decode_image
+from ssdh_port.service.search import ImageInputError, decode_image
 
-log = logging.getLogger("ssdh_port.server")
+log = logging.getLogger("ssdh_port.service")
 
 
 @dataclasses.dataclass
@@ -195,14 +195,14 @@ def _hit(hit, query_label=None):
 
 
 def create_app(engine, limits=None):
-    """The FastAPI app answering for engine (an ssdh_port.search.ImageSearch)."""
+    """The FastAPI app answering for engine (an ssdh_port.service.search.ImageSearch)."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, Response
     from starlette.exceptions import HTTPException
     from starlette.requests import ClientDisconnect
 
-    from ssdh_port.server_page import page
+    from ssdh_port.service.page import page
 
     limits = limits or ServiceLimits()
     items = engine.items
