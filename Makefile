@@ -44,7 +44,7 @@ test: build browser
 	SSDH_PROGRESS=0 $(PY) -m pytest -q tests
 
 demo: build
-	$(PY) tools/demo.py
+	$(VENV)/bin/ssdh demo
 
 bench: build
 	$(PY) bench/bench_ops.py

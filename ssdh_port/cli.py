@@ -1,11 +1,12 @@
-"""What the command-line tools share: one spelling per option, one error handler.
+"""What the commands share: one spelling per option, one error handler.
 
-Options (old spellings kept as aliases where the README or Caffe users rely on them):
+Options (old spellings kept as hidden aliases where Caffe users or older commands rely on them):
   --device cpu|cuda|cuda:N   (--gpu N: Caffe's flag, = cuda:N)
   --batch-size N             (--batch)
   --iterations N             (--iters)
   --k N                      (--topk): how many results / the mAP cut-off
-  --out PATH                 a file or a folder, as each tool's help says
+  --output FILE              a file a command writes (--out)
+  --out-dir DIR              a folder a command writes into (--out)
 
 run(main) is every tool's entry point: the library logs to stderr, and an
 expected error (ssdh_port.errors.SSDHError, or a file the system refuses) ends
@@ -18,6 +19,52 @@ import sys
 
 from ssdh_port.allocator import keep_freed_memory
 from ssdh_port.errors import SSDHError
+
+
+_PROG = None  # "ssdh <command>" while a command runs (set by run)
+
+
+def parser(doc, **kwargs):
+    """The ArgumentParser of a command: its name as the program, the first line of
+    its docstring as the description, the rest (usage examples) after the options."""
+    first, _, rest = doc.strip().partition("\n")
+    return argparse.ArgumentParser(prog=_PROG, description=first, epilog=rest.strip() or None,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+
+
+def _with_old_spelling(parser, flag, dest, help, required, default):
+    group = parser.add_mutually_exclusive_group(required=required)
+    group.add_argument(flag, dest=dest, default=default, help=help)
+    group.add_argument("--out", dest=dest, default=default, help=argparse.SUPPRESS)
+
+
+def add_output(parser, help, required=False, default=None):
+    """--output FILE (a file the command writes; --out is its old spelling)."""
+    _with_old_spelling(parser, "--output", "output", help, required, default)
+
+
+def add_out_dir(parser, help, required=False, default=None):
+    """--out-dir DIR (a folder the command writes into; --out is its old spelling)."""
+    _with_old_spelling(parser, "--out-dir", "out_dir", help, required, default)
+
+
+def add_resize(parser):
+    """--resize H W (Caffe's convert_imageset spelling, --resize_height H --resize_width W,
+    is accepted too); args.resize is (H, W) or None."""
+    parser.add_argument("--resize", type=int, nargs=2, metavar=("H", "W"), help="resize every image to H x W")
+    parser.add_argument("--resize_height", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--resize_width", type=int, default=0, help=argparse.SUPPRESS)
+
+
+def resize_of(parser, args):
+    """(H, W) or None from add_resize's flags; one half of Caffe's pair is an error."""
+    if args.resize_height or args.resize_width:
+        if not (args.resize_height and args.resize_width):
+            parser.error("give both --resize_height and --resize_width (or --resize H W)")
+        if args.resize:
+            parser.error("give --resize H W or Caffe's --resize_height/--resize_width, not both")
+        return args.resize_height, args.resize_width
+    return tuple(args.resize) if args.resize else None
 
 
 def _gpu(value):
@@ -131,7 +178,9 @@ def run(main, argv=None, name=None):
     `name: message`, exit 1. The process-wide settings of a command are made here,
     once, at its entry point: glibc keeps freed memory (ssdh_port.allocator; each
     training step or encoded batch reuses it instead of faulting it in again)."""
+    global _PROG
     name = name or tool_name()
+    _PROG = name
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     keep_freed_memory()
     try:

@@ -10,7 +10,6 @@ import importlib
 import os
 import socket
 import subprocess
-import sys
 
 import torch
 import torch.distributed as dist
@@ -110,8 +109,9 @@ def parse_gpus(text):
     return gpus
 
 
-def launch(script, argv, gpus):
-    """Run `script argv` once per GPU as ranks of one process group (what torchrun
+def launch(command, argv, gpus):
+    """Run `command argv` (command: the program's argv prefix, e.g. [python, -m,
+    ssdh_port, train]) once per GPU as ranks of one process group (what torchrun
     does, for Caffe's --gpu 0,1,...); each rank gets --device cuda:<its GPU>.
     Returns the first non-zero exit status, or 0."""
     with socket.socket() as sock:
@@ -122,7 +122,7 @@ def launch(script, argv, gpus):
     for rank, gpu in enumerate(gpus):
         env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
                "WORLD_SIZE": str(len(gpus)), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(len(gpus))}
-        processes.append(subprocess.Popen([sys.executable, script, *argv, "--device", f"cuda:{gpu}"], env=env))
+        processes.append(subprocess.Popen([*command, *argv, "--device", f"cuda:{gpu}"], env=env))
     codes = [p.wait() for p in processes]
     return next((c for c in codes if c), 0)
 

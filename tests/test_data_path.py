@@ -237,7 +237,7 @@ def test_torch_dataset_matches_the_data_layer(monkeypatch):
     assert raw.dtype == torch.uint8 and tuple(raw.shape) == (3, 256, 256) and label == 1
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_gpu_transform_equals_cpu():
     rng = np.random.default_rng(2)
     batch = rng.integers(0, 256, (8, 3, 40, 40), dtype=np.uint8)

@@ -37,7 +37,7 @@ def test_describe_names_the_cpu_its_threads_and_instructions():
     synchronize(torch.device("cpu"))  # nothing to wait for, and no error
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_describe_and_synchronize_on_a_gpu():
     device = torch.device("cuda:0")
     assert describe(device) == torch.cuda.get_device_name(device)

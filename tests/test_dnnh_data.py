@@ -3,8 +3,6 @@ the seeded CIFAR-10 query / pool / triplet set built from the authors' archive
 layout."""
 import json
 import os
-import subprocess
-import sys
 import tarfile
 
 import cv2
@@ -15,6 +13,7 @@ from ssdh_port.caffe import io as caffe_io
 from ssdh_port.data.db import DatumLMDB
 from ssdh_port.data.dnnh import prepare_cifar10_dnnh, sample_triplets, split_queries
 from ssdh_port.data.imageset import ImagesetError, convert_triplet_imageset
+from tests.commands import ssdh
 from tests.shared_data import ROOT
 
 
@@ -40,9 +39,7 @@ def test_convert_triplet_imageset(tmp_path):
     with pytest.raises(ImagesetError, match=r"bad.txt:2: expected 'anchor similar dissimilar' \(three paths\), got 2"):
         convert_triplet_imageset(tmp_path / "img", tmp_path / "bad.txt", tmp_path / "db2")
     (tmp_path / "missing.txt").write_text("0.png 1.png 2.png\n0.png 9.png 2.png\n")
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "convert_triplet_imageset.py"),
-                             str(tmp_path / "img") + "/", str(tmp_path / "missing.txt"), str(tmp_path / "db3"), "2"],
-                            capture_output=True, text=True)
+    result = ssdh("triplets", str(tmp_path / "img") + "/", tmp_path / "missing.txt", tmp_path / "db3", "2")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "missing.txt:2:" in result.stderr and "9.png: cannot read the image" in result.stderr
     assert not (tmp_path / "db3").exists() and not (tmp_path / "db2").exists()
@@ -102,20 +99,28 @@ def test_prepare_cifar10_dnnh(tmp_path):
     again = prepare_cifar10_dnnh(tmp_path / "a.tar.gz", tmp_path / "out2", triplets=30, seed=3, per_class=2)
     assert open(again["triplets.txt"]).read() == open(paths["triplets.txt"]).read()  # seeded
     # The same split as 3-channel databases (SSDH on DNNH's images), and SSDH trained on it.
+    from ssdh_port import runner, spec
     from ssdh_port.data.dnnh import split_image_dbs
-    from ssdh_port.pipeline.jobs import ssdh_on_dnnh_split
 
     images = split_image_dbs(tmp_path / "out", tmp_path / "out" / "ssdh_split")
     train, test = DatumLMDB(images["train"]), DatumLMDB(images["test"])
     assert (len(train), len(test)) == (40, 20)
     assert np.array_equal(train.read(5)[0], pool_db.read(5)[0][:3])
     assert [test.read(i)[1] for i in range(20)] == [int(v) - 1 for v in open(paths["query_label.txt"]).read().split()]
-    result = ssdh_on_dnnh_split(8, str(tmp_path / "ssdh"), data_dir=str(tmp_path / "out"), epochs=1, batch_size=8,
-                                widths="8,8,8", precision="fp32", top=40)
-    extra = result.report.extra
-    assert result.report.queries == 20 and result.report.database == 40
+    # The shipped DNNH spec's SSDH variant, small: FastNet-SSDH on the split, with caffe-dnnh's metric.
+    dnnh = spec.load(spec.find("dnnh")).with_fields({"data.dir": str(tmp_path / "out"),
+                                                     "protocol.options.dnnh_top": 40})
+    small = {"epochs": 1.0, "batch_size": 8, "widths": "8,8,8", "tta": 1, "precision": "fp32"}
+    for variant in dnnh.variants:
+        variant.set = {**variant.set, "model.train": small} if variant.name.startswith("ssdh") else variant.set
+    result = runner.run(dnnh, str(tmp_path / "ssdh"), only=["ssdh12"])
+    report, = result.reports
+    extra = report.extra
+    assert report.queries == 20 and report.database == 40 and report.bits == 12
+    assert report.method == "SSDH-12 (FastNet, scratch) on DNNH's split"
     assert 0 < extra["dnnh_map"] <= 1 and len(extra["dnnh_map_per_class"]) == 10
-    assert json.load(open(tmp_path / "ssdh" / "report.json"))["report"]["extra"]["dnnh_map"] == extra["dnnh_map"]
+    assert json.load(open(tmp_path / "ssdh" / "table.json"))["rows"][0]["extra"]["dnnh_map"] == extra["dnnh_map"]
+    assert json.load(open(tmp_path / "ssdh" / "runs" / "ssdh12" / "report.json"))["rows"][0]["bits"] == 12
 
 
 def test_dnnh_recipe_trains_one_blob_per_shared_name_and_encodes(tmp_path):

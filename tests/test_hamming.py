@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-import ssdh_port
 from ssdh_port import ops
 from ssdh_port.hashing import metrics
 
@@ -144,9 +143,7 @@ def test_few_queries_split_the_database(bits, clustered):
         torch.set_num_threads(threads)
 
 
-needs_cuda = pytest.mark.skipif(
-    not (torch.cuda.is_available() and ssdh_port._native.WITH_CUDA),
-    reason="needs a CUDA device and the extension built with CUDA")
+needs_cuda = pytest.mark.cuda
 
 
 @needs_cuda

@@ -124,8 +124,6 @@ def test_bad_input_is_a_clear_error(uri):
 
 def test_encode_search_and_serve_through_a_collection(tmp_path):
     import os
-    import subprocess
-    import sys
 
     import cv2
     from fastapi.testclient import TestClient
@@ -143,19 +141,17 @@ def test_encode_search_and_serve_through_a_collection(tmp_path):
     CaffeNet(deploy).save_caffemodel(tmp_path / "w.caffemodel")
     cv2.imwrite(str(tmp_path / "q.png"), images[4])
 
-    def tool(name, *args):
-        return subprocess.run([sys.executable, os.path.join(ROOT, "tools", name), *map(str, args)],
-                              capture_output=True, text=True, env={**os.environ, "SSDH_PROGRESS": "0"})
+    from tests.commands import ssdh as tool
     uri = tmp_path / "lite.db"
-    coded = tool("encode.py", "--prototxt", deploy, "--weights", tmp_path / "w.caffemodel", "--input", tmp_path / "db",
+    coded = tool("encode", "--prototxt", deploy, "--weights", tmp_path / "w.caffemodel", "--input", tmp_path / "db",
                  "--scale", "0.00390625", "--out", tmp_path / "c.ssdh", "--milvus", uri, "--collection", "mnist")
     assert coded.returncode == 0, coded.stderr
     assert os.path.exists(f"{uri}.mnist.card.json")
-    by_file = tool("search.py", "--index", tmp_path / "c.ssdh", tmp_path / "q.png", "--k", "8")
-    by_milvus = tool("search.py", "--milvus", uri, "--collection", "mnist", tmp_path / "q.png", "--k", "8")
+    by_file = tool("search", "--index", tmp_path / "c.ssdh", tmp_path / "q.png", "--k", "8")
+    by_milvus = tool("search", "--milvus", uri, "--collection", "mnist", tmp_path / "q.png", "--k", "8")
     assert by_file.returncode == 0 and by_milvus.returncode == 0, by_milvus.stderr
     assert by_file.stdout == by_milvus.stdout and "distance   0" in by_milvus.stdout
-    neither = tool("search.py", tmp_path / "q.png")
+    neither = tool("search", tmp_path / "q.png")
     assert neither.returncode == 1 and "give a code file (--index) or a Milvus collection" in neither.stderr
 
     index, card = open_index(milvus=str(uri), collection="mnist")

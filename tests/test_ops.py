@@ -3,7 +3,6 @@ gradcheck, opcheck, the bit layout, and the errors on bad input."""
 import pytest
 import torch
 
-import ssdh_port
 from ssdh_port import ops
 from tests import reference
 
@@ -340,10 +339,7 @@ def test_stale_build_is_reported(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- CUDA
 
 
-cuda = pytest.mark.skipif(
-    not (torch.cuda.is_available() and ssdh_port._native.WITH_CUDA),
-    reason="needs a CUDA device and the extension built with CUDA",
-)
+cuda = pytest.mark.cuda
 
 
 @cuda

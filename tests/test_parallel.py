@@ -211,15 +211,15 @@ def test_sharded_encoding_writes_the_one_process_code_file(database, tmp_path):
     write_array_db(tmp_path / "db", images[:250, None], labels[:250])  # 4 batches of 64, the last short
     deploy = os.path.join(ROOT, "prototxt", "lenet_ssdh", "deploy.prototxt")
     CaffeNet(deploy).save_caffemodel(tmp_path / "w.caffemodel")
-    tool = os.path.join(ROOT, "tools", "encode.py")
+    tool = ["-m", "ssdh_port", "encode"]
     common = ["--prototxt", deploy, "--weights", str(tmp_path / "w.caffemodel"), "--input", str(tmp_path / "db"),
               "--scale", "0.00390625", "--features", "ip2"]
     env = {**os.environ, "SSDH_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, tool, *common, "--out", str(tmp_path / "one.ssdh")],
+    one = subprocess.run([sys.executable, *tool, *common, "--output", str(tmp_path / "one.ssdh")],
                          capture_output=True, text=True, env=env)
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                          f"--master_port={free_port()}", "--master_addr=127.0.0.1", tool, *common,
-                          "--out", str(tmp_path / "two.ssdh")], capture_output=True, text=True, env=env)
+                          f"--master_port={free_port()}", "--master_addr=127.0.0.1", *tool, *common,
+                          "--output", str(tmp_path / "two.ssdh")], capture_output=True, text=True, env=env)
     assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
     assert (tmp_path / "one.ssdh").read_bytes() == (tmp_path / "two.ssdh").read_bytes()
     assert np.array_equal(np.load(tmp_path / "one.ssdh.ip2.npy"), np.load(tmp_path / "two.ssdh.ip2.npy"))
@@ -230,16 +230,17 @@ def test_fast_cifar_trainer_under_torchrun(tmp_path):
     from tests.test_pipeline import _colour_cifar
 
     _colour_cifar(str(tmp_path / "data"))
-    tool = os.path.join(ROOT, "tools", "train_cifar10.py")
+    train = '{epochs = 3.0, batch_size = 64, widths = "16,32,32", tta = 1, precision = "fp32"}'
     run = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-         "--master_addr=127.0.0.1", tool, "--data", str(tmp_path / "data"), "--out-dir", str(tmp_path / "run"),
-         "--epochs", "3", "--batch-size", "64", "--widths", "16,32,32", "--tta", "1", "--precision", "fp32",
-         "--bits", "16"], capture_output=True, text=True, env={**os.environ, "SSDH_PROGRESS": "0", "OMP_NUM_THREADS": "1"},
+         "--master_addr=127.0.0.1", "-m", "ssdh_port", "run", "cifar10_fast", "--out-dir", str(tmp_path / "run"),
+         "--set", f"data.dir={tmp_path / 'data'}", "--set", "model.bits=16", "--set", f"model.train={train}",
+         "--set", "protocol.metrics=[]"],
+        capture_output=True, text=True, env={**os.environ, "SSDH_PROGRESS": "0", "OMP_NUM_THREADS": "1"},
         timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     history = [json.loads(line) for line in open(tmp_path / "run" / "train_log.jsonl")]
     # 1024 images, 2 ranks x 64 per step: 8 steps an epoch, logged once (rank 0).
     assert [h["step"] for h in history] == [8, 16, 24] and history[-1]["loss"] < history[0]["loss"]
-    report = json.load(open(tmp_path / "run" / "report.json"))
-    assert run.stdout.count("| FastNet-SSDH-16 (scratch) |") == 1 and report["report"]["classification_accuracy"] > 0.5
+    report = json.load(open(tmp_path / "run" / "table.json"))["rows"][0]
+    assert run.stdout.count("| FastNet-SSDH-16 (scratch) |") == 1 and report["classification_accuracy"] > 0.5

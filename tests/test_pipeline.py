@@ -6,7 +6,6 @@ import dataclasses
 import glob
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -20,26 +19,27 @@ from ssdh_port.errors import SSDHError
 from ssdh_port.hashing import evaluate
 from ssdh_port.pipeline import (RetrievalReport, prepare_recipe, read_table, recipe_dir, retrieval_report,
                                 solver_overrides, write_table)
+from tests.commands import ssdh
 from tests.shared_data import ROOT
 
-SCRIPTS = sorted(glob.glob(os.path.join(ROOT, "tools", "*.py")) + glob.glob(os.path.join(ROOT, "experiments", "*.py")))
-SCRIPT_NAMES = {os.path.splitext(os.path.basename(p))[0] for p in SCRIPTS}
+COMMANDS_DIR = os.path.join(ROOT, "ssdh_port", "commands")
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=[os.path.relpath(p, ROOT) for p in SCRIPTS])
-def test_scripts_import_the_package_only(script):
-    """No tool or experiment imports another one, calls its main, or edits sys.path."""
-    tree = ast.parse(open(script).read())
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names = [alias.name.split(".")[0] for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            names = [(node.module or "").split(".")[0]]
-        else:
-            continue
-        assert not set(names) & SCRIPT_NAMES, f"{script} imports another script: {names}"
-    assert "sys.path" not in open(script).read()
-    assert "cli.run(main)" in open(script).read(), f"{script}: not run through ssdh_port.cli.run"
+def test_every_command_is_registered_once_and_run_through_cli():
+    """One table names every command module (Caffe's tools/caffe.cpp registry);
+    each has main(argv) and a docstring whose first line is its description; the
+    tools/ shims only hand a registered command to cli.run."""
+    from ssdh_port.commands import COMMANDS, command_main
+
+    modules = {name[:-3] for name in os.listdir(COMMANDS_DIR) if name.endswith(".py") and name != "__init__.py"}
+    assert sorted(module for module, _ in COMMANDS.values()) == sorted(modules)
+    for name in COMMANDS:
+        main = command_main(name)
+        assert callable(main) and sys.modules[main.__module__].__doc__.strip(), name
+    for path in glob.glob(os.path.join(ROOT, "tools", "*.py")):
+        text = open(path).read()
+        assert "sys.path" not in text and "cli.run(command_main(" in text, path
+        assert len([line for line in text.splitlines() if line.strip()]) < 15, f"{path} is more than a shim"
 
 
 def test_tests_do_not_edit_sys_path():
@@ -140,9 +140,8 @@ def test_solver_overrides_are_typed():
         solver_overrides(["max_iter=x"])
 
 
-def _run_tool(tool, *args, cwd=None):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", tool), *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, env={**os.environ, "SSDH_PROGRESS": "0"})
+def _run_tool(command, *args, cwd=None):
+    return ssdh(command, *args, cwd=cwd)
 
 
 def test_train_net_on_a_corrupt_record_is_one_line(tmp_path):
@@ -152,13 +151,13 @@ def test_train_net_on_a_corrupt_record_is_one_line(tmp_path):
     recipe = prepare_recipe(recipe_dir("lenet_ssdh"), tmp_path / "run",
                             sources={"TRAIN": tmp_path / "db", "TEST": tmp_path / "db"},
                             max_iter=2, test_interval=0, test_iter=[1])
-    result = _run_tool("train_net.py", recipe.solver)
+    result = _run_tool("train", recipe.solver)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith("train_net: ") and "db" in lines[-1]
-    missing = _run_tool("extract_features.py", "--prototxt", recipe.deploy, "--input", tmp_path / "nodb",
+    assert lines[-1].startswith("ssdh train: ") and "db" in lines[-1]
+    missing = _run_tool("extract", "--prototxt", recipe.deploy, "--input", tmp_path / "nodb",
                         "--blobs", "ip2", "--out", tmp_path / "f.npz")
-    assert missing.returncode == 1 and missing.stderr.strip().splitlines()[-1].startswith("extract_features: ")
+    assert missing.returncode == 1 and missing.stderr.strip().splitlines()[-1].startswith("ssdh extract: ")
     assert "Traceback" not in missing.stderr and not (tmp_path / "f.npz").exists()
 
 
@@ -172,13 +171,13 @@ def test_extract_features_all_blobs_with_scalar_tops(tmp_path):
     recipe = prepare_recipe(recipe_dir("lenet_ssdh"), tmp_path / "run",
                             sources={"TRAIN": tmp_path / "db", "TEST": tmp_path / "db"},
                             batch_size={"TEST": 50})
-    result = _run_tool("extract_features.py", "--prototxt", recipe.train_val, "--blobs", "all",
+    result = _run_tool("extract", "--prototxt", recipe.train_val, "--blobs", "all",
                        "--iterations", "3", "--out", tmp_path / "all.npz")
     assert result.returncode == 0, result.stderr
     arrays = np.load(tmp_path / "all.npz")
     assert arrays["accuracy"].shape == (3,) and arrays["data"].shape == (150, 1, 28, 28)
     assert arrays["loss: classification-error"].shape == (3,) and arrays["latent_sigmoid"].shape == (150, 48)
-    assert "one value per batch" in " ".join(_run_tool("extract_features.py", "--help").stdout.split())
+    assert "one value per batch" in " ".join(_run_tool("extract", "--help").stdout.split())
 
 
 def _colour_cifar(folder, n_train=1024, n_test=200):
@@ -329,10 +328,10 @@ def test_eval_retrieval_with_the_dnnh_metric(tmp_path):
         index = HammingIndex(16)
         index.add(codes, labels=labels)
         index.save(tmp_path / f"{name}.ssdh")
-    result = _run_tool("eval_retrieval.py", "--query", tmp_path / "q.ssdh", "--database", tmp_path / "d.ssdh",
-                       "--dnnh", "--dnnh-top", "50", "--out", tmp_path / "e")
+    result = _run_tool("eval", "--query", tmp_path / "q.ssdh", "--database", tmp_path / "d.ssdh",
+                       "--dnnh", "--dnnh-top", "50", "--out-dir", tmp_path / "e")
     assert result.returncode == 0, result.stderr
     assert "DNNH mAP" in result.stdout
-    row = read_table(tmp_path / "e.json")[0]
+    row = read_table(tmp_path / "e" / "table.json")[0]
     assert row.extra["dnnh_map"] == pytest.approx(dnnh_map(q, d, ql, dl, top=50)["map"])
     assert set(row.extra["dnnh_per_class"]) == {"0", "1", "2", "3"}

@@ -183,6 +183,8 @@ def test_item_image_health_page_and_docs(service):
     ({"content": b"plain text, no image"}, 415, "is not an image"),
     ({"content": b"GIF87a" + b"\0" * 4}, 415, "is not an image"),
     ({"data": {"field": "value"}}, 415, "raw body or as a multipart/form-data file field"),
+    ({"content": b"field=value&other=1", "headers": {"content-type": "application/x-www-form-urlencoded"}}, 415,
+     "raw body or as a multipart/form-data file field"),
     ({"files": {"file": ("x.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 30, "image/png")}}, 415, "file 'x.png'"),
     ({"content": png_header_only(10000, 9000)}, 422, "10000 x 9000 pixels, more than the limit of 16000000"),
     ({"content": png_header_only(30000, 30000)}, 422, "too many pixels (Image size (900000000 pixels)"),
@@ -347,15 +349,16 @@ ARTIFACTS = os.environ.get("SSDH_TEST_ARTIFACTS", os.path.join(ROOT, "test-artif
 
 @contextlib.contextmanager
 def running_server(folder, *flags):
-    """tools/serve.py on 127.0.0.1, any free port; yields (base URL, the process)."""
+    """`ssdh serve` on 127.0.0.1, any free port; yields (base URL, the process)."""
     process = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "tools", "serve.py"), "--index", str(folder / "codes.ssdh"),
+        [sys.executable, "-m", "ssdh_port", "serve", "--index", str(folder / "codes.ssdh"),
          "--db", str(folder / "db"), "--port", "0", *flags],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "SSDH_PROGRESS": "0"})
     try:
         ready, _, _ = select.select([process.stdout], [], [], 60)
         line = process.stdout.readline() if ready else ""
-        assert "serving 300 items on http://127.0.0.1:" in line, (line, process.poll())
+        assert "serving 300 items on http://127.0.0.1:" in line, (
+            line, process.poll(), process.stderr.read() if process.poll() is not None else "")
         yield line.split(" on ")[1].strip().rstrip("/"), process
     finally:
         process.terminate()
@@ -380,7 +383,7 @@ def raw_request(base, request, timeout=10):
 
 
 def test_the_real_server_answers_hostile_clients(service):
-    folder, images, _ = service
+    folder, images, labels = service
     with running_server(folder, "--read-timeout", "1", "--max-body-mb", "1") as (base, process):
         started = time.monotonic()
         lying = raw_request(base, b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n"
@@ -400,6 +403,12 @@ def test_the_real_server_answers_hostile_clients(service):
         ok = raw_request(base, b"POST /search?k=2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
                          + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
         assert ok.startswith("HTTP/1.1 200") and '"id":1,"distance":0' in ok
+        # The README's command: curl --data-binary sends the image as x-www-form-urlencoded.
+        query = folder / "q.png"
+        query.write_bytes(png(images[2]))
+        curl = subprocess.run(["curl", "-s", "--data-binary", f"@{query}", f"{base}/search?k=3"],
+                              capture_output=True, text=True, timeout=30)
+        assert json.loads(curl.stdout)["results"][0] == {"id": 2, "distance": 0, "label": int(labels[2])}
         time.sleep(0.5)
     log = process.stderr.read()
     assert "Traceback" not in log, log[-3000:]
@@ -407,6 +416,16 @@ def test_the_real_server_answers_hostile_clients(service):
     assert '"POST /search?k=2 HTTP/1.1" 200' in log  # one access line per request
 
 
+def test_an_image_sent_as_a_form_type_is_taken_as_the_raw_body(service):
+    # What `curl --data-binary @q.png` sends: the image's bytes, typed application/x-www-form-urlencoded.
+    folder, images, labels = service
+    answer = client(folder).post("/search?k=2", content=png(images[7]),
+                                 headers={"content-type": "application/x-www-form-urlencoded"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["results"][0] == {"id": 7, "distance": 0, "label": int(labels[7])}
+
+
+@pytest.mark.browser
 def test_the_page_in_a_real_browser(service, tmp_path):
     if not os.path.exists(CHROMIUM):
         if os.environ.get("CI"):

@@ -3,8 +3,6 @@ or argument, exit status 1, no traceback, no partial output; and the inputs
 that used to fail now work (training snapshots as weights, gray lists, a
 train_val whose databases are elsewhere)."""
 import os
-import subprocess
-import sys
 
 import cv2
 import numpy as np
@@ -12,15 +10,16 @@ import pytest
 import torch
 
 from ssdh_port.caffe.net import CaffeNet
+from ssdh_port.hashing.index import HammingIndex
+from tests.commands import ssdh
 from tests.shared_data import ROOT
 
 LENET = os.path.join(ROOT, "prototxt", "lenet_ssdh")
 DEPLOY = os.path.join(LENET, "deploy.prototxt")
 
 
-def run(tool, *args, cwd=None):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", tool), *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, env={**os.environ, "SSDH_PROGRESS": "0"})
+def run(command, *args, cwd=None):
+    return ssdh(command, *args, cwd=cwd)
 
 
 def one_line(result, tool, *fragments):
@@ -51,28 +50,28 @@ def test_damaged_resume_snapshot(tmp_path):
     recipe = prepare_recipe(recipe_dir("lenet_ssdh"), tmp_path / "run", sources={"TRAIN": tmp_path / "db",
                             "TEST": tmp_path / "db"}, max_iter=2)
     (tmp_path / "bad.pt").write_bytes(b"PK\x03\x04 not really a zip")
-    result = run("train_net.py", recipe.solver, "--resume", tmp_path / "bad.pt", cwd=tmp_path)
-    one_line(result, "train_net", "bad.pt: not a readable training snapshot")
+    result = run("train", recipe.solver, "--resume", tmp_path / "bad.pt", cwd=tmp_path)
+    one_line(result, "ssdh train", "bad.pt: not a readable training snapshot")
 
 
 def test_convert_caffemodel_picks_the_format_from_the_name(tmp_path, weights):
-    ok = run("convert_caffemodel.py", "--prototxt", DEPLOY, "--caffemodel", weights, "--out", tmp_path / "m.pt")
+    ok = run("convert", "--prototxt", DEPLOY, "--caffemodel", weights, "--out", tmp_path / "m.pt")
     assert ok.returncode == 0 and "(pt," in ok.stdout
-    back = run("convert_caffemodel.py", "--prototxt", DEPLOY, "--pt", tmp_path / "m.pt", "--out", tmp_path / "w2.caffemodel")
+    back = run("convert", "--prototxt", DEPLOY, "--pt", tmp_path / "m.pt", "--out", tmp_path / "w2.caffemodel")
     assert back.returncode == 0 and "(caffemodel," in back.stdout
     assert open(tmp_path / "w2.caffemodel", "rb").read(4) != b"PK\x03\x04"  # protobuf, not a torch zip
     a, b = CaffeNet(DEPLOY, weights=str(weights)), CaffeNet(DEPLOY, weights=str(tmp_path / "w2.caffemodel"))
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
-    one_line(run("convert_caffemodel.py", "--prototxt", DEPLOY, "--caffemodel", weights, "--to-caffemodel",
-                 "--out", tmp_path / "x.pt"), "convert_caffemodel", "--to-caffemodel contradicts --out")
-    one_line(run("convert_caffemodel.py", "--prototxt", DEPLOY, "--caffemodel", weights,
-                 "--out", tmp_path / "x.caffemodel.h5"), "convert_caffemodel", "HDF5 caffemodels are read, not written")
+    one_line(run("convert", "--prototxt", DEPLOY, "--caffemodel", weights, "--to-caffemodel",
+                 "--out", tmp_path / "x.pt"), "ssdh convert", "--to-caffemodel contradicts the output")
+    one_line(run("convert", "--prototxt", DEPLOY, "--caffemodel", weights,
+                 "--out", tmp_path / "x.caffemodel.h5"), "ssdh convert", "HDF5 caffemodels are read, not written")
     assert not (tmp_path / "x.pt").exists() and not (tmp_path / "x.caffemodel.h5").exists()
 
 
 def test_convert_a_train_val_whose_databases_are_elsewhere(tmp_path, weights):
     """Its help says a train_val is fine: weights need no data."""
-    result = run("convert_caffemodel.py", "--prototxt", os.path.join(LENET, "train_val.prototxt"), "--caffemodel",
+    result = run("convert", "--prototxt", os.path.join(LENET, "train_val.prototxt"), "--caffemodel",
                  weights, "--out", tmp_path / "m.pt", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "shapes not checked" in result.stderr
@@ -85,42 +84,43 @@ def test_a_training_snapshot_is_weights_too(tmp_path):
     from ssdh_port.caffe.solver import Solver
 
     param = pb.SolverParameter(base_lr=0.01, max_iter=1, display=0, snapshot_prefix=str(tmp_path / "s"))
-    text = open(DEPLOY).read().replace('name: "data"', 'name: "data"', 1)
-    net = CaffeNet(text)
+    net = CaffeNet(DEPLOY)
     train = pb.NetParameter()
     train.CopyFrom(net.net_param)
     train.layer[0].type = "DummyData"
     train.layer[0].dummy_data_param.shape.add().dim.extend([2, 1, 28, 28])
     train.layer[0].ClearField("input_param")
-    loss = train.layer.add(name="loss", type="EuclideanLoss", bottom=["ip2", "ip2"], top=["loss"])
-    assert loss.name == "loss"
+    train.layer.add(name="loss", type="EuclideanLoss", bottom=["ip2", "ip2"], top=["loss"])
     param.net_param.CopyFrom(train)
     solver = Solver(param, log=lambda line: None)
+    assert "loss" in solver.net.output_names and solver.net.layer("data").type == "DummyData"
     solver.solve()
     snapshot = tmp_path / "s_iter_1.pt"
     loaded = CaffeNet(DEPLOY, weights=str(snapshot))
     torch.testing.assert_close(loaded.layer("latent").blobs[0], solver.net.layer("latent").blobs[0])
     data = np.random.default_rng(0).random((3, 1, 28, 28)).astype(np.float32)
     np.save(tmp_path / "x.npy", data)
-    encoded = run("encode.py", "--prototxt", DEPLOY, "--weights", snapshot, "--input", tmp_path / "x.npy",
+    encoded = run("encode", "--prototxt", DEPLOY, "--weights", snapshot, "--input", tmp_path / "x.npy",
                   "--out", tmp_path / "c.ssdh")
     assert encoded.returncode == 0, encoded.stderr
+    assert len(HammingIndex.load(tmp_path / "c.ssdh")) == 3
 
 
 def test_input_errors_of_encode_and_extract(tmp_path, weights):
     np.save(tmp_path / "wrong.npy", np.zeros((2, 1, 32, 32), np.float32))
-    one_line(run("encode.py", "--prototxt", DEPLOY, "--weights", weights, "--input", tmp_path / "wrong.npy",
-                 "--out", tmp_path / "c.ssdh"), "encode", "net input 'data' must have shape N x 1 x 28 x 28")
+    one_line(run("encode", "--prototxt", DEPLOY, "--weights", weights, "--input", tmp_path / "wrong.npy",
+                 "--out", tmp_path / "c.ssdh"), "ssdh encode", "net input 'data' must have shape N x 1 x 28 x 28")
     assert not (tmp_path / "c.ssdh").exists()
     # Gray images in a list: refused as colour (3 channels), read with --gray.
     for i in range(3):
         cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((28, 28), 60 * i, np.uint8))
     (tmp_path / "list.txt").write_text("".join(f"{i}.png {i}\n" for i in range(3)))
-    one_line(run("extract_features.py", "--prototxt", DEPLOY, "--weights", weights, "--input", tmp_path / "list.txt",
-                 "--blobs", "ip2", "--out", tmp_path / "f.npz"), "extract_features", "must have shape N x 1 x 28 x 28")
-    ok = run("extract_features.py", "--prototxt", DEPLOY, "--weights", weights, "--input", tmp_path / "list.txt",
+    one_line(run("extract", "--prototxt", DEPLOY, "--weights", weights, "--input", tmp_path / "list.txt",
+                 "--blobs", "ip2", "--out", tmp_path / "f.npz"), "ssdh extract", "must have shape N x 1 x 28 x 28")
+    ok = run("extract", "--prototxt", DEPLOY, "--weights", weights, "--input", tmp_path / "list.txt",
              "--gray", "--blobs", "ip2", "--out", tmp_path / "f.npz")
-    assert ok.returncode == 0, ok.stderr and np.load(tmp_path / "f.npz")["ip2"].shape == (3, 10)
+    assert ok.returncode == 0, ok.stderr
+    assert np.load(tmp_path / "f.npz")["ip2"].shape == (3, 10)
 
 
 def test_eval_on_a_missing_device_and_serve_with_bad_weights(tmp_path):
@@ -130,13 +130,13 @@ def test_eval_on_a_missing_device_and_serve_with_bad_weights(tmp_path):
     index.add(np.random.default_rng(0).integers(0, 256, (8, 2), dtype=np.uint8), labels=np.arange(8))
     index.save(tmp_path / "c.ssdh")
     if not torch.cuda.is_available():
-        one_line(run("eval_retrieval.py", "--query", tmp_path / "c.ssdh", "--database", tmp_path / "c.ssdh",
-                     "--device", "cuda", "--out", tmp_path / "e"), "eval_retrieval", "CUDA is not available")
+        one_line(run("eval", "--query", tmp_path / "c.ssdh", "--database", tmp_path / "c.ssdh",
+                     "--device", "cuda", "--out-dir", tmp_path / "e"), "ssdh eval", "CUDA is not available")
     (tmp_path / "bad.caffemodel").write_bytes(b"\x01\x02garbage")
-    one_line(run("serve.py", "--prototxt", DEPLOY, "--weights", tmp_path / "bad.caffemodel", "--index",
-                 tmp_path / "c.ssdh", "--db", tmp_path / "nodb", "--port", "0"), "serve", "bad.caffemodel")
-    one_line(run("search.py", "--prototxt", DEPLOY, "--weights", tmp_path / "bad.caffemodel", "--index",
-                 tmp_path / "c.ssdh", tmp_path / "q.png"), "search")
+    one_line(run("serve", "--prototxt", DEPLOY, "--weights", tmp_path / "bad.caffemodel", "--index",
+                 tmp_path / "c.ssdh", "--db", tmp_path / "nodb", "--port", "0"), "ssdh serve", "bad.caffemodel")
+    one_line(run("search", "--prototxt", DEPLOY, "--weights", tmp_path / "bad.caffemodel", "--index",
+                 tmp_path / "c.ssdh", tmp_path / "q.png"), "ssdh search")
 
 
 def test_convert_imageset_skips_unreadable_images_unless_strict(tmp_path):
@@ -147,10 +147,10 @@ def test_convert_imageset_skips_unreadable_images_unless_strict(tmp_path):
         cv2.imwrite(str(tmp_path / "img" / f"{i}.png"), np.full((4, 5, 3), 10 * i, np.uint8))
     (tmp_path / "img" / "1.png").write_bytes(b"not a png")
     (tmp_path / "list.txt").write_text("0.png 0\n1.png 1\n2.png 2\n")
-    ok = run("convert_imageset.py", tmp_path / "img", tmp_path / "list.txt", tmp_path / "db")
+    ok = run("imageset", tmp_path / "img", tmp_path / "list.txt", tmp_path / "db")
     assert ok.returncode == 0 and "wrote 2 records" in ok.stdout
     assert "list.txt:2:" in ok.stderr and "skipped" in ok.stderr and "WARN" not in ok.stderr
     assert [k.decode() for k in DatumLMDB(tmp_path / "db").keys] == ["00000000_0.png", "00000002_2.png"]
-    strict = run("convert_imageset.py", tmp_path / "img", tmp_path / "list.txt", tmp_path / "db2", "--strict")
-    one_line(strict, "convert_imageset", "list.txt:2:", "1.png")
+    strict = run("imageset", tmp_path / "img", tmp_path / "list.txt", tmp_path / "db2", "--strict")
+    one_line(strict, "ssdh imageset", "list.txt:2:", "1.png")
     assert not (tmp_path / "db2").exists()

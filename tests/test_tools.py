@@ -12,36 +12,30 @@ from ssdh_port.caffe.net import CaffeNet
 from ssdh_port.data.db import DatumLMDB
 from ssdh_port.hashing.index import HammingIndex
 from ssdh_port.pipeline import read_table
+from tests.commands import ssdh
 from tests.shared_data import ROOT, needs_shared, shared
 
-TOOLS = os.path.join(ROOT, "tools")
-EXPERIMENTS = os.path.join(ROOT, "experiments")
 LENET_SSDH = os.path.join(ROOT, "prototxt", "lenet_ssdh")
 
 
-def run_script(folder, script, *args, cwd=None):
-    return subprocess.run([sys.executable, os.path.join(folder, script), *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, env={**os.environ, "SSDH_PROGRESS": "0"})
-
-
-def run(tool, *args, cwd=None):
-    return run_script(TOOLS, tool, *args, cwd=cwd)
+def run(command, *args, cwd=None):
+    return ssdh(command, *args, cwd=cwd)
 
 
 @needs_shared
 def test_convert_caffemodel_round_trip(tmp_path):
     folder = shared("caffe-models", "lenet")
-    result = run("convert_caffemodel.py", "--prototxt", f"{folder}/lenet.prototxt",
+    result = run("convert", "--prototxt", f"{folder}/lenet.prototxt",
                  "--caffemodel", f"{folder}/lenet_iter_10000.caffemodel", "--out", tmp_path / "m.pt")
     assert result.returncode == 0, result.stderr
     assert "ip1                      InnerProduct         500x800 500" in result.stdout
-    back = run("convert_caffemodel.py", "--prototxt", f"{folder}/lenet.prototxt", "--pt", tmp_path / "m.pt",
+    back = run("convert", "--prototxt", f"{folder}/lenet.prototxt", "--pt", tmp_path / "m.pt",
                "--to-caffemodel", "--out", tmp_path / "m.caffemodel")
     assert back.returncode == 0, back.stderr
     a = CaffeNet(f"{folder}/lenet.prototxt", weights=f"{folder}/lenet_iter_10000.caffemodel")
     b = CaffeNet(f"{folder}/lenet.prototxt", weights=str(tmp_path / "m.caffemodel"))
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
-    bad = run("convert_caffemodel.py", "--prototxt", f"{folder}/lenet.prototxt",
+    bad = run("convert", "--prototxt", f"{folder}/lenet.prototxt",
               "--caffemodel", f"{folder}/lenet.prototxt", "--out", tmp_path / "x.pt")
     assert bad.returncode == 1 and "not a valid caffemodel" in bad.stderr
     assert not (tmp_path / "x.pt").exists()
@@ -61,7 +55,7 @@ def test_extract_encode_and_evaluate(tmp_path):
     deploy = os.path.join(LENET_SSDH, "deploy.prototxt")
     net = CaffeNet(deploy)
     net.save_caffemodel(tmp_path / "w.caffemodel")
-    feats = run("extract_features.py", "--prototxt", deploy, "--weights", tmp_path / "w.caffemodel",
+    feats = run("extract", "--prototxt", deploy, "--weights", tmp_path / "w.caffemodel",
                 "--input", tmp_path / "db", "--scale", "0.00390625", "--batch-size", "128",
                 "--blobs", "latent_sigmoid,ip2", "--out", tmp_path / "f.npz")
     assert feats.returncode == 0, feats.stderr
@@ -69,7 +63,7 @@ def test_extract_encode_and_evaluate(tmp_path):
     assert arrays["latent_sigmoid"].shape == (300, 48) and list(arrays["labels"]) == list(labels)
     direct = net(data=torch.from_numpy(images[:128, None]).float() * 0.00390625)["ip2"]
     np.testing.assert_allclose(arrays["ip2"][:128], direct.detach().numpy(), rtol=1e-5, atol=1e-6)
-    coded = run("encode.py", "--prototxt", deploy, "--weights", tmp_path / "w.caffemodel",
+    coded = run("encode", "--prototxt", deploy, "--weights", tmp_path / "w.caffemodel",
                 "--input", tmp_path / "db", "--scale", "0.00390625", "--out", tmp_path / "c.ssdh")
     assert coded.returncode == 0, coded.stderr
     index = HammingIndex.load(tmp_path / "c.ssdh")
@@ -78,11 +72,12 @@ def test_extract_encode_and_evaluate(tmp_path):
     assert np.array_equal(np.unpackbits(index.codes.numpy(), axis=1, bitorder="little")[:, :48], expected)
     # Untrained weights: activations sit near 0.5 and the report says so.
     assert "WARNING" in coded.stderr
-    evaluated = run("eval_retrieval.py", "--query", tmp_path / "c.ssdh", "--database", tmp_path / "c.ssdh",
-                    "--topk", "100", "--out", tmp_path / "eval")
+    evaluated = run("eval", "--query", tmp_path / "c.ssdh", "--database", tmp_path / "c.ssdh",
+                    "--topk", "100", "--out-dir", tmp_path / "eval")
     assert evaluated.returncode == 0, evaluated.stderr
-    row = read_table(tmp_path / "eval.json")[0]
-    assert 0 <= row.map_at_topk <= 1 and row.topk == 100 and (tmp_path / "eval.png").stat().st_size > 10000
+    row = read_table(tmp_path / "eval" / "table.json")[0]
+    assert 0 <= row.map_at_topk <= 1 and row.topk == 100
+    assert (tmp_path / "eval" / "retrieval_curves.png").stat().st_size > 10000
     # Codes evaluated against themselves: every query finds itself at distance 0.
     assert row.map_whole_ranking is not None and row.precision_within_radius > 0
 
@@ -94,16 +89,16 @@ def test_convert_imageset_tool_and_failure(tmp_path):
     for i in range(3):
         cv2.imwrite(str(tmp_path / "img" / f"{i}.png"), np.full((5, 7, 3), 40 * i, np.uint8))
     (tmp_path / "list.txt").write_text("".join(f"{i}.png {i}\n" for i in range(3)))
-    ok = run("convert_imageset.py", tmp_path / "img", tmp_path / "list.txt", tmp_path / "db",
+    ok = run("imageset", tmp_path / "img", tmp_path / "list.txt", tmp_path / "db",
              "--resize_height", "4", "--resize_width", "6")
     assert ok.returncode == 0, ok.stderr
     db = DatumLMDB(tmp_path / "db")
     assert [k.decode() for k in db.keys] == ["00000000_0.png", "00000001_1.png", "00000002_2.png"]
     assert db.read(2)[0].shape == (3, 4, 6) and db.read(2)[1] == 2
-    mean = run("compute_image_mean.py", tmp_path / "db", tmp_path / "mean.binaryproto")
+    mean = run("mean", tmp_path / "db", tmp_path / "mean.binaryproto")
     assert mean.returncode == 0 and "mean_value channel [0]: 40" in mean.stdout
     (tmp_path / "bad.txt").write_text("0.png zero\n")
-    bad = run("convert_imageset.py", tmp_path / "img", tmp_path / "bad.txt", tmp_path / "db2")
+    bad = run("imageset", tmp_path / "img", tmp_path / "bad.txt", tmp_path / "db2")
     assert bad.returncode == 1 and "bad.txt:1: label 'zero' is not an integer" in bad.stderr
     assert not (tmp_path / "db2").exists()
 
@@ -124,39 +119,47 @@ def test_prepare_cifar10_batches_python_and_binary(tmp_path):
             (tmp_path / name).write_bytes(rows.tobytes())
             tar.add(tmp_path / name, arcname=f"cifar-10-batches-bin/{name}")
     for kind in ("python", "binary"):
-        result = run("prepare_dataset.py", "cifar10-batches", tmp_path / f"cifar-10-{kind}.tar.gz",
+        result = run("prepare", "cifar10-batches", tmp_path / f"cifar-10-{kind}.tar.gz",
                      "--out", tmp_path / kind)
         assert result.returncode == 0, result.stderr
         db = DatumLMDB(tmp_path / kind / "train_lmdb_32")
         image, label = db.read(2)
         assert label == 4 and np.array_equal(image.ravel(), data[2])  # RGB planar, as stored
-    folder = run("prepare_dataset.py", "folder", tmp_path, "--list", tmp_path / "l.txt")
+    folder = run("prepare", "folder", tmp_path, "--list", tmp_path / "l.txt")
     assert folder.returncode == 0
 
 
 def test_train_net_reports_bad_solver(tmp_path):
     (tmp_path / "s.prototxt").write_text('net: "missing.prototxt"\nbase_lr: 0.1\nmax_iter: 1\n')
-    result = run("train_net.py", tmp_path / "s.prototxt", cwd=tmp_path)
+    result = run("train", tmp_path / "s.prototxt", cwd=tmp_path)
     assert result.returncode == 1 and "missing.prototxt: no such prototxt file" in result.stderr
 
 
 def test_main_job_smoke_and_backbone_comparison(tmp_path):
-    result = run("demo.py", "--iters", "20", "--bits", "12", "--out", tmp_path / "demo",
+    result = run("demo", "--iters", "20", "--bits", "12", "--out-dir", tmp_path / "demo",
                  "--data", tmp_path / "mnist", "--solver-set", "test_iter=5")
     assert result.returncode == 0, result.stderr[-2000:]
     report = read_table(tmp_path / "demo" / "report.json")[0]
     assert report.bits == 12 and 0 < report.map_at_topk <= 1 and report.topk == 1000
     assert 0 < report.classification_accuracy <= 1 and report.queries == 10000
-    for key in ("loss_plot", "pk_pr_plot", "retrieval_examples"):
-        assert os.path.getsize(report.extra["files"][key]) > 5000
-    assert "test_iter: 5" in (tmp_path / "demo" / "solver.prototxt").read_text()
-    bad = run("demo.py", "--solver-set", "test_itr=5")
+    assert report.method == "LeNet-SSDH-12" and report.extra["iterations"] == 20
+    for name in ("train_loss.png", "retrieval_curves.png", "retrieval_examples.png"):
+        assert os.path.getsize(tmp_path / "demo" / name) > 5000
+        assert f"{name}: {tmp_path / 'demo' / name}" in result.stdout
+    solver = (tmp_path / "demo" / "solver.prototxt").read_text()
+    assert "test_iter: 5" in solver and "max_iter: 20" in solver and "test_interval: 4" in solver
+    # The runner's record of what ran: the spec as run and the provenance.
+    provenance = json.load(open(tmp_path / "demo" / "provenance.json"))
+    assert provenance["spec"]["model"]["bits"] == 12 and provenance["spec"]["model"]["solver"]["max_iter"] == 20
+    assert set(provenance["seconds"][""]) >= {"prepare", "train", "encode", "evaluate", "wall"}
+    assert 'bits = 12' in (tmp_path / "demo" / "spec.toml").read_text()
+    bad = run("demo", "--solver-set", "test_itr=5")
     assert bad.returncode == 1 and "expected FIELD=VALUE with a SolverParameter field" in bad.stderr
     assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
     # The same run without the latent layer: same solver, a table of both accuracies.
-    result = run_script(EXPERIMENTS, "compare_backbone.py", "--run", tmp_path / "demo", "--name", "LeNet smoke",
-                        "--out", tmp_path / "backbone")
+    result = run("compare-backbone", "--run", tmp_path / "demo", "--name", "LeNet smoke",
+                 "--out-dir", tmp_path / "backbone")
     assert result.returncode == 0, result.stderr[-2000:]
     row = json.load(open(tmp_path / "backbone" / "table.json"))["rows"][0]
     assert row["name"] == "LeNet smoke" and row["iterations"] == 20
@@ -172,21 +175,21 @@ def test_search_tool_reads_the_model_card(tmp_path):
     images, labels = _tiny_mnist(tmp_path, n=200)
     deploy = os.path.join(LENET_SSDH, "deploy.prototxt")
     CaffeNet(deploy).save_caffemodel(tmp_path / "w.caffemodel")
-    assert run("encode.py", "--prototxt", deploy, "--weights", tmp_path / "w.caffemodel", "--input",
+    assert run("encode", "--prototxt", deploy, "--weights", tmp_path / "w.caffemodel", "--input",
                tmp_path / "db", "--scale", "0.00390625", "--out", tmp_path / "c.ssdh").returncode == 0
     card = json.load(open(tmp_path / "c.ssdh.card.json"))
     assert card["weights"] == "w.caffemodel" and card["transform"]["scale"] == 0.00390625
     cv2.imwrite(str(tmp_path / "q.png"), images[3])
     # No --prototxt, --weights or --scale: the card beside the codes gives them.
-    found = run("search.py", "--index", tmp_path / "c.ssdh", tmp_path / "q.png", "--k", "5")
+    found = run("search", "--index", tmp_path / "c.ssdh", tmp_path / "q.png", "--k", "5")
     assert found.returncode == 0, found.stderr
     # The query is database item 3 itself: a code at distance 0 comes first.
     assert "distance   0" in found.stdout.splitlines()[1]
     assert f"label {labels[3]}" in found.stdout.splitlines()[1]
-    overridden = run("search.py", "--index", tmp_path / "c.ssdh", "--scale", "1", tmp_path / "q.png")
+    overridden = run("search", "--index", tmp_path / "c.ssdh", "--scale", "1", tmp_path / "q.png")
     assert overridden.returncode == 0 and "scale 0.00390625 overridden by 1.0" in overridden.stderr
     (tmp_path / "c.ssdh.card.json").unlink()
-    bare = run("search.py", "--index", tmp_path / "c.ssdh", tmp_path / "q.png")
+    bare = run("search", "--index", tmp_path / "c.ssdh", tmp_path / "q.png")
     assert bare.returncode == 1 and "give --prototxt and --weights" in bare.stderr
 
 

@@ -38,12 +38,12 @@ class Conversion:
 def output_format(out, to_caffemodel=False):
     """The format the name asks for; a contradicting flag is an error."""
     if out.endswith(".h5"):
-        raise SSDHError(f"--out {out}: HDF5 caffemodels are read, not written; name the output .caffemodel or .pt")
+        raise SSDHError(f"output {out}: HDF5 caffemodels are read, not written; name the output .caffemodel or .pt")
     fmt = next((f for suffix, f in FORMATS.items() if out.endswith(suffix)), None)
     if fmt is None:
         raise SSDHError(f"--out {out}: name the output .caffemodel (Caffe's format) or .pt (PyTorch)")
     if to_caffemodel and fmt != "caffemodel":
-        raise SSDHError(f"--to-caffemodel contradicts --out {out}: name it .caffemodel")
+        raise SSDHError(f"--to-caffemodel contradicts the output {out}: name it .caffemodel")
     return fmt
 
 

@@ -14,8 +14,8 @@ from ssdh_port.errors import SSDHError
 IMAGES_MAGIC = 2051
 LABELS_MAGIC = 2049
 
-DEFAULT_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "data", "mnist")
+# The idx files ship with the package (data/mnist in a checkout is a link to them).
+DEFAULT_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mnist_idx")
 
 _FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),

@@ -27,7 +27,6 @@ from ssdh_port.device import resolve_device  # noqa: F401
 from ssdh_port.caffe.net import find_latent_blob  # noqa: F401
 from ssdh_port.data.transformer import transform_param  # noqa: F401
 from ssdh_port.pipeline.features import batch_source, extract, load_net  # noqa: F401
-from ssdh_port.pipeline.jobs import JobResult, encode_splits, mnist_ssdh, splits_report  # noqa: F401
 from ssdh_port.pipeline.recipe import (  # noqa: F401
     PreparedRecipe,
     prepare_recipe,

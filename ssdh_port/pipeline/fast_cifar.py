@@ -396,7 +396,7 @@ def feature_baselines(weights, bits=None):
     """LSH, ITQ and CCA-ITQ codes (and l2) of a trained FastNet-SSDH's pooled
     features (the input of its latent layer), fitted on the training images,
     under the protocol: the paper's comparison at this network's accuracy."""
-    from ssdh_port.pipeline.jobs import hashing_baseline_reports
+    from ssdh_port.pipeline.experiment import hashing_baseline_reports
 
     state = torch.load(weights, map_location="cpu", weights_only=False)
     config = FastCifarConfig(**state["config"])

@@ -16,9 +16,8 @@ from ssdh_port.caffe.proto import caffe_pb2 as pb
 from ssdh_port.errors import SSDHError
 
 DATA_LAYERS = ("Data", "ImageData", "HDF5Data")
-# The shipped recipes: prototxt/<name>/ beside the package in the repository.
-RECIPES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                       "prototxt")
+# The shipped recipes: package data (prototxt/ in a checkout is a link to them).
+RECIPES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes")
 
 
 def recipe_dir(name):

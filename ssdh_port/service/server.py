@@ -154,6 +154,14 @@ async def _read_body(request, limits):
     return b"".join(chunks)
 
 
+# Leading bytes of the image formats the decoder reads (PNG, JPEG, BMP, TIFF, WebP, PNM).
+_IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*", b"P5", b"P6")
+
+
+def _looks_like_an_image(body):
+    return body.startswith(_IMAGE_SIGNATURES) or (body[:4] == b"RIFF" and body[8:12] == b"WEBP")
+
+
 async def _uploaded_images(request, limits, most):
     """[(file name, bytes)] of a request: the raw body (one image, name None) or the
     file fields of a multipart form (at most `most`)."""
@@ -162,7 +170,9 @@ async def _uploaded_images(request, limits, most):
 
     body = await _read_body(request, limits)
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if kind == "application/x-www-form-urlencoded":
+    if kind == "application/x-www-form-urlencoded" and not _looks_like_an_image(body):
+        # curl --data-binary @q.png sends this type with the raw image: an image's bytes are taken
+        # as the raw body whatever the type says; a real form is refused.
         raise ApiError(415, "send the image as the raw body or as a multipart/form-data file field")
     if kind != "multipart/form-data":
         if not body:

@@ -1,8 +1,7 @@
-#!/usr/bin/env python
 """Encode images to binary codes with a trained SSDH net and write a code file.
 
-    python tools/encode.py --prototxt deploy.prototxt --weights W --input DB|list|.npy|.npz
-        --out codes.ssdh [--milvus URI [--collection C]] [--blob latent_sigmoid] [--features fc7[,fc9] [--features-out fc7.npy]]
+    ssdh encode --prototxt deploy.prototxt --weights W --input DB|list|.npy|.npz
+        --output codes.ssdh [--milvus URI [--collection C]] [--blob latent_sigmoid] [--features fc7[,fc9] [--features-out fc7.npy]]
         [--batch-size B] [--device cpu|cuda:N] [--mean-file M | --mean-value V ...] [--scale S]
         [--crop-size C] [--resize H W] [--backend lmdb|leveldb]
 
@@ -18,7 +17,6 @@ only), its card beside a Milvus Lite file. Under `torchrun --nproc_per_node=N`, 
 N processes encode interleaved batches and rank 0 writes one code file identical
 to one process's.
 """
-import argparse
 import sys
 
 import numpy as np
@@ -30,9 +28,9 @@ from ssdh_port.pipeline import encode_split, transform_param
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.parser(__doc__)
     cli.add_source_arguments(parser)
-    parser.add_argument("--out", help="code file to write (.ssdh)")
+    cli.add_output(parser, "code file to write (.ssdh)")
     parser.add_argument("--milvus", metavar="URI", help="also (or instead) append the codes to a Milvus "
                         "collection: a Milvus Lite file or http://host:19530")
     parser.add_argument("--collection", default="ssdh_codes")
@@ -42,8 +40,8 @@ def main(argv=None):
                         "re-ranking): <out>.<blob>.npy each")
     parser.add_argument("--features-out", help=".npy file for a single --features blob")
     args = parser.parse_args(argv)
-    if not (args.out or args.milvus):
-        raise SSDHError("give --out (a code file) and/or --milvus (a collection)")
+    if not (args.output or args.milvus):
+        raise SSDHError("give --output (a code file) and/or --milvus (a collection)")
     extra = args.features.split(",") if args.features else []
     if args.features_out and len(extra) != 1:
         raise SSDHError("--features-out goes with a single --features blob")
@@ -53,14 +51,14 @@ def main(argv=None):
         device=args.device, transform=transform_param(args.scale, args.mean_file, args.mean_value,
                                                       args.crop_size, args.gray))
     if encoded is None:
-        return 0  # a rank other than 0 of `torchrun ... tools/encode.py`: rank 0 writes
+        return 0  # a rank other than 0 of `torchrun ... ssdh encode`: rank 0 writes
     health = encoded.health
-    if args.out:
-        encoded.save(args.out, {extra[0]: args.features_out} if args.features_out else None)
-        write_json(args.out + ".report.json", health)
+    if args.output:
+        encoded.save(args.output, {extra[0]: args.features_out} if args.features_out else None)
+        write_json(args.output + ".report.json", health)
     if args.milvus:
         encoded.to_milvus(args.milvus, args.collection, args.card)
-    where = " and ".join(filter(None, [args.out, args.milvus and f"{args.milvus} ({args.collection})"]))
+    where = " and ".join(filter(None, [args.output, args.milvus and f"{args.milvus} ({args.collection})"]))
     print(f"encoded {health['items']} items to {health['bits']}-bit codes from blob "
           f"'{encoded.latent_blob}': {where}")
     print(f"bit balance: mean {health['mean_bit_balance']:.3f} (per bit "
@@ -69,6 +67,3 @@ def main(argv=None):
         print(f"WARNING: {warning}", file=sys.stderr)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(cli.run(main))

@@ -1,23 +1,20 @@
-#!/usr/bin/env python
 """Search a code file with query images through a trained SSDH net.
 
-    python tools/search.py --index codes.ssdh | --milvus URI [--collection C] IMAGE [IMAGE ...] [--k 10]
+    ssdh search --index codes.ssdh | --milvus URI [--collection C] IMAGE [IMAGE ...] [--k 10]
         [--prototxt deploy.prototxt --weights W --blob B --mean-file M | --mean-value V ... --scale S]
 
 The net and its preprocessing come from the model card beside the code file
-(<codes>.card.json, written by tools/encode.py); the flags override it (a value
+(<codes>.card.json, written by ssdh encode); the flags override it (a value
 that differs from the card is a warning). Prints, per image, the k nearest
 database items: id, Hamming distance, label.
 """
-import argparse
-import sys
 
 from ssdh_port import cli
 from ssdh_port.service.search import read_images
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.parser(__doc__)
     cli.add_model_arguments(parser)
     parser.add_argument("images", nargs="+")
     cli.add_k(parser, 10)
@@ -30,6 +27,3 @@ def main(argv=None):
             print(f"  {rank:3d}. id {hit.id:8d}  distance {hit.distance:3d}{label}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(cli.run(main))

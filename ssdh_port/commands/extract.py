@@ -1,8 +1,7 @@
-#!/usr/bin/env python
 """Extract blobs of a Caffe net, like Caffe's extract_features.
 
-    python tools/extract_features.py --prototxt P [--weights W(.caffemodel|.pt)]
-        [--input (DB | list.txt | .npy | .npz)] --blobs latent,fc9|all --out feats.npz
+    ssdh extract --prototxt P [--weights W(.caffemodel|.pt)]
+        [--input (DB | list.txt | .npy | .npz)] --blobs latent,fc9|all --output feats.npz
         [--batch-size B] [--iterations N] [--device cpu|cuda:N]
         [--mean-file M] [--mean-value V ...] [--scale S] [--crop-size C] [--resize H W]
         [--backend lmdb|leveldb]
@@ -16,8 +15,6 @@ the first input blob. The .npz holds one array per blob under its Caffe name
 a 1-D array of one value per batch) and `labels` when the source has them; it is
 written to a temporary file and renamed.
 """
-import argparse
-import sys
 
 import numpy as np
 
@@ -27,11 +24,11 @@ from ssdh_port.pipeline import batch_source, extract, load_net, transform_param
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.parser(__doc__)
     cli.add_source_arguments(parser)
     parser.add_argument("--blobs", required=True, help="comma-separated blob names, or all; a scalar "
                         "top (a loss, an accuracy) is saved as a 1-D array of one value per batch")
-    parser.add_argument("--out", required=True, help=".npz file to write")
+    cli.add_output(parser, ".npz file to write", required=True)
     args = parser.parse_args(argv)
     net = load_net(args.prototxt, args.weights, args.batch_size if args.input else None)
     blobs = list(net.blob_shapes) if args.blobs == "all" else args.blobs.split(",")
@@ -42,13 +39,10 @@ def main(argv=None):
     features, labels = extract(net, blobs, batches, args.iterations, args.device)
     if labels is not None:
         features["labels"] = labels
-    with atomic_write(args.out) as f:
+    with atomic_write(args.output) as f:
         np.savez(f, **features)
     for name, array in features.items():
         print(f"{name}: {array.shape}")
-    print(f"wrote {args.out}")
+    print(f"wrote {args.output}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(cli.run(main))

@@ -1,18 +1,15 @@
-#!/usr/bin/env python
 """Caffe's compute_image_mean: the mean image of an LMDB of Datum records,
 written as a .binaryproto (1 x C x H x W, legacy num/channels/height/width).
 
-    python tools/compute_image_mean.py DB mean.binaryproto [--backend lmdb|leveldb]
+    ssdh mean DB mean.binaryproto [--backend lmdb|leveldb]
 """
-import argparse
-import sys
 
 from ssdh_port import cli
 from ssdh_port.data.imageset import write_image_mean
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.parser(__doc__)
     parser.add_argument("db")
     parser.add_argument("output")
     parser.add_argument("--backend", default="lmdb", choices=("lmdb", "leveldb"))
@@ -23,6 +20,3 @@ def main(argv=None):
     print(f"wrote {args.output}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(cli.run(main))

@@ -1,25 +1,22 @@
-#!/usr/bin/env python
 """Evaluate retrieval with the original protocol (analysis/precision.m) and plot it.
 
-    python tools/eval_retrieval.py --query Q.ssdh --database D.ssdh [--query Q2.ssdh --database D2.ssdh ...]
+    ssdh eval --query Q.ssdh --database D.ssdh [--query Q2.ssdh --database D2.ssdh ...]
         [--name SSDH-48 ...] [--k 1000] [--radius 2] [--relevance any|exact]
-        [--reference-curves DIR] [--device cpu|cuda] [--out runs/eval]
+        [--reference-curves DIR] [--device cpu|cuda] [--out-dir runs/eval]
 
-Each (query, database) pair of code files (tools/encode.py) is one method or code
-length; labels come from the code files. Prints and saves a table (--out.md and
---out.json, the project's results schema): mAP@k (--k 0: the whole ranking),
+Each (query, database) pair of code files (ssdh encode) is one method or code
+length; labels come from the code files. Prints and saves a table (table.md and
+table.json in --out-dir, the project's results schema): mAP@k (--k 0: the whole ranking),
 mAP over the whole ranking, precision@k for k = 100..1000, precision within
-Hamming radius r; and a PNG (--out.png): precision@k curves, precision-recall
+Hamming radius r; and a PNG (retrieval_curves.png): precision@k curves, precision-recall
 curves, mAP against code length. --reference-curves adds the published baseline
 curves of a folder of '<method>-p-at-k.txt' files (k, precision per line), as the
 original plot-p-at-k.gnuplot did. --dnnh adds caffe-dnnh's evaluate_map on the
 same codes (AP over the first --dnnh-top ranks divided by min(relevant items,
 top); --dnnh-compat: the original program's divisors).
 """
-import argparse
 import glob
 import os
-import sys
 
 import numpy as np
 
@@ -36,7 +33,7 @@ def reference_curves(folder):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.parser(__doc__)
     parser.add_argument("--query", action="append", required=True)
     parser.add_argument("--database", action="append", required=True)
     parser.add_argument("--name", action="append")
@@ -50,7 +47,8 @@ def main(argv=None):
     parser.add_argument("--dnnh-compat", action="store_true",
                         help="the original program's divisors (database // 10 and Q + 1)")
     cli.add_device(parser)
-    parser.add_argument("--out", default="runs/eval", help="path prefix of the .md, .json and .png")
+    cli.add_out_dir(parser, "folder of table.md, table.json and retrieval_curves.png (default runs/eval)",
+                    default="runs/eval")
     args = parser.parse_args(argv)
     if len(args.query) != len(args.database):
         parser.error("give one --database per --query")
@@ -67,17 +65,14 @@ def main(argv=None):
         report.extra.update(query=query, database=db)
         if args.dnnh:
             report.extra.update(dnnh_metric(query, db, args.dnnh_top, args.dnnh_compat))
-    out_dir, stem = os.path.split(os.path.abspath(args.out))
     columns = (("DNNH mAP", "dnnh_map", "{:.2%}"),) if args.dnnh else ()
-    text = write_table(reports, out_dir, stem=stem, title="Retrieval evaluation (precision.m protocol)",
+    text = write_table(reports, args.out_dir, title="Retrieval evaluation (precision.m protocol)",
                        extra_columns=columns,
                        curves={ev.report.method: sampled_curve(ev.precision_at_k) for ev in evaluations})
     references = reference_curves(args.reference_curves) if args.reference_curves else {}
-    retrieval_curves(evaluations, references, args.out + ".png")
+    plot = os.path.join(args.out_dir, "retrieval_curves.png")
+    retrieval_curves(evaluations, references, plot)
     print(text)
-    print(f"wrote {args.out}.md, {args.out}.json, {args.out}.png")
+    print(f"wrote {os.path.join(args.out_dir, 'table.md')}, table.json and {plot}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(cli.run(main))

@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """The retrieval service: a JSON API and a search page over a code file and its net.
 
-    python tools/serve.py --index codes.ssdh | --milvus URI [--collection C] [--db DB] [--port 8000]
+    ssdh serve --index codes.ssdh | --milvus URI [--collection C] [--db DB] [--port 8000]
         [--prototxt deploy.prototxt --weights W ...] [--workers 1] [--max-body-mb 8]
         [--max-pixels 16000000] [--read-timeout 15] [--proxy-headers --forwarded-allow-ips IP]
 
@@ -12,15 +11,13 @@ GET /health, GET / (the page), GET /docs (OpenAPI). Errors are JSON
 beside the code file; the flags override it. Binds 127.0.0.1 unless --host says
 otherwise; see the README for running it behind a reverse proxy.
 """
-import argparse
-import sys
 
 from ssdh_port import cli
 from ssdh_port.service.server import ServiceLimits, serve
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.parser(__doc__)
     cli.add_model_arguments(parser)
     parser.add_argument("--db", help="Datum database the codes were encoded from (serves the images)")
     parser.add_argument("--backend", default="lmdb", choices=("lmdb", "leveldb"))
@@ -51,6 +48,3 @@ def main(argv=None):
           proxy_headers=args.proxy_headers, forwarded_allow_ips=args.forwarded_allow_ips)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(cli.run(main))
