@@ -7,7 +7,7 @@ images, in
   fp32       float32, contiguous (NCHW) tensors
   fp32-cl    float32, channels_last
   bf16       bfloat16 autocast, NCHW
-  bf16-cl    bfloat16 autocast, channels_last (tools/train_cifar10.py's default)
+  bf16-cl    bfloat16 autocast, channels_last (the trainer's default for FastNet)
 
 The C allocator keeps freed blocks as the trainer tells it to
 (ssdh_port.allocator.keep_freed_memory); --malloc-defaults measures glibc's
@@ -19,7 +19,7 @@ bf16 219, bf16-cl 330 images/s).
 
 --device cuda measures the same step on a GPU (the clock stops after the GPU
 has finished the step); divide 50,000 by the images/s for the seconds an epoch
-of tools/train_cifar10.py --device cuda takes.
+of `ssdh run cifar10_fast --device cuda` takes.
 
     python bench/bench_fast_cifar.py [--widths 128,384,384] [--batch 1024] [--iters 3] [--device cpu|cuda]
         [--malloc-defaults] [--json out.json]

@@ -33,7 +33,7 @@ from ssdh_port.pipeline import encode_split, transform_param
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LENET = os.path.join(os.path.dirname(ROOT), "shared", "data", "caffe-models", "lenet")
 SERVERS = {
-    "asgi (tools/serve.py)": [os.path.join(ROOT, "tools", "serve.py"), "--read-timeout", "5"],
+    "asgi (ssdh serve)": ["-m", "ssdh_port", "serve", "--read-timeout", "5"],
     "http.server (first server)": [os.path.join(ROOT, "bench", "legacy_server.py")],
 }
 

@@ -51,13 +51,14 @@ case "$part" in
       | tee -a "$out/bench.log"
     ;;
   train)
-    SSDH_PROGRESS=0 "$PYTHON" tools/train_cifar10.py --archive "$BUNDLE"/cifar10-jpg.tar.gz --data /tmp/ssdh-cifar10 \
-      --widths 128,384,384 --epochs 26 --seed 0 --precision bf16 --tta 2 --device cuda \
-      --out-dir "$out/cifar10_fast" 2>&1 | tail -30 | tee "$out/train.log"
-    "$PYTHON" tools/demo.py --bits 48 --iters 10000 --solver-set solver_mode=GPU \
-      --out "$out/mnist_gpu" 2>&1 | tail -30 | tee -a "$out/train.log"
-    "$PYTHON" experiments/cifar10_scratch.py --archive "$BUNDLE"/cifar10-jpg.tar.gz \
-      --epochs "${EPOCHS:-30}" --out-dir "$out/cifar10_scratch" 2>&1 | tee -a "$out/train.log"
+    SSDH_PROGRESS=0 "$PYTHON" -m ssdh_port run cifar10_fast --device cuda --out-dir "$out/cifar10_fast" \
+      --set data.dir=/tmp/ssdh-cifar10 --set data.archive="$BUNDLE"/cifar10-jpg.tar.gz 2>&1 | tail -30 \
+      | tee "$out/train.log"
+    "$PYTHON" -m ssdh_port demo --bits 48 --iters 10000 --solver-set solver_mode=GPU \
+      --out-dir "$out/mnist_gpu" 2>&1 | tail -30 | tee -a "$out/train.log"
+    "$PYTHON" -m ssdh_port run cifar10_resnet18 --device cuda --out-dir "$out/cifar10_resnet18" \
+      --set data.dir=/tmp/ssdh-cifar10 --set data.archive="$BUNDLE"/cifar10-jpg.tar.gz \
+      --set model.train.epochs="${EPOCHS:-30}" 2>&1 | tee -a "$out/train.log"
     ;;
   *)
     echo "unknown part '$part' (verify, bench or train)" >&2

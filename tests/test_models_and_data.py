@@ -88,24 +88,6 @@ def test_resnet_ssdh_latent_stays_float32_under_autocast():
     assert model.stem[0].weight.grad.abs().sum() > 0
 
 
-def test_scratch_trainer_augmentation_and_schedule():
-    from ssdh_port.pipeline.scratch import Augment, schedule
-
-    batch = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).reshape(2, 3, 32, 32)
-    generator = torch.Generator().manual_seed(0)
-    out = Augment(pad=4, generator=generator)(batch)
-    assert out.shape == batch.shape
-    # Each output is a 32 x 32 window of the reflect-padded image, mirrored or not.
-    padded = torch.nn.functional.pad(batch, (4,) * 4, mode="reflect")
-    for i in range(2):
-        windows = [padded[i, :, r:r + 32, c:c + 32] for r in range(9) for c in range(9)]
-        assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(-1)) for w in windows)
-    rates = [schedule(step, 100, 1.0) for step in range(100)]
-    assert rates[0] == pytest.approx(1 / 15) and max(rates) == pytest.approx(1.0)
-    assert rates[14] == pytest.approx(1.0) and rates[-1] == pytest.approx(1 / 85)
-    assert all(a <= b for a, b in zip(rates[:15], rates[1:15]))
-
-
 def test_pair_mosaics_and_dont_care_labels(tmp_path):
     import h5py
 

@@ -192,63 +192,90 @@ def _colour_cifar(folder, n_train=1024, n_test=200):
         write_array_db(os.path.join(folder, f"{split}_lmdb_32"), images.astype(np.uint8), labels)
 
 
-def test_fast_cifar_trainer_learns_and_resumes(tmp_path):
-    from ssdh_port.pipeline.fast_cifar import FastCifarConfig, train_fast_cifar
+def _recipe(arch, tmp_path, **fields):
+    from ssdh_port.pipeline import trainer
+
+    data = str(tmp_path / "data")
+    return trainer.recipe(arch, train_db=f"{data}/train_lmdb_32", test_db=f"{data}/test_lmdb_32",
+                          out_dir=str(tmp_path / "run"), **fields)
+
+
+def _protocol(result):
+    report = retrieval_report(result.query.index.codes, result.database.index.codes, result.query.labels,
+                              result.database.labels, method="x", bits=result.query.index.bits)
+    return report.map_at_topk, result.query.accuracy("scores")
+
+
+def test_trainer_fastnet_learns_and_resumes(tmp_path):
+    from ssdh_port.pipeline.trainer import feature_baselines, fit
 
     _colour_cifar(str(tmp_path / "data"))
-    config = FastCifarConfig(data=str(tmp_path / "data"), out_dir=str(tmp_path / "run"), epochs=3, batch_size=128,
-                             widths="16,32,32", tta=1, precision="fp32", bits=16)
-    result = train_fast_cifar(config)
+    config = _recipe("fastnet", tmp_path, epochs=3, batch_size=128, widths="16,32,32", tta=1, precision="fp32",
+                     bits=16)
+    result = fit(config)
     history = [json.loads(line) for line in open(result.log)]
-    assert len(history) == 3 and history[-1]["loss"] < history[0]["loss"]
-    report = result.report
-    assert report.classification_accuracy > 0.5 and report.map_at_topk > 0.3 and report.bits == 16
-    assert set(result.seconds) == {"train", "encode", "evaluate", "wall"}
-    assert os.path.getsize(result.plots["curves"]) > 5000 and os.path.getsize(result.plots["training"]) > 5000
-    # Resume from the last epoch's snapshot: the log continues, nothing is redone.
-    longer = dataclasses.replace(config, epochs=4, resume=str(tmp_path / "run" / "snapshot.pt"))
-    train_fast_cifar(longer)
-    history = [json.loads(line) for line in open(result.log)]
-    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert len(history) == 3 and history[-1]["loss"] < history[0]["loss"] and history == result.history
+    map_at_topk, accuracy = _protocol(result)
+    assert accuracy > 0.5 and map_at_topk > 0.3 and result.query.index.bits == 16
+    assert len(result.query.index) == 200 and len(result.database.index) == 1024
+    assert result.query.features["scores"].shape == (200, 10)
+    assert set(result.seconds) == {"train", "encode", "wall"} and os.path.getsize(result.plot) > 5000
+    # Resume from the last epoch's checkpoint: the log continues, nothing is redone.
+    fit(dataclasses.replace(config, epochs=4, resume=str(tmp_path / "run" / "snapshot.pt")))
+    assert [json.loads(line)["epoch"] for line in open(result.log)] == [1, 2, 3, 4]
     with pytest.raises(SSDHError, match="widths '1,2': expected three positive channel counts"):
-        train_fast_cifar(dataclasses.replace(config, widths="1,2"))
+        fit(dataclasses.replace(config, widths="1,2"))
     with pytest.raises(SSDHError, match="cutout 40: expected a square side from 0"):
-        train_fast_cifar(dataclasses.replace(config, cutout=40))
+        fit(dataclasses.replace(config, cutout=40))
+    with pytest.raises(SSDHError, match="augment 'twist': expected one of"):
+        fit(dataclasses.replace(config, augment="twist"))
     # The hash-function baselines on the same network's features.
-    from ssdh_port.pipeline.fast_cifar import feature_baselines
-
     baselines = feature_baselines(result.weights)
     assert [r.method.split("-")[0] for r in baselines] == ["CCA", "ITQ", "LSH", "l2 on FastNet features (32 floats)"]
     assert all(0 <= r.map_at_topk <= 1 for r in baselines)
 
 
-def test_scratch_trainer_learns_the_colour_classes(tmp_path):
-    # The ResNet-18 SSDH trainer of experiments/cifar10_scratch.py, narrow and short:
-    # it learns, writes its weights, log and plot, and its report names the machine.
+def test_trainer_resnet18_learns_the_colour_classes(tmp_path):
+    # ResNet-18-SSDH with its own recipe (plain SGD, warm-up, pad-crop-flip), narrow and short.
     from ssdh_port.device import describe
-    from ssdh_port.pipeline import ScratchConfig, train_scratch
+    from ssdh_port.pipeline.trainer import fit
 
     _colour_cifar(str(tmp_path / "data"))
-    config = ScratchConfig(data=str(tmp_path / "data"), out_dir=str(tmp_path / "run"), bits=16, epochs=4,
-                           batch_size=64, lr=0.2, width=8)
-    result = train_scratch(config)
-    history = [json.loads(line) for line in open(result.log)]
-    assert [h["epoch"] for h in history] == [1, 2, 3, 4] and history[-1]["loss"] < history[0]["loss"]
-    report = result.report
-    assert report.bits == 16 and report.classification_accuracy > 0.5 and report.map_at_topk > 0.3
-    assert report.extra["device"] == describe(torch.device("cpu")) and report.extra["train_images"] == 1024
-    assert torch.load(result.weights, weights_only=False)["config"]["width"] == 8
-    assert os.path.getsize(result.plot) > 5000
+    result = fit(_recipe("resnet18", tmp_path, bits=16, epochs=4, batch_size=64, width=8))
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4] and result.history[-1]["loss"] < result.history[0]["loss"]
+    map_at_topk, accuracy = _protocol(result)
+    assert accuracy > 0.5 and map_at_topk > 0.3
+    assert result.extra["device"] == describe(torch.device("cpu")) and result.extra["train_images"] == 1024
+    saved = torch.load(result.weights, weights_only=False)["config"]
+    assert saved["width"] == 8 and saved["optimizer"] == "sgd" and saved["augment"] == "pad-crop-flip"
+
+
+def test_trainer_lenet_on_mnist_digits(tmp_path):
+    # The registry's LeNet-SSDH on 1 x 28 x 28 images scaled by 1/256, no augmentation.
+    from ssdh_port.data import mnist
+    from ssdh_port.data.datasets import write_array_db
+    from ssdh_port.pipeline import trainer
+
+    images, labels = mnist.load_split("test")
+    write_array_db(tmp_path / "train", images[:1000, None], labels[:1000])
+    write_array_db(tmp_path / "test", images[1000:1200, None], labels[1000:1200])
+    result = trainer.fit(trainer.recipe("lenet", train_db=str(tmp_path / "train"), test_db=str(tmp_path / "test"),
+                                        out_dir=str(tmp_path / "run"), bits=16, epochs=6, lr=0.1))
+    map_at_topk, accuracy = _protocol(result)
+    assert accuracy > 0.6 and map_at_topk > 0.4
+    with pytest.raises(SSDHError, match="FastNet-SSDH reads 3-channel images, not 1"):
+        trainer.fit(trainer.recipe("fastnet", train_db=str(tmp_path / "train"), test_db=str(tmp_path / "test"),
+                                   out_dir=str(tmp_path / "bad"), batch_size=100, epochs=1))
 
 
 def test_lookahead_averages_weights_and_statistics():
     from torch import nn
 
-    from ssdh_port.pipeline.fast_cifar import _Lookahead
+    from ssdh_port.pipeline.trainer import Lookahead
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
-    lookahead = _Lookahead(model)
+    lookahead = Lookahead(model)
     start = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
         model[0].weight.add_(1.0)
@@ -261,14 +288,14 @@ def test_lookahead_averages_weights_and_statistics():
             assert torch.equal(value, lookahead.average[name])
         else:
             assert torch.equal(value, moved[name])  # num_batches_tracked is not averaged
-    assert _Lookahead.decay(0, 100) == 0 and abs(_Lookahead.decay(100, 100) - 0.95 ** 5) < 1e-12
+    assert Lookahead.decay(0, 100) == 0 and abs(Lookahead.decay(100, 100) - 0.95 ** 5) < 1e-12
 
 
 def test_cutout_erases_one_square_per_image():
-    from ssdh_port.pipeline.fast_cifar import _cutout
+    from ssdh_port.pipeline.trainer import cutout
 
     x = torch.ones(64, 3, 32, 32)
-    out = _cutout(x, 12, torch.Generator().manual_seed(0))
+    out = cutout(x, 12, torch.Generator().manual_seed(0))
     erased = out[:, 0] == 0
     assert (erased.sum(dim=(1, 2)) == 144).all() and torch.equal(out[:, 0] == 0, out[:, 2] == 0)
     rows, cols = erased.any(dim=2), erased.any(dim=1)  # one contiguous 12-row and 12-column band each
@@ -276,24 +303,45 @@ def test_cutout_erases_one_square_per_image():
     assert len({tuple(r.nonzero()[0].tolist()) for r in rows}) > 5  # placed at random
 
 
-def test_fast_cifar_lookahead_trains_and_resumes(tmp_path):
-    from ssdh_port.pipeline.fast_cifar import FastCifarConfig, train_fast_cifar
+def test_trainer_lookahead_and_cutout_train_and_resume(tmp_path):
+    from ssdh_port.pipeline.trainer import fit
 
     _colour_cifar(str(tmp_path / "data"))
-    config = FastCifarConfig(data=str(tmp_path / "data"), out_dir=str(tmp_path / "run"), epochs=2, batch_size=128,
-                             widths="16,32,32", tta=0, precision="fp32", bits=16, lookahead=True,
-                             cutout=8)
-    result = train_fast_cifar(config)
-    assert result.report.classification_accuracy > 0.5
-    assert result.report.extra["lookahead"] is True and result.report.extra["cutout"] == 8
+    config = _recipe("fastnet", tmp_path, epochs=2, batch_size=128, widths="16,32,32", tta=0, precision="fp32",
+                     bits=16, lookahead=True, cutout=8)
+    result = fit(config)
+    assert _protocol(result)[1] > 0.5
+    assert result.extra["lookahead"] is True and result.extra["cutout"] == 8
     snapshot = torch.load(tmp_path / "run" / "snapshot.pt", weights_only=False)
     assert set(snapshot["lookahead"]) >= {"latent.linear.weight", "groups.0.norm1.running_mean"}
-    train_fast_cifar(dataclasses.replace(config, epochs=3, resume=str(tmp_path / "run" / "snapshot.pt")))
+    fit(dataclasses.replace(config, epochs=3, resume=str(tmp_path / "run" / "snapshot.pt")))
     assert [json.loads(line)["epoch"] for line in open(result.log)] == [1, 2, 3]
     plain = dataclasses.replace(config, lookahead=False, out_dir=str(tmp_path / "plain"), epochs=1)
-    train_fast_cifar(plain)
+    fit(plain)
     with pytest.raises(SSDHError, match="no lookahead average"):
-        train_fast_cifar(dataclasses.replace(config, epochs=2, resume=str(tmp_path / "plain" / "snapshot.pt")))
+        fit(dataclasses.replace(config, epochs=2, resume=str(tmp_path / "plain" / "snapshot.pt")))
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SSDHError, match="garbage.pt: not a checkpoint of this model"):
+        fit(dataclasses.replace(config, resume=str(tmp_path / "garbage.pt")))
+
+
+def test_pad_crop_flip_and_the_schedules():
+    from ssdh_port.pipeline.trainer import learning_rate, pad_crop_flip
+
+    batch = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).reshape(2, 3, 32, 32)
+    out = pad_crop_flip(batch, 4, torch.Generator().manual_seed(0))
+    assert out.shape == batch.shape
+    # Each output is a 32 x 32 window of the reflect-padded image, mirrored or not.
+    padded = torch.nn.functional.pad(batch, (4,) * 4, mode="reflect")
+    for i in range(2):
+        windows = [padded[i, :, r:r + 32, c:c + 32] for r in range(9) for c in range(9)]
+        assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(-1)) for w in windows)
+    rates = [learning_rate("warmup", 1.0, step, 100) for step in range(100)]
+    assert rates[0] == pytest.approx(1 / 15) and max(rates) == pytest.approx(1.0)
+    assert rates[14] == pytest.approx(1.0) and rates[-1] == pytest.approx(1 / 85)
+    assert all(a <= b for a, b in zip(rates[:15], rates[1:15]))
+    fast = [learning_rate("fast", 2.0, step, 100) for step in range(100)]
+    assert fast[0] == pytest.approx(0.4) and fast[20] == pytest.approx(2.0) and fast[-1] == pytest.approx(2 / 80)
 
 
 def test_retrieval_figures(tmp_path, caplog):

@@ -7,33 +7,34 @@
     write_table([report, ...], "results/x", title="...")
 
 Each step is a function that takes paths or objects and returns a typed result;
-the tools and the experiment drivers are thin layers over them.
+the runner (ssdh_port.runner) composes them for a spec, the commands are thin
+layers over them. The plain-PyTorch models train through pipeline.trainer.fit.
+The names below load their module on first use (importing the package loads
+nothing of the training stack).
 """
-from ssdh_port.pipeline.encode import (  # noqa: F401
-    EncodedSplit,
-    codes_from_activations,
-    encode_batches,
-    encode_split,
-)
-from ssdh_port.pipeline.evaluate import (  # noqa: F401
-    Evaluation,
-    RetrievalReport,
-    dnnh_metric,
-    evaluate_code_files,
-    retrieval_report,
-    sampled_curve,
-)
-from ssdh_port.device import resolve_device  # noqa: F401
-from ssdh_port.caffe.net import find_latent_blob  # noqa: F401
-from ssdh_port.data.transformer import transform_param  # noqa: F401
-from ssdh_port.pipeline.features import batch_source, extract, load_net  # noqa: F401
-from ssdh_port.pipeline.recipe import (  # noqa: F401
-    PreparedRecipe,
-    prepare_recipe,
-    recipe_dir,
-    set_solver_fields,
-    solver_overrides,
-)
-from ssdh_port.pipeline.report import read_table, write_report, write_table  # noqa: F401
-from ssdh_port.pipeline.scratch import ScratchConfig, ScratchResult, train_scratch  # noqa: F401
-from ssdh_port.pipeline.train import TrainResult, final_test, read_log, train_caffe  # noqa: F401
+import importlib
+
+_EXPORTS = {
+    "EncodedSplit": "encode", "codes_from_activations": "encode", "encode_batches": "encode",
+    "encode_split": "encode",
+    "Evaluation": "evaluate", "RetrievalReport": "evaluate", "dnnh_metric": "evaluate",
+    "evaluate_code_files": "evaluate", "retrieval_report": "evaluate", "sampled_curve": "evaluate",
+    "batch_source": "features", "extract": "features", "load_net": "features",
+    "PreparedRecipe": "recipe", "prepare_recipe": "recipe", "recipe_dir": "recipe", "set_solver_fields": "recipe",
+    "solver_overrides": "recipe",
+    "read_table": "report", "write_report": "report", "write_table": "report",
+    "TrainConfig": "trainer", "fit": "trainer",
+    "TrainResult": "train", "final_test": "train", "read_log": "train", "train_caffe": "train",
+}
+# Names that live outside the pipeline, kept here for the steps' users.
+_ELSEWHERE = {"find_latent_blob": "ssdh_port.caffe.net", "transform_param": "ssdh_port.data.transformer",
+              "resolve_device": "ssdh_port.device"}
+__all__ = sorted(_EXPORTS) + sorted(_ELSEWHERE)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"ssdh_port.pipeline.{_EXPORTS[name]}"), name)
+    if name in _ELSEWHERE:
+        return getattr(importlib.import_module(_ELSEWHERE[name]), name)
+    raise AttributeError(f"module 'ssdh_port.pipeline' has no attribute {name!r}")

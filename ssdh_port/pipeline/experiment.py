@@ -34,8 +34,8 @@ class Outcome:
     weights: str | None = None
     train_seconds: float | None = None
     iterations: int | None = None
-    evaluation: object = None          # a torch trainer's own Evaluation / report, when it made one
-    torch_result: object = None
+    extra: dict = dataclasses.field(default_factory=dict)   # what the trainer records beside the row
+    trained: object = None             # the torch trainer's TrainResult
 
 
 def _check_metrics(spec):
@@ -143,56 +143,29 @@ def _dnnh(spec, data, folder, run_dir, phases, device):
 
 
 def _torch(spec, data, run_dir, phases, device):
-    from ssdh_port.hashing.index import HammingIndex
+    """A model of the registry trained by the plain-PyTorch trainer on the dataset's
+    images; its codes come back as the Caffe path's do (EncodedSplits with the class
+    scores kept as "scores")."""
+    from ssdh_port.pipeline import trainer
 
     model = spec.model
     alpha, beta, gamma = model.loss_weights or (1.0, 1.0, 1.0)
-    common = dict(data=data.folder, out_dir=run_dir, bits=model.bits, p=model.p, alpha=alpha, beta=beta,
-                  gamma=gamma, **({"device": device} if device else {}))
-    if data.files.get("archive"):
-        common["archive"] = data.files["archive"]
-    if model.arch == "fastnet":
-        from ssdh_port.pipeline.fast_cifar import FastCifarConfig, train_fast_cifar
-
-        with phases("train"):
-            result = train_fast_cifar(_config(FastCifarConfig, common, model.train))
-        if result is None:
-            return None  # a rank other than 0
-        phases.seconds.update(result.seconds)
-        query, database = (HammingIndex.load(result.codes[split]) for split in ("test", "train"))
-        return Outcome(_Codes(query), _Codes(database), result.weights, result.seconds["train"],
-                       evaluation=result.report, torch_result=result)
-    if model.arch == "resnet18":
-        from ssdh_port.pipeline.scratch import ScratchConfig, train_scratch
-
-        with phases("train"):
-            result = train_scratch(_config(ScratchConfig, common, model.train))
-        return Outcome(None, None, result.weights, round(result.train_seconds, 1), evaluation=result.report,
-                       torch_result=result)
-    raise SSDHError(f"[model] arch {model.arch!r}: expected fastnet or resnet18")
-
-
-def _config(cls, common, options):
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(options) - fields)
-    if unknown:
-        raise SSDHError(f"[model] train: unknown option(s) {unknown} of {cls.__name__} (options: {sorted(fields)})")
-    clash = sorted(set(options) & {"data", "out_dir", "bits", "p", "alpha", "beta", "gamma"})
+    clash = sorted(set(model.train) & {"arch", "train_db", "test_db", "out_dir", "bits", "p", "alpha", "beta",
+                                       "gamma"})
     if clash:
-        raise SSDHError(f"[model] train: {clash} are set by [data] and [model] (bits, p, loss_weights)")
-    return cls(**{k: v for k, v in common.items() if k in fields}, **options)
-
-
-@dataclasses.dataclass
-class _Codes:
-    """A code file seen as an EncodedSplit (index, labels, no kept blobs)."""
-    index: object
-
-    @property
-    def labels(self):
-        return self.index.labels.numpy()
-
-    features = {}
+        raise SSDHError(f"[model] train: {clash} are set by [data] and [model] (arch, bits, p, loss_weights)")
+    config = trainer.recipe(model.arch, train_db=data.encode["train"], test_db=data.encode["test"], out_dir=run_dir,
+                            bits=model.bits, p=model.p, alpha=alpha, beta=beta, gamma=gamma,
+                            **({"device": device} if device else {}), **model.train)
+    with phases("train"):
+        result = trainer.fit(config)
+    if result is None:
+        return None  # a rank other than 0
+    phases.seconds["train"], phases.seconds["encode"] = result.seconds["train"], result.seconds["encode"]
+    for split, encoded in (("test", result.query), ("train", result.database)):
+        encoded.save(os.path.join(run_dir, f"{split}.ssdh"))
+    return Outcome(result.query, result.database, result.weights, result.seconds["train"],
+                   extra=result.extra, trained=result)
 
 
 # ------------------------------------------------------------------ evaluation
@@ -205,25 +178,19 @@ def evaluate(spec, data, outcome, run_dir, *, method):
 
     protocol, metrics = spec.protocol, spec.protocol.metrics
     reports, evaluations = [], []
-    if outcome.evaluation is not None:
-        # A torch trainer evaluated its own latents under the protocol (with its test-time views).
-        report = outcome.evaluation
-        report.method = method
-        reports.append(report)
-    else:
-        query, database = outcome.query, outcome.database
-        accuracy = (query.accuracy(spec.encoding.scores_blob)
-                    if spec.encoding.scores_blob and data.arrays is None else None)
-        for relevance in protocol.relevance:
-            evaluation = retrieval_report(query.index.codes, database.index.codes, query.labels, database.labels,
-                                          method=method, bits=query.index.bits, topk=protocol.topk,
-                                          radius=protocol.radius, relevance=relevance, curves=True,
-                                          classification_accuracy=accuracy,
-                                          extra={"p": spec.model.p, "iterations": outcome.iterations})
-            evaluations.append(evaluation)
-            reports.append(evaluation.report)
-        if "curves" in metrics:
-            retrieval_curves(evaluations, {}, os.path.join(run_dir, "retrieval_curves.png"))
+    query, database = outcome.query, outcome.database
+    scores = spec.encoding.scores_blob or ("scores" if outcome.trained is not None else None)
+    accuracy = query.accuracy(scores) if scores and data.arrays is None else None
+    for relevance in protocol.relevance:
+        evaluation = retrieval_report(query.index.codes, database.index.codes, query.labels, database.labels,
+                                      method=method, bits=query.index.bits, topk=protocol.topk,
+                                      radius=protocol.radius, relevance=relevance, curves=True,
+                                      classification_accuracy=accuracy,
+                                      extra={"p": spec.model.p, "iterations": outcome.iterations, **outcome.extra})
+        evaluations.append(evaluation)
+        reports.append(evaluation.report)
+    if "curves" in metrics:
+        retrieval_curves(evaluations, {}, os.path.join(run_dir, "retrieval_curves.png"))
     extra = {}
     if "label_accuracy" in metrics:
         scores = outcome.query.features[spec.encoding.scores_blob]
@@ -252,7 +219,7 @@ def _dnnh_metric(outcome, data, top):
 
     query, database = outcome.query, outcome.database
     q_labels, d_labels = np.asarray(query.labels), np.asarray(database.labels)
-    if data.name != "cifar10-dnnh" or outcome.torch_result is not None:
+    if data.name != "cifar10-dnnh" or outcome.trained is not None:
         # evaluate_map reads labels 1..10; any one-to-one relabelling gives the same AP.
         q_labels, d_labels = q_labels + 1, d_labels + 1
     out = {}
@@ -325,8 +292,8 @@ def hashing_baseline_reports(train_features, train_labels, test_features, test_l
 
 def _baselines(spec, data, outcome):
     options, bits = spec.protocol.options, spec.model.bits
-    if outcome.torch_result is not None:
-        from ssdh_port.pipeline.fast_cifar import feature_baselines
+    if outcome.trained is not None:
+        from ssdh_port.pipeline.trainer import feature_baselines
 
         return feature_baselines(outcome.weights, bits)
     from ssdh_port.pipeline.features import batch_source, extract, load_net

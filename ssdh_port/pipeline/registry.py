@@ -31,7 +31,7 @@ class PreparedData:
     transform: object = None           # TransformationParameter of the encoder (deploy nets)
     mean_file: str | None = None
     arrays: dict | None = None         # split -> (images, labels) held in memory (mosaics)
-    folder: str | None = None          # the dataset's folder (the torch trainers read 32 x 32 LMDBs there)
+    folder: str | None = None          # the dataset's folder
     files: dict = dataclasses.field(default_factory=dict)
 
 
@@ -49,7 +49,14 @@ def _cifar10(data, model):
     from ssdh_port.data.transformer import transform_param
 
     if model.kind == "torch":
-        return PreparedData("cifar10", {}, {}, folder=data.dir, files={"archive": data.archive})
+        # The trainer's 32 x 32 databases (OpenCV's BGR records, as convert_imageset writes them).
+        splits = {split: os.path.join(data.dir, f"{split}_lmdb_32") for split in ("test", "train")}
+        if not all(os.path.isdir(path) for path in splits.values()):
+            if not data.archive:
+                raise SSDHError(f"[data] cifar10: {data.dir} has no train_lmdb_32 / test_lmdb_32; give archive = "
+                                "the authors' CIFAR-10 JPEG archive to make them")
+            datasets.prepare_cifar10_jpg(data.archive, data.dir, sizes=(32,))
+        return PreparedData("cifar10", {}, splits, folder=data.dir)
     if not data.archive:
         raise SSDHError("[data] cifar10: give archive = the authors' CIFAR-10 JPEG archive")
     made = datasets.prepare_cifar10_jpg(data.archive, data.dir, sizes=(32,), layout="rgb")
@@ -76,8 +83,8 @@ def _cifar10_dnnh(data, model):
         from ssdh_port.data.dnnh import split_image_dbs
 
         images = os.path.join(data.dir, "ssdh_split")
-        split_image_dbs(data.dir, images)
-        return PreparedData("cifar10-dnnh", {}, {}, folder=images)
+        paths = split_image_dbs(data.dir, images)
+        return PreparedData("cifar10-dnnh", {}, {"test": paths["test"], "train": paths["train"]}, folder=images)
     files = {name: os.path.abspath(os.path.join(data.dir, name)) for name in (
         "triplet_lmdb", "query_lmdb", "pool_lmdb", "triplet_mean.binaryproto", "query_label.txt", "pool_label.txt")}
     missing = [path for path in files.values() if not os.path.exists(path)]
