@@ -8,7 +8,8 @@ For each variant of the spec (or the spec alone):
     encode    queries (the test split) and database (the training split) into code files
     evaluate  the protocol (pipeline.retrieval_report) and the spec's extra metrics
     write     <run>/report.json; then, for the whole spec, <out>/table.md + table.json,
-              <out>/spec.toml (the spec as run) and <out>/provenance.json
+              <out>/spec.toml (the spec as run), <out>/provenance.json and <out>/README.md
+              (the table, the narrative of <out>/notes.md when there is one, the provenance)
 
 Provenance is recorded here, not by hand: the spec as run, argv, the git commit of
 a checkout (else the package version), the machine, and seconds by phase. Rows
@@ -101,7 +102,7 @@ def run(spec, out_dir, *, only=None, resume=False, device=None, argv=None):
     """Run every variant of spec (only: the named ones, keeping the other rows of
     out_dir/table.json) and write the table and the provenance; -> RunResult
     (None on the ranks other than 0 of a torchrun training)."""
-    from ssdh_port.pipeline.report import read_table, write_table
+    from ssdh_port.pipeline.report import read_table, write_readme, write_table
 
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     out_dir = os.path.abspath(out_dir)
@@ -141,6 +142,7 @@ def run(spec, out_dir, *, only=None, resume=False, device=None, argv=None):
     with atomic_write(os.path.join(out_dir, "spec.toml"), "w") as f:
         f.write(spec_module.to_toml(spec))
     write_json(os.path.join(out_dir, "provenance.json"), provenance(spec, argv, started, seconds))
+    write_readme(out_dir)
     return RunResult(rows, out_dir, table, runs, seconds)
 
 

@@ -116,19 +116,17 @@ SECTIONS = {"data": DataSpec, "model": ModelSpec, "encoding": EncodingSpec, "pro
 
 
 def _check_type(value, field, where):
-    expected = field.type
-    if isinstance(expected, str):  # postponed annotations are not used here; keep it exact
-        raise SpecError(f"{where}: field {field.name} has no type")
-    kinds = {int: (int,), float: (int, float), str: (str,), bool: (bool,), list: (list,), dict: (dict,)}
-    allowed = ()
-    for kind in getattr(expected, "__args__", (expected,)):
-        allowed += kinds.get(kind, (type(None),) if kind is type(None) else ())
-    if isinstance(value, bool) and bool not in allowed:
-        allowed = ()
-    if not isinstance(value, allowed):
-        names = " or ".join(sorted({t.__name__ for t in allowed})) or str(expected)
+    """value, if it is of the field's type (an int where a float is expected becomes
+    a float; a bool is never a number); else an error naming where and the type."""
+    kinds = getattr(field.type, "__args__", (field.type,))
+    allowed = {int: (int,), float: (int, float), str: (str,), bool: (bool,), list: (list,), dict: (dict,),
+               type(None): (type(None),)}
+    ok = any(isinstance(value, allowed.get(kind, ())) and not (isinstance(value, bool) and kind in (int, float))
+             for kind in kinds)
+    if not ok:
+        names = " or ".join(kind.__name__ if kind is not type(None) else "nothing" for kind in kinds)
         raise SpecError(f"{where}: expected {names}, got {value!r}")
-    return float(value) if allowed == (int, float) else value
+    return float(value) if float in kinds and isinstance(value, int) and not isinstance(value, bool) else value
 
 
 def _section(cls, table, where):
@@ -236,7 +234,7 @@ def _set_field(spec, name, value, where):
             table = table.setdefault(key, {})
         table[parts[-1]] = value
         return
-    top = {f.name: f for f in dataclasses.fields(Spec)} 
+    top = {f.name: f for f in dataclasses.fields(Spec)}
     if len(parts) == 1 and parts[0] in top and parts[0] not in ("variants", "source"):
         setattr(spec, parts[0], _check_type(value, top[parts[0]], where))
         return

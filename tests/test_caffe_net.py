@@ -260,6 +260,7 @@ def _cifar_test_images():
 CIFAR10_ARCHIVE = shared("ssdh-reference", "caffe-cvprw15", "cvprw15-cifar10-dataset-jpg.tar.gz")
 
 
+@pytest.mark.slow
 @needs_shared
 @pytest.mark.skipif(not os.path.exists(CIFAR10_ARCHIVE), reason=f"{CIFAR10_ARCHIVE} not found")
 def test_real_cifar10_quick_on_the_whole_test_set():

@@ -82,6 +82,7 @@ def _fake_archive(path, per_class=6):
         tar.add(folder / "examples", arcname="examples")
 
 
+@pytest.mark.slow
 def test_prepare_cifar10_dnnh(tmp_path):
     _fake_archive(tmp_path / "a.tar.gz")
     paths = prepare_cifar10_dnnh(tmp_path / "a.tar.gz", tmp_path / "out", triplets=30, seed=3, per_class=2)
@@ -165,3 +166,25 @@ def test_dnnh_recipe_trains_one_blob_per_shared_name_and_encodes(tmp_path):
     with pytest.raises(TransformError, match=r"mean file .*mean.binaryproto has shape \(9, 32, 32\), the data is "
                                              r"\(3, 32, 32\)"):
         transform(np.zeros((1, 3, 32, 32), np.uint8))
+
+
+@pytest.mark.slow
+def test_the_dnnh_spec_trains_encodes_with_the_test_nets_and_adds_the_metric(tmp_path):
+    # The dnnh spec's DNNH-12 variant through the runner on a small split: 100 queries and
+    # 100 pool images (the author's test nets read batches of 100), one training step.
+    from ssdh_port import runner, spec
+
+    _fake_archive(tmp_path / "a.tar.gz", per_class=20)
+    prepare_cifar10_dnnh(tmp_path / "a.tar.gz", tmp_path / "out", triplets=100, seed=3, per_class=10)
+    dnnh = spec.load(spec.find("dnnh")).with_fields({
+        "data.dir": str(tmp_path / "out"), "protocol.options.dnnh_top": 50,
+        "model.solver": {"max_iter": 1, "display": 1, "stepvalue": [1, 2]}})
+    result = runner.run(dnnh, tmp_path / "run", only=["dnnh12"])
+    report, = result.reports
+    assert (report.method, report.bits, report.queries, report.database) == ("DNNH-12", 12, 100, 100)
+    assert report.extra["iterations"] == 1 and report.extra["paper"] == 0.552 and report.extra["author"] == 0.413
+    assert 0 < report.extra["dnnh_map"] <= 1 and 0 < report.extra["dnnh_map_compat"] <= 1
+    run_dir = tmp_path / "run" / "runs" / "dnnh12"
+    assert (run_dir / "query.ssdh").exists() and (run_dir / "pool.ssdh").exists()
+    assert "clip_gradients: 0.5" in (run_dir / "solver.prototxt").read_text()
+    assert "| DNNH-12 | 12 |" in (tmp_path / "run" / "table.md").read_text()

@@ -58,6 +58,7 @@ def test_radius_matches_reference(bits):
             np.testing.assert_array_equal(d[lims[row]:lims[row + 1]].numpy(), dist[row, expected])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("level", ["generic", "popcnt"])
 def test_every_instruction_set_build(level):
     """The builds this CPU does not pick by itself, through the same tests."""

@@ -81,6 +81,7 @@ def database(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_two_ranks_of_batch_b_train_as_one_process_of_batch_2b(database):
     one = recipe(database, "one", 8, database / "db")
     two = recipe(database, "two", 4, database / "db")
@@ -97,6 +98,7 @@ def test_two_ranks_of_batch_b_train_as_one_process_of_batch_2b(database):
     assert snapshot["data_position"]["0/data"] == {"cursor": 24, "offset": 24}
 
 
+@pytest.mark.slow
 def test_a_two_rank_snapshot_resumes_in_one_process(database):
     # Ranks' snapshot at iteration 3 -> one process of batch 8 from there: the same
     # weights at iteration 6 as one process all along.
@@ -131,6 +133,7 @@ print(f"threads {before} {during} {threads()};")
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
 def test_shutdown_ends_the_groups_threads_before_the_interpreter_exits(tmp_path):
     # A rank whose gloo worker threads outlive the group's destruction can abort at
@@ -172,6 +175,7 @@ def test_gpu_lists_and_argv():
     assert _without_device(["s.prototxt", "--gpu", "0,1", "--amp", "--device=cuda"]) == ["s.prototxt", "--amp"]
 
 
+@pytest.mark.slow
 def test_lenet_ssdh_recipe_two_ranks_equal_one_process_after_20_iterations(tmp_path):
     """The real recipe (LeNet-SSDH-48, no random transform): 2 ranks of batch 8 against
     1 process of batch 16. E3 (the fire-rate loss) is not a mean over images, so
@@ -202,6 +206,7 @@ def test_lenet_ssdh_recipe_two_ranks_equal_one_process_after_20_iterations(tmp_p
         torch.testing.assert_close(finals["two"][key], finals["one"][key], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_sharded_encoding_writes_the_one_process_code_file(database, tmp_path):
     from ssdh_port.caffe.net import CaffeNet
     from ssdh_port.data import mnist
@@ -226,6 +231,7 @@ def test_sharded_encoding_writes_the_one_process_code_file(database, tmp_path):
     assert two.stdout.count("encoded 250 items") == 1
 
 
+@pytest.mark.slow
 def test_fast_cifar_trainer_under_torchrun(tmp_path):
     from tests.test_pipeline import _colour_cifar
 

@@ -206,6 +206,7 @@ def _protocol(result):
     return report.map_at_topk, result.query.accuracy("scores")
 
 
+@pytest.mark.slow
 def test_trainer_fastnet_learns_and_resumes(tmp_path):
     from ssdh_port.pipeline.trainer import feature_baselines, fit
 
@@ -235,6 +236,7 @@ def test_trainer_fastnet_learns_and_resumes(tmp_path):
     assert all(0 <= r.map_at_topk <= 1 for r in baselines)
 
 
+@pytest.mark.slow
 def test_trainer_resnet18_learns_the_colour_classes(tmp_path):
     # ResNet-18-SSDH with its own recipe (plain SGD, warm-up, pad-crop-flip), narrow and short.
     from ssdh_port.device import describe
@@ -250,6 +252,7 @@ def test_trainer_resnet18_learns_the_colour_classes(tmp_path):
     assert saved["width"] == 8 and saved["optimizer"] == "sgd" and saved["augment"] == "pad-crop-flip"
 
 
+@pytest.mark.slow
 def test_trainer_lenet_on_mnist_digits(tmp_path):
     # The registry's LeNet-SSDH on 1 x 28 x 28 images scaled by 1/256, no augmentation.
     from ssdh_port.data import mnist
@@ -303,6 +306,7 @@ def test_cutout_erases_one_square_per_image():
     assert len({tuple(r.nonzero()[0].tolist()) for r in rows}) > 5  # placed at random
 
 
+@pytest.mark.slow
 def test_trainer_lookahead_and_cutout_train_and_resume(tmp_path):
     from ssdh_port.pipeline.trainer import fit
 

@@ -169,6 +169,7 @@ def test_channels_last_keeps_caffes_trajectory(e_solver, monkeypatch):
                                    rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 @needs_shared
 def test_compiled_layers_keep_caffes_trajectory(e_solver, monkeypatch):
     """Solver(compile=True): torch.compile of the TRAIN net's layers, the same 12
@@ -202,6 +203,7 @@ def test_bf16_autocast_stays_near_the_float32_run(e_solver, monkeypatch):
     assert not torch.equal(exact.params[0].tensor, fast.params[0].tensor)  # autocast did act
 
 
+@pytest.mark.slow
 @needs_shared
 def test_train_net_tool_reproduces_caffe(e_solver):
     script = os.path.join(ROOT, "tools", "train_net.py")

@@ -6,6 +6,7 @@ import sys
 import tarfile
 
 import numpy as np
+import pytest
 import torch
 
 from ssdh_port.caffe.net import CaffeNet
@@ -135,6 +136,7 @@ def test_train_net_reports_bad_solver(tmp_path):
     assert result.returncode == 1 and "missing.prototxt: no such prototxt file" in result.stderr
 
 
+@pytest.mark.slow
 def test_main_job_smoke_and_backbone_comparison(tmp_path):
     result = run("demo", "--iters", "20", "--bits", "12", "--out-dir", tmp_path / "demo",
                  "--data", tmp_path / "mnist", "--solver-set", "test_iter=5")
@@ -193,6 +195,7 @@ def test_search_tool_reads_the_model_card(tmp_path):
     assert bare.returncode == 1 and "give --prototxt and --weights" in bare.stderr
 
 
+@pytest.mark.slow
 def test_bench_train_runs_the_recipe_step(tmp_path):
     # A smoke run of the training benchmark on the CPU (tiny batch): every mode
     # builds the recipe's solver and steps it; the numbers are not checked here.
@@ -208,6 +211,7 @@ def test_bench_train_runs_the_recipe_step(tmp_path):
     assert report["data_images_per_s"] > 0
 
 
+@pytest.mark.slow
 def test_bench_fast_cifar_measures_each_mode(tmp_path):
     # A smoke run of the FastNet benchmark (tiny widths and batch): each asked mode is
     # measured and compared with the first one when fp32-cl is not among them.

@@ -87,6 +87,7 @@ def _train_net(*args, cwd):
                             env={**os.environ, "SSDH_PROGRESS": "0"})
 
 
+@pytest.mark.slow
 def test_sigint_stops_with_a_snapshot_and_resume_latest_continues(tmp_path, mnist_db):
     recipe = _recipe(tmp_path, mnist_db, max_iter=100000, snapshot=0)
     run = _train_net(recipe.solver, cwd=tmp_path)

@@ -22,7 +22,7 @@ _EXPORTS = {
     "batch_source": "features", "extract": "features", "load_net": "features",
     "PreparedRecipe": "recipe", "prepare_recipe": "recipe", "recipe_dir": "recipe", "set_solver_fields": "recipe",
     "solver_overrides": "recipe",
-    "read_table": "report", "write_report": "report", "write_table": "report",
+    "read_table": "report", "write_readme": "report", "write_table": "report",
     "TrainConfig": "trainer", "fit": "trainer",
     "TrainResult": "train", "final_test": "train", "read_log": "train", "train_caffe": "train",
 }

@@ -14,8 +14,6 @@ from ssdh_port.errors import SSDHError
 from ssdh_port.pipeline.evaluate import RetrievalReport
 
 SCHEMA = "ssdh_port.report/1"
-# The TPAMI paper's best 48-bit CIFAR-10 mAP@1000 (VGG16 pre-trained on ImageNet, on a GPU).
-PAPER_CIFAR10_BEST_MAP = 0.9269
 
 
 def machine():
@@ -76,13 +74,9 @@ def write_table(reports, out_dir, *, title, notes="", extra_columns=(), stem="ta
     return text
 
 
-def write_report(report, path, **meta):
-    """One RetrievalReport as a report.json (the same fields as a table row)."""
-    write_json(path, {"schema": SCHEMA, **meta, "report": report.to_dict()})
-
-
 def read_table(path):
-    """The RetrievalReports of a table.json (or of a report.json)."""
+    """The RetrievalReports of a table.json (a run's report.json has the same layout;
+    one written before the runner, {"report": row}, is read too)."""
     try:
         with open(path) as f:
             payload = json.load(f)
@@ -94,7 +88,37 @@ def read_table(path):
     return [RetrievalReport.from_dict(row) for row in rows]
 
 
-def write_run(report, out_dir, *, title, notes="", **meta):
-    """One run's report.json and its one-row table.md / table.json; returns the table text."""
-    write_report(report, os.path.join(out_dir, "report.json"), **meta)
-    return write_table([report], out_dir, title=title, notes=notes)
+def write_readme(folder):
+    """folder/README.md, made from what the folder holds: its table (table.md), the
+    narrative written beside it (notes.md), how it was made (provenance.json) and
+    the tables of its sub-folders. Returns the path."""
+    parts = []
+    table = os.path.join(folder, "table.md")
+    if os.path.isfile(table):
+        parts.append(open(table).read().strip())
+    notes = os.path.join(folder, "notes.md")
+    if os.path.isfile(notes):
+        parts.append(open(notes).read().strip())
+    provenance = os.path.join(folder, "provenance.json")
+    if os.path.isfile(provenance):
+        with open(provenance) as f:
+            record = json.load(f)
+        argv = " ".join(record.get("argv") or [])
+        parts.append(f"Made by `{argv}` at commit {record.get('commit') or '(none)'} on {record.get('machine')} "
+                     f"({record.get('started')}); the spec as run: [spec.toml](spec.toml).")
+    below = sorted(os.path.relpath(path, folder) for path in _tables_below(folder))
+    if below:
+        parts.append("Tables in this folder:\n\n" + "\n".join(f"- [{os.path.dirname(p)}]({p})" for p in below))
+    if not parts:
+        raise SSDHError(f"{folder}: no table.md, notes.md or tables below it to make a README of")
+    path = os.path.join(folder, "README.md")
+    with atomic_write(path, "w") as f:
+        f.write("\n\n".join(parts) + "\n")
+    return path
+
+
+def _tables_below(folder):
+    for name in sorted(os.listdir(folder)):
+        sub = os.path.join(folder, name)
+        if os.path.isdir(sub) and name != "runs" and os.path.isfile(os.path.join(sub, "table.md")):
+            yield os.path.join(sub, "table.md")

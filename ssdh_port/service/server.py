@@ -154,8 +154,9 @@ async def _read_body(request, limits):
     return b"".join(chunks)
 
 
-# Leading bytes of the image formats the decoder reads (PNG, JPEG, BMP, TIFF, WebP, PNM).
-_IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*", b"P5", b"P6")
+# Leading bytes of the image formats the decoder reads (PNG, JPEG, BMP, TIFF, WebP, PNM, GIF).
+_IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*", b"P5", b"P6",
+                     b"GIF87a", b"GIF89a")
 
 
 def _looks_like_an_image(body):
