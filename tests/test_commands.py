@@ -4,6 +4,7 @@ runs, its curl line is tested with the server (tests/test_server.py); a wheel
 built from the tree carries the recipes, specs and demo data and works outside
 the checkout."""
 import glob
+import json
 import os
 import re
 import shutil
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 from ssdh_port.commands import COMMANDS
+from ssdh_port.pipeline.report import read_table
 from tests.commands import ssdh, ssdh_process
 from tests.shared_data import ROOT
 
@@ -87,7 +89,8 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
 def test_a_wheel_of_the_tree_works_outside_the_checkout(tmp_path):
     """The wheel (built without compiling: the compiled extension of this tree is added
     to the installed package as the wheel's build would) runs `ssdh` from a folder
-    that is no checkout: the specs, recipes and MNIST files come from the package."""
+    that is no checkout: the specs, recipes and MNIST files come from the package.
+    The main job and the backbone comparison run there, end to end."""
     import ssdh_port
 
     wheels = tmp_path / "wheels"
@@ -118,7 +121,31 @@ def test_a_wheel_of_the_tree_works_outside_the_checkout(tmp_path):
     assert where.stdout.startswith(str(site)), where
     dry = run("run", "mnist_table3", "--dry-run")
     assert dry.returncode == 0 and 'recipe = "lenet_ssdh"' in dry.stdout, dry.stderr
-    demo = run("demo", "--iterations", "2", "--bits", "8", "--solver-set", "test_iter=1", "--out-dir", "demo")
+    # The main job from the wheel (short): its report, plots, the spec as run and the provenance.
+    demo = run("demo", "--iterations", "20", "--bits", "12", "--solver-set", "test_iter=5", "--out-dir", "demo")
     assert demo.returncode == 0, demo.stderr[-3000:]
-    assert (away / "demo" / "report.json").exists() and (away / "demo" / "retrieval_examples.png").exists()
-    assert "LeNet-SSDH-8: accuracy" in demo.stdout
+    report = read_table(away / "demo" / "report.json")[0]
+    assert report.method == "LeNet-SSDH-12" and report.bits == 12 and report.topk == 1000
+    assert 0 < report.map_at_topk <= 1 and 0 < report.classification_accuracy <= 1 and report.queries == 10000
+    assert report.extra["iterations"] == 20 and "LeNet-SSDH-12: accuracy" in demo.stdout
+    for name in ("train_loss.png", "retrieval_curves.png", "retrieval_examples.png"):
+        assert os.path.getsize(away / "demo" / name) > 5000
+        assert f"{name}: {away / 'demo' / name}" in demo.stdout
+    solver = (away / "demo" / "solver.prototxt").read_text()
+    assert "test_iter: 5" in solver and "max_iter: 20" in solver and "test_interval: 4" in solver
+    provenance = json.load(open(away / "demo" / "provenance.json"))
+    assert provenance["spec"]["model"]["bits"] == 12 and provenance["spec"]["model"]["solver"]["max_iter"] == 20
+    assert set(provenance["seconds"][""]) >= {"prepare", "train", "encode", "evaluate", "wall"}
+    assert "bits = 12" in (away / "demo" / "spec.toml").read_text()
+    bad = run("demo", "--solver-set", "test_itr=5")
+    assert bad.returncode == 1 and "expected FIELD=VALUE with a SolverParameter field" in bad.stderr
+    assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    # The same run without the latent layer: same solver, a table of both accuracies.
+    backbone = run("compare-backbone", "--run", "demo", "--name", "LeNet smoke", "--out-dir", "backbone")
+    assert backbone.returncode == 0, backbone.stderr[-2000:]
+    row = json.load(open(away / "backbone" / "table.json"))["rows"][0]
+    assert row["name"] == "LeNet smoke" and row["iterations"] == 20
+    assert 0 <= row["ssdh_accuracy"] <= 1 and 0 <= row["backbone_accuracy"] <= 1
+    variant = (away / "backbone" / "runs" / "LeNet_smoke" / "train_val.prototxt").read_text()
+    assert "latent" not in variant and 'bottom: "ip1"' in variant
+    assert "| LeNet smoke | 20 |" in (away / "backbone" / "table.md").read_text()

@@ -136,41 +136,6 @@ def test_train_net_reports_bad_solver(tmp_path):
     assert result.returncode == 1 and "missing.prototxt: no such prototxt file" in result.stderr
 
 
-@pytest.mark.slow
-def test_main_job_smoke_and_backbone_comparison(tmp_path):
-    result = run("demo", "--iters", "20", "--bits", "12", "--out-dir", tmp_path / "demo",
-                 "--data", tmp_path / "mnist", "--solver-set", "test_iter=5")
-    assert result.returncode == 0, result.stderr[-2000:]
-    report = read_table(tmp_path / "demo" / "report.json")[0]
-    assert report.bits == 12 and 0 < report.map_at_topk <= 1 and report.topk == 1000
-    assert 0 < report.classification_accuracy <= 1 and report.queries == 10000
-    assert report.method == "LeNet-SSDH-12" and report.extra["iterations"] == 20
-    for name in ("train_loss.png", "retrieval_curves.png", "retrieval_examples.png"):
-        assert os.path.getsize(tmp_path / "demo" / name) > 5000
-        assert f"{name}: {tmp_path / 'demo' / name}" in result.stdout
-    solver = (tmp_path / "demo" / "solver.prototxt").read_text()
-    assert "test_iter: 5" in solver and "max_iter: 20" in solver and "test_interval: 4" in solver
-    # The runner's record of what ran: the spec as run and the provenance.
-    provenance = json.load(open(tmp_path / "demo" / "provenance.json"))
-    assert provenance["spec"]["model"]["bits"] == 12 and provenance["spec"]["model"]["solver"]["max_iter"] == 20
-    assert set(provenance["seconds"][""]) >= {"prepare", "train", "encode", "evaluate", "wall"}
-    assert 'bits = 12' in (tmp_path / "demo" / "spec.toml").read_text()
-    bad = run("demo", "--solver-set", "test_itr=5")
-    assert bad.returncode == 1 and "expected FIELD=VALUE with a SolverParameter field" in bad.stderr
-    assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
-
-    # The same run without the latent layer: same solver, a table of both accuracies.
-    result = run("compare-backbone", "--run", tmp_path / "demo", "--name", "LeNet smoke",
-                 "--out-dir", tmp_path / "backbone")
-    assert result.returncode == 0, result.stderr[-2000:]
-    row = json.load(open(tmp_path / "backbone" / "table.json"))["rows"][0]
-    assert row["name"] == "LeNet smoke" and row["iterations"] == 20
-    assert 0 <= row["ssdh_accuracy"] <= 1 and 0 <= row["backbone_accuracy"] <= 1
-    variant = (tmp_path / "backbone" / "runs" / "LeNet_smoke" / "train_val.prototxt").read_text()
-    assert "latent" not in variant and 'bottom: "ip1"' in variant
-    assert "| LeNet smoke | 20 |" in (tmp_path / "backbone" / "table.md").read_text()
-
-
 def test_search_tool_reads_the_model_card(tmp_path):
     import cv2
 
