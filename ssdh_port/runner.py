@@ -17,6 +17,7 @@ of the table carry `extra.variant`; run(..., only=[names]) reruns those variants
 and keeps the other rows of an existing table; resume=True reads a variant's
 report.json instead of running it again (an interrupted sweep continues).
 """
+import contextlib
 import dataclasses
 import datetime
 import os
@@ -43,22 +44,18 @@ class RunResult:
 
 
 class Phases:
-    """Seconds by phase of one variant."""
+    """Seconds by phase of one variant: `with phases("train"): ...` adds to seconds["train"]."""
 
     def __init__(self):
         self.seconds = {}
 
+    @contextlib.contextmanager
     def __call__(self, name):
-        phases = self
-
-        class _Timer:
-            def __enter__(self):
-                self.start = time.perf_counter()
-
-            def __exit__(self, *exc):
-                phases.seconds[name] = round(phases.seconds.get(name, 0.0) + time.perf_counter() - self.start, 1)
-
-        return _Timer()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 1)
 
 
 def method_name(spec, variant):

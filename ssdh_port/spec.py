@@ -160,6 +160,9 @@ def from_dict(payload, source="<spec>"):
         elif name != "source":
             fields[name] = _check_type(value, top[name], f"{source}: {name}")
     spec = Spec(**fields)
+    for i, column in enumerate(spec.columns):
+        if not (isinstance(column, list) and len(column) == 3 and all(isinstance(c, str) for c in column)):
+            raise SpecError(f"{source}: columns[{i}]: expected [header, extra key, format], got {column!r}")
     for variant in spec.variants:  # every variant's fields exist and type-check now, not mid-run
         spec.with_fields(variant.set, where=f"{source}: variant {variant.name!r}:")
     return spec

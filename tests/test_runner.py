@@ -48,6 +48,7 @@ def test_every_shipped_spec_reads_and_names_what_exists():
     ('[[variants]]\nname = "a"\nset = {"model.bitz" = 3}\n', r"variant 'a': model.bitz: \[model\] has no field 'bitz'"),
     ('[[variants]]\nname = "a"\n[[variants]]\nname = "a"\n', r"x.toml: variant names repeat: \['a', 'a'\]"),
     ('name = \n', r"x.toml: not a valid spec file"),
+    ('columns = [["p", "p"]]\n', r"x.toml: columns\[0\]: expected \[header, extra key, format\]"),
 ])
 def test_spec_errors_name_the_file_and_the_field(tmp_path, text, message):
     with pytest.raises(SpecError, match=message):
