@@ -102,6 +102,7 @@ def run(spec, out_dir, *, only=None, resume=False, device=None, argv=None):
     from ssdh_port.pipeline.report import read_table, write_readme, write_table
 
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    commit = git_commit()  # the code that runs, before any of it runs
     out_dir = os.path.abspath(out_dir)
     expanded = spec.expanded()
     names = [variant.name for variant, _ in expanded if variant]
@@ -138,19 +139,19 @@ def run(spec, out_dir, *, only=None, resume=False, device=None, argv=None):
                         extra_columns=[tuple(column) for column in spec.columns])
     with atomic_write(os.path.join(out_dir, "spec.toml"), "w") as f:
         f.write(spec_module.to_toml(spec))
-    write_json(os.path.join(out_dir, "provenance.json"), provenance(spec, argv, started, seconds))
+    write_json(os.path.join(out_dir, "provenance.json"), provenance(spec, argv, started, seconds, commit))
     write_readme(out_dir)
     return RunResult(rows, out_dir, table, runs, seconds)
 
 
-def provenance(spec, argv, started, seconds):
+def provenance(spec, argv, started, seconds, commit):
     from ssdh_port.device import describe
     import ssdh_port
     import torch
 
     return {"schema": PROVENANCE_SCHEMA, "spec": spec.to_dict(), "spec_file": spec.source,
             "argv": list(sys.argv if argv is None else argv), "started": started,
-            "commit": git_commit(), "version": ssdh_port.__version__, "torch": torch.__version__,
+            "commit": commit, "version": ssdh_port.__version__, "torch": torch.__version__,
             "machine": describe(torch.device("cpu")), "threads": torch.get_num_threads(),
             "seconds": seconds}
 

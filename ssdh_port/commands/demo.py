@@ -12,6 +12,7 @@ the classification accuracy, P@k / PR plots and a picture of retrieval results.
 The same as `ssdh run mnist_demo --set model.bits=...`.
 """
 import os
+import sys
 
 from ssdh_port import cli, runner, spec as specs
 from ssdh_port.pipeline import solver_overrides
@@ -31,7 +32,8 @@ def main(argv=None):
               **solver_overrides(args.solver_set)}
     spec = specs.load(specs.find("mnist_demo")).with_fields(
         {"model.bits": args.bits, "model.p": args.p, "data.dir": args.data, "model.solver": solver})
-    result = runner.run(spec, args.out_dir, device=args.device, argv=argv)
+    result = runner.run(spec, args.out_dir, device=args.device,
+                        argv=["ssdh", "demo", *(sys.argv[1:] if argv is None else argv)])
     r = result.reports[0]
     print(f"{r.method}: accuracy {r.classification_accuracy:.4f}, mAP@{r.topk} {r.map_at_topk:.4f}, "
           f"mAP (whole ranking) {r.map_whole_ranking:.4f}, P@1000 {r.precision_at_1000:.4f}, "

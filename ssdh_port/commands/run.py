@@ -13,6 +13,8 @@ data.archive=PATH); the value is read as TOML (32, 0.5, true, [1.0, 0.0, 0.0],
 table.json, spec.toml (the spec as run) and provenance.json to --out-dir
 (default runs/<spec name>), each variant's run under runs/<variant>.
 """
+import sys
+
 from ssdh_port import cli, runner, spec as specs
 
 
@@ -35,7 +37,7 @@ def main(argv=None):
                 print(f"# variant {variant.name}: {variant.set}")
         return 0
     result = runner.run(spec, args.out_dir or f"runs/{spec.name}", only=args.only, resume=args.resume,
-                        device=args.device, argv=argv)
+                        device=args.device, argv=["ssdh", "run", *(sys.argv[1:] if argv is None else argv)])
     if result is None:
         return 0  # a rank other than 0 of `torchrun -m ssdh_port run ...`
     print(result.table)
