@@ -94,10 +94,14 @@ class Spec:
         return out
 
     def with_fields(self, fields, where="--set"):
-        """A copy with dotted fields set ({"model.bits": 32})."""
+        """A copy with dotted fields set ({"model.bits": 32}). A field set here also wins
+        over a variant's own setting of it (the command line is the last word), and the
+        variants are rewritten so, so that the spec written beside a run reproduces it."""
         spec = copy.deepcopy(self)
         for name, value in fields.items():
             _set_field(spec, name, value, f"{where} {name}")
+            for variant in spec.variants:
+                _override_variant(variant, name, value)
         return spec
 
     def expanded(self):
@@ -242,6 +246,20 @@ def _set_field(spec, name, value, where):
         setattr(spec, parts[0], _check_type(value, top[parts[0]], where))
         return
     raise SpecError(f"{where}: no such field (sections: {sorted(SECTIONS)}; top-level: name, title, method, notes, columns)")
+
+
+def _override_variant(variant, name, value):
+    """name=value in place of what the variant sets at, inside or below that field."""
+    for key in list(variant.set):
+        if key == name or key.startswith(name + "."):
+            del variant.set[key]
+            variant.set[name] = value
+        elif name.startswith(key + ".") and isinstance(variant.set[key], dict):
+            table = variant.set[key] = copy.deepcopy(variant.set[key])
+            parts = name[len(key) + 1:].split(".")
+            for part in parts[:-1]:
+                table = table.setdefault(part, {})
+            table[parts[-1]] = value
 
 
 def _first(cls):

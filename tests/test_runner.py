@@ -64,6 +64,15 @@ def test_set_fields_by_dotted_name():
     assert changed.model.loss_weights == [1.0, 0.0, 0.0] and changed.data.dir == "/tmp/somewhere"
     assert changed.title == "Hello" and demo.model.bits == 48  # the original is untouched
     assert runner.method_name(changed, None) == "LeNet-SSDH-32"
+    # The command line wins over a variant's own setting of the same field, or of a table above it.
+    table3 = spec.load(spec.find("mnist_table3")).with_fields({"model.bits": 16, "model.solver.max_iter": 50})
+    assert {expanded.model.bits for _, expanded in table3.expanded()} == {16}
+    assert {expanded.model.solver["max_iter"] for _, expanded in table3.expanded()} == {50}
+    dnnh = spec.load(spec.find("dnnh")).with_fields({"model.train.epochs": 1.0})
+    ssdh12 = next(expanded for variant, expanded in dnnh.expanded() if variant.name == "ssdh12")
+    assert ssdh12.model.train == {"epochs": 1.0, "widths": "64,256,256", "tta": 1}
+    again = spec.from_dict(tomllib.loads(spec.to_toml(table3)), source="written")
+    assert {expanded.model.bits for _, expanded in again.expanded()} == {16}
     with pytest.raises(SpecError, match=r"--set model.bits: expected int, got 'x'"):
         demo.with_fields(spec.parse_sets(["model.bits=x"]))
     with pytest.raises(SpecError, match="expected FIELD=VALUE"):

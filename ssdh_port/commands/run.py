@@ -7,11 +7,12 @@ SPEC is a spec file (experiments/*.toml) or the name of one shipped with the
 package (mnist_demo, mnist_table3, multilabel, cifar10_finetune, cifar10_fast,
 cifar10_fast_sweep, cifar10_resnet18, dnnh). --set replaces a field by its dotted
 name (model.bits=32, model.solver.max_iter=500, model.train.epochs=4,
-data.archive=PATH); the value is read as TOML (32, 0.5, true, [1.0, 0.0, 0.0],
-"text"). --only runs the named variants and keeps the other rows of the table;
---resume keeps every variant whose report.json exists. Writes table.md,
-table.json, spec.toml (the spec as run) and provenance.json to --out-dir
-(default runs/<spec name>), each variant's run under runs/<variant>.
+data.archive=PATH) in every variant, over a variant's own setting; the value is
+read as TOML (32, 0.5, true, [1.0, 0.0, 0.0], "text"). --only runs the named
+variants and keeps the other rows of the table; --resume keeps every variant
+whose report.json exists. Writes table.md, table.json, spec.toml (the spec as
+run), provenance.json and README.md to --out-dir (default runs/<spec name>),
+each variant's run under runs/<variant>.
 """
 import sys
 
