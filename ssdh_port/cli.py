@@ -151,24 +151,6 @@ def solver_set_argument(parser):
                         "values for a repeated field), e.g. lr_policy=multistep")
 
 
-def add_dataclass_arguments(parser, config_class):
-    """One flag per field of a config dataclass (--no-X for booleans that default to True)."""
-    import dataclasses
-
-    for field in dataclasses.fields(config_class):
-        flag = "--" + field.name.replace("_", "-")
-        if field.type is bool:
-            if field.default:
-                parser.add_argument("--no-" + field.name.replace("_", "-"), dest=field.name,
-                                    action="store_false", help=f"turn {field.name} off")
-            else:
-                parser.add_argument(flag, dest=field.name, action="store_true")
-        else:
-            cast = {int: int, float: float}.get(field.type, str)
-            parser.add_argument(flag, dest=field.name, type=cast, default=field.default,
-                                help=f"default {field.default}")
-
-
 def tool_name():
     return os.path.splitext(os.path.basename(sys.argv[0]))[0] or "ssdh"
 

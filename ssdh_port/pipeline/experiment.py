@@ -69,23 +69,24 @@ def _caffe(spec, data, folder, run_dir, phases, device):
     from ssdh_port.pipeline.train import train_caffe
 
     model, encoding = spec.model, spec.encoding
+    weights_name = model.weights_name.format(bits=model.bits) if model.weights_name else None
     with phases("prepare"):
         recipe = prepare_recipe(folder, run_dir, bits=model.bits, p=model.p,
                                 loss_weights=tuple(model.loss_weights) if model.loss_weights else None,
-                                sources=data.sources, mean_file=data.mean_file, weights_name=model.weights_name.format(bits=model.bits) if model.weights_name else None,
+                                sources=data.sources, mean_file=data.mean_file, weights_name=weights_name,
                                 **model.solver)
     with phases("train"):
         trained = train_caffe(recipe.solver, weights=os.path.abspath(model.weights) if model.weights else None,
                               log_dir=run_dir, device=device)
     encoded = {}
     with phases("encode"):
+        # Arrays held in memory (mosaics) go through the deploy net directly, scaled as its data layers scale.
+        net = load_net(recipe.deploy, trained.weights, encoding.batch_size) if data.arrays is not None else None
         for split in ("test", "train"):
             logger.info("encoding %s", split)
-            if data.arrays is not None:
+            if net is not None:
                 images, labels = data.arrays[split]
-                net = load_net(recipe.deploy, trained.weights, encoding.batch_size)
-                scale = np.float32(data.transform.scale if data.transform is not None else 0.00390625)
-                arrays = {net.input_names[0]: (images.astype(np.float32) * scale)[:, None]}
+                arrays = {net.input_names[0]: (images.astype(np.float32) * np.float32(data.transform.scale))[:, None]}
                 encoded[split] = encode_batches(net, array_batches(arrays, encoding.batch_size),
                                                 latent_blob=encoding.latent_blob, features=tuple(encoding.features),
                                                 labels=labels, device=device or "cpu")

@@ -30,8 +30,7 @@ class PreparedData:
     encode: dict                       # split ("test", "train") -> what the encoder reads
     transform: object = None           # TransformationParameter of the encoder (deploy nets)
     mean_file: str | None = None
-    arrays: dict | None = None         # split -> (images, labels) held in memory (mosaics)
-    folder: str | None = None          # the dataset's folder
+    arrays: dict | None = None         # split -> (images, labels) held in memory (mosaics; scaled by transform)
     files: dict = dataclasses.field(default_factory=dict)
 
 
@@ -56,18 +55,18 @@ def _cifar10(data, model):
                 raise SSDHError(f"[data] cifar10: {data.dir} has no train_lmdb_32 / test_lmdb_32; give archive = "
                                 "the authors' CIFAR-10 JPEG archive to make them")
             datasets.prepare_cifar10_jpg(data.archive, data.dir, sizes=(32,))
-        return PreparedData("cifar10", {}, splits, folder=data.dir)
+        return PreparedData("cifar10", {}, splits)
     if not data.archive:
         raise SSDHError("[data] cifar10: give archive = the authors' CIFAR-10 JPEG archive")
     made = datasets.prepare_cifar10_jpg(data.archive, data.dir, sizes=(32,), layout="rgb")
     splits = {"test": made["test_lmdb_32"], "train": made["train_lmdb_32"]}
     return PreparedData("cifar10", {"TRAIN": splits["train"], "TEST": splits["test"]}, splits,
-                        transform=transform_param(mean_file=made["mean_32"]), mean_file=made["mean_32"],
-                        folder=data.dir)
+                        transform=transform_param(mean_file=made["mean_32"]), mean_file=made["mean_32"])
 
 
 def _mnist_mosaics(data, model):
     from ssdh_port.data.mosaics import prepare_mnist_mosaics
+    from ssdh_port.data.transformer import transform_param
 
     sets, lists = prepare_mnist_mosaics(data.dir, LENET_SCALE)
     half = data.dont_care
@@ -75,7 +74,7 @@ def _mnist_mosaics(data, model):
         raise SSDHError(f"[data] mnist-mosaics: dont_care {half}: the sets made are 0 and 0.5")
     train = lists["train_half_labels" if half else "train"]
     return PreparedData("mnist-mosaics", {"TRAIN": train, "TEST": lists["test"]}, {}, arrays=sets,
-                        files={"dont_care": half})
+                        transform=transform_param(scale=LENET_SCALE), files={"dont_care": half})
 
 
 def _cifar10_dnnh(data, model):
@@ -84,7 +83,7 @@ def _cifar10_dnnh(data, model):
 
         images = os.path.join(data.dir, "ssdh_split")
         paths = split_image_dbs(data.dir, images)
-        return PreparedData("cifar10-dnnh", {}, {"test": paths["test"], "train": paths["train"]}, folder=images)
+        return PreparedData("cifar10-dnnh", {}, {"test": paths["test"], "train": paths["train"]})
     files = {name: os.path.abspath(os.path.join(data.dir, name)) for name in (
         "triplet_lmdb", "query_lmdb", "pool_lmdb", "triplet_mean.binaryproto", "query_label.txt", "pool_label.txt")}
     missing = [path for path in files.values() if not os.path.exists(path)]

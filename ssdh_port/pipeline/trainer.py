@@ -60,6 +60,7 @@ from ssdh_port.data.db import DatumLMDB
 from ssdh_port.device import describe, resolve_device, synchronize
 from ssdh_port.errors import SSDHError
 from ssdh_port.fileio import atomic_write
+from ssdh_port.hashing.codes import code_report
 from ssdh_port.models import MODELS, build_model
 from ssdh_port.pipeline.encode import EncodedSplit, codes_from_activations
 from ssdh_port.pipeline.plots import epoch_curves
@@ -538,8 +539,6 @@ def encoded_split(latent, scores, labels):
     """Latent activations -> the pipeline's EncodedSplit (codes at > 0.5, labels),
     the class scores kept as the blob "scores"."""
     index = codes_from_activations(latent, labels=labels)
-    from ssdh_port.hashing.codes import code_report
-
     return EncodedSplit(index, "latent", {"scores": scores.numpy()}, code_report(latent.numpy()))
 
 
@@ -548,12 +547,13 @@ def load_trained(weights):
     state = torch.load(weights, map_location="cpu", weights_only=False)
     config = TrainConfig(**state["config"])
     model = build_model(config.arch, bits=config.bits, widths=config.widths, width=config.width, head=config.head,
-                        in_channels=state["config"].get("in_channels", 3) if False else _in_channels(state))
+                        in_channels=_in_channels(state))
     model.load_state_dict(state["state_dict"])
     return model, config
 
 
 def _in_channels(state):
+    """Input channels of a saved model: those of its first convolution's weight."""
     for name, value in state["state_dict"].items():
         if value.dim() == 4:
             return value.shape[1]
