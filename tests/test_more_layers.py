@@ -1,6 +1,6 @@
 """The layers Caffe's upgrade names that real nets use: InfogainLoss,
 MultinomialLogisticLoss, MVN, MemoryData, HDF5Output, Pooling's argmax mask,
-Convolution over several bottoms; WindowData and Im2col refused clearly. Each
+Convolution over several bottoms. Each
 against a reference written from Caffe's layer code (loops over the elements)."""
 import math
 
@@ -168,13 +168,6 @@ def test_hdf5_output_writes_its_bottoms(tmp_path):
     with h5py.File(path) as f:
         np.testing.assert_array_equal(f["data"][()], np.concatenate(rows))
         np.testing.assert_array_equal(f["label"][()], [0, 10, 1, 11])
-
-
-@pytest.mark.parametrize("kind", ["WindowData", "Im2col"])
-def test_unsupported_layers_say_so(kind):
-    bottom = "" if kind == "WindowData" else 'bottom: "x" '
-    with pytest.raises(LayerError, match=f"layer 'u' \\({kind}\\): this layer type is not supported: "):
-        _net(f'layer {{ name: "u" type: "{kind}" {bottom}top: "z" }}', {"x": (1, 1, 2, 2)})
 
 
 POOL_CASES = [  # (input H x W, kernel, stride, pad, ceil) with odd sizes, last windows cut off, pads up to k - 1

@@ -109,14 +109,14 @@ def test_a_training_snapshot_is_weights_too(tmp_path):
 def test_input_errors_of_encode_and_extract(tmp_path, weights):
     np.save(tmp_path / "wrong.npy", np.zeros((2, 1, 32, 32), np.float32))
     one_line(run("encode", "--prototxt", DEPLOY, "--weights", weights, "--input", tmp_path / "wrong.npy",
-                 "--out", tmp_path / "c.ssdh"), "ssdh encode", "net input 'data' must have shape N x 1 x 28 x 28")
+                 "--out", tmp_path / "c.ssdh"), "ssdh encode", "net input 'data' has shape (2, 1, 32, 32); the net is declared for N x 1 x 28 x 28")
     assert not (tmp_path / "c.ssdh").exists()
     # Gray images in a list: refused as colour (3 channels), read with --gray.
     for i in range(3):
         cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((28, 28), 60 * i, np.uint8))
     (tmp_path / "list.txt").write_text("".join(f"{i}.png {i}\n" for i in range(3)))
     one_line(run("extract", "--prototxt", DEPLOY, "--weights", weights, "--input", tmp_path / "list.txt",
-                 "--blobs", "ip2", "--out", tmp_path / "f.npz"), "ssdh extract", "must have shape N x 1 x 28 x 28")
+                 "--blobs", "ip2", "--out", tmp_path / "f.npz"), "ssdh extract", "the net is declared for N x 1 x 28 x 28")
     ok = run("extract", "--prototxt", DEPLOY, "--weights", weights, "--input", tmp_path / "list.txt",
              "--gray", "--blobs", "ip2", "--out", tmp_path / "f.npz")
     assert ok.returncode == 0, ok.stderr

@@ -11,6 +11,7 @@ import math
 
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor
 from torch.nn import functional as F
 
 from ssdh_port import ops
@@ -90,6 +91,17 @@ class CaffeLayer(nn.Module):
             fill_(tensor, **fill)
         self.blobs.append(nn.Parameter(tensor, requires_grad=requires_grad))
         return self.blobs[-1]
+
+    def allow_force_backward(self, bottom_index):
+        """Caffe's Layer::AllowForceBackward: whether force_backward may send a
+        gradient to this bottom (labels and indices: no)."""
+        return True
+
+    def expect_same_shapes(self, shapes, what="bottoms"):
+        """Caffe's CHECK that several bottoms have one shape (no broadcasting)."""
+        if any(tuple(s) != tuple(shapes[0]) for s in shapes[1:]):
+            raise self.error(f"all {what} must have the same shape, got "
+                             f"{' and '.join(str(tuple(s)) for s in shapes)}")
 
     def expect_bottoms(self, *counts):
         if len(self.bottom_shapes) not in counts:
@@ -198,6 +210,7 @@ class Convolution(CaffeLayer):
             raise self.error(f"channels {channels} and num_output {outputs} must be "
                              f"divisible by group {self.group}")
         self.transposed = param.type == "Deconvolution"
+        self.in_channels = channels
         if self.transposed:
             weight_shape = (channels, outputs // self.group) + self.kernel
         else:
@@ -210,6 +223,12 @@ class Convolution(CaffeLayer):
     def forward(self, *bottoms):
         # Several bottoms: each gives its own top, all with the same weights (Caffe's
         # BaseConvolutionLayer).
+        channels = self.in_channels
+        for x in bottoms:
+            if x.dim() != 4 or x.shape[1] != channels or x.shape != bottoms[0].shape:
+                raise self.error(f"input size incompatible with the convolution weights: bottoms "
+                                 f"{[tuple(b.shape) for b in bottoms]}, the weights take N x {channels} x H x W "
+                                 "(all bottoms of one shape)")
         weight, bias = self.blob(0), self.blob(1) if self.bias_term else None
         if self.transposed:
             return tuple(F.conv_transpose2d(x, weight, bias, self.stride, self.pad, 0, self.group,
@@ -304,9 +323,12 @@ class Pooling(CaffeLayer):
             raise self.error(f"makes 1 top (or 2: the pooled map and its argmax mask), got {len(param.top)}")
 
     def forward(self, x):
+        if x.dim() != 4:
+            raise self.error(f"pooling needs an N x C x H x W bottom, got {tuple(x.shape)}")
+        kernel = tuple(x.shape[2:]) if self.param.pooling_param.global_pooling else self.kernel
         if self.n_tops == 2:
-            return caffe_max_pool_with_mask(x, self.kernel, self.stride, self.pad, self.ceil_mode)
-        return (caffe_pool(x, self.method, self.kernel, self.stride, self.pad, self.ceil_mode),)
+            return caffe_max_pool_with_mask(x, kernel, self.stride, self.pad, self.ceil_mode)
+        return (caffe_pool(x, self.method, kernel, self.stride, self.pad, self.ceil_mode),)
 
 
 def caffe_max_pool_with_mask(x, kernel, stride, pad, ceil_mode=True):
@@ -353,6 +375,122 @@ class LRN(CaffeLayer):
         pad = (n - 1) // 2
         avg = caffe_pool(x * x, "AVE", (n, n), (1, 1), (pad, pad))
         return (x * (1 + self.alpha * avg) ** -self.beta,)
+
+
+@register("Crop")
+class Crop(CaffeLayer):
+    """bottom[0] cropped to bottom[1]'s shape on the axes from crop_param.axis on,
+    starting at the offsets (none: 0; one: for every cropped axis; else one per
+    cropped axis). bottom[1] gives its shape only: it gets no gradient."""
+
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        self.expect_bottoms(2)
+        p = param.crop_param
+        self.axis_param = p.axis
+        self.offsets = [int(v) for v in p.offset]
+        self.check(self.bottom_shapes)
+
+    def check(self, shapes):
+        """The crop's start indices for bottoms of these shapes; Caffe's checks."""
+        (data, like) = shapes
+        if len(data) != len(like):
+            raise self.error(f"both bottoms must have the same number of axes, got {data} and {like}")
+        axis = canonical_axis(self.axis_param, len(data), self.name)
+        cropped = len(data) - axis
+        if len(self.offsets) > 1 and len(self.offsets) != cropped:
+            raise self.error(f"{len(self.offsets)} offsets for the {cropped} axes from axis {axis} on "
+                             "(give 0, 1 or one per cropped axis)")
+        starts = []
+        for i in range(len(data)):
+            if i < axis:
+                starts.append(0)
+                continue
+            offset = 0 if not self.offsets else self.offsets[0 if len(self.offsets) == 1 else i - axis]
+            if data[i] - offset < like[i]:
+                raise self.error(f"invalid crop in axis {i}: offset {offset} + size {like[i]} exceeds "
+                                 f"the bottom's {data[i]} (bottoms {data} and {like})")
+            starts.append(offset)
+        return axis, starts
+
+    def forward(self, x, like):
+        axis, starts = self.check((tuple(x.shape), tuple(like.shape)))
+        index = tuple(slice(None) if i < axis else slice(starts[i], starts[i] + like.shape[i])
+                      for i in range(x.dim()))
+        return (x[index],)
+
+
+@register("SPP")
+class SPP(CaffeLayer):
+    """Spatial pyramid pooling: at level l (0 .. pyramid_height - 1), 2^l x 2^l bins
+    pooled with Caffe's kernel ceil(size / bins), stride = kernel and pad
+    (kernel * bins - size + 1) / 2, each level flattened, the levels concatenated
+    (N x sum_l C * bins_l^2). A pyramid of height 1 gives the pooled N x C x 1 x 1."""
+
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        self.expect_bottoms(1)
+        p = param.spp_param
+        self.height = p.pyramid_height
+        if self.height < 1:
+            raise self.error("pyramid_height must be at least 1")
+        self.method = pb.SPPParameter.PoolMethod.Name(p.pool)
+        if self.method == "STOCHASTIC":
+            raise self.error("STOCHASTIC pooling is not supported")
+        if len(self.bottom_shapes[0]) != 4:
+            raise self.error(f"needs an N x C x H x W bottom, got {self.bottom_shapes[0]}")
+        self.levels(self.bottom_shapes[0])
+
+    def levels(self, shape):
+        out = []
+        for level in range(self.height):
+            bins = 2 ** level
+            kernel, pad = [], []
+            for size in shape[2:]:
+                k = -(-size // bins)
+                kernel.append(k)
+                pad.append((k * bins - size + 1) // 2)
+            if any(pd >= k for pd, k in zip(pad, kernel)):
+                raise self.error(f"level {level} ({bins} x {bins} bins) of a {shape[2]} x {shape[3]} map "
+                                 f"needs pad {tuple(pad)} not below kernel {tuple(kernel)} (Caffe's pooling "
+                                 "refuses it): lower pyramid_height or give a larger map")
+            out.append((tuple(kernel), tuple(pad)))
+        return out
+
+    def forward(self, x):
+        pooled = [caffe_pool(x, self.method, k, k, pad) for k, pad in self.levels(tuple(x.shape))]
+        if self.height == 1:
+            return (pooled[0],)
+        return (torch.cat([y.flatten(1) for y in pooled], 1),)
+
+
+@register("Im2col")
+class Im2col(CaffeLayer):
+    """The columns Caffe's convolution multiplies: N x (C * kh * kw) x OH x OW,
+    channel-major then kernel row and column (convolution_param: kernel, stride,
+    pad, dilation; 2-D only)."""
+
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        self.expect_bottoms(1)
+        p = param.convolution_param
+        if len(self.bottom_shapes[0]) != 4 or p.axis not in (1, -3) or p.force_nd_im2col:
+            raise self.error(f"only N x C x H x W bottoms with axis 1 are supported, got {self.bottom_shapes[0]}")
+        self.kernel = _spatial(p, "kernel_size", None, self)
+        self.stride = _spatial(p, "stride", 1, self)
+        self.pad = _spatial(p, "pad", 0, self)
+        dilation = list(p.dilation) or [1]
+        if len(dilation) > 2:
+            raise self.error(f"dilation has {len(dilation)} values; only 2-D is supported")
+        self.dilation = (dilation[0], dilation[-1])
+
+    def forward(self, x):
+        sizes = [(size + 2 * p - (d * (k - 1) + 1)) // s + 1 for size, k, s, p, d in
+                 zip(x.shape[2:], self.kernel, self.stride, self.pad, self.dilation)]
+        if min(sizes) < 1:
+            raise self.error(f"the kernel does not fit a {x.shape[2]} x {x.shape[3]} map")
+        cols = F.unfold(x, self.kernel, self.dilation, self.pad, self.stride)
+        return (cols.view(x.shape[0], cols.shape[1], *sizes),)
 
 
 # ---------------------------------------------------------------- neurons
@@ -463,6 +601,31 @@ class PReLU(_Neuron):
         return torch.where(x > 0, x, x * slope)
 
 
+@register("Clip")
+class Clip(_Neuron):
+    """min(max(x, min), max); the gradient passes where min <= x <= max."""
+
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        p = param.clip_param
+        if not (p.HasField("min") and p.HasField("max")):
+            raise self.error("clip_param needs min and max")
+        if p.min > p.max:
+            raise self.error(f"clip_param min {p.min:g} is above max {p.max:g}")
+        self.bounds = (p.min, p.max)
+
+    def apply(self, x):
+        return torch.clamp(x, *self.bounds)
+
+
+@register("Swish")
+class Swish(_Neuron):
+    """x * sigmoid(beta * x)."""
+
+    def apply(self, x):
+        return x * torch.sigmoid(self.param.swish_param.beta * x)
+
+
 # ---------------------------------------------------------------- common
 
 
@@ -478,6 +641,7 @@ class InnerProduct(CaffeLayer):
         if not p.num_output:
             raise self.error("num_output must be set")
         self.transpose = p.transpose
+        self.fan_in = fan_in
         weight = (fan_in, p.num_output) if p.transpose else (p.num_output, fan_in)
         self.add_blob(weight, p.weight_filler)
         self.bias_term = p.bias_term
@@ -485,6 +649,10 @@ class InnerProduct(CaffeLayer):
             self.add_blob((p.num_output,), p.bias_filler)
 
     def forward(self, x):
+        if x.dim() <= self.axis or math.prod(x.shape[self.axis:]) != self.fan_in:
+            raise self.error(f"input size incompatible with inner product parameters: the bottom "
+                             f"{tuple(x.shape)} has {math.prod(x.shape[self.axis:])} values per item "
+                             f"from axis {self.axis} on, the weights take {self.fan_in}")
         flat = x.flatten(self.axis)
         weight = self.blob(0).t() if self.transpose else self.blob(0)
         return (F.linear(flat, weight, self.blob(1) if self.bias_term else None),)
@@ -500,14 +668,6 @@ class Reshape(CaffeLayer):
         p = param.reshape_param
         self.spec = _ReshapeSpec(p.axis, p.num_axes, tuple(int(d) for d in p.shape.dim))
         self.top_shape = self._shape(self.spec, self.bottom_shapes[0])
-        # Per call, an axis copied from the bottom (a 0 in the spec, and the axes
-        # outside [axis, axis + num_axes)) follows the batch; the rest is fixed.
-        ndim = len(self.bottom_shapes[0])
-        start = p.axis if p.axis >= 0 else ndim + 1 + p.axis
-        end = ndim if p.num_axes == -1 else start + p.num_axes
-        self.plan = ([("copy", j) for j in range(start)]
-                     + [("copy", start + i) if d == 0 else d for i, d in enumerate(self.spec.dims)]
-                     + [("copy", j) for j in range(end, ndim)])
 
     def _shape(self, p, shape):
         ndim = len(shape)
@@ -540,9 +700,9 @@ class Reshape(CaffeLayer):
         return tuple(new)
 
     def forward(self, x):
-        if x.dim() != len(self.bottom_shapes[0]):
-            raise self.error(f"the bottom has {x.dim()} axes, the net was built for {len(self.bottom_shapes[0])}")
-        return (x.reshape([x.shape[e[1]] if isinstance(e, tuple) else e for e in self.plan]),)
+        # Each call from the bottom it gets (Caffe reshapes at every forward): a
+        # 0 copies the bottom's axis, -1 takes the rest, other axes are fixed.
+        return (x.reshape(self._shape(self.spec, tuple(x.shape))),)
 
 
 @register("Flatten")
@@ -564,8 +724,17 @@ class Concat(CaffeLayer):
         p = param.concat_param
         self.axis = p.axis if p.HasField("axis") or not p.HasField("concat_dim") else p.concat_dim
 
+    def check(self, shapes):
+        axis = canonical_axis(self.axis, len(shapes[0]), self.name)
+        for shape in shapes[1:]:
+            if len(shape) != len(shapes[0]) or any(
+                    a != b for i, (a, b) in enumerate(zip(shape, shapes[0])) if i != axis):
+                raise self.error(f"bottoms must have the same shape except on axis {axis}, got "
+                                 f"{tuple(shapes[0])} and {tuple(shape)}")
+        return axis
+
     def forward(self, *xs):
-        return (torch.cat(xs, canonical_axis(self.axis, xs[0].dim(), self.name)),)
+        return (torch.cat(xs, self.check([tuple(x.shape) for x in xs])),)
 
 
 @register("Slice")
@@ -605,7 +774,17 @@ class Silence(CaffeLayer):
 
 @register("Eltwise")
 class Eltwise(CaffeLayer):
+    """PROD, SUM (with coeff) or MAX of bottoms of one shape (Caffe CHECKs it: no
+    broadcasting)."""
+
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        if len(self.bottom_shapes) < 2:
+            raise self.error(f"needs at least 2 bottoms, got {len(self.bottom_shapes)}")
+        self.expect_same_shapes(self.bottom_shapes)
+
     def forward(self, *xs):
+        self.expect_same_shapes([x.shape for x in xs])
         p = self.param.eltwise_param
         op = pb.EltwiseParameter.EltwiseOp.Name(p.operation)
         if op == "PROD":
@@ -622,6 +801,166 @@ class Eltwise(CaffeLayer):
         if len(coeff) != len(xs):
             raise self.error(f"{len(coeff)} coefficients for {len(xs)} bottoms")
         return (sum(c * x for c, x in zip(coeff, xs)),)
+
+
+@register("Reduction")
+class Reduction(CaffeLayer):
+    """SUM, ASUM, SUMSQ or MEAN over the axes from reduction_param.axis on, times
+    coeff: top shape = the bottom's axes before axis (a scalar for axis 0)."""
+
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        self.expect_bottoms(1)
+        p = param.reduction_param
+        self.op = pb.ReductionParameter.ReductionOp.Name(p.operation)
+        self.axis_param, self.coeff = p.axis, p.coeff
+        canonical_axis(p.axis, max(len(self.bottom_shapes[0]), 1), self.name)
+
+    def forward(self, x):
+        axis = canonical_axis(self.axis_param, max(x.dim(), 1), self.name)
+        flat = x.reshape(x.shape[:axis] + (-1,))
+        if self.op == "ASUM":
+            flat = flat.abs()
+        elif self.op == "SUMSQ":
+            flat = flat * flat
+        out = flat.sum(-1)
+        if self.op == "MEAN":
+            out = out / max(flat.shape[-1], 1)
+        return (out * self.coeff,)
+
+
+@register("Tile")
+class Tile(CaffeLayer):
+    """The bottom repeated `tiles` times along tile_param.axis (whole blocks:
+    1 2 3 -> 1 2 3 1 2 3)."""
+
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        self.expect_bottoms(1)
+        p = param.tile_param
+        if p.tiles < 1:
+            raise self.error(f"tile_param.tiles must be positive, got {p.tiles}")
+        self.axis_param, self.tiles = p.axis, p.tiles
+        canonical_axis(p.axis, len(self.bottom_shapes[0]), self.name)
+
+    def forward(self, x):
+        axis = canonical_axis(self.axis_param, x.dim(), self.name)
+        repeats = [1] * x.dim()
+        repeats[axis] = self.tiles
+        return (x.repeat(repeats),)
+
+
+def _whole_numbers(layer, values, what, upper):
+    """Integer indices stored in a float blob, as Caffe reads them; anything else
+    is an error naming the layer."""
+    if torch.compiler.is_compiling() or values.numel() == 0:
+        return values.long()
+    if isinstance(values, FakeTensor):  # shape inference: no values to check
+        return values.long()
+    if not bool((values == torch.round(values)).all()):
+        raise layer.error(f"{what} must be whole numbers, got {values.flatten()[:8].tolist()}")
+    low, high = float(values.min()), float(values.max())
+    if low < 0 or high >= upper:
+        raise layer.error(f"{what} must lie in [0, {upper}), got values from {low:g} to {high:g}")
+    return values.long()
+
+
+@register("Embed")
+class Embed(CaffeLayer):
+    """A lookup table: each value of the bottom (a whole number in [0, input_dim))
+    picks a row of the input_dim x num_output weight, plus the bias; top shape =
+    bottom shape + (num_output,). The bottom gets no gradient (Caffe refuses one)."""
+
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        self.expect_bottoms(1)
+        p = param.embed_param
+        if not p.num_output or not p.input_dim:
+            raise self.error("embed_param needs num_output and input_dim")
+        self.input_dim = p.input_dim
+        self.add_blob((p.input_dim, p.num_output), p.weight_filler)
+        self.bias_term = p.bias_term
+        if p.bias_term:
+            self.add_blob((p.num_output,), p.bias_filler)
+
+    def forward(self, indices):
+        index = _whole_numbers(self, indices.detach(), "the bottom's values", self.input_dim)
+        out = F.embedding(index, self.blob(0))
+        return (out + self.blob(1) if self.bias_term else out,)
+
+
+@register("Parameter")
+class Parameter(CaffeLayer):
+    """A learned blob of parameter_param.shape (zeros until trained or loaded) as its top."""
+
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        self.expect_bottoms(0)
+        if len(param.top) != 1:
+            raise self.error(f"makes one top, the prototxt names {len(param.top)}")
+        self.add_blob(tuple(int(d) for d in param.parameter_param.shape.dim))
+
+    def top_shapes(self):
+        return [tuple(self.blobs[0].shape)]
+
+    def forward(self):
+        return (self.blob(0),)
+
+
+@register("BatchReindex")
+class BatchReindex(CaffeLayer):
+    """top[i] = bottom[0][index[i]] for a 1-D index bottom (repeats allowed: their
+    gradients add up); the index gets no gradient."""
+
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        self.expect_bottoms(2)
+        self.check(self.bottom_shapes)
+
+    def check(self, shapes):
+        if len(shapes[1]) != 1:
+            raise self.error(f"the index bottom must be 1-D, got shape {shapes[1]}")
+        if not shapes[0]:
+            raise self.error("the data bottom needs a batch axis")
+
+    def top_shapes(self):
+        return [(self.bottom_shapes[1][0],) + tuple(self.bottom_shapes[0][1:])]
+
+    def forward(self, x, index):
+        self.check((tuple(x.shape), tuple(index.shape)))
+        # Caffe reads the float index as int (truncating), then checks the range.
+        rows = index.detach().trunc()
+        return (x[_whole_numbers(self, rows, "indices", x.shape[0])],)
+
+
+@register("Filter")
+class Filter(CaffeLayer):
+    """The items (along axis 0) whose selector, the last bottom, is not 0, of each
+    other bottom; unselected items get no gradient, the selector none at all.
+    Until the first forward, tops keep the whole batch (Caffe's first reshape)."""
+
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        if len(self.bottom_shapes) < 2 or len(param.top) != len(self.bottom_shapes) - 1:
+            raise self.error(f"takes data bottoms and a selector, with one top per data bottom; got "
+                             f"{len(self.bottom_shapes)} bottoms and {len(param.top)} tops")
+        self.check(self.bottom_shapes)
+
+    def check(self, shapes):
+        selector = shapes[-1]
+        if not selector or any(d != 1 for d in selector[1:]):
+            raise self.error(f"the selector must be N or N x 1 x ..., got shape {selector}")
+        for shape in shapes[:-1]:
+            if not shape or shape[0] != selector[0]:
+                raise self.error(f"each bottom needs the selector's {selector[0]} items on axis 0, got {shape}")
+
+    def top_shapes(self):
+        return [tuple(s) for s in self.bottom_shapes[:-1]]
+
+    def forward(self, *bottoms):
+        self.check([tuple(b.shape) for b in bottoms])
+        keep = torch.nonzero(bottoms[-1].detach().reshape(-1) != 0).reshape(-1)
+        return tuple(b.index_select(0, keep) for b in bottoms[:-1])
 
 
 @register("BatchNorm")
@@ -677,7 +1016,14 @@ class _Affine(CaffeLayer):
                 self.add_blob(blob_shape, type="constant", value=default_value)
 
     def broadcast(self, operand, x):
-        return operand.view(operand.shape + (1,) * (x.dim() - self.axis - operand.dim()))
+        """The operand over x's axes [axis, axis + operand axes), checked as Caffe
+        does (equal sizes, no broadcasting of a size-1 axis), viewed for the product."""
+        axis = 0 if operand.dim() == 0 else self.axis
+        wanted = tuple(x.shape[axis:axis + operand.dim()])
+        if axis + operand.dim() > x.dim() or tuple(operand.shape) != wanted:
+            raise self.error(f"the operand of shape {tuple(operand.shape)} must equal the bottom's axes "
+                             f"from {axis} on, {wanted} (bottom {tuple(x.shape)})")
+        return operand.view(operand.shape + (1,) * (x.dim() - axis - operand.dim()))
 
 
 @register("Scale")
@@ -782,6 +1128,20 @@ def _normalizer(mode, outer, inner, valid):
 class _Loss(CaffeLayer):
     is_loss = True
 
+    def allow_force_backward(self, bottom_index):
+        return bottom_index != 1  # Caffe's LossLayer: not to the labels
+
+    def same_first_axis(self, a, b):
+        """Caffe's LossLayer::Reshape check."""
+        if a.dim() and b.dim() and a.shape[0] != b.shape[0]:
+            raise self.error(f"the data and the labels must have the same first axis, got shapes "
+                             f"{tuple(a.shape)} and {tuple(b.shape)}")
+
+    def same_count(self, a, b, what):
+        if a.numel() != b.numel():
+            raise self.error(f"{what}: bottoms of shapes {tuple(a.shape)} and {tuple(b.shape)} "
+                             f"({a.numel()} and {b.numel()} values)")
+
     def top_shapes(self):
         # A scalar loss; a second top (SoftmaxWithLoss) is the bottom-shaped probabilities.
         return [()] + [self.bottom_shapes[0]] * (len(self.param.top) > 1)
@@ -801,6 +1161,9 @@ class SoftmaxWithLoss(_Loss):
         prob = torch.softmax(scores, axis)
         outer = math.prod(scores.shape[:axis])
         inner = math.prod(scores.shape[axis + 1:])
+        if label.numel() != outer * inner:
+            raise self.error(f"{label.numel()} labels for {outer * inner} predictions (scores "
+                             f"{tuple(scores.shape)}, labels {tuple(label.shape)}; softmax axis {axis})")
         target = label.reshape(outer, inner).long()
         p = prob.movedim(axis, -1).reshape(outer, inner, -1)
         valid = torch.ones_like(target, dtype=torch.bool)
@@ -819,8 +1182,26 @@ class SoftmaxWithLoss(_Loss):
 
 @register("EuclideanLoss")
 class EuclideanLoss(_Loss):
+    """sum((a - b)^2) / (2N) over the two bottoms taken as flat arrays: Caffe checks
+    the first axis and the count per item, not the shapes (N x 1 against N is fine)."""
+
+    def allow_force_backward(self, bottom_index):
+        return True
+
+    def check(self, a, b):
+        if not a.dim() or not b.dim() or a.shape[0] != b.shape[0] or a[0].numel() != b[0].numel():
+            raise self.error(f"the bottoms need one first axis and one count per item, got shapes "
+                             f"{tuple(a.shape)} and {tuple(b.shape)}")
+
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        self.expect_bottoms(2)
+        self.check(*(torch.empty(s, device="meta") for s in self.bottom_shapes))
+
     def forward(self, a, b):
-        return (((a - b) ** 2).sum() / (2 * a.shape[0]),)
+        self.check(a, b)
+        diff = a.reshape(-1) - b.reshape(-1)
+        return ((diff * diff).sum() / (2 * a.shape[0]),)
 
 
 # Caffe's kLOG_THRESHOLD: probabilities below it are taken as it.
@@ -842,6 +1223,9 @@ class MultinomialLogisticLoss(_Loss):
 
     def forward(self, prob, label):
         n = prob.shape[0]
+        if label.numel() != n:
+            raise self.error(f"needs one label per item (N x 1 x 1 x 1), got labels {tuple(label.shape)} "
+                             f"for probabilities {tuple(prob.shape)}")
         p = prob.reshape(n, -1)
         target = _label_indices(self, label, n, 1, p.shape[1])
         picked = torch.gather(p, 1, target)
@@ -875,11 +1259,14 @@ class InfogainLoss(_Loss):
     def forward(self, scores, label, *matrix):
         axis = canonical_axis(self.param.infogain_loss_param.axis, scores.dim(), self.name)
         classes = scores.shape[axis]
-        h = (matrix[0] if matrix else self.infogain.to(scores.device)).reshape(-1).to(scores.dtype)
+        h = (matrix[0].detach() if matrix else self.infogain.to(scores.device)).reshape(-1).to(scores.dtype)
         if h.numel() != classes * classes:
             raise self.error(f"the infogain matrix has {h.numel()} values, expected {classes} x {classes}")
         h = h.reshape(classes, classes)
         outer, inner = math.prod(scores.shape[:axis]), math.prod(scores.shape[axis + 1:])
+        if label.numel() != outer * inner:
+            raise self.error(f"{label.numel()} labels for {outer * inner} predictions (scores "
+                             f"{tuple(scores.shape)}, labels {tuple(label.shape)})")
         lp = self.param.loss_param
         raw = label.reshape(outer, inner).long()
         valid = raw != lp.ignore_label if lp.HasField("ignore_label") else torch.ones_like(raw, dtype=torch.bool)
@@ -899,7 +1286,8 @@ class InfogainLoss(_Loss):
 class SigmoidCrossEntropyLoss(_Loss):
     def forward(self, x, target):
         lp = self.param.loss_param
-        t = target.reshape(x.shape).to(x.dtype)
+        self.same_count(x, target, "the scores and the targets must have the same count")
+        t = target.detach().reshape(x.shape).to(x.dtype)
         valid = torch.ones_like(t, dtype=torch.bool)
         if lp.HasField("ignore_label"):
             valid = t != lp.ignore_label
@@ -914,6 +1302,10 @@ class SigmoidCrossEntropyLoss(_Loss):
 class HingeLoss(_Loss):
     def forward(self, scores, label):
         n = scores.shape[0]
+        self.same_first_axis(scores, label)
+        if label.numel() != n:
+            raise self.error(f"needs one label per item, got labels {tuple(label.shape)} for scores "
+                             f"{tuple(scores.shape)}")
         flat = scores.reshape(n, -1)
         sign = torch.ones_like(flat)
         sign.scatter_(1, label.reshape(n, 1).long(), -1.0)
@@ -924,11 +1316,21 @@ class HingeLoss(_Loss):
 
 @register("ContrastiveLoss")
 class ContrastiveLoss(_Loss):
+    def allow_force_backward(self, bottom_index):
+        return bottom_index != 2  # both features, not the similarity
+
     def forward(self, a, b, similar):
         p = self.param.contrastive_loss_param
         n = a.shape[0]
-        dist_sq = ((a - b) ** 2).reshape(n, -1).sum(dim=1)
-        sim = similar.reshape(n).to(a.dtype)
+        # Caffe: N x C x 1 x 1 features of one C, N x 1 x 1 x 1 similarity; flat arithmetic.
+        legacy = [tuple(t.shape) + (1,) * (4 - t.dim()) for t in (a, b, similar)]
+        bad = [t.dim() > 4 or s[0] != n or s[2:] != (1, 1) for t, s in zip((a, b, similar), legacy)]
+        if any(bad) or legacy[0][1] != legacy[1][1] or legacy[2][1] != 1:
+            raise self.error(f"needs features N x C (x 1 x 1) of one C and a similarity N (x 1 x 1 x 1), got "
+                             f"shapes {tuple(a.shape)}, {tuple(b.shape)} and {tuple(similar.shape)}")
+        diff = a.reshape(n, -1) - b.reshape(n, -1)
+        dist_sq = (diff * diff).sum(dim=1)
+        sim = similar.detach().reshape(n).to(a.dtype)
         if p.legacy_version:
             dissimilar = torch.clamp(p.margin - dist_sq, min=0)
         else:
@@ -945,6 +1347,11 @@ class Accuracy(CaffeLayer):
         p = self.param.accuracy_param
         axis = canonical_axis(p.axis, scores.dim(), self.name)
         classes = scores.shape[axis]
+        if label.numel() * classes != scores.numel():
+            raise self.error(f"{label.numel()} labels for {scores.numel() // classes} predictions (scores "
+                             f"{tuple(scores.shape)}, labels {tuple(label.shape)}; axis {axis})")
+        if p.top_k > classes:
+            raise self.error(f"top_k {p.top_k} exceeds the {classes} classes")
         s = scores.movedim(axis, -1).reshape(-1, classes)
         target = label.reshape(-1).long()
         valid = torch.ones_like(target, dtype=torch.bool)
@@ -1013,28 +1420,6 @@ class MultiLabelAccuracy(CaffeLayer):
         outs = (rate(true_pos + true_neg, positive.sum() + negative.sum()),
                 rate(true_pos, positive.sum()), rate(true_neg, negative.sum()))
         return outs[: len(self.param.top)]
-
-
-# ---------------------------------------------------------------- not supported
-
-
-class _Unsupported(CaffeLayer):
-    reason = ""
-
-    def __init__(self, param, bottom_shapes, phase):
-        super().__init__(param, bottom_shapes, phase)
-        raise self.error(f"this layer type is not supported: {self.reason}")
-
-
-@register("WindowData")
-class WindowData(_Unsupported):
-    reason = ("R-CNN window files; write the windows' crops to a Datum database "
-              "(tools/convert_imageset.py) or an image list and use a Data or ImageData layer")
-
-
-@register("Im2col")
-class Im2col(_Unsupported):
-    reason = "a debugging layer of Caffe's convolution internals (torch.nn.functional.unfold computes it)"
 
 
 # ---------------------------------------------------------------- SSDH / DNNH
@@ -1114,6 +1499,9 @@ class TripletRankingHingeLoss(_Loss):
     the public layer's (see _TripletHinge); legacy_gradient_scale: false gives the
     true gradient scaled by the loss weight."""
 
+    def allow_force_backward(self, bottom_index):
+        return True  # three feature bottoms
+
     def __init__(self, param, bottom_shapes, phase):
         super().__init__(param, bottom_shapes, phase)
         p = param.triplet_ranking_hinge_loss_param
@@ -1122,6 +1510,9 @@ class TripletRankingHingeLoss(_Loss):
     def forward(self, query, similar, dissimilar):
         n = query.shape[0]
         q, s, d = (t.reshape(n, -1) for t in (query, similar, dissimilar))
+        if not q.shape == s.shape == d.shape:
+            raise self.error(f"the three bottoms need one count per item, got shapes {tuple(query.shape)}, "
+                             f"{tuple(similar.shape)} and {tuple(dissimilar.shape)}")
         if q.shape[1] != self.dim:
             raise self.error(f"bottoms have {q.shape[1]} units, dim is {self.dim}")
         return (_TripletHinge.apply(q, s, d, self.margin, self.legacy),)

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from ssdh_port.caffe import (
-    data_layers,  # noqa: F401  (registers Data, ImageData, HDF5Data)
+    data_layers,  # noqa: F401  (registers Data, ImageData, HDF5Data, WindowData)
+    recurrent,  # noqa: F401  (registers LSTMUnit, RNN, LSTM)
     wire,
 )
 from ssdh_port.caffe import io as caffe_io
@@ -89,12 +90,18 @@ class CaffeNet(nn.Module):
         self.bottoms, self.tops, self.loss_weights, self.propagate = [], [], [], []
         self.blob_shapes = collections.OrderedDict()
         overrides = dict(input_shapes or {})
+        self._owners, self._given = {}, {}  # param sharing while layers are added
+        self.param_owner = collections.OrderedDict()
         for layer in self.net_param.layer:
             if layer_included(layer, phase, level, stages):
                 self._add_layer(layer, overrides)
         data_layers.check_paired_databases(self.layers)
-        self._share_params()
+        self._resolve_params()
+        del self._owners, self._given
+        self.forced_only = self._forced_only_bottoms()
         self.split_names = self._split_names()
+        # Net::Reshape: the shapes of every blob per set of input shapes (see reshape()).
+        self._shape_sets = {self._input_key(): self._current_shapes()}
         # Follows .to()/.cuda(): data layers read on the CPU, their batches move here.
         self.register_buffer("_device_marker", torch.zeros(0), persistent=False)
         # 4-D blobs from data and input layers take this layout (see use_channels_last).
@@ -133,6 +140,7 @@ class CaffeNet(nn.Module):
                 name, k = f"(automatic)#{k}", k + 1
             param = _with_top(param, name)
         module = cls(param, bottom_shapes, self.phase)
+        self._share_params(module)  # Caffe's AppendParam, as the layer is set up
         top_shapes = self._top_shapes(module, bottom_shapes, overrides)
         if len(top_shapes) != len(param.top):
             raise LayerError(
@@ -167,53 +175,57 @@ class CaffeNet(nn.Module):
                 weights[0] = 1.0
         return weights
 
-    def _share_params(self):
+    def _share_params(self, module):
         """Caffe's Net::AppendParam for every blob: a param spec with a name seen
         before makes the layer use the owner's blob (same shape; share_mode
         PERMISSIVE: same count, viewed in this layer's shape); lr_mult / decay_mult
         given by the owner and a sharer must agree (one given alone is adopted).
-        A layer computes no gradient for a blob whose own lr_mult is 0, and a blob
-        none of its layers computes a gradient for does not require one.
+        A layer computes no gradient for a blob whose own lr_mult is 0 (unless the
+        net has force_backward, which in Caffe sets every param_propagate_down),
+        and a blob none of its layers computes a gradient for does not require one.
 
-        Sets self.param_owner {(layer, index): (owner layer, owner index)} for the
-        sharers and self.param_multipliers {(layer, index): (lr_mult, decay_mult)}
-        for the owners (the blobs the solver updates, in Caffe's order)."""
-        owners = {}
-        given = {}  # owner key -> [lr_mult or None, decay_mult or None]
-        self.param_owner = collections.OrderedDict()
-        self.param_multipliers = collections.OrderedDict()
-        for module in self.layers:
-            specs = list(module.param.param)
-            for i in range(len(module.blobs)):
-                spec = specs[i] if i < len(specs) else pb.ParamSpec()
-                if not module.blobs[i].requires_grad:
-                    module.frozen_blobs.add(i)  # statistics (BatchNorm): never learned
-                elif spec.lr_mult == 0:
-                    module.frozen_blobs.add(i)
-                lr = spec.lr_mult if spec.HasField("lr_mult") else None
-                decay = spec.decay_mult if spec.HasField("decay_mult") else None
-                if not spec.name or spec.name not in owners:
-                    if spec.name:
-                        owners[spec.name] = (module, i)
-                    given[(module.name, i)] = [lr, decay]
+        Fills self.param_owner {(layer, index): (owner layer, owner index)} for
+        the sharers."""
+        owners = self._owners
+        given = self._given  # owner key -> [lr_mult or None, decay_mult or None]
+        specs = list(module.param.param)
+        for i in range(len(module.blobs)):
+            spec = specs[i] if i < len(specs) else pb.ParamSpec()
+            if not module.blobs[i].requires_grad:
+                module.frozen_blobs.add(i)  # statistics (BatchNorm): never learned
+            elif spec.lr_mult == 0 and not self.net_param.force_backward:
+                # (force_backward: Caffe computes every param's diff, lr_mult 0 too.)
+                module.frozen_blobs.add(i)
+            lr = spec.lr_mult if spec.HasField("lr_mult") else None
+            decay = spec.decay_mult if spec.HasField("decay_mult") else None
+            if not spec.name or spec.name not in owners:
+                if spec.name:
+                    owners[spec.name] = (module, i)
+                given[(module.name, i)] = [lr, decay]
+                continue
+            owner, j = owners[spec.name]
+            self._check_shared_shape(spec, module, i, owner, j)
+            merged = given[(owner.name, j)]
+            for k, (field, value) in enumerate((("lr_mult", lr), ("decay_mult", decay))):
+                if value is None:
                     continue
-                owner, j = owners[spec.name]
-                self._check_shared_shape(spec, module, i, owner, j)
-                merged = given[(owner.name, j)]
-                for k, (field, value) in enumerate((("lr_mult", lr), ("decay_mult", decay))):
-                    if value is None:
-                        continue
-                    if merged[k] is not None and merged[k] != value:
-                        raise LayerError(
-                            f"shared param '{spec.name}': {field} {value:g} in layer '{module.name}' "
-                            f"differs from {merged[k]:g} in its owner layer '{owner.name}'")
-                    merged[k] = value
-                shape = tuple(module.blobs[i].shape)
-                module.blobs[i] = owner.blobs[j]
-                if shape != tuple(owner.blobs[j].shape):
-                    module.blob_views[i] = shape
-                self.param_owner[(module.name, i)] = (owner.name, j)
-        for (name, i), (lr, decay) in given.items():
+                if merged[k] is not None and merged[k] != value:
+                    raise LayerError(
+                        f"shared param '{spec.name}': {field} {value:g} in layer '{module.name}' "
+                        f"differs from {merged[k]:g} in its owner layer '{owner.name}'")
+                merged[k] = value
+            shape = tuple(module.blobs[i].shape)
+            module.blobs[i] = owner.blobs[j]
+            if shape != tuple(owner.blobs[j].shape):
+                module.blob_views[i] = shape
+            self.param_owner[(module.name, i)] = (owner.name, j)
+
+    def _resolve_params(self):
+        """After every layer: self.param_multipliers {(layer, index): (lr_mult,
+        decay_mult)} for the owners (the blobs the solver updates, in Caffe's
+        order), and no gradient work for a blob no layer learns."""
+        self.param_multipliers = collections.OrderedDict()
+        for (name, i), (lr, decay) in self._given.items():
             module = self.layer(name)
             if not module.blobs[i].requires_grad:
                 lr = 0.0
@@ -226,6 +238,26 @@ class CaffeNet(nn.Module):
         for uses in users.values():
             if all(i in module.frozen_blobs for module, i in uses):
                 uses[0][0].blobs[uses[0][1]].requires_grad_(False)
+
+    def _forced_only_bottoms(self):
+        """{(layer index, bottom index)} of the bottoms that force_backward alone
+        would give a gradient and that the layer refuses it (Caffe's
+        AllowForceBackward: a loss's labels, an LSTM's cont, ...): a bottom needs a
+        gradient without force_backward when some layer with learned blobs lies
+        upstream of it (Caffe's blob_need_backward)."""
+        needs = {}
+        refused = set()
+        for i, module in enumerate(self.layers):
+            bottom_needs = [needs.get(b, False) and propagate
+                            for b, propagate in zip(self.bottoms[i], self.propagate[i])]
+            for k, need in enumerate(bottom_needs):
+                if not need and not module.allow_force_backward(k):
+                    refused.add((i, k))
+            learned = any(blob.requires_grad and j not in module.frozen_blobs
+                          for j, blob in enumerate(module.blobs))
+            for top in self.tops[i]:
+                needs[top] = learned or any(bottom_needs)
+        return refused
 
     @staticmethod
     def _check_shared_shape(spec, module, i, owner, j):
@@ -283,6 +315,60 @@ class CaffeNet(nn.Module):
     def _laid_out(self, tensor):
         return tensor.contiguous(memory_format=self.memory_format) if tensor.dim() == 4 else tensor
 
+    # ------------------------------------------------------------ reshaping
+
+    def _input_key(self, shapes=None):
+        shapes = shapes or {}
+        return tuple((name, tuple(shapes.get(name, self.blob_shapes[name]))) for name in self.input_names)
+
+    def _current_shapes(self):
+        return dict(self.blob_shapes), [list(m.bottom_shapes) for m in self.layers]
+
+    def reshape(self, **shapes):
+        """Caffe's Net::Reshape after blobs[input].reshape(...): new shapes for
+        input blobs (whole shapes, batch included), carried through every layer
+        in order; each layer checks its new bottoms as Caffe's Reshape does (an
+        InnerProduct whose input count changed is an error naming it). The
+        shapes of each set of inputs are kept, so nets that take images of
+        several sizes switch between them at no cost. forward() calls this
+        itself when an input's shape other than its batch axis changes.
+        Returns self."""
+        unknown = sorted(set(shapes) - set(self.input_names))
+        if unknown:
+            raise LayerError(f"cannot reshape {unknown}: not inputs of net '{self.name}' "
+                             f"(inputs: {self.input_names})")
+        key = self._input_key({k: tuple(int(d) for d in v) for k, v in shapes.items()})
+        table = self._shape_sets.get(key)
+        if table is None:
+            table = self._shape_sets[key] = self._infer_shapes(dict(key))
+        blob_shapes, bottom_shapes = table
+        self.blob_shapes = collections.OrderedDict(blob_shapes)
+        for module, bottoms in zip(self.layers, bottom_shapes):
+            module.bottom_shapes = list(bottoms)
+        return self
+
+    def _infer_shapes(self, inputs):
+        """(blob shapes, per-layer bottom shapes) for these input shapes; the
+        layers are left as they were, whatever happens."""
+        saved = [m.bottom_shapes for m in self.layers]
+        shapes = collections.OrderedDict()
+        try:
+            for i, module in enumerate(self.layers):
+                bottoms = [shapes[b] for b in self.bottoms[i]]
+                if isinstance(module, Input):
+                    tops = [inputs[t] for t in self.tops[i]]
+                elif not self.bottoms[i]:
+                    tops = [self.blob_shapes[t] for t in self.tops[i]]
+                else:
+                    module.bottom_shapes = [tuple(b) for b in bottoms]
+                    tops = self._top_shapes(module, bottoms, {})
+                for top, shape in zip(self.tops[i], tops):
+                    shapes[top] = tuple(shape)
+            return shapes, [list(m.bottom_shapes) for m in self.layers]
+        finally:
+            for module, bottoms in zip(self.layers, saved):
+                module.bottom_shapes = bottoms
+
     # ------------------------------------------------------------ running
 
     @property
@@ -316,9 +402,20 @@ class CaffeNet(nn.Module):
         # Input and data layers first (they read no blob: running them ahead keeps
         # every result; the data layers' reads stay outside a compiled graph).
         sources = {}
+        fed = {name: self._fed(name, feeds) for name in self.input_names}
+        changed = {name: tuple(t.shape) for name, t in fed.items()
+                   if tuple(t.shape[1:]) != tuple(self.blob_shapes[name][1:])}
+        if changed:
+            try:
+                self.reshape(**changed)
+            except LayerError as err:
+                name, shape = next(iter(changed.items()))
+                declared = " x ".join(map(str, self.blob_shapes[name][1:]))
+                raise LayerError(f"net input '{name}' has shape {shape}; the net is declared for N x {declared} "
+                                 f"and cannot take it: {err}") from None
         for i, module in enumerate(self.layers):
             if isinstance(module, Input):
-                sources[i] = tuple(self._laid_out(self._fed(name, feeds)) for name in self.tops[i])
+                sources[i] = tuple(self._laid_out(fed[name]) for name in self.tops[i])
             elif not self.bottoms[i]:
                 device = self._device_marker.device
                 if hasattr(module, "transform_device"):
@@ -342,8 +439,9 @@ class CaffeNet(nn.Module):
             if i in sources:
                 outs = sources[i]
             else:
-                bottoms = [blobs[b] if propagate else blobs[b].detach()
-                           for b, propagate in zip(self.bottoms[i], self.propagate[i])]
+                bottoms = [blobs[b] if propagate and not (force_backward and (i, k) in self.forced_only)
+                           else blobs[b].detach()
+                           for k, (b, propagate) in enumerate(zip(self.bottoms[i], self.propagate[i]))]
                 outs = module(*bottoms)
             if force_backward:
                 outs = _with_gradients(outs, leaf=i in sources)
@@ -390,11 +488,6 @@ class CaffeNet(nn.Module):
         value = feeds[name]
         tensor = torch.as_tensor(np.asarray(value)) if not isinstance(value, torch.Tensor) else value
         tensor = tensor.to(self._device_marker.device)
-        expected = self.blob_shapes[name]
-        if tensor.dim() != len(expected) or tuple(tensor.shape[1:]) != tuple(expected[1:]):
-            raise LayerError(
-                f"net input '{name}' must have shape N x {' x '.join(map(str, expected[1:]))} (the net's "
-                f"{expected}), got {tuple(tensor.shape)}")
         return tensor.float() if not tensor.is_floating_point() else tensor
 
     # ------------------------------------------------------------ weights

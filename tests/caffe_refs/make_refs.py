@@ -1,0 +1,252 @@
+"""Make the layer references in this folder with real BVLC Caffe (master 9b891540).
+
+    source ../shared/tools/caffe-cpu/env.sh
+    $CAFFE_PY tests/caffe_refs/make_refs.py          # rewrites tests/caffe_refs/*.npz
+
+Each case is a small net: Input layers, the layer under test, force_backward. Caffe
+fills the weights (its own fillers), runs forward on seeded inputs, then backward from
+seeded top diffs (loss tops keep their loss weight as diff). Written per case to
+<case>.npz:
+    input/<blob>      what was fed               param/<layer>/<i>   Caffe's weights
+    blob/<blob>       every blob after forward   topdiff/<blob>      diffs fed to backward
+    diff/<blob>       the inputs' diffs          paramdiff/<layer>/<i>
+    again/<blob>      (recurrent cases) every blob after a second forward on the same inputs
+    reshaped/<k>/...  (reshape cases) input, blobs and input diffs after
+                      net.blobs[...].reshape(...) and net.reshape() to the k-th other shape
+and cases.json: {case: {"prototxt": text, "outputs": [...], "shapes": {blob: shape}}}.
+Tests read these files; they never run Caffe.
+"""
+import json
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+import caffe
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def net_text(inputs, body, force_backward=True):
+    shapes = "".join(f" shape {{ {' '.join(f'dim: {d}' for d in s)} }}" for s in inputs.values())
+    tops = "".join(f' top: "{n}"' for n in inputs)
+    return (f'name: "ref"{" force_backward: true" if force_backward else ""}\n'
+            f'layer {{ name: "input" type: "Input"{tops} input_param {{{shapes} }} }}\n{body}\n')
+
+
+G = 'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "gaussian" std: 0.5 }'
+
+
+def rand(rng, shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def cases():
+    """name -> (inputs {blob: array}, layer text, extra): extra may hold
+    'again' (run forward twice) and 'reshape' (a list of {blob: array})."""
+    rng = np.random.default_rng(29)
+    c = {}
+    c["crop_fcn"] = ({"x": rand(rng, (2, 3, 11, 13)), "ref": rand(rng, (2, 5, 7, 8))},
+                     'layer { name: "crop" type: "Crop" bottom: "x" bottom: "ref" top: "y" '
+                     'crop_param { axis: 2 offset: 2 } }', {})
+    c["crop_offsets"] = ({"x": rand(rng, (2, 4, 9, 6)), "ref": rand(rng, (1, 2, 5, 3))},
+                         'layer { name: "crop" type: "Crop" bottom: "x" bottom: "ref" top: "y" '
+                         'crop_param { axis: 1 offset: 1 offset: 3 offset: 2 } }', {})
+    c["crop_default"] = ({"x": rand(rng, (2, 3, 6, 6)), "ref": rand(rng, (7, 1, 4, 5))},
+                         'layer { name: "crop" type: "Crop" bottom: "x" bottom: "ref" top: "y" }', {})
+    x = rand(rng, (2, 3, 4, 5))
+    x[0, 0, 0, :2] = 0.0  # ASUM's sign at exactly 0
+    c["reduction"] = ({"x": x}, "\n".join([
+        'layer { name: "sum" type: "Reduction" bottom: "x" top: "sum" }',
+        'layer { name: "asum" type: "Reduction" bottom: "x" top: "asum" '
+        'reduction_param { operation: ASUM axis: 1 coeff: 2 } }',
+        'layer { name: "sumsq" type: "Reduction" bottom: "x" top: "sumsq" '
+        'reduction_param { operation: SUMSQ axis: 2 } }',
+        'layer { name: "mean" type: "Reduction" bottom: "x" top: "mean" '
+        'reduction_param { operation: MEAN axis: -1 coeff: -0.5 } }',
+        'layer { name: "all" type: "Reduction" bottom: "x" top: "all" '
+        'reduction_param { operation: MEAN axis: 0 coeff: 3 } }']), {})
+    c["tile"] = ({"x": rand(rng, (2, 3, 4))}, "\n".join([
+        'layer { name: "t1" type: "Tile" bottom: "x" top: "t1" tile_param { tiles: 3 } }',
+        'layer { name: "t2" type: "Tile" bottom: "x" top: "t2" tile_param { axis: -1 tiles: 2 } }',
+        'layer { name: "t0" type: "Tile" bottom: "x" top: "t0" tile_param { axis: 0 tiles: 2 } }']), {})
+    for height, method in ((3, "MAX"), (2, "AVE"), (1, "MAX")):
+        c[f"spp_{height}_{method.lower()}"] = (
+            {"x": rand(rng, (2, 3, 7, 9))},
+            f'layer {{ name: "spp" type: "SPP" bottom: "x" top: "y" '
+            f'spp_param {{ pyramid_height: {height} pool: {method} }} }}', {})
+    # Caffe refuses a gradient to Embed's input (so no force_backward): a loss drives it.
+    loss = 'layer { name: "loss" type: "EuclideanLoss" bottom: "y" bottom: "target" top: "loss" }'
+    c["embed"] = ({"i": rng.integers(0, 7, (2, 3)).astype(np.float32), "target": rand(rng, (2, 3, 4))},
+                  f'layer {{ name: "embed" type: "Embed" bottom: "i" top: "y" '
+                  f'embed_param {{ input_dim: 7 num_output: 4 {G} }} }}\n{loss}', {"force_backward": False})
+    c["embed_nobias"] = ({"i": np.array([6, 0, 6, 2], np.float32), "target": rand(rng, (4, 3))},
+                         'layer { name: "embed" type: "Embed" bottom: "i" top: "y" '
+                         'embed_param { input_dim: 7 num_output: 3 bias_term: false '
+                         f'weight_filler {{ type: "uniform" min: -1 max: 1 }} }} }}\n{loss}',
+                         {"force_backward": False})
+    x = rand(rng, (3, 4, 5))
+    x.flat[:4] = [-0.5, 0.7, -0.50001, 0.70001]
+    c["clip"] = ({"x": x}, 'layer { name: "clip" type: "Clip" bottom: "x" top: "y" '
+                           'clip_param { min: -0.5 max: 0.7 } }', {})
+    c["swish"] = ({"x": rand(rng, (2, 3, 4)) * 3}, "\n".join([
+        'layer { name: "s1" type: "Swish" bottom: "x" top: "s1" }',
+        'layer { name: "s2" type: "Swish" bottom: "x" top: "s2" swish_param { beta: 1.7 } }']), {})
+    c["parameter"] = ({"x": rand(rng, (1,))}, "\n".join([
+        'layer { name: "p" type: "Parameter" top: "p" parameter_param { shape { dim: 2 dim: 3 } } }',
+        'layer { name: "silence" type: "Silence" bottom: "x" }']), {})
+    # Index and selector bottoms take no gradient (Caffe refuses force_backward there).
+    c["batch_reindex"] = ({"x": rand(rng, (4, 3, 2)), "idx": np.array([3, 0, 3, 1, 3], np.float32),
+                           "target": rand(rng, (5, 3, 2))},
+                          'layer { name: "reindex" type: "BatchReindex" bottom: "x" bottom: "idx" top: "y" }\n'
+                          + loss, {"force_backward": False})
+    c["filter"] = ({"a": rand(rng, (5, 3)), "b": rand(rng, (5, 2, 2)),
+                    "sel": np.array([1, 0, 1, 1, 0], np.float32)},
+                   'layer { name: "filter" type: "Filter" bottom: "a" bottom: "b" bottom: "sel" '
+                   'top: "fa" top: "fb" }\n'
+                   'layer { name: "la" type: "Reduction" bottom: "fa" top: "la" loss_weight: 1 '
+                   'reduction_param { operation: SUMSQ } }\n'
+                   'layer { name: "lb" type: "Reduction" bottom: "fb" top: "lb" loss_weight: 0.5 }',
+                   {"force_backward": False})
+    c["im2col"] = ({"x": rand(rng, (2, 3, 7, 6))}, "\n".join([
+        'layer { name: "i1" type: "Im2col" bottom: "x" top: "c1" '
+        'convolution_param { kernel_size: 3 stride: 2 pad: 1 } }',
+        'layer { name: "i2" type: "Im2col" bottom: "x" top: "c2" '
+        'convolution_param { kernel_h: 2 kernel_w: 3 dilation: 2 pad_h: 0 pad_w: 2 } }']), {})
+    c["lstm_unit"] = ({"c_prev": rand(rng, (1, 3, 4)), "gates": rand(rng, (1, 3, 16)),
+                       "cont": np.array([[1, 0, 1]], np.float32)},
+                      'layer { name: "unit" type: "LSTMUnit" bottom: "c_prev" bottom: "gates" '
+                      'bottom: "cont" top: "c" top: "h" }', {})
+    cont = np.array([[0, 0, 1], [1, 1, 1], [1, 0, 1], [1, 1, 0]], np.float32)  # T x N
+    for kind in ("RNN", "LSTM"):
+        low = kind.lower()
+        rp = f'recurrent_param {{ num_output: 5 {G} }}'
+        c[low] = ({"x": rand(rng, (4, 3, 6)), "cont": cont},
+                  f'layer {{ name: "{low}" type: "{kind}" bottom: "x" bottom: "cont" top: "y" {rp} }}',
+                  {"again": True})
+        c[f"{low}_static"] = ({"x": rand(rng, (4, 3, 6)), "cont": cont, "xs": rand(rng, (3, 2))},
+                              f'layer {{ name: "{low}" type: "{kind}" bottom: "x" bottom: "cont" '
+                              f'bottom: "xs" top: "y" {rp} }}', {})
+        hidden = {"h0": rand(rng, (1, 3, 5))}
+        tops = ' top: "hT"'
+        if kind == "LSTM":
+            hidden["c0"] = rand(rng, (1, 3, 5))
+            tops += ' top: "cT"'
+        bottoms = "".join(f' bottom: "{b}"' for b in hidden)
+        rp_hidden = f'recurrent_param {{ num_output: 5 expose_hidden: true {G} }}'
+        c[f"{low}_hidden"] = ({"x": rand(rng, (4, 3, 6)), "cont": cont, **hidden},
+                              f'layer {{ name: "{low}" type: "{kind}" bottom: "x" bottom: "cont"{bottoms} '
+                              f'top: "y"{tops} {rp_hidden} }}', {})
+    # Two-bottom layers on bottoms of one count and different shapes (flat arithmetic).
+    c["euclidean_flat"] = ({"pred": rand(rng, (6, 1)), "label": rand(rng, (6,))},
+                           'layer { name: "loss" type: "EuclideanLoss" bottom: "pred" bottom: "label" top: "loss" }',
+                           {})
+    c["contrastive_flat"] = ({"a": rand(rng, (4, 3)), "b": rand(rng, (4, 3, 1, 1)),
+                              "sim": np.array([1, 0, 0, 1], np.float32).reshape(4, 1, 1, 1)},
+                             'layer { name: "loss" type: "ContrastiveLoss" bottom: "a" bottom: "b" bottom: "sim" '
+                             'top: "loss" contrastive_loss_param { margin: 2 } }', {})
+    c["sigmoid_ce_flat"] = ({"x": rand(rng, (3, 4)), "t": (rng.random((3, 2, 2)) > 0.5).astype(np.float32)},
+                            'layer { name: "loss" type: "SigmoidCrossEntropyLoss" bottom: "x" bottom: "t" '
+                            'top: "loss" }', {})
+    c["softmax_loss_label_shape"] = (
+        {"x": rand(rng, (4, 5)), "label": np.array([1, 4, 0, 2], np.float32).reshape(4, 1, 1, 1)},
+        'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "x" bottom: "label" top: "loss" }', {})
+    c["accuracy_label_shape"] = (  # Accuracy has no backward: no force_backward
+        {"x": rand(rng, (6, 5)), "label": np.array([1, 4, 0, 2, 2, 3], np.float32).reshape(2, 3)},
+        'layer { name: "acc" type: "Accuracy" bottom: "x" bottom: "label" top: "acc" '
+        'accuracy_param { top_k: 2 } }', {"force_backward": False})
+    # A fully convolutional net given inputs of other sizes after construction.
+    fcn = "\n".join([
+        f'layer {{ name: "conv" type: "Convolution" bottom: "data" top: "conv" '
+        f'convolution_param {{ num_output: 4 kernel_size: 3 stride: 2 pad: 1 {G} }} }}',
+        'layer { name: "relu" type: "ReLU" bottom: "conv" top: "relu" }',
+        'layer { name: "pool" type: "Pooling" bottom: "relu" top: "pool" '
+        'pooling_param { pool: MAX kernel_size: 2 stride: 2 } }',
+        'layer { name: "score" type: "Convolution" bottom: "pool" top: "score" '
+        f'convolution_param {{ num_output: 3 kernel_size: 1 {G} }} }}',
+        'layer { name: "up" type: "Deconvolution" bottom: "score" top: "up" '
+        'convolution_param { num_output: 3 group: 3 kernel_size: 8 stride: 4 bias_term: false '
+        'weight_filler { type: "bilinear" } } param { lr_mult: 0 } }',
+        'layer { name: "crop" type: "Crop" bottom: "up" bottom: "data" top: "out" crop_param { axis: 2 offset: 2 } }',
+        'layer { name: "sum" type: "Reduction" bottom: "out" top: "total" reduction_param { axis: 1 } }',
+        'layer { name: "flat" type: "Reshape" bottom: "total" top: "flat" reshape_param { shape { dim: -1 } } }'])
+    c["fcn_reshape"] = ({"data": rand(rng, (2, 3, 20, 24))}, fcn,
+                        {"reshape": [{"data": rand(rng, (1, 3, 33, 17))}, {"data": rand(rng, (3, 3, 12, 12))}]})
+    return c
+
+
+def run(net, inputs, rng, outputs, prefix, record):
+    for name, value in inputs.items():
+        net.blobs[name].data[...] = value
+        record[f"{prefix}input/{name}"] = value
+    net.forward()
+    for name in net.blobs:
+        record[f"{prefix}blob/{name}"] = net.blobs[name].data.copy()
+    diffs = {}
+    for name in outputs:
+        loss_weight = net.blob_loss_weights[name]
+        if loss_weight:
+            diffs[name] = np.full(net.blobs[name].shape, loss_weight, np.float32)
+        else:
+            diffs[name] = rng.standard_normal(net.blobs[name].shape).astype(np.float32)
+        record[f"{prefix}topdiff/{name}"] = diffs[name]
+    for name in net.blobs:
+        net.blobs[name].diff[...] = 0
+    for layer in net.params:
+        for blob in net.params[layer]:
+            blob.diff[...] = 0
+    for name, value in diffs.items():
+        net.blobs[name].diff[...] = value
+    net.backward()
+    for name in inputs:
+        record[f"{prefix}diff/{name}"] = net.blobs[name].diff.copy()
+    for layer, blobs in net.params.items():
+        for i, blob in enumerate(blobs):
+            record[f"{prefix}paramdiff/{layer}/{i}"] = blob.diff.copy()
+
+
+def main(only=()):
+    caffe.set_mode_cpu()
+    caffe.set_random_seed(29)
+    index = {}
+    for name, (inputs, body, extra) in cases().items():
+        if only and name not in only:
+            continue
+        text = net_text({k: v.shape for k, v in inputs.items()}, body, extra.get("force_backward", True))
+        with tempfile.NamedTemporaryFile("w", suffix=".prototxt", delete=False) as f:
+            f.write(text)
+        net = caffe.Net(f.name, caffe.TEST)
+        os.unlink(f.name)
+        rng = np.random.default_rng(sum(map(ord, name)))
+        record = {}
+        for layer, blobs in net.params.items():
+            for i, blob in enumerate(blobs):
+                record[f"param/{layer}/{i}"] = blob.data.copy()
+        outputs = list(net.outputs)
+        run(net, inputs, rng, outputs, "", record)
+        if extra.get("again"):
+            net.forward()
+            for blob in net.blobs:
+                record[f"again/{blob}"] = net.blobs[blob].data.copy()
+        for k, other in enumerate(extra.get("reshape", ())):
+            for blob, value in other.items():
+                net.blobs[blob].reshape(*value.shape)
+            net.reshape()
+            run(net, other, rng, outputs, f"reshaped/{k}/", record)
+        np.savez_compressed(os.path.join(HERE, f"{name}.npz"), **record)
+        index[name] = {"prototxt": text, "outputs": outputs,
+                       "shapes": {b: list(net.blobs[b].shape) for b in net.blobs}}
+        print(name, "ok")
+    path = os.path.join(HERE, "cases.json")
+    if only and os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        old.update(index)
+        index = old
+    with open(path, "w") as f:
+        json.dump(index, f, indent=1, sort_keys=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
