@@ -70,7 +70,7 @@ def _check_pass(net, ref, prefix, case):
     return out
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", sorted(c for c in CASES if "window_file" not in CASES[c]))
 def test_matches_real_caffe(case):
     ref = _load(case)
     net = CaffeNet(CASES[case]["prototxt"], "TEST")
@@ -87,6 +87,62 @@ def test_matches_real_caffe(case):
     while any(key.startswith(f"reshaped/{k}/") for key in ref):
         _check_pass(net, ref, f"reshaped/{k}/", f"{case} reshaped {k}")
         k += 1
+
+
+def _window_net(case, tmp_path=None, **fields):
+    text = CASES[case]["prototxt"]
+    root = os.path.join(REFS, "window_data")
+    text = text.replace("{source}", os.path.join(root, CASES[case]["window_file"])).replace("{root}", root)
+    for old, new in fields.items():
+        text = text.replace(old, new)
+    return CaffeNet('name: "w"\n' + text, "TRAIN")
+
+
+@pytest.mark.parametrize("case", sorted(c for c in CASES if "window_file" in CASES[c] and c != "window_mirror"))
+def test_window_data_matches_real_caffe(case):
+    """One foreground and one background window: batches that do not depend on
+    the random draws (background items first, as Caffe fills them)."""
+    ref = _load(case)
+    net = _window_net(case)
+    assert net.blob_shapes["data"] == ref["batch/0/data"].shape and net.blob_shapes["label"] == (6,)
+    for k in range(2):
+        out = net()
+        np.testing.assert_array_equal(out["label"].numpy(), ref[f"batch/{k}/label"])
+        # cv2.resize is Caffe's own OpenCV call: the same pixels, up to float rounding of the mean.
+        np.testing.assert_allclose(out["data"].numpy(), ref[f"batch/{k}/data"], rtol=0, atol=2e-4)
+
+
+def test_window_data_mirror_draws_both_ways():
+    ref = _load("window_mirror")
+    caffe_items = [ref[f"batch/{k}/data"][i] for k in range(2) for i in range(6)]
+    net = _window_net("window_mirror")
+    net.layer("win").reseed(5)
+    seen = set()
+    for _ in range(4):
+        out = net()["data"].numpy()
+        for item in out:
+            matches = [j for j, c in enumerate(caffe_items) if np.array_equal(item, c)]
+            assert matches, "an item that Caffe's batch of the same windows does not have"
+            seen.add(item.tobytes())
+    assert len(seen) >= 3  # mirrored and plain, foreground and background
+    net.layer("win").reseed(5)
+    again = net()["data"]
+    net.layer("win").reseed(5)
+    torch.testing.assert_close(net()["data"], again)
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("batch_size: 6", "batch_size: 0", "batch_size must be positive"),
+    ("crop_size: 16", "crop_size: 0", "crop_size must be positive"),
+    ("fg_threshold: 0.7", "fg_threshold: 0.95", "0 foreground and 1 background"),
+    ("window_warp.txt", "missing.txt", "cannot open window file"),
+])
+def test_window_data_errors(old, new, message):
+    case = "window_warp"
+    text = CASES[case]["prototxt"].replace("{source}", os.path.join(REFS, "window_data", CASES[case]["window_file"]))
+    text = text.replace("{root}", os.path.join(REFS, "window_data")).replace(old, new)
+    with pytest.raises(LayerError, match=f"layer 'win' \\(WindowData\\): .*{message}"):
+        CaffeNet('name: "w"\n' + text, "TRAIN")
 
 
 def _net(body, **inputs):

@@ -1,8 +1,10 @@
 """Caffe's data layers: Data (LMDB of Datum records), ImageData (a list file of
-images) and HDF5Data (a list file of HDF5 files). Paths resolve against the
-working directory, as in Caffe. Batches come in database order and wrap around
-at the end; labels come out as float, as Caffe's label blobs are.
+images), HDF5Data (a list file of HDF5 files) and WindowData (R-CNN's window
+files). Paths resolve against the working directory, as in Caffe. Batches come
+in database order and wrap around at the end (WindowData draws at random); labels
+come out as float, as Caffe's label blobs are.
 """
+import math
 import os
 
 import cv2
@@ -445,3 +447,213 @@ class HDF5Output(CaffeLayer):
         if self.file is not None:
             self.file.close()
             self.file = None
+
+
+def _c_round(value):
+    """C's round(): halves away from zero."""
+    return int(math.floor(abs(value) + 0.5)) * (1 if value >= 0 else -1)
+
+
+@register("WindowData")
+class WindowData(CaffeLayer):
+    """R-CNN's window data layer (Caffe master): a window file lists images and
+    their boxes with the overlap of each box with the nearest object,
+
+        # <image index>
+        <image path>            (window_data_param.root_folder + path)
+        <channels> <height> <width>
+        <number of windows>
+        <class> <overlap> <x1> <y1> <x2> <y2>     (one line per window)
+
+    Windows of overlap >= fg_threshold are foreground (their class, > 0), those
+    below bg_threshold background (class 0), the rest unused. Each batch draws
+    batch_size - int(batch_size * fg_fraction) background windows, then the
+    foreground ones, each at random (with a mirror draw when transform_param.mirror);
+    a window grows by context_pad (in output pixels) around it, made square first
+    in crop_mode "square", is clipped to the image, warped (bilinear) to
+    transform_param.crop_size with the part outside the image left 0, mirrored,
+    and has the mean (transform_param.mean_file at the same place, or mean_value)
+    subtracted, times window_data_param.scale. Tops: N x C x crop x crop, N labels.
+    The draws come from this layer's generator (reseed() as the other data layers)."""
+
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        if bottom_shapes:
+            raise self.error("a data layer takes no bottoms")
+        if len(param.top) != 2:
+            raise self.error(f"makes 2 tops (data, label), the prototxt names {len(param.top)}")
+        p, t = param.window_data_param, param.transform_param
+        self.p = p
+        if not p.batch_size:
+            raise self.error("window_data_param.batch_size must be positive")
+        self.crop = int(t.crop_size)
+        if self.crop <= 0:
+            raise self.error("transform_param.crop_size must be positive")
+        if p.crop_mode not in ("warp", "square"):
+            raise self.error(f"window_data_param.crop_mode must be 'warp' or 'square', got {p.crop_mode!r}")
+        if 2 * p.context_pad >= self.crop:
+            raise self.error(f"context_pad {p.context_pad} leaves nothing of crop_size {self.crop}")
+        self.mirror = t.mirror
+        self.images, self.fg, self.bg = [], [], []
+        self.channels = self._read_window_file(p.source)
+        if self.channels != 3:
+            raise self.error(f"{p.source}: the images are read in colour (3 channels), the file says "
+                             f"{self.channels}")
+        self.mean = self.mean_values = None
+        if t.HasField("mean_file") and len(t.mean_value):
+            raise self.error("give transform_param.mean_file or mean_value, not both")
+        if t.HasField("mean_file"):
+            from ssdh_port.caffe import io as caffe_io
+
+            mean = caffe_io.read_blobproto(t.mean_file).astype(np.float32)
+            self.mean = mean.reshape(mean.shape[-3:])
+            offset = (self.mean.shape[2] - self.crop) // 2
+            if offset < 0 or self.mean.shape[1] < self.crop + offset or self.mean.shape[0] != self.channels:
+                raise self.error(f"mean file {t.mean_file} of shape {self.mean.shape} does not cover a "
+                                 f"{self.channels} x {self.crop} x {self.crop} crop")
+        elif len(t.mean_value):
+            values = [float(v) for v in t.mean_value]
+            if len(values) not in (1, self.channels):
+                raise self.error(f"give 1 mean_value or {self.channels}, got {len(values)}")
+            self.mean_values = np.array(values * (self.channels if len(values) == 1 else 1), np.float32)
+        self.cache = None
+        if p.cache_images:
+            self.cache = []
+            for path, _ in self.images:
+                try:
+                    with open(path, "rb") as f:
+                        self.cache.append(np.frombuffer(f.read(), np.uint8))
+                except OSError as err:
+                    raise self.error(f"cannot read image {path} ({err.strerror})") from None
+        self.rng = np.random.default_rng()
+
+    def _read_window_file(self, source):
+        try:
+            with open(source) as f:
+                tokens = f.read().split()
+        except OSError as err:
+            raise self.error(f"cannot open window file {source} ({err.strerror})") from None
+        if not tokens:
+            raise self.error(f"window file {source} is empty")
+        position = 0
+
+        def take(kind, what):
+            nonlocal position
+            if position >= len(tokens):
+                raise self.error(f"window file {source}: ends where {what} was expected")
+            token = tokens[position]
+            position += 1
+            try:
+                return kind(token)
+            except ValueError:
+                raise self.error(f"window file {source}: {what} must be {kind.__name__}, got {token!r}") from None
+
+        channels = None
+        while position < len(tokens):
+            if take(str, "'#'") != "#":
+                raise self.error(f"window file {source}: expected '#' before image {len(self.images)}, "
+                                 f"got {tokens[position - 1]!r}")
+            index = take(int, "the image index")
+            path = self.p.root_folder + take(str, "the image path")
+            channels, height, width = (take(int, "channels"), take(int, "height"), take(int, "width"))
+            self.images.append((path, (channels, height, width)))
+            for _ in range(take(int, "the number of windows")):
+                label, overlap = take(int, "a window's class"), take(float, "a window's overlap")
+                box = [take(int, "a window's x1"), take(int, "y1"), take(int, "x2"), take(int, "y2")]
+                if overlap >= self.p.fg_threshold:
+                    if label <= 0:
+                        raise self.error(f"window file {source}: a foreground window of image {index} "
+                                         f"has class {label} (must be > 0)")
+                    self.fg.append((index, label, box))
+                elif overlap < self.p.bg_threshold:
+                    self.bg.append((index, 0, box))
+        if not self.fg or not self.bg:
+            raise self.error(f"window file {source}: {len(self.fg)} foreground and {len(self.bg)} background "
+                             "windows; each batch needs both")
+        return channels
+
+    def reseed(self, seed):
+        self.rng = np.random.default_rng(seed)
+
+    def data_state(self):
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_data_state(self, state):
+        self.rng.bit_generator.state = state["rng"]
+
+    def top_shapes(self):
+        return [(self.p.batch_size, self.channels, self.crop, self.crop), (self.p.batch_size,)]
+
+    def _draw(self):
+        return int(self.rng.integers(0, 2 ** 32))
+
+    def _image(self, index):
+        if index >= len(self.images):
+            raise self.error(f"a window names image {index}, the file lists {len(self.images)}")
+        path = self.images[index][0]
+        if self.cache is not None:
+            image = cv2.imdecode(self.cache[index], cv2.IMREAD_COLOR)
+        else:
+            image = cv2.imread(path, cv2.IMREAD_COLOR)
+        if image is None:
+            raise self.error(f"cannot read image {path}")
+        return image
+
+    def window(self, window, mirror):
+        """One window: (crop x crop x 3 uint8 warped pixels, pad_h, pad_w), Caffe's arithmetic."""
+        index, _, (x1, y1, x2, y2) = window
+        image = self._image(index)
+        crop, f32 = self.crop, np.float32
+        size = (crop, crop)  # (width, height) to warp to
+        pad_h = pad_w = 0
+        if self.p.context_pad > 0 or self.p.crop_mode == "square":
+            context_scale = f32(crop) / f32(crop - 2 * self.p.context_pad)
+            half_h, half_w = f32(y2 - y1 + 1) / f32(2.0), f32(x2 - x1 + 1) / f32(2.0)
+            cx, cy = f32(x1) + half_w, f32(y1) + half_h
+            if self.p.crop_mode == "square":
+                half_h = half_w = max(half_h, half_w)
+            x1, x2 = _c_round(cx - half_w * context_scale), _c_round(cx + half_w * context_scale)
+            y1, y2 = _c_round(cy - half_h * context_scale), _c_round(cy + half_h * context_scale)
+            unclipped_h, unclipped_w = y2 - y1 + 1, x2 - x1 + 1
+            pad_x1, pad_y1 = max(0, -x1), max(0, -y1)
+            pad_x2, pad_y2 = max(0, x2 - image.shape[1] + 1), max(0, y2 - image.shape[0] + 1)
+            x1, x2, y1, y2 = x1 + pad_x1, x2 - pad_x2, y1 + pad_y1, y2 - pad_y2
+            scale_x, scale_y = f32(crop) / f32(unclipped_w), f32(crop) / f32(unclipped_h)
+            width = _c_round(f32(x2 - x1 + 1) * scale_x)
+            height = _c_round(f32(y2 - y1 + 1) * scale_y)
+            pad_x1, pad_x2 = _c_round(f32(pad_x1) * scale_x), _c_round(f32(pad_x2) * scale_x)
+            pad_h = _c_round(f32(pad_y1) * scale_y)
+            pad_w = pad_x2 if mirror else pad_x1
+            height = min(height, crop - pad_h)
+            width = min(width, crop - pad_w)
+            size = (width, height)
+        if not (0 <= x1 <= x2 < image.shape[1] and 0 <= y1 <= y2 < image.shape[0]):
+            raise self.error(f"window ({x1}, {y1}, {x2}, {y2}) of image {self.images[index][0]} lies outside "
+                             f"its {image.shape[1]} x {image.shape[0]} pixels")
+        warped = cv2.resize(image[y1:y2 + 1, x1:x2 + 1], size, interpolation=cv2.INTER_LINEAR)
+        if mirror:
+            warped = warped[:, ::-1]
+        return warped, pad_h, pad_w
+
+    def forward(self):
+        n, crop = self.p.batch_size, self.crop
+        data = np.zeros((n, self.channels, crop, crop), np.float32)
+        labels = np.zeros(n, np.float32)
+        fg_count = int(np.float32(n) * np.float32(self.p.fg_fraction))
+        item = 0
+        for windows, count in ((self.bg, n - fg_count), (self.fg, fg_count)):
+            for _ in range(count):
+                window = windows[self._draw() % len(windows)]
+                mirror = bool(self.mirror and self._draw() % 2)
+                warped, pad_h, pad_w = self.window(window, mirror)
+                h, w = warped.shape[:2]
+                pixels = warped.transpose(2, 0, 1).astype(np.float32)
+                if self.mean is not None:
+                    off = (self.mean.shape[2] - crop) // 2
+                    pixels = pixels - self.mean[:, off + pad_h:off + pad_h + h, off + pad_w:off + pad_w + w]
+                elif self.mean_values is not None:
+                    pixels = pixels - self.mean_values[:, None, None]
+                data[item, :, pad_h:pad_h + h, pad_w:pad_w + w] = pixels * np.float32(self.p.scale)
+                labels[item] = window[1]
+                item += 1
+        return torch.from_numpy(data), torch.from_numpy(labels)

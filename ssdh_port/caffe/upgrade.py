@@ -64,7 +64,9 @@ def upgrade_net(net):
         _upgrade_v0_to_v1(net)
     if net.layers:
         _upgrade_v1_to_v2(net)
-    _upgrade_data_transformation(net)
+        # Caffe moves these fields for V0/V1 nets only (NetNeedsDataUpgrade reads
+        # the deprecated 'layers'): a 'layer' net keeps e.g. window_data_param.scale.
+        _upgrade_data_transformation(net)
     _upgrade_inputs(net)
     return net
 

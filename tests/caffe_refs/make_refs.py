@@ -176,6 +176,78 @@ def cases():
     return c
 
 
+WINDOWS = os.path.join(HERE, "window_data")
+
+
+def window_data_cases():
+    """WindowData on three small PPM images (written here once) with one
+    foreground and one background window per file, so that the batch does not
+    depend on Caffe's random draws (except the mirror case, which tests compare
+    as a set): {case: (window file text, layer text)}."""
+    os.makedirs(WINDOWS, exist_ok=True)
+    rng = np.random.default_rng(7)
+    for i, (h, w) in enumerate(((40, 50), (37, 29), (64, 48))):
+        path = os.path.join(WINDOWS, f"im{i}.ppm")
+        pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        if not os.path.exists(path):
+            with open(path, "wb") as f:
+                f.write(b"P6\n%d %d\n255\n" % (w, h) + pixels.tobytes())
+    mean = rng.uniform(0, 255, (1, 3, 24, 24)).astype(np.float32)
+    path = os.path.join(WINDOWS, "mean.binaryproto")
+    if not os.path.exists(path):
+        blob = caffe.proto.caffe_pb2.BlobProto(num=1, channels=3, height=24, width=24)
+        blob.data.extend(mean.ravel().tolist())
+        with open(path, "wb") as f:
+            f.write(blob.SerializeToString())
+
+    def windows(fg, bg, image=0):
+        size = {0: "3 40 50", 1: "3 37 29", 2: "3 64 48"}
+        other = (image + 1) % 3
+        return (f"# 0\nim{image}.ppm\n{size[image]}\n2\n3 0.8 {' '.join(map(str, fg))}\n"
+                f"5 0.6 0 0 3 3\n"  # between the thresholds: unused
+                f"# 1\nim{other}.ppm\n{size[other]}\n1\n1 0.1 {' '.join(map(str, bg))}\n")
+
+    def layer(window_param, transform):
+        return (f'layer {{ name: "win" type: "WindowData" top: "data" top: "label" '
+                f'window_data_param {{ source: "{{source}}" root_folder: "{{root}}/" batch_size: 6 fg_fraction: 0.5 '
+                f'fg_threshold: 0.7 bg_threshold: 0.3 {window_param} }} transform_param {{ {transform} }} }}')
+    return {
+        "window_warp": (windows((5, 4, 30, 20), (2, 3, 20, 30)), layer("", "crop_size: 16")),
+        "window_context": (windows((1, 2, 40, 30), (0, 0, 28, 36)),
+                           layer("context_pad: 3 scale: 0.5", "crop_size: 20")),
+        "window_square": (windows((10, 2, 20, 38), (3, 20, 27, 33), image=2),
+                          layer('crop_mode: "square" context_pad: 2 cache_images: true', "crop_size: 18")),
+        "window_mean_file": (windows((4, 6, 44, 30), (1, 1, 12, 30)),
+                             layer("context_pad: 4", 'crop_size: 20 mean_file: "{root}/mean.binaryproto"')),
+        "window_mean_value": (windows((0, 0, 49, 39), (5, 5, 9, 9)),
+                              layer("scale: 0.25", "crop_size: 12 mean_value: 100 mean_value: 120 mean_value: 90")),
+        "window_mirror": (windows((1, 2, 40, 30), (0, 0, 28, 36)),
+                          layer("context_pad: 3", "crop_size: 20 mirror: true")),
+    }
+
+
+def make_window_refs(only, index):
+    for name, (windows, layer) in window_data_cases().items():
+        if only and name not in only:
+            continue
+        source = os.path.join(WINDOWS, f"{name}.txt")
+        with open(source, "w") as f:
+            f.write(windows)
+        text = 'name: "ref"\n' + layer.replace("{source}", source).replace("{root}", WINDOWS) + "\n"
+        with tempfile.NamedTemporaryFile("w", suffix=".prototxt", delete=False) as f:
+            f.write(text)
+        net = caffe.Net(f.name, caffe.TRAIN)
+        os.unlink(f.name)
+        record = {}
+        for k in range(2):
+            net.forward()
+            record[f"batch/{k}/data"] = net.blobs["data"].data.copy()
+            record[f"batch/{k}/label"] = net.blobs["label"].data.copy()
+        np.savez_compressed(os.path.join(HERE, f"{name}.npz"), **record)
+        index[name] = {"prototxt": layer + "\n", "window_file": f"{name}.txt"}
+        print(name, "ok")
+
+
 def run(net, inputs, rng, outputs, prefix, record):
     for name, value in inputs.items():
         net.blobs[name].data[...] = value
@@ -238,6 +310,7 @@ def main(only=()):
         index[name] = {"prototxt": text, "outputs": outputs,
                        "shapes": {b: list(net.blobs[b].shape) for b in net.blobs}}
         print(name, "ok")
+    make_window_refs(only, index)
     path = os.path.join(HERE, "cases.json")
     if only and os.path.exists(path):
         with open(path) as f:
