@@ -92,6 +92,13 @@ class CaffeLayer(nn.Module):
         self.blobs.append(nn.Parameter(tensor, requires_grad=requires_grad))
         return self.blobs[-1]
 
+    def check_bottoms(self, shapes):
+        """Caffe's shape checks of Reshape for bottoms of these shapes (a layer
+        with its own check() has them there); used when a net is reshaped."""
+        check = getattr(self, "check", None)
+        if check is not None:
+            check([tuple(s) for s in shapes])
+
     def allow_force_backward(self, bottom_index):
         """Caffe's Layer::AllowForceBackward: whether force_backward may send a
         gradient to this bottom (labels and indices: no)."""
@@ -1188,7 +1195,7 @@ class EuclideanLoss(_Loss):
     def allow_force_backward(self, bottom_index):
         return True
 
-    def check(self, a, b):
+    def check_pair(self, a, b):
         if not a.dim() or not b.dim() or a.shape[0] != b.shape[0] or a[0].numel() != b[0].numel():
             raise self.error(f"the bottoms need one first axis and one count per item, got shapes "
                              f"{tuple(a.shape)} and {tuple(b.shape)}")
@@ -1196,10 +1203,10 @@ class EuclideanLoss(_Loss):
     def __init__(self, param, bottom_shapes, phase):
         super().__init__(param, bottom_shapes, phase)
         self.expect_bottoms(2)
-        self.check(*(torch.empty(s, device="meta") for s in self.bottom_shapes))
+        self.check_pair(*(torch.empty(s, device="meta") for s in self.bottom_shapes))
 
     def forward(self, a, b):
-        self.check(a, b)
+        self.check_pair(a, b)
         diff = a.reshape(-1) - b.reshape(-1)
         return ((diff * diff).sum() / (2 * a.shape[0]),)
 

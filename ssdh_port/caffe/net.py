@@ -159,6 +159,7 @@ class CaffeNet(nn.Module):
             shapes = module.top_shapes()
             return [tuple(overrides.get(t, s)) for t, s in zip(module.param.top, shapes)]
         if hasattr(module, "top_shapes"):
+            module.check_bottoms(bottom_shapes)
             return module.top_shapes()
         return infer_top_shapes(module, bottom_shapes)
 

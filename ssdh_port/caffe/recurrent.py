@@ -113,6 +113,7 @@ class _Recurrent(CaffeLayer):
         tops = 1 + extra
         if len(param.top) != tops:
             raise self.error(f"makes {tops} top(s), the prototxt names {len(param.top)}")
+        self.time_steps = shapes[0][0] if len(shapes[0]) >= 2 else None
         self.check(shapes)
         inputs = self._count(shapes[0][2:])
         rows = self.gates * self.units
@@ -143,6 +144,9 @@ class _Recurrent(CaffeLayer):
         x, cont = shapes[0], shapes[1]
         if len(x) < 2:
             raise self.error(f"x must be T x N x ..., got shape {x}")
+        if x[0] != self.time_steps:
+            raise self.error(f"the number of time steps changed: built for {self.time_steps}, x is {x} "
+                             "(Caffe unrolls the net once; the batch may change)")
         if tuple(cont) != tuple(x[:2]):
             raise self.error(f"cont must be T x N = {x[0]} x {x[1]} (x is {x}), got shape {cont}")
         if self.static and (not shapes[2] or shapes[2][0] != x[1]):
