@@ -275,3 +275,18 @@ def test_recurrent_gradcheck(kind):
 def test_caffes_shape_checks_are_clear_errors(body, inputs, message):
     with pytest.raises(LayerError, match=message):
         _net(body, **inputs)
+
+
+def _caffe_positions():
+    folder = os.path.join(REFS, "parse_errors")
+    with open(os.path.join(folder, "caffe_positions.txt")) as f:
+        return [(os.path.join(folder, line.split()[0] + ".prototxt"), line.split()[1]) for line in f if line.strip()]
+
+
+@pytest.mark.parametrize("path, position", _caffe_positions())
+def test_prototxt_errors_name_caffes_line_and_column(path, position):
+    from ssdh_port.caffe import io as caffe_io
+
+    with pytest.raises(caffe_io.CaffeFileError) as err:
+        CaffeNet(path)
+    assert str(err.value).startswith(f"{path}:{position}: malformed prototxt: ")

@@ -5,6 +5,8 @@ numpy arrays. Every writer goes through a temporary file and a rename, so a
 failed write never leaves a file that looks complete.
 """
 
+import re
+
 import numpy as np
 from google.protobuf import message as pb_message
 from google.protobuf import text_format
@@ -36,13 +38,45 @@ def write_binary_proto(message, path):
 
 
 def parse_text_proto(text, message, source="<string>"):
-    """Parse prototxt text into message; errors carry source:line:column."""
+    """Parse prototxt text into message; errors carry source:line:column where
+    Caffe (protobuf's C++ parser) puts them."""
     try:
         text_format.Parse(text, message)
     except text_format.ParseError as err:
-        where = f"{source}:{err.GetLine()}:{err.GetColumn()}" if err.GetLine() else source
-        raise CaffeFileError(f"{where}: malformed prototxt: {err}") from None
+        if not err.GetLine():
+            raise CaffeFileError(f"{source}: malformed prototxt: {err}") from None
+        line, column = _cpp_position(text, err)
+        reason = re.sub(r"^\d+:\d+ : ", "", str(err))
+        reason = re.sub(r"^'[^\n]*': ", "", reason)  # Python's echo of the whole line
+        raise CaffeFileError(f"{source}:{line}:{column}: malformed prototxt: {reason}") from None
     return message
+
+
+def _cpp_position(text, err):
+    """(line, column) of a parse error as protobuf's C++ text parser reports it:
+    for an unknown field or enum value, the token after the name (Python's parser
+    points at the name itself); columns count a tab to the next multiple of 8."""
+    lines = text.split("\n")
+    row, index = err.GetLine() - 1, err.GetColumn() - 1
+    if row >= len(lines):
+        return err.GetLine(), err.GetColumn()
+    if "has no field named" in str(err) or "has no value named" in str(err):
+        identifier = re.match(r"[\w.\[\]/]*", lines[row][index:])
+        index += identifier.end()
+        # Skip blanks, line ends and # comments to the next token.
+        while row < len(lines):
+            rest = lines[row][index:]
+            stripped = rest.lstrip(" \t\r\f\v")
+            index += len(rest) - len(stripped)
+            if stripped and not stripped.startswith("#"):
+                break
+            row, index = row + 1, 0
+        if row >= len(lines):
+            row, index = len(lines) - 1, len(lines[-1])
+    column = 0
+    for char in lines[row][:index]:
+        column += 8 - column % 8 if char == "\t" else 1
+    return row + 1, column + 1
 
 
 def _read(path, mode="rb"):
