@@ -290,3 +290,61 @@ def test_prototxt_errors_name_caffes_line_and_column(path, position):
     with pytest.raises(caffe_io.CaffeFileError) as err:
         CaffeNet(path)
     assert str(err.value).startswith(f"{path}:{position}: malformed prototxt: ")
+
+
+# ------------------------------------------------------------ the schema and the layer list
+
+with open(os.path.join(REFS, "master_schema.json")) as _f:
+    MASTER = json.load(_f)
+
+
+def _our_schema():
+    from google.protobuf import descriptor_pb2
+
+    from ssdh_port.caffe.proto import caffe_pb2
+
+    proto = descriptor_pb2.FileDescriptorProto()
+    caffe_pb2.DESCRIPTOR.CopyToProto(proto)
+    messages = {}
+
+    def walk(message, prefix):
+        name = prefix + message.name
+        messages[name] = {f.name: [f.number, f.label, f.type, f.type_name, f.default_value] for f in message.field}
+        for enum in message.enum_type:
+            messages[f"{name}.{enum.name}"] = {v.name: v.number for v in enum.value}
+        for nested in message.nested_type:
+            walk(nested, name + ".")
+    for message in proto.message_type:
+        walk(message, "")
+    for enum in proto.enum_type:
+        messages[enum.name] = {v.name: v.number for v in enum.value}
+    return messages
+
+
+def test_every_message_and_field_of_caffe_master_parses():
+    ours = _our_schema()
+    for name, fields in MASTER["messages"].items():
+        assert name in ours, f"message {name} missing"
+        for field, spec in fields.items():
+            assert ours[name].get(field) == spec, f"{name}.{field}: ours {ours[name].get(field)}, Caffe's {spec}"
+    additions = {name: sorted(set(fields) - set(MASTER["messages"].get(name, {}))) for name, fields in ours.items()}
+    additions = {k: v for k, v in additions.items() if v}
+    assert additions == {
+        "LayerParameter": ["max_margin_multilabel_loss_param", "ssdh_loss_param", "triplet_ranking_hinge_loss_param"],
+        "MaxMarginMultiLabelLossParameter": ["p"], "SSDHLossParameter": ["p"],
+        "TripletRankingHingeLossParameter": ["dim", "legacy_gradient_scale", "margin"]}
+
+
+def test_every_layer_type_of_caffe_master_but_python_is_registered_and_listed_in_the_readme():
+    from ssdh_port.caffe.layers import LAYERS
+
+    master = set(MASTER["layer_types"]) - {"Python"}
+    assert master <= set(LAYERS), sorted(master - set(LAYERS))
+    with open(os.path.join(os.path.dirname(REFS), "..", "README.md")) as f:
+        readme = f.read()
+    section = readme[readme.index("## Caffe compatibility"):]
+    section = section[:section.index("\n## ", 3)]
+    listed = section[section.index("Layers:"):section.index(";", section.index("Layers:"))]
+    names = {n.strip(" .\n") for n in listed[len("Layers:"):].split(",")}
+    assert names == master
+    assert "Python" in section
