@@ -348,3 +348,58 @@ def test_every_layer_type_of_caffe_master_but_python_is_registered_and_listed_in
     names = {n.strip(" .\n") for n in listed[len("Layers:"):].split(",")}
     assert names == master
     assert "Python" in section
+
+
+@pytest.mark.parametrize("kind", ["RNN", "LSTM"])
+def test_recurrent_caffemodels_load(kind):
+    """Weights written by Caffe itself load into the port's blob order."""
+    case = f"{kind.lower()}_static"
+    ref = _load(case)
+    net = CaffeNet(CASES[case]["prototxt"], "TEST", weights=os.path.join(REFS, f"{case}.caffemodel"))
+    for key, value in ref.items():
+        if key.startswith("param/"):
+            _, layer, i = key.split("/")
+            np.testing.assert_array_equal(net.layer(layer).blobs[int(i)].detach().numpy(), value)
+    out = net(**{k[6:]: torch.from_numpy(v) for k, v in ref.items() if k.startswith("input/")})
+    np.testing.assert_allclose(out["y"].detach().numpy(), ref["blob/y"], rtol=1e-5, atol=2e-6)
+
+
+def test_triplet_loss_takes_same_count_bottoms_flat():
+    from ssdh_port.caffe.layers import LAYERS  # noqa: F401
+
+    net = _net('layer { name: "t" type: "TripletRankingHingeLoss" bottom: "q" bottom: "s" bottom: "d" top: "l" '
+               'triplet_ranking_hinge_loss_param { dim: 6 margin: 1 } }', q=(4, 6), s=(4, 6, 1, 1), d=(4, 3, 2))
+    g = torch.Generator().manual_seed(9)
+    q, s, d = torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g)
+    loss = net(q=q, s=s.reshape(4, 6, 1, 1), d=d.reshape(4, 3, 2))["l"]
+    expected = torch.clamp(1 + ((q - s) ** 2).sum(1) - ((q - d) ** 2).sum(1), min=0).mean()
+    torch.testing.assert_close(loss, expected)
+    with pytest.raises(LayerError, match="'t'.*one count per item"):
+        _net('layer { name: "t" type: "TripletRankingHingeLoss" bottom: "q" bottom: "s" bottom: "d" top: "l" '
+             'triplet_ranking_hinge_loss_param { dim: 6 } }', q=(4, 6), s=(4, 5), d=(4, 6))
+
+
+@pytest.mark.parametrize("body, inputs, message", [
+    ('layer { name: "s" type: "Scale" bottom: "x" bottom: "m" top: "y" }',
+     {"x": (2, 3, 4), "m": (4, 3)}, "'s'.*operand of shape \\(4, 3\\) must equal the bottom's axes from 1 on, \\(3, 4\\)"),
+    ('layer { name: "s" type: "Scale" bottom: "x" bottom: "m" top: "y" }',
+     {"x": (2, 3, 4), "m": (3, 1)}, "'s'.*operand of shape \\(3, 1\\)"),
+    ('layer { name: "b" type: "Bias" bottom: "x" bottom: "m" top: "y" }',
+     {"x": (2, 3, 4), "m": (12,)}, "'b'.*operand of shape \\(12,\\)"),
+    ('layer { name: "c" type: "Concat" bottom: "a" bottom: "b" top: "y" }',
+     {"a": (2, 3, 4), "b": (2, 3, 5)}, "'c'.*same shape except on axis 1"),
+    ('layer { name: "l" type: "SoftmaxWithLoss" bottom: "x" bottom: "t" top: "l" }',
+     {"x": (4, 5), "t": (5,)}, "'l'.*5 labels for 4 predictions"),
+    ('layer { name: "l" type: "SigmoidCrossEntropyLoss" bottom: "x" bottom: "t" top: "l" }',
+     {"x": (4, 5), "t": (4, 4)}, "'l'.*same count"),
+    ('layer { name: "l" type: "ContrastiveLoss" bottom: "a" bottom: "b" bottom: "s" top: "l" }',
+     {"a": (4, 3), "b": (4, 2), "s": (4,)}, "'l'.*features N x C"),
+    ('layer { name: "l" type: "HingeLoss" bottom: "x" bottom: "t" top: "l" }',
+     {"x": (4, 5), "t": (4, 2)}, "'l'.*one label per item"),
+    ('layer { name: "l" type: "MultinomialLogisticLoss" bottom: "x" bottom: "t" top: "l" }',
+     {"x": (4, 5), "t": (4, 5)}, "'l'.*one label per item"),
+])
+def test_multi_bottom_layers_refuse_shapes_caffe_refuses(body, inputs, message):
+    with pytest.raises(LayerError, match=message):
+        net = _net(body, **inputs)
+        net(**{k: torch.rand(v) for k, v in inputs.items()})

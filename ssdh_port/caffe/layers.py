@@ -1514,12 +1514,16 @@ class TripletRankingHingeLoss(_Loss):
         p = param.triplet_ranking_hinge_loss_param
         self.dim, self.margin, self.legacy = p.dim, p.margin, p.legacy_gradient_scale
 
+    def check(self, shapes):
+        counts = [(s[0], math.prod(s[1:])) if s else (None, None) for s in shapes]
+        if len(shapes) != 3 or not counts[0] == counts[1] == counts[2]:
+            raise self.error(f"the three bottoms need one count per item, got shapes "
+                             f"{', '.join(str(tuple(s)) for s in shapes)}")
+
     def forward(self, query, similar, dissimilar):
         n = query.shape[0]
+        self.check([tuple(t.shape) for t in (query, similar, dissimilar)])
         q, s, d = (t.reshape(n, -1) for t in (query, similar, dissimilar))
-        if not q.shape == s.shape == d.shape:
-            raise self.error(f"the three bottoms need one count per item, got shapes {tuple(query.shape)}, "
-                             f"{tuple(similar.shape)} and {tuple(dissimilar.shape)}")
         if q.shape[1] != self.dim:
             raise self.error(f"bottoms have {q.shape[1]} units, dim is {self.dim}")
         return (_TripletHinge.apply(q, s, d, self.margin, self.legacy),)

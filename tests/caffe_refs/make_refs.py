@@ -156,6 +156,26 @@ def cases():
         {"x": rand(rng, (6, 5)), "label": np.array([1, 4, 0, 2, 2, 3], np.float32).reshape(2, 3)},
         'layer { name: "acc" type: "Accuracy" bottom: "x" bottom: "label" top: "acc" '
         'accuracy_param { top_k: 2 } }', {"force_backward": False})
+    c["scale_bias_bottoms"] = ({"x": rand(rng, (2, 3, 4)), "s": rand(rng, (3, 4)), "b": rand(rng, (3,))}, "\n".join([
+        'layer { name: "scale" type: "Scale" bottom: "x" bottom: "s" top: "scaled" }',
+        'layer { name: "bias" type: "Bias" bottom: "scaled" bottom: "b" top: "y" }']), {})
+    c["concat_axis"] = ({"a": rand(rng, (2, 3, 4)), "b": rand(rng, (2, 5, 4))},
+                        'layer { name: "cat" type: "Concat" bottom: "a" bottom: "b" top: "y" }', {})
+    c["hinge_label_shape"] = (
+        {"x": rand(rng, (4, 5)), "label": np.array([1, 4, 0, 2], np.float32).reshape(4, 1, 1, 1)},
+        'layer { name: "loss" type: "HingeLoss" bottom: "x" bottom: "label" top: "loss" '
+        'hinge_loss_param { norm: L2 } }', {})
+    prob = rng.random((4, 5)).astype(np.float32) + 0.1
+    c["multinomial_label_shape"] = (
+        {"p": prob / prob.sum(1, keepdims=True), "label": np.array([3, 0, 4, 4], np.float32).reshape(4, 1, 1, 1)},
+        'layer { name: "loss" type: "MultinomialLogisticLoss" bottom: "p" bottom: "label" top: "loss" }', {})
+    # Caffe refuses force_backward into H: a learned layer before the loss drives the backward.
+    c["infogain_label_shape"] = (
+        {"f": rand(rng, (4, 3)), "label": np.array([[2], [0], [4], [1]], np.float32),
+         "h": rng.random((1, 1, 5, 5)).astype(np.float32)},
+        f'layer {{ name: "ip" type: "InnerProduct" bottom: "f" top: "x" inner_product_param {{ num_output: 5 {G} }} }}\n'
+        'layer { name: "loss" type: "InfogainLoss" bottom: "x" bottom: "label" bottom: "h" top: "loss" }',
+        {"force_backward": False})
     # A fully convolutional net given inputs of other sizes after construction.
     fcn = "\n".join([
         f'layer {{ name: "conv" type: "Convolution" bottom: "data" top: "conv" '
@@ -334,6 +354,8 @@ def main(only=()):
             net.reshape()
             run(net, other, rng, outputs, f"reshaped/{k}/", record)
         np.savez_compressed(os.path.join(HERE, f"{name}.npz"), **record)
+        if name in ("rnn_static", "lstm_static"):  # trained weights as Caffe writes them
+            net.save(os.path.join(HERE, f"{name}.caffemodel"))
         index[name] = {"prototxt": text, "outputs": outputs,
                        "shapes": {b: list(net.blobs[b].shape) for b in net.blobs}}
         print(name, "ok")
