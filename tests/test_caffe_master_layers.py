@@ -403,3 +403,20 @@ def test_multi_bottom_layers_refuse_shapes_caffe_refuses(body, inputs, message):
     with pytest.raises(LayerError, match=message):
         net = _net(body, **inputs)
         net(**{k: torch.rand(v) for k, v in inputs.items()})
+
+
+def test_reshaping_keeps_caffes_errors_and_the_reshape_layer_follows():
+    net = _net('layer { name: "r" type: "Reshape" bottom: "x" top: "y" reshape_param { shape { dim: 0 dim: -1 } } }\n'
+               'layer { name: "ip" type: "InnerProduct" bottom: "x" top: "z" inner_product_param { num_output: 2 } }',
+               x=(2, 3, 4, 5))
+    with pytest.raises(LayerError, match="'ip' \\(InnerProduct\\): input size incompatible with inner product "
+                                         "parameters: the bottom \\(2, 3, 4, 6\\) has 72 values"):
+        net.reshape(x=(2, 3, 4, 6))
+    assert net.blob_shapes["y"] == (2, 60)  # a failed reshape leaves the net as it was
+    net2 = _net('layer { name: "r" type: "Reshape" bottom: "x" top: "y" reshape_param { shape { dim: 0 dim: -1 } } }',
+                x=(2, 3, 4, 5))
+    assert net2.reshape(x=(6,)).blob_shapes["y"] == (6, 1)  # built for 4 axes, given 1
+    assert net2(x=torch.arange(6.0))["y"].shape == (6, 1)
+    assert net2(x=torch.zeros(2, 3, 4, 5))["y"].shape == (2, 60)
+    with pytest.raises(LayerError, match="cannot reshape \\['nope'\\]: not inputs"):
+        net2.reshape(nope=(1,))
