@@ -107,7 +107,8 @@ def add_source_arguments(parser):
     parser.add_argument("--crop-size", type=int, default=0)
     parser.add_argument("--resize", type=int, nargs=2, metavar=("H", "W"))
     parser.add_argument("--gray", action="store_true",
-                        help="read list images and encoded records as gray (nets with one input channel)")
+                        help="read list images and encoded records as gray (the default for a net whose "
+                        "input has one channel)")
 
 
 def add_transform_arguments(parser, scale=1.0):

@@ -5,11 +5,14 @@ value the ranks agree on. NCCL on GPUs, gloo on CPUs. The Caffe solver's
 multi-GPU rules on top of these are in ssdh_port.caffe.parallel.
 """
 import atexit
+import contextlib
 import dataclasses
 import importlib
 import os
+import signal
 import socket
 import subprocess
+import time
 
 import torch
 import torch.distributed as dist
@@ -98,33 +101,75 @@ def agree(value):
 
 def parse_gpus(text):
     """Caffe's --gpu value: '0', '0,1,2,3' or 'all' -> [GPU numbers]."""
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if text == "all":
-        return list(range(torch.cuda.device_count()))
+        if not count:
+            raise SSDHError("--gpu all: this machine has no CUDA GPU (train on the CPU without --gpu, or with "
+                            "--nproc N for N CPU processes)")
+        return list(range(count))
     try:
         gpus = [int(part) for part in text.split(",")]
     except ValueError:
         raise SSDHError(f"--gpu {text!r}: expected GPU numbers like 0 or 0,1,2,3, or all") from None
     if len(set(gpus)) != len(gpus) or min(gpus) < 0:
         raise SSDHError(f"--gpu {text!r}: each GPU once, numbers >= 0")
+    if max(gpus) >= count:
+        raise SSDHError(f"--gpu {text!r}: this machine has {count} CUDA GPU(s)")
     return gpus
 
 
-def launch(command, argv, gpus):
+def launch(command, argv, gpus=None, nproc=None):
     """Run `command argv` (command: the program's argv prefix, e.g. [python, -m,
-    ssdh_port, train]) once per GPU as ranks of one process group (what torchrun
-    does, for Caffe's --gpu 0,1,...); each rank gets --device cuda:<its GPU>.
-    Returns the first non-zero exit status, or 0."""
+    ssdh_port, train]) as the ranks of one process group (what torchrun does): one
+    per GPU of gpus (each gets --device cuda:<its GPU>), or nproc CPU processes.
+    Ctrl-C reaches every rank from the terminal (and SIGINT / SIGTERM / SIGHUP
+    sent to this process are passed on); each rank stops as a single process
+    does, and this returns the first non-zero exit status of the ranks, or 0, with
+    no traceback of its own (torchrun prints a SignalException and exits 1)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     argv = _without_device(argv)
+    devices = [f"cuda:{gpu}" for gpu in gpus] if gpus is not None else ["cpu"] * int(nproc)
     processes = []
-    for rank, gpu in enumerate(gpus):
-        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
-               "WORLD_SIZE": str(len(gpus)), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(len(gpus))}
-        processes.append(subprocess.Popen([*command, *argv, "--device", f"cuda:{gpu}"], env=env))
-    codes = [p.wait() for p in processes]
+    forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def pass_on(number, frame):
+        for process in processes:
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(number)
+
+    previous = {number: signal.signal(number, pass_on) for number in forwarded}
+    try:
+        for rank, device in enumerate(devices):
+            env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+                   "WORLD_SIZE": str(len(devices)), "LOCAL_RANK": str(rank),
+                   "LOCAL_WORLD_SIZE": str(len(devices))}
+            # Each rank its own session: a terminal's Ctrl-C reaches this process,
+            # which passes it on once (not twice through the process group).
+            processes.append(subprocess.Popen([*command, *argv, "--device", device], env=env,
+                                              start_new_session=True))
+        codes = _wait_all(processes)
+    finally:
+        for number, old in previous.items():
+            signal.signal(number, old)
     return next((c for c in codes if c), 0)
+
+
+def _wait_all(processes):
+    """Exit statuses of every process; when one fails, the others (which would
+    wait for it in a collective) are terminated, as torchrun does."""
+    while True:
+        codes = [p.poll() for p in processes]
+        if all(c is not None for c in codes):
+            return codes
+        if any(c for c in codes if c is not None):
+            for process in processes:
+                if process.poll() is None:
+                    process.terminate()
+            return [p.wait() for p in processes]
+        time.sleep(0.1)
 
 
 def _without_device(argv):

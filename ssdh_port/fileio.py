@@ -7,12 +7,26 @@ import os
 import tempfile
 
 
+def temporary_beside(path):
+    """(fd, name) of a new private temporary file beside path: the project's one
+    temporary-name scheme, '.<name>.<random>' (see stale_temporaries)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    return tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=folder)
+
+
+def stale_temporaries(folder, stem):
+    """The temporaries temporary_beside() made for files of folder whose names
+    start with stem, left by a process that was killed while writing them."""
+    if not os.path.isdir(folder):
+        return []
+    return sorted(os.path.join(folder, name) for name in os.listdir(folder) if name.startswith("." + stem))
+
+
 @contextlib.contextmanager
 def atomic_write(path, mode="wb"):
     """Open a temporary file beside path; rename it over path on success."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=folder)
+    fd, tmp = temporary_beside(path)
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -25,6 +39,26 @@ def atomic_write(path, mode="wb"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+def pt_problem(path):
+    """Why torch.load(path, weights_only=True) failed, in a few words (torch's own
+    messages run to paragraphs, or advise the unsafe weights_only=False)."""
+    import zipfile
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(ZIP_MAGIC))
+    except OSError as err:
+        return f"cannot read it ({err.strerror})"
+    if head != ZIP_MAGIC:
+        return "not a PyTorch .pt file (no zip archive in it)"
+    if not zipfile.is_zipfile(path):
+        return "a truncated or damaged .pt file (its zip archive is incomplete)"
+    return "a .pt file with objects other than tensors and plain values, which are not loaded"
 
 
 def write_json(path, payload):

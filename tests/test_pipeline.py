@@ -351,7 +351,9 @@ def test_pad_crop_flip_and_the_schedules():
 def test_retrieval_figures(tmp_path, caplog):
     import logging
 
-    from ssdh_port.pipeline.plots import retrieval_curves, retrieval_picture, training_curves
+    from ssdh_port.pipeline.plots import (pick_examples, retrieval_curves, retrieval_figure,
+                                          retrieval_figure_examples, retrieval_picture, training_curves,
+                                          training_figure)
 
     query, db = _random_codes(30, 12, 0), _random_codes(400, 12, 1)
     labels_q, labels_d = np.arange(30) % 4, np.arange(400) % 4
@@ -361,12 +363,37 @@ def test_retrieval_figures(tmp_path, caplog):
         retrieval_curves([ev], references, tmp_path / "c.png")
     assert "measured on CIFAR-10 (a database of 50000 images)" in caplog.text and "400" in caplog.text
     assert os.path.getsize(tmp_path / "c.png") > 10000
-    distances, ids = np.zeros((2, 3), int), np.array([[0, 1, 2], [3, 4, 5]])
-    images = np.zeros((6, 8, 8), np.uint8)
-    retrieval_picture(images[:2], np.array([0, 1]), images, np.array([0, 0, 1, 1, 1, 1]), ids, tmp_path / "p.png",
-                      rows=2, distances=distances)
-    records = [{"iter": i, "smoothed_loss": 1.0 / (i + 1), "outputs": {"fire": 1e-4, "bin": -0.1}} for i in range(5)]
-    training_curves(records, [], tmp_path / "t.png")
+    # One code length: two panels (no panel of text); precision axes from 0 to 1 (a flat curve looks flat).
+    fig = retrieval_figure([ev], {})
+    assert len(fig.axes) == 2 and all(ax.get_ylim() == (0, 1.02) for ax in fig.axes)
+
+    # Examples: every class of the queries, its hardest query, ranks 1 .. 1000 that exist, failures marked.
+    ids = np.tile(np.arange(12), (8, 1))
+    db_labels = np.array([0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1])
+    q_labels = np.array([0, 0, 1, 1, 2, 2, 0, 1])
+    ids[1] = [1, 3, 5, 7, 9, 11, 0, 2, 4, 6, 8, 10]  # query 1 (class 0): 3 of its 4 shown results wrong
+    rows, ranks = pick_examples(q_labels, db_labels, ids)
+    assert ranks == [1, 2, 3, 10] and sorted(q_labels[rows]) == [0, 1, 2] and 1 in rows
+    images = np.zeros((12, 8, 8), np.uint8)
+    fig = retrieval_figure_examples(images[rows], q_labels[rows], images, db_labels, ids[rows], ranks,
+                                    distances=np.tile(np.arange(12), (len(rows), 1)))
+    titles = [ax.get_title() for ax in fig.axes]
+    assert "query: 2" in titles and "#10 d=9 (1)" in titles
+    framed = [ax for ax in fig.axes if any(sp.get_visible() and sp.get_edgecolor()[:3] == (1.0, 0.0, 0.0)
+                                           for sp in ax.spines.values())]
+    assert len(framed) == sum(t.endswith(")") and t.startswith("#") for t in titles) > 0
+    retrieval_picture(images[rows], q_labels[rows], images, db_labels, ids[rows], tmp_path / "p.png", ranks)
+
+    # Training: one linear panel per curve, titles instead of legends; the test outputs apart.
+    records = [{"iter": i, "smoothed_loss": 1.0 / (i + 1), "outputs": {"fire": 1e-4 * i, "bin": -0.1 + 0.01 * i}}
+               for i in range(5)]
+    tests = [{"iter": i, "outputs": {"accuracy": 0.5 + 0.1 * i, "loss": 0.01 / (i + 1)}} for i in (0, 4)]
+    fig = training_figure(records, tests)
+    drawn = [ax for ax in fig.axes if ax.lines]
+    assert [ax.get_title() for ax in drawn] == ["train: total loss (smoothed)", "train: fire", "train: bin",
+                                                "test: accuracy", "test: loss"]
+    assert all(ax.get_yscale() == "linear" and ax.get_legend() is None for ax in drawn)
+    training_curves(records, tests, tmp_path / "t.png")
     assert os.path.getsize(tmp_path / "p.png") > 2000 and os.path.getsize(tmp_path / "t.png") > 5000
 
 

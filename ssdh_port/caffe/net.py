@@ -24,6 +24,7 @@ from ssdh_port.caffe import io as caffe_io
 from ssdh_port.caffe.layers import LAYERS, CaffeLayer, Input, LayerError
 from ssdh_port.caffe.proto import caffe_pb2 as pb
 from ssdh_port.errors import SSDHError
+from ssdh_port.fileio import pt_problem
 from ssdh_port.progress import logger
 
 PHASES = ("TRAIN", "TEST")
@@ -84,6 +85,8 @@ class CaffeNet(nn.Module):
         if phase not in PHASES:
             raise SSDHError(f"phase must be one of {PHASES}, got {phase!r}")
         self.net_param = load_net_parameter(net)
+        # The prototxt file, to name it in errors (None for text or a NetParameter).
+        self.source = os.fspath(net) if isinstance(net, (str, os.PathLike)) and os.path.exists(net) else None
         self.phase = phase
         self.name = self.net_param.name
         self.layers = nn.ModuleList()
@@ -116,9 +119,8 @@ class CaffeNet(nn.Module):
     def _add_layer(self, param, overrides):
         cls = LAYERS.get(param.type)
         if cls is None:
-            raise LayerError(
-                f"layer '{param.name}': unknown layer type '{param.type}' (supported: "
-                f"{', '.join(sorted(LAYERS))})")
+            raise LayerError(f"{self.source + ': ' if self.source else ''}layer '{param.name}': "
+                             + unknown_type(param.type))
         for bottom in param.bottom:
             if bottom not in self.blob_shapes:
                 raise LayerError(
@@ -559,7 +561,11 @@ class CaffeNet(nn.Module):
     def save_caffemodel(self, path):
         """A .caffemodel Caffe loads, written blob by blob (no whole-model copy)."""
         with caffe_io.atomic_write(path) as f:
-            wire.write_net(f, self.name, self._layers_and_blobs())
+            self.write_caffemodel(f)
+
+    def write_caffemodel(self, f):
+        """The .caffemodel bytes into an open binary file."""
+        wire.write_net(f, self.name, self._layers_and_blobs())
 
     def save_pt(self, path):
         """A .pt file: the net definition and {layer: [blobs]} in Caffe order."""
@@ -569,6 +575,21 @@ class CaffeNet(nn.Module):
                    "blobs": {k: [t.detach().cpu() for t in v] for k, v in self.caffe_params().items()}}
         with caffe_io.atomic_write(path) as f:
             torch.save(payload, f)
+
+
+def unknown_type(type_name):
+    """The error text for a layer type the port does not have: the closest known
+    type, and why Python layers are not run."""
+    import difflib
+
+    if type_name == "Python":
+        return ("layer type 'Python' runs a Python class inside Caffe's own interpreter; write the layer as a "
+                "torch module (ssdh_port.caffe.layers.register) instead")
+    by_lower = {name.lower(): name for name in LAYERS}
+    near = ([by_lower[type_name.lower()]] if type_name.lower() in by_lower
+            else [by_lower[n] for n in difflib.get_close_matches(type_name.lower(), by_lower, n=1, cutoff=0.6)])
+    hint = f"did you mean '{near[0]}'? " if near else ""
+    return f"unknown layer type '{type_name}' ({hint}known types: {', '.join(sorted(LAYERS))})"
 
 
 def _with_gradients(outs, leaf):
@@ -640,9 +661,8 @@ def _pt_weights(path):
     snapshot ({"params": {"layer/index": tensor}, ...})."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - report any unreadable .pt the same way
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
-        raise caffe_io.CaffeFileError(f"{path}: not a readable .pt weights file ({reason})") from None
+    except Exception:  # noqa: BLE001 - report any unreadable .pt the same way
+        raise caffe_io.CaffeFileError(f"{path}: not a readable .pt weights file: {pt_problem(path)}") from None
     if isinstance(payload, dict) and "blobs" in payload:
         return {k: [t.numpy() for t in v] for k, v in payload["blobs"].items()}
     if isinstance(payload, dict) and "params" in payload:

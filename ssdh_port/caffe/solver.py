@@ -23,6 +23,7 @@ from ssdh_port import distributed
 from ssdh_port.caffe.net import CaffeNet
 from ssdh_port.caffe.proto import caffe_pb2 as pb
 from ssdh_port.errors import SSDHError
+from ssdh_port.fileio import pt_problem, stale_temporaries, temporary_beside
 from ssdh_port.precision import tf32_mode
 from ssdh_port.progress import logger
 
@@ -464,9 +465,11 @@ class Solver:
                    "data_rng": self._data_rng_states(), "data_position": self._data_positions(),
                    "losses": list(self.losses)}
         with snapshot_set(self.param.snapshot_prefix or "snapshot", self.iter) as temp:
-            self.net.save_caffemodel(temp(model_path))
-            caffe_io.write_binary_proto(state, temp(state_path))
-            with open(temp(pt_path), "wb") as f:
+            with temp(model_path) as f:
+                self.net.write_caffemodel(f)
+            with temp(state_path) as f:
+                f.write(state.SerializeToString())
+            with temp(pt_path) as f:
                 torch.save(payload, f)
         self.log(f"Snapshotting to binary proto file {model_path}")
         self.log(f"Snapshotting solver state to binary proto file {state_path}")
@@ -549,9 +552,8 @@ def read_pt_snapshot(path):
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise SolverError(f"{path}: no such snapshot") from None
-    except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
-        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise SolverError(f"{path}: not a readable training snapshot ({reason})") from None
+    except Exception:  # noqa: BLE001 - any unreadable file is reported the same way
+        raise SolverError(f"{path}: not a readable training snapshot: {pt_problem(path)}") from None
     if not isinstance(payload, dict) or not {"params", "history", "iter"} <= set(payload):
         raise SolverError(f"{path}: not a training snapshot (.pt weights go to --weights)")
     return payload
@@ -559,34 +561,44 @@ def read_pt_snapshot(path):
 
 @contextlib.contextmanager
 def snapshot_set(prefix, iteration):
-    """Write a snapshot set atomically: yields temp(path) -> the temporary name to
-    write path's content to; on success every file is fsync'd and renamed into
-    place, then <prefix>_latest records the set. On failure the temporaries go."""
+    """Write a snapshot set atomically: yields temp(path) -> an open temporary
+    file (fileio's one naming scheme) to write path's content to; on success
+    every file is fsync'd and renamed into place, then <prefix>_latest records the
+    set, by names relative to the record (a run folder can be moved or copied).
+    On failure the temporaries go."""
     temporaries = {}
 
     def temp(path):
-        folder, name = os.path.split(os.path.abspath(path))
-        temporaries[path] = os.path.join(folder, f".{name}.tmp")
-        return temporaries[path]
+        fd, temporaries[path] = temporary_beside(path)
+        return os.fdopen(fd, "wb")
 
     try:
         yield temp
         for final, partial in temporaries.items():
             with open(partial, "rb+") as f:
                 os.fsync(f.fileno())
+            os.chmod(partial, 0o666 & ~_umask())
         for final, partial in temporaries.items():
             os.replace(partial, final)
-        record = {"iter": iteration, "files": sorted(os.path.abspath(p) for p in temporaries)}
+        folder = os.path.dirname(os.path.abspath(prefix))
+        record = {"iter": iteration,
+                  "files": sorted(os.path.relpath(os.path.abspath(p), folder) for p in temporaries)}
         with caffe_io.atomic_write(prefix + "_latest", "w") as f:
             json.dump(record, f)
             f.flush()
             os.fsync(f.fileno())
-        _fsync_folder(os.path.dirname(os.path.abspath(prefix)))
+        _fsync_folder(folder)
     except BaseException:
         for partial in temporaries.values():
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(partial)
         raise
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_folder(folder):
@@ -599,18 +611,14 @@ def _fsync_folder(folder):
 
 
 def remove_stale_temporaries(prefix):
-    """Temporary files of snapshot sets that a killed run left (.<name>.tmp and
-    atomic_write's .<name>.XXXX beside the prefix); returns the paths removed."""
+    """Temporary files of snapshot sets (and of their _latest record) that a
+    killed run left beside the prefix; returns the paths removed."""
     folder, base = os.path.split(os.path.abspath(prefix))
     removed = []
-    if not os.path.isdir(folder):
-        return removed
-    for name in os.listdir(folder):
-        if name.startswith(f".{base}_iter_") or name.startswith(f".{base}_latest."):
-            path = os.path.join(folder, name)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-                removed.append(path)
+    for path in stale_temporaries(folder, f"{base}_iter_") + stale_temporaries(folder, f"{base}_latest."):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+            removed.append(path)
     return removed
 
 
@@ -635,6 +643,8 @@ def resolve_snapshot(path, prefix):
             files = json.load(f)["files"]
     except (OSError, ValueError, KeyError) as err:
         raise SolverError(f"{record}: no readable snapshot record ({err})") from None
+    # Names relative to the record's folder (older records hold absolute paths).
+    files = [os.path.join(os.path.dirname(os.path.abspath(record)), name) for name in files]
     for suffix in (".pt", ".solverstate"):
         for name in files:
             if name.endswith(suffix) and os.path.isfile(name):
@@ -669,7 +679,7 @@ def read_solver(path):
             raise caffe_io.CaffeFileError(f"{path}: a solver.yaml holds a mapping of SolverParameter fields")
         unknown = [key for key in data if key not in pb.SolverParameter.DESCRIPTOR.fields_by_name]
         if unknown:
-            raise caffe_io.CaffeFileError(f"{path}: {_unknown_field(unknown[0])}")
+            raise caffe_io.CaffeFileError(f"{path}: {unknown_solver_field(unknown[0])}")
         try:
             return json_format.ParseDict(data, pb.SolverParameter())
         except json_format.ParseError as err:
@@ -679,11 +689,11 @@ def read_solver(path):
     except caffe_io.CaffeFileError as err:
         match = re.search(r'has no field named "([^"]+)"', str(err))
         if match:
-            raise caffe_io.CaffeFileError(f"{err}; {_unknown_field(match.group(1))}") from None
+            raise caffe_io.CaffeFileError(f"{err}; {unknown_solver_field(match.group(1))}") from None
         raise
 
 
-def _unknown_field(name):
+def unknown_solver_field(name):
     """'unknown solver field X' with the nearest valid SolverParameter field."""
     import difflib
 

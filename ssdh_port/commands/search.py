@@ -10,6 +10,7 @@ database items: id, Hamming distance, label.
 """
 
 from ssdh_port import cli
+from ssdh_port.errors import SSDHError
 from ssdh_port.service.search import read_images
 
 
@@ -19,6 +20,8 @@ def main(argv=None):
     parser.add_argument("images", nargs="+")
     cli.add_k(parser, 10)
     args = parser.parse_args(argv)
+    if args.k < 1:
+        raise SSDHError(f"--k must be at least 1, got {args.k}")
     engine = cli.search_engine(args)
     for path, hits in zip(args.images, engine.search(read_images(args.images), args.k)):
         print(f"{path}:")

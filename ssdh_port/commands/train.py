@@ -1,28 +1,33 @@
 """Train a Caffe net from a solver, as `caffe train -solver S [-weights W]` does.
 
     ssdh train solver.yaml|solver.prototxt [--weights W.caffemodel|.pt]
-        [--resume SNAPSHOT.solverstate|.pt] [--device cpu|cuda:N | --gpu N|N,M,...|all] [--amp]
-        [--channels-last] [--tf32] [--compile] [--log-dir DIR] [--solver-set FIELD=VALUE ...]
+        [--resume SNAPSHOT.solverstate|.pt] [--device cpu|cuda:N | --gpu N|N,M,...|all]
+        [--nproc N] [--amp] [--channels-last] [--tf32] [--compile] [--log-dir DIR]
+        [--solver-set FIELD=VALUE ...]
 
 Several processes train one net as Caffe's multi-GPU training does (each rank runs
 batch_size, reads every N-th record, gradients averaged, rank 0 logs, tests and
-snapshots; ssdh_port.caffe.parallel, ssdh_port.distributed): `torchrun --nproc_per_node=N
-ssdh train S` (gloo on CPUs, NCCL on GPUs), or Caffe's `--gpu 0,1,2,3` /
-`--gpu all`, which starts one process per GPU.
+snapshots; ssdh_port.caffe.parallel, ssdh_port.distributed): `--nproc N` (N CPU
+processes, gloo), Caffe's `--gpu 0,1,2,3` / `--gpu all` (one process per GPU, NCCL),
+or `torchrun --nproc_per_node=N -m ssdh_port train S`. With --nproc and --gpu,
+Ctrl-C stops every rank with a snapshot and the command exits 0, as one process
+does; torchrun stops the ranks the same way but then prints a SignalException
+traceback and exits 1.
 
 SIGINT or SIGTERM stops at the end of the iteration with a snapshot (exit 0),
 SIGHUP snapshots and goes on, as Caffe's defaults (--sigint-effect / --sighup-effect).
 Snapshot sets are written atomically; <prefix>_latest names the newest complete
-one, which --resume latest picks. Relative paths inside the solver and net (net, data sources, mean files,
-snapshot_prefix) resolve against the working directory, as in Caffe. Writes
-Caffe's display lines to stdout, a JSON-lines log and a PNG of the losses (and
-test outputs) to --log-dir (default: the folder of snapshot_prefix), a progress
-bar with ETA to stderr, and snapshots <prefix>_iter_<N>.caffemodel/.solverstate/.pt.
+one (by names relative to itself: a run folder can be moved), which --resume latest
+picks. Relative paths inside the solver and net (net, data sources, mean files,
+snapshot_prefix) resolve against the working directory, as in Caffe. Writes Caffe's
+display lines to stdout, a JSON-lines log and a PNG of the losses (and test outputs)
+to --log-dir (default: the folder of snapshot_prefix), a progress bar with ETA to
+stderr on a terminal, and snapshots <prefix>_iter_<N>.caffemodel/.solverstate/.pt.
 """
+import os
 import sys
 
-from ssdh_port import cli
-from ssdh_port import distributed
+from ssdh_port import cli, distributed
 from ssdh_port.caffe.solver import read_solver
 from ssdh_port.pipeline import set_solver_fields, solver_overrides, train_caffe
 
@@ -35,6 +40,9 @@ def main(argv=None):
     start.add_argument("--resume", help="snapshot to resume from: .solverstate or .pt, 'latest' (the newest "
                        "complete snapshot set of the solver's prefix) or a folder with a *_latest record")
     cli.add_device(parser, default=None)
+    parser.add_argument("--nproc", type=int, default=0,
+                        help="train as N CPU processes, ranks of one training (gloo), as torchrun would; "
+                        "Ctrl-C ends it as it ends one process")
     parser.add_argument("--amp", action="store_true",
                         help="bf16 autocast of the training passes (off by default, for fidelity)")
     parser.add_argument("--channels-last", action="store_true",
@@ -52,10 +60,20 @@ def main(argv=None):
     parser.add_argument("--sighup-effect", default="snapshot", choices=("stop", "snapshot", "none"),
                         help="on SIGHUP (default: snapshot and go on)")
     args = parser.parse_args(argv)
+    launcher = [sys.executable, "-m", "ssdh_port", "train"]
+    forwarded = _without_nproc(sys.argv[1:] if argv is None else argv)
     if args.device and args.device.startswith("cuda:") and not args.device[5:].isdigit():
         # Caffe's --gpu 0,1,2,3: one process per GPU, ranks of one training.
-        return distributed.launch([sys.executable, "-m", "ssdh_port", "train"], sys.argv[1:] if argv is None else argv,
-                                  distributed.parse_gpus(args.device[5:]))
+        if args.nproc:
+            parser.error("--nproc starts CPU processes; --gpu 0,1,... one process per GPU: give one")
+        return distributed.launch(launcher, forwarded, gpus=distributed.parse_gpus(args.device[5:]))
+    if args.nproc:
+        if args.nproc < 1:
+            parser.error(f"--nproc must be at least 1, got {args.nproc}")
+        if args.device and args.device != "cpu":
+            parser.error("--nproc starts CPU processes; for GPUs give --gpu 0,1,...")
+        if args.nproc > 1:
+            return distributed.launch(launcher, forwarded, nproc=args.nproc)
     param = set_solver_fields(read_solver(args.solver), solver_overrides(args.solver_set))
     result = train_caffe(param, weights=args.weights, resume=args.resume, device=args.device,
                          amp=args.amp, channels_last=args.channels_last, tf32=args.tf32, compile=args.compile,
@@ -63,6 +81,19 @@ def main(argv=None):
                          sigint_effect=args.sigint_effect, sighup_effect=args.sighup_effect)
     if result.stopped_early:
         print(f"stopped early at iteration {result.iterations}; resume with --resume latest")
-    print(f"log: {result.log}; plot: {result.plot}")
+    if result.log != os.devnull:  # rank 0 (or the only process) keeps the log
+        print(f"log: {result.log}; plot: {result.plot}")
     return 0
+
+
+def _without_nproc(argv):
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
 

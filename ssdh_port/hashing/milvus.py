@@ -47,7 +47,10 @@ def _client(uri):
     except ImportError:
         raise MilvusError("MilvusIndex needs pymilvus and milvus-lite (pip install -r requirements.txt)") from None
     try:
-        return MilvusClient(str(uri))
+        with warnings.catch_warnings():
+            # milvus-lite imports setuptools' deprecated pkg_resources when it starts a local server.
+            warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+            return MilvusClient(str(uri))
     except Exception as err:  # pymilvus raises its own types (and OSError) for an unusable uri
         raise MilvusError(f"cannot open Milvus at {uri}: {err}") from None
 

@@ -47,6 +47,15 @@ def _check_metrics(spec):
 # ------------------------------------------------------------------ training and encoding
 
 
+def _check_finished(trained, solver):
+    """A signal that stopped training stops the run: the partial model is neither
+    encoded nor evaluated (a snapshot was written; the message says how to go on)."""
+    if trained.stopped_early:
+        raise SSDHError(f"training stopped at iteration {trained.iterations} by a signal, with a snapshot; "
+                        f"nothing was encoded or evaluated (continue the training with `ssdh train {solver} "
+                        "--resume latest`, or run again)")
+
+
 def train_and_encode(spec, data, run_dir, phases, device=None):
     _check_metrics(spec)
     model = spec.model
@@ -78,6 +87,7 @@ def _caffe(spec, data, folder, run_dir, phases, device):
     with phases("train"):
         trained = train_caffe(recipe.solver, weights=os.path.abspath(model.weights) if model.weights else None,
                               log_dir=run_dir, device=device)
+    _check_finished(trained, recipe.solver)
     encoded = {}
     with phases("encode"):
         # Arrays held in memory (mosaics) go through the deploy net directly, scaled as its data layers scale.
@@ -129,6 +139,7 @@ def _dnnh(spec, data, folder, run_dir, phases, device):
                               **fields)
     with phases("train"):
         trained = train_caffe(solver, log_dir=run_dir, device=device)
+    _check_finished(trained, solver)
     encoded = {}
     with phases("encode"):
         for split, name in (("test", "query"), ("train", "pool")):
@@ -232,19 +243,20 @@ def _dnnh_metric(outcome, data, top):
     return out
 
 
-def _mnist_picture(db, query, path, rows=8, top=10):
-    """Eight queries spread over the test set (not its first eight, which repeat a
-    digit) with their top 10 and the Hamming distances."""
+def _mnist_picture(db, query, path):
+    """Each digit's hardest test query (the most wrong results at ranks 1 .. 1000)
+    with its results at ranks 1, 2, 3, 10, 50, 100, 500, 1000 and their distances."""
     from ssdh_port.data import mnist
-    from ssdh_port.pipeline.plots import retrieval_picture
+    from ssdh_port.pipeline.plots import EXAMPLE_RANKS, pick_examples, retrieval_picture
 
     test_images, test_labels = mnist.load_split("test")
     train_images, train_labels = mnist.load_split("train")
-    picks = [int(i * len(test_images) / rows) for i in range(rows)]
-    distances, ids = db.index.search(query.index.codes[picks], top)
+    top = min(max(EXAMPLE_RANKS), len(db.index))
+    distances, ids = db.index.search(query.index.codes, top)
     # Database ids are record positions here: the images come by position.
-    retrieval_picture(test_images[picks], test_labels[picks], train_images, train_labels, ids.numpy(), path,
-                      rows=rows, distances=distances.numpy())
+    rows, ranks = pick_examples(test_labels, train_labels, ids.numpy())
+    retrieval_picture(test_images[rows], test_labels[rows], train_images, train_labels, ids.numpy()[rows], path,
+                      ranks, distances=distances.numpy()[rows])
 
 
 def coarse_to_fine_report(query, database, feature_blob, *, method, shortlist=2000, topk=1000, **known):

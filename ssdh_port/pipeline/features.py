@@ -122,10 +122,19 @@ def load_net(prototxt, weights=None, batch_size=None):
 def batch_source(source, net, batch_size, transform=None, backend="lmdb", resize=None, shard=None):
     """Batches for net from source: None (the net's own data layers), an .npy
     array (fed to the first input blob), an .npz (one array per input blob), a
-    Datum database folder or an image list file (transformed by `transform`)."""
+    Datum database folder or an image list file (transformed by `transform`; its
+    images read in gray when the net's input has one channel)."""
     if source is None:
         return None
     source = os.fspath(source)
+    if transform is not None and net.input_names and not transform.force_color:
+        shape = net.blob_shapes[net.input_names[0]]
+        if len(shape) == 4 and shape[1] == 1 and not transform.force_gray:
+            # Images and encoded records read with the channels the net wants.
+            gray = type(transform)()
+            gray.CopyFrom(transform)
+            gray.force_gray = True
+            transform = gray
     if source.endswith(".npy"):
         return array_batches({net.input_names[0]: _load_array(source)}, batch_size, shard)
     if source.endswith(".npz"):

@@ -25,31 +25,38 @@ def save_png(fig, path, dpi=100):
     pyplot().close(fig)
 
 
-def training_curves(records, tests, path):
-    """Losses of the displayed iterations (and the test outputs) of a training log."""
+def training_figure(records, tests):
+    """One small panel per curve, each on its own linear axis (the SSDH terms
+    differ by orders of magnitude and the forcing-binary one is negative, so one
+    shared axis, or a symmetric-log one, misleads): the smoothed total, each
+    loss output of the displayed iterations, then each test output. Panels are
+    titled, not given legends (nothing covers a curve)."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2 if tests else 1, figsize=(11 if tests else 6, 4), squeeze=False)
-    ax = axes[0][0]
-    iters = [r["iter"] for r in records]
-    ax.plot(iters, [r["smoothed_loss"] for r in records], label="total (smoothed)", lw=2)
+    panels = [("train: total loss (smoothed)", [r["iter"] for r in records], [r["smoothed_loss"] for r in records])]
     for name in records[0]["outputs"] if records else []:
-        ax.plot(iters, [r["outputs"][name] for r in records], label=name, lw=1)
-    # The SSDH terms differ by orders of magnitude (the fire-rate loss is ~1e-4, the
-    # forcing-binary one negative): a symmetric log axis shows them all.
-    ax.set_yscale("symlog", linthresh=1e-4)
-    ax.set_xlabel("iteration")
-    ax.set_title("training (symmetric log scale)")
-    ax.legend(fontsize=7)
-    if tests:
-        ax = axes[0][1]
-        for name in tests[0]["outputs"]:
-            values = [t["outputs"][name] for t in tests]
-            if all(isinstance(v, float) for v in values):
-                ax.plot([t["iter"] for t in tests], values, marker="o", label=name)
-        ax.set_xlabel("iteration")
-        ax.set_title("test net outputs")
-        ax.legend(fontsize=7)
-    save_png(fig, path, dpi=110)
+        panels.append((f"train: {name}", [r["iter"] for r in records], [r["outputs"][name] for r in records]))
+    for name in tests[0]["outputs"] if tests else []:
+        values = [t["outputs"][name] for t in tests]
+        if all(isinstance(v, float) for v in values):
+            panels.append((f"test: {name}", [t["iter"] for t in tests], values))
+    columns = min(4, len(panels))
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 2.6 * rows), squeeze=False)
+    for ax, (title, x, y) in zip(axes.flat, panels):
+        test = title.startswith("test")
+        ax.plot(x, y, marker="o" if test else None, ms=3, lw=1.5, color="C1" if test else "C0")
+        ax.set_title(title, fontsize=8)
+        ax.set_xlabel("iteration", fontsize=7)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    return fig
+
+
+def training_curves(records, tests, path):
+    """training_figure written to path."""
+    save_png(training_figure(records, tests), path, dpi=110)
 
 
 # The published precision@k curves (the authors' analysis folders) are CIFAR-10's:
@@ -57,13 +64,18 @@ def training_curves(records, tests, path):
 PUBLISHED_CURVES_DATABASE = 50000
 
 
-def retrieval_curves(evaluations, references, path):
-    """precision@k, precision-recall and mAP against code length of Evaluations,
-    with published precision@k curves ({name: k x 2 array}) dashed beside them
-    (over the ranks they cover, with a warning when the evaluated database is
-    not the one they were measured on)."""
+def retrieval_figure(evaluations, references):
+    """precision@k and precision-recall of Evaluations, with published
+    precision@k curves ({name: k x 2 array}) dashed beside them (over the ranks
+    they cover, with a warning when the evaluated database is not the one they
+    were measured on), and mAP against code length when a method has several.
+    Precision axes run from 0 to 1, so a flat curve looks flat."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    by_name = {}
+    for ev in evaluations:
+        by_name.setdefault(ev.report.method.split("-")[0], []).append((ev.report.bits, ev.report.map_at_topk))
+    several_lengths = any(len({b for b, _ in points}) > 1 for points in by_name.values())
+    fig, axes = plt.subplots(1, 3 if several_lengths else 2, figsize=(16 if several_lengths else 11, 4.5))
     ax = axes[0]
     for ev in evaluations:
         curve = ev.precision_at_k
@@ -77,45 +89,62 @@ def retrieval_curves(evaluations, references, path):
             logger.warning("the published curves were measured on CIFAR-10 (a database of %d images); "
                            "these results have a database of %s images: compare with care",
                            PUBLISHED_CURVES_DATABASE, ", ".join(map(str, other)))
-    ax.set(xlabel="number of retrieved images k", ylabel="precision@k", title="precision@k")
-    ax.legend(fontsize=7)
+    ax.set(xlabel="number of retrieved images k", ylabel="precision@k", title="precision@k", ylim=(0, 1.02))
+    ax.legend(fontsize=7, loc="lower left")
     ax = axes[1]
     for ev in evaluations:
         if ev.pr_recall is not None:
             ax.plot(ev.pr_recall, ev.pr_precision, marker=".", label=ev.report.method)
-    ax.set(xlabel="recall", ylabel="precision", title="precision-recall (Hamming radius sweep)")
-    ax.legend(fontsize=7)
-    ax = axes[2]
-    by_name = {}
-    for ev in evaluations:
-        by_name.setdefault(ev.report.method.split("-")[0], []).append((ev.report.bits, ev.report.map_at_topk))
-    if any(len({b for b, _ in points}) > 1 for points in by_name.values()):
+    ax.set(xlabel="recall", ylabel="precision", title="precision-recall (Hamming radius sweep)",
+           xlim=(0, 1.02), ylim=(0, 1.02))
+    ax.legend(fontsize=7, loc="lower left")
+    if several_lengths:
+        ax = axes[2]
         for name, points in by_name.items():
             points.sort()
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
-        ax.set(xlabel="code length (bits)", ylabel="mAP", title="mAP against code length")
-        ax.legend(fontsize=7)
-    else:
-        # One code length per method: a table says more than single dots would.
-        ax.axis("off")
-        lines = [f"{ev.report.method}: {ev.report.bits} bits, mAP@{ev.report.topk} {ev.report.map_at_topk:.4f}"
-                 for ev in evaluations]
-        ax.text(0.0, 1.0, "\n".join(lines[:20]), va="top", fontsize=8, family="monospace")
-        ax.set_title("mAP (one code length each)")
-    save_png(fig, path, dpi=110)
+        ax.set(xlabel="code length (bits)", ylabel="mAP", title="mAP against code length", ylim=(0, 1.02))
+        ax.legend(fontsize=7, loc="lower right")
+    return fig
 
 
-def retrieval_picture(query_images, query_labels, db_images, db_labels, ids, path, rows=8, distances=None):
-    """Queries (one per row) with their nearest database images, wrong classes in
-    red, each with its Hamming distance when given."""
+def retrieval_curves(evaluations, references, path):
+    """retrieval_figure written to path."""
+    save_png(retrieval_figure(evaluations, references), path, dpi=110)
+
+
+EXAMPLE_RANKS = (1, 2, 3, 10, 50, 100, 500, 1000)
+
+
+def pick_examples(query_labels, db_labels, ids, per_class=1):
+    """Which queries and ranks a retrieval picture shows: ranks 1, 2, 3, 10, 50,
+    100, 500, 1000 (those the search returned), so that the picture shows how the
+    ranking degrades; per class of the queries, the query with the most wrong
+    results at those ranks (every class is shown, failures first). Returns
+    (query rows, 1-based ranks)."""
+    ranks = [r for r in EXAMPLE_RANKS if r <= ids.shape[1]]
+    columns = ids[:, [r - 1 for r in ranks]]
+    wrong = (np.asarray(db_labels)[columns] != np.asarray(query_labels)[:, None]).sum(1)
+    rows = []
+    for label in sorted(set(np.asarray(query_labels).tolist())):
+        members = np.flatnonzero(np.asarray(query_labels) == label)
+        order = members[np.argsort(-wrong[members], kind="stable")]
+        rows.extend(int(i) for i in order[:per_class])
+    return rows, ranks
+
+
+def retrieval_figure_examples(query_images, query_labels, db_images, db_labels, ids, ranks, distances=None):
+    """Queries (one per row, with their label) and their results at the given
+    1-based ranks, each titled with its rank and Hamming distance; a result of
+    another class is framed in red with its label."""
     plt = pyplot()
-    top = ids.shape[1]
-    fig, axes = plt.subplots(rows, top + 1, figsize=(1.1 * (top + 1), 1.15 * rows))
+    rows = len(query_images)
+    fig, axes = plt.subplots(rows, len(ranks) + 1, figsize=(1.15 * (len(ranks) + 1), 1.25 * rows), squeeze=False)
     for r in range(rows):
         axes[r][0].imshow(query_images[r], cmap="gray")
-        axes[r][0].set_title("query", fontsize=7)
-        for c in range(top):
-            j = int(ids[r, c])
+        axes[r][0].set_title(f"query: {query_labels[r]}", fontsize=7)
+        for c, rank in enumerate(ranks):
+            j = int(ids[r, rank - 1])
             ax = axes[r][c + 1]
             ax.imshow(db_images[j], cmap="gray")
             wrong = db_labels[j] != query_labels[r]
@@ -123,16 +152,22 @@ def retrieval_picture(query_images, query_labels, db_images, db_labels, ids, pat
                 spine.set_visible(bool(wrong))
                 spine.set_color("red")
                 spine.set_linewidth(3)
-            distance = "" if distances is None else f"d={int(distances[r, c])} "
-            if wrong:
-                ax.set_title(f"{distance}wrong ({db_labels[j]})", fontsize=6, color="red")
-            elif distance:
-                ax.set_title(distance.strip(), fontsize=6)
+            distance = "" if distances is None else f" d={int(distances[r, rank - 1])}"
+            title = f"#{rank}{distance}" + (f" ({db_labels[j]})" if wrong else "")
+            ax.set_title(title, fontsize=6, color="red" if wrong else "black")
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"Hamming retrieval: queries and their top {top} (wrong class in red)", fontsize=9)
-    save_png(fig, path)
+    fig.suptitle("Hamming retrieval: each class's hardest query, its results at ranks "
+                 f"{', '.join(map(str, ranks))} (d: Hamming distance; another class framed red, its label shown)",
+                 fontsize=8)
+    return fig
+
+
+def retrieval_picture(query_images, query_labels, db_images, db_labels, ids, path, ranks, distances=None):
+    """retrieval_figure_examples written to path."""
+    save_png(retrieval_figure_examples(query_images, query_labels, db_images, db_labels, ids, ranks, distances),
+             path)
 
 
 def epoch_curves(history, path, title):

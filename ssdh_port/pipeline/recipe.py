@@ -184,7 +184,9 @@ def set_solver_fields(param, fields):
     """Replace fields of a SolverParameter ({name: value}, lists for repeated fields)."""
     for key, value in fields.items():
         if key not in pb.SolverParameter.DESCRIPTOR.fields_by_name:
-            raise SSDHError(f"solver field {key!r}: not a SolverParameter field")
+            from ssdh_port.caffe.solver import unknown_solver_field
+
+            raise SSDHError(unknown_solver_field(key))
         if isinstance(value, (list, tuple)):
             getattr(param, key)[:] = value
         else:
@@ -254,8 +256,12 @@ def solver_overrides(items):
     for item in items:
         key, sep, value = item.partition("=")
         field = pb.SolverParameter.DESCRIPTOR.fields_by_name.get(key)
-        if not sep or field is None:
+        if not sep:
             raise SSDHError(f"solver override {item!r}: expected FIELD=VALUE with a SolverParameter field")
+        if field is None:
+            from ssdh_port.caffe.solver import unknown_solver_field
+
+            raise SSDHError(f"solver override {item!r}: {unknown_solver_field(key)}")
         cast = {field.TYPE_STRING: str, field.TYPE_FLOAT: float, field.TYPE_DOUBLE: float,
                 field.TYPE_BOOL: lambda v: v.lower() in ("1", "true")}.get(field.type, int)
         try:

@@ -50,12 +50,19 @@ def pick_device(param, device=None):
 
 
 class _Log:
-    """train_log.jsonl written line by line (flushed), the records kept for the plot."""
+    """train_log.jsonl written line by line (flushed), the records kept for the plot.
+    The file is created (or, resuming, appended to) with its first record, so a
+    run that fails to start leaves no log behind; a resumed run first writes a
+    {"kind": "resumed", "iter": N} record, after which read_log drops what the
+    earlier run logged from iteration N on."""
 
     def __init__(self, path, display_every, append=False):
-        self.path, self.every = path, display_every
-        self.file = open(path, "a" if append else "w")
+        self.path, self.every, self.append = path, display_every, append
+        self.file, self.resumed_at = None, None
         self.records, self.tests = [], []
+
+    def resumed(self, iteration):
+        self.resumed_at = iteration
 
     def iteration(self, record):
         # The machine-readable log follows the display lines: every `display` iterations.
@@ -69,11 +76,16 @@ class _Log:
         self._write({"kind": "test", **record})
 
     def _write(self, record):
+        if self.file is None:
+            self.file = open(self.path, "a" if self.append else "w")
+            if self.resumed_at is not None:
+                self.file.write(json.dumps({"kind": "resumed", "iter": self.resumed_at}) + "\n")
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
 
     def close(self):
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
 
 
 SIGNAL_EFFECTS = ("stop", "snapshot", "none")
@@ -145,6 +157,7 @@ def train_caffe(solver, *, weights=None, resume=None, device=None, amp=False, ch
                     f"left to fillers {report['not_in_weights']}; unused {report['unused']}")
         if resume:
             engine.restore(resume)
+            log.resumed(engine.iter)
             display(f"Resumed from {resume} at iteration {engine.iter}")
         ticker = bar(total=param.max_iter, initial=engine.iter, desc="train", unit="iter",
                      disable_if=not progress)
@@ -154,7 +167,8 @@ def train_caffe(solver, *, weights=None, resume=None, device=None, amp=False, ch
     finally:
         log.close()
     plot = None
-    records, tests = read_log(log.path) if ranks.root else ([], [])  # the whole log, a resumed run's too
+    # The whole log, a resumed run's too (none if nothing was logged).
+    records, tests = read_log(log.path) if ranks.root and os.path.exists(log.path) else ([], [])
     if records:
         plot = os.path.join(log_dir, "train_loss.png")
         training_curves(records, tests, plot)
@@ -167,7 +181,9 @@ def train_caffe(solver, *, weights=None, resume=None, device=None, amp=False, ch
 
 
 def read_log(path):
-    """(train records, test records) of a train_log.jsonl."""
+    """(train records, test records) of a train_log.jsonl, as one run: where a
+    run resumed from iteration N, what the earlier run logged from N on is
+    dropped (it was replayed)."""
     records, tests = [], []
     try:
         with open(path) as f:
@@ -176,6 +192,10 @@ def read_log(path):
                     record = json.loads(line)
                 except ValueError:
                     raise SSDHError(f"{path}:{number}: not a JSON log line") from None
+                if record.get("kind") == "resumed":
+                    records = [r for r in records if r.get("iter", -1) < record["iter"]]
+                    tests = [t for t in tests if t.get("iter", -1) < record["iter"]]
+                    continue
                 (tests if record.get("kind") == "test" else records).append(record)
     except OSError as err:
         raise SSDHError(f"{path}: cannot read the training log ({err.strerror})") from None
