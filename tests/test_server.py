@@ -4,6 +4,7 @@ read timeout and client disconnects at the ASGI level. The real LeNet (BVLC
 Caffe's trained MNIST model) encodes 300 MNIST test digits to 500-bit codes (its
 ip1 layer > 0.5), which retrieve the same digit well enough to check labels."""
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -173,7 +174,20 @@ def test_item_image_health_page_and_docs(service):
     page = api.get("/")
     assert page.status_code == 200 and "300 items, 500-bit codes" in page.text
     assert "http://" not in page.text and "https://" not in page.text  # no external assets
-    assert api.get("/docs").status_code == 200
+    docs = api.get("/docs")
+    # The API's page is rendered here: no script from a CDN, so it works offline.
+    assert docs.status_code == 200 and "<script" not in docs.text and "cdn" not in docs.text.lower()
+    assert "/items/{item_id}/neighbors" in docs.text and "/openapi.json" in docs.text
+    assert api.get("/redoc").status_code == 404
+    icon = api.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+    # Thumbnails inside the answer: the database image of each result, as a PNG data URL.
+    answer = api.get("/items/42/neighbors?k=3&thumbnails=true").json()
+    for result in answer["results"]:
+        data = base64.b64decode(result["thumbnail"].split(",", 1)[1])
+        assert np.array_equal(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED),
+                              images[result["id"]])
+    assert "thumbnail" not in api.get("/items/42/neighbors?k=3").json()["results"][0]
     paths = api.get("/openapi.json").json()["paths"]
     assert {"/search", "/search/batch", "/items/{item_id}/neighbors", "/items/{item_id}/image", "/health"} <= set(paths)
 
@@ -441,6 +455,9 @@ def test_the_page_in_a_real_browser(service, tmp_path):
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         try:
             page = browser.new_page()
+            missing = []  # any request of the page but its searches that fails (the favicon included)
+            page.on("response", lambda r: missing.append(r.url) if r.status >= 400 and "/search" not in r.url
+                    else None)
             page.goto(base + "/")
             assert page.title() == "SSDH image search"
             page.fill("#k", "10")
@@ -450,9 +467,12 @@ def test_the_page_in_a_real_browser(service, tmp_path):
             assert len(found) == 10
             assert sum(text == f"label {labels[query]}" for text in found) >= 8, found
             assert page.locator("#query img").count() == 1
-            # Thumbnails load after the list is drawn: wait until the first has loaded (or failed).
-            page.wait_for_function("document.querySelector('#results img').complete")
+            # The thumbnails came with the answer: every one is there when the list is.
+            sources = page.eval_on_selector_all("#results img", "imgs => imgs.map(i => i.src)")
+            assert len(sources) == 10 and all(src.startswith("data:image/png;base64,") for src in sources)
+            page.wait_for_function("[...document.querySelectorAll('#results img')].every(i => i.complete)")
             assert page.evaluate("document.querySelector('#results img').naturalWidth") == 28
+            assert all(t.endswith("/ 500 bits") for t in page.locator("#results .distance").all_inner_texts())
             page.screenshot(path=os.path.join(ARTIFACTS, "search_page.png"), full_page=True)
 
             # Search by a result with the keyboard: Tab to its button, Enter.
@@ -475,5 +495,8 @@ def test_the_page_in_a_real_browser(service, tmp_path):
             page.wait_for_function("document.querySelector('#error').textContent.length > 0")
             assert "is not an image" in page.inner_text("#error")
             assert page.locator("#results li").count() == 0
+            # No broken image for a query that is not one.
+            assert page.locator("#query img").count() == 0 and page.locator("#query .nopreview").count() == 1
+            assert not missing, missing
         finally:
             browser.close()

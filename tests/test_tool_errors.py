@@ -2,7 +2,10 @@
 or argument, exit status 1, no traceback, no partial output; and the inputs
 that used to fail now work (training snapshots as weights, gray lists, a
 train_val whose databases are elsewhere)."""
+import dataclasses
 import os
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -111,16 +114,19 @@ def test_input_errors_of_encode_and_extract(tmp_path, weights):
     one_line(run("encode", "--prototxt", DEPLOY, "--weights", weights, "--input", tmp_path / "wrong.npy",
                  "--out", tmp_path / "c.ssdh"), "ssdh encode", "net input 'data' has shape (2, 1, 32, 32); the net is declared for N x 1 x 28 x 28")
     assert not (tmp_path / "c.ssdh").exists()
-    # Gray images in a list: refused as colour (3 channels), read with --gray.
+    # Images in a list are read with the channels the net wants (gray for its one channel), --gray or not.
     for i in range(3):
-        cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((28, 28), 60 * i, np.uint8))
+        cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((28, 28, 3), 60 * i, np.uint8))
     (tmp_path / "list.txt").write_text("".join(f"{i}.png {i}\n" for i in range(3)))
-    one_line(run("extract", "--prototxt", DEPLOY, "--weights", weights, "--input", tmp_path / "list.txt",
-                 "--blobs", "ip2", "--out", tmp_path / "f.npz"), "ssdh extract", "the net is declared for N x 1 x 28 x 28")
-    ok = run("extract", "--prototxt", DEPLOY, "--weights", weights, "--input", tmp_path / "list.txt",
-             "--gray", "--blobs", "ip2", "--out", tmp_path / "f.npz")
-    assert ok.returncode == 0, ok.stderr
+    for flags, name in (((), "f.npz"), (("--gray",), "g.npz")):
+        ok = run("extract", "--prototxt", DEPLOY, "--weights", weights, "--input", tmp_path / "list.txt",
+                 *flags, "--blobs", "ip2", "--out", tmp_path / name)
+        assert ok.returncode == 0, ok.stderr
     assert np.load(tmp_path / "f.npz")["ip2"].shape == (3, 10)
+    np.testing.assert_array_equal(np.load(tmp_path / "f.npz")["ip2"], np.load(tmp_path / "g.npz")["ip2"])
+    # A search for k = 0 names the flag, not the operator underneath.
+    one_line(run("search", "--index", tmp_path / "missing.ssdh", "--k", "0", tmp_path / "0.png"), "ssdh search",
+             "--k must be at least 1, got 0")
 
 
 def test_eval_on_a_missing_device_and_serve_with_bad_weights(tmp_path):
@@ -154,3 +160,50 @@ def test_convert_imageset_skips_unreadable_images_unless_strict(tmp_path):
     strict = run("imageset", tmp_path / "img", tmp_path / "list.txt", tmp_path / "db2", "--strict")
     one_line(strict, "ssdh imageset", "list.txt:2:", "1.png")
     assert not (tmp_path / "db2").exists()
+
+
+def test_unknown_layer_types_name_the_file_and_the_closest_type(tmp_path):
+    from ssdh_port.caffe.layers import LayerError
+
+    path = tmp_path / "net.prototxt"
+    for wrong, hint in (("Convolutoin", "did you mean 'Convolution'?"), ("relu", "did you mean 'ReLU'?"),
+                        ("Python", "write the layer as a torch module")):
+        path.write_text("layer { name: 'a' type: 'Input' top: 'x' input_param { shape { dim: 1 dim: 1 } } }\n"
+                        f"layer {{ name: 'b' type: '{wrong}' bottom: 'x' top: 'y' }}")
+        with pytest.raises(LayerError) as err:
+            CaffeNet(str(path))
+        assert str(err.value).startswith(f"{path}: layer 'b': ") and hint in str(err.value)
+
+
+def test_solver_set_offers_the_closest_field(tmp_path):
+    one_line(run("train", os.path.join(ROOT, "prototxt", "lenet_ssdh", "solver.yaml"), "--solver-set",
+                 "max_itr=3", cwd=tmp_path), "ssdh train", "unknown solver field 'max_itr' (did you mean 'max_iter'?)")
+
+
+def test_convert_says_wrote_once_when_the_data_layers_cannot_be_opened(tmp_path, weights):
+    result = run("convert", "--prototxt", os.path.join(ROOT, "prototxt", "lenet_ssdh", "train_val.prototxt"),
+                 "--caffemodel", weights, "--output", tmp_path / "m.pt", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (result.stdout + result.stderr).count("wrote ") == 1
+    assert "cannot be opened here" in result.stderr
+
+
+def test_a_run_whose_training_was_stopped_encodes_nothing():
+    from ssdh_port.errors import SSDHError
+    from ssdh_port.pipeline.experiment import _check_finished
+    from ssdh_port.pipeline.train import TrainResult
+
+    stopped = TrainResult(weights="w", snapshot_prefix="p", iterations=7, log="l", plot=None, seconds=1.0,
+                          final_test={}, stopped_early=True)
+    with pytest.raises(SSDHError, match="training stopped at iteration 7 by a signal.*nothing was encoded"):
+        _check_finished(stopped, "solver.prototxt")
+    _check_finished(dataclasses.replace(stopped, stopped_early=False), "solver.prototxt")
+
+
+def test_milvus_lite_starts_without_a_deprecation_warning(tmp_path):
+    pytest.importorskip("pymilvus")
+    result = subprocess.run([sys.executable, "-W", "default", "-c",
+                             "from ssdh_port.hashing.milvus import _client; _client('m.db').close()"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "pkg_resources" not in result.stderr

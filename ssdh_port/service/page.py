@@ -1,9 +1,15 @@
 """The search page of the retrieval service: one self-contained HTML document (no
 external assets). Pick or drop an image (or press Enter on the drop zone to open
 the file dialog), see the query and its nearest items with image, id, label and
-Hamming distance; "Similar" on a result searches by that item, and then the
-results whose label differs from the item's are marked. Errors appear on the
-page (role=alert)."""
+Hamming distance (out of the code's bits); "Similar" on a result searches by
+that item, and then the results whose label differs from the item's are marked.
+The results' images come inside the search answer. Errors appear on the page
+(role=alert), and a query the browser cannot show says so instead of a broken
+image.
+
+FAVICON is the page's icon (served at /favicon.ico); api_page() is the API's
+documentation page, rendered here from the OpenAPI schema (no external scripts,
+so it works offline)."""
 import html
 import json
 
@@ -11,6 +17,7 @@ _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>SSDH image search</title>
+<link rel="icon" href="/favicon.ico" type="image/svg+xml">
 <style>
 body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
 form { display: flex; flex-wrap: wrap; gap: .8em; align-items: center; }
@@ -23,6 +30,8 @@ form { display: flex; flex-wrap: wrap; gap: .8em; align-items: center; }
 .item { text-align: center; font-size: 12px; padding: 4px; border: 2px solid transparent; }
 .item.wrong { border-color: #c00; background: #fee; }
 .item .mark { color: #c00; font-weight: bold; display: block; }
+.nopreview { display: inline-block; width: 96px; height: 96px; line-height: 96px; background: #f4f4f4;
+  color: #666; font-size: 12px; text-align: center; border: 1px solid #ccc; }
 button { font-size: 1em; }
 </style></head>
 <body>
@@ -45,6 +54,8 @@ button { font-size: 1em; }
 </main>
 <script>
 const CONFIG = __CONFIG__;
+// The results' images come inside the answer (one request), not one request each.
+const THUMBS = CONFIG.images ? "&thumbnails=true" : "";
 const $ = (id) => document.getElementById(id);
 let chosen = null;
 
@@ -59,6 +70,8 @@ function text(tag, content, cls) {
 
 function picture(src, alt) {
   const img = document.createElement("img");
+  // An image the browser cannot show (the file was not one) becomes a note, not a broken icon.
+  img.onerror = () => img.replaceWith(text("span", "no preview", "nopreview"));
   img.src = src; img.alt = alt;
   return img;
 }
@@ -71,10 +84,10 @@ function render(results, queryLabel) {
     li.className = "item";
     li.dataset.id = r.id;
     if (r.same_label === false) li.classList.add("wrong");
-    if (CONFIG.images) li.appendChild(picture("/items/" + r.id + "/image", "item " + r.id));
+    if (CONFIG.images) li.appendChild(picture(r.thumbnail || ("/items/" + r.id + "/image"), "item " + r.id));
     li.appendChild(text("div", "id " + r.id, "id"));
     if (r.label !== null) li.appendChild(text("div", "label " + JSON.stringify(r.label), "label"));
-    li.appendChild(text("div", "distance " + r.distance, "distance"));
+    li.appendChild(text("div", "distance " + r.distance + " / " + CONFIG.bits + " bits", "distance"));
     if (r.same_label === false) li.appendChild(text("span", "different class", "mark"));
     const again = text("button", "Similar");
     again.type = "button";
@@ -103,17 +116,22 @@ async function searchFile(file) {
   const form = new FormData();
   form.append("file", file, file.name);
   try {
-    const body = await answer(await fetch("/search?k=" + encodeURIComponent($("k").value),
+    const body = await answer(await fetch("/search?k=" + encodeURIComponent($("k").value) + THUMBS,
                                           { method: "POST", body: form }));
     render(body.results);
-  } catch (err) { $("results").replaceChildren(); showError(err.message); }
+  } catch (err) {
+    $("results").replaceChildren();
+    query.replaceChildren(text("h2", "Query"), text("span", "no preview", "nopreview"));
+    showError(err.message);
+  }
 }
 
 async function searchItem(id) {
   $("error").textContent = "";
   $("status").textContent = "searching...";
   try {
-    const body = await answer(await fetch("/items/" + id + "/neighbors?k=" + encodeURIComponent($("k").value)));
+    const body = await answer(await fetch("/items/" + id + "/neighbors?k=" + encodeURIComponent($("k").value) +
+                                          THUMBS));
     const query = $("query");
     query.replaceChildren(text("h2", "Query: item " + id +
       (body.item.label === null ? "" : ", label " + JSON.stringify(body.item.label))));
@@ -148,6 +166,36 @@ drop.addEventListener("drop", (event) => {
 def page(items, bits, max_k, images, labels):
     """The page for an index of `items` codes of `bits` bits."""
     info = f"{items} items, {bits}-bit codes" + ("" if labels else ", no labels")
-    config = json.dumps({"images": bool(images), "labels": bool(labels)})
+    config = json.dumps({"images": bool(images), "labels": bool(labels), "bits": int(bits)})
     return (_PAGE.replace("__INFO__", html.escape(info)).replace("__K__", str(min(20, max_k)))
             .replace("__MAXK__", str(max_k)).replace("__CONFIG__", config))
+
+
+FAVICON = ("<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 16 16'>"
+           "<rect width='16' height='16' rx='3' fill='#06c'/>"
+           "<path d='M3 4h2v8H3zM7 4h1v8H7zM10 4h3v8h-3z' fill='#fff'/></svg>")
+
+
+def api_page(openapi):
+    """/docs: each path and method of the OpenAPI schema with its summary,
+    description and parameters, and a link to the schema itself."""
+    rows = []
+    for path, methods in openapi.get("paths", {}).items():
+        for method, operation in methods.items():
+            params = ", ".join(
+                f"{p['name']} ({p.get('in', '')}{', required' if p.get('required') else ''})"
+                for p in operation.get("parameters", []))
+            rows.append(f"<tr><td><code>{html.escape(method.upper())}</code></td><td><code>{html.escape(path)}"
+                        f"</code></td><td>{html.escape(operation.get('summary', ''))}"
+                        f"<div class='d'>{html.escape(operation.get('description', ''))}</div></td>"
+                        f"<td>{html.escape(params)}</td></tr>")
+    info = openapi.get("info", {})
+    return ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+            f"<title>{html.escape(info.get('title', 'API'))}: API</title>"
+            "<link rel='icon' href='/favicon.ico' type='image/svg+xml'>"
+            "<style>body{font-family:system-ui,sans-serif;margin:1.5em}td{vertical-align:top;padding:.3em .8em;"
+            "border-bottom:1px solid #ddd}.d{color:#555;font-size:.9em;white-space:pre-wrap}</style></head><body>"
+            f"<h1>{html.escape(info.get('title', 'API'))}</h1><p>{html.escape(info.get('description', ''))}</p>"
+            "<p>The machine-readable schema: <a href='/openapi.json'>/openapi.json</a>.</p>"
+            "<table><tr><th>method</th><th>path</th><th>what it does</th><th>parameters</th></tr>"
+            + "".join(rows) + "</table></body></html>")

@@ -5,7 +5,11 @@
     GET  /items/{id}/neighbors?k=  search by a database item's own code
     GET  /items/{id}/image         a database image (PNG)
     GET  /health                   items, bits, the model card, the limits
-    GET  /                         the page; GET /docs the OpenAPI documentation
+    GET  /                         the page; GET /docs the API's documentation (/openapi.json)
+    GET  /favicon.ico              the page's icon
+
+Searches take thumbnails=true to carry each result's image inline (a PNG data
+URL), so that a page shows the results with one request.
 
 Every error is a JSON body {"error": message, "status": code}: 413 over the body
 limit, 400 an empty body or a malformed form, 415 not an image, 422 an
@@ -20,6 +24,7 @@ throughput up under load on a CPU. The index and the net are shared read-only.
 A client that goes away is one warning line, not a traceback.
 """
 import asyncio
+import base64
 import dataclasses
 import logging
 import socket
@@ -213,14 +218,15 @@ def create_app(engine, limits=None):
     from starlette.exceptions import HTTPException
     from starlette.requests import ClientDisconnect
 
-    from ssdh_port.service.page import page
+    from ssdh_port.service.page import FAVICON, api_page, page
 
     limits = limits or ServiceLimits()
     items = engine.items
     max_k = min(limits.max_k or items, items)
     queue = _ModelQueue(engine, limits)
     decoder = ThreadPoolExecutor(2, thread_name_prefix="ssdh-decode")
-    app = FastAPI(title="SSDH image search", version="1",
+    # /docs is rendered here from the schema: FastAPI's own pages load Swagger UI / ReDoc from a CDN.
+    app = FastAPI(title="SSDH image search", version="1", docs_url=None, redoc_url=None,
                   description="Binary-code image search with a trained SSDH net (Hamming distance).")
 
     def error(status, message):
@@ -271,6 +277,23 @@ def create_app(engine, limits=None):
     async def index_page():
         return page(items, engine.index.bits, max_k, engine.db is not None, engine.has_labels)
 
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    async def docs_page():
+        return api_page(app.openapi())
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon():
+        return Response(FAVICON, media_type="image/svg+xml", headers={"Cache-Control": "public, max-age=86400"})
+
+    async def with_thumbnails(results, thumbnails):
+        """Each result with its database image as a PNG data URL, when asked."""
+        if not thumbnails or engine.db is None:
+            return results
+        loop = asyncio.get_running_loop()
+        for result in results:
+            result["thumbnail"] = await loop.run_in_executor(decoder, _png_data_url, engine, result["id"])
+        return results
+
     @app.get("/health")
     async def health():
         card = engine.card
@@ -282,15 +305,16 @@ def create_app(engine, limits=None):
                 "limits": dataclasses.asdict(limits), "waiting_images": queue.pending_images}
 
     @app.post("/search")
-    async def search(request: Request, k: int = 10):
+    async def search(request: Request, k: int = 10, thumbnails: bool = False):
         """Nearest database items of one image (raw body, or the first file of a
-        multipart form)."""
+        multipart form); thumbnails=true adds each result's image as a data URL."""
         check_k(k)
         started = time.perf_counter()
         files = await _uploaded_images(request, limits, 1)
         images = await decode(files)
         hits = (await queue.search(images, k))[0]
-        return {"k": k, "results": [_hit(h) for h in hits], "seconds": round(time.perf_counter() - started, 4)}
+        results = await with_thumbnails([_hit(h) for h in hits], thumbnails)
+        return {"k": k, "results": results, "seconds": round(time.perf_counter() - started, 4)}
 
     @app.post("/search/batch")
     async def search_batch(request: Request, k: int = 10):
@@ -305,14 +329,14 @@ def create_app(engine, limits=None):
                 "seconds": round(time.perf_counter() - started, 4)}
 
     @app.get("/items/{item_id}/neighbors")
-    async def neighbors(item_id: int, k: int = 10):
+    async def neighbors(item_id: int, k: int = 10, thumbnails: bool = False):
         """Nearest database items of a database item's own code; each result says
-        whether its label is the item's."""
+        whether its label is the item's (thumbnails=true: with its image)."""
         check_k(k)
         _, label = item_or_404(item_id)
         hits = await asyncio.get_running_loop().run_in_executor(decoder, engine.neighbors, item_id, k)
         return {"k": k, "item": {"id": item_id, "label": label},
-                "results": [_hit(h, label) for h in hits]}
+                "results": await with_thumbnails([_hit(h, label) for h in hits], thumbnails)}
 
     @app.get("/items/{item_id}/image", responses={200: {"content": {"image/png": {}}}})
     async def item_image(item_id: int):
@@ -326,6 +350,11 @@ def create_app(engine, limits=None):
                         headers={"Cache-Control": "public, max-age=3600"})
 
     return app
+
+
+def _png_data_url(engine, item_id):
+    _, png = cv2.imencode(".png", engine.database_image(item_id))
+    return "data:image/png;base64," + base64.b64encode(png.tobytes()).decode("ascii")
 
 
 def listening_socket(host="127.0.0.1", port=8000, backlog=2048):
