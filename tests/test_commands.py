@@ -137,8 +137,25 @@ def test_a_wheel_of_the_tree_works_outside_the_checkout(tmp_path):
     assert provenance["spec"]["model"]["bits"] == 12 and provenance["spec"]["model"]["solver"]["max_iter"] == 20
     assert set(provenance["seconds"][""]) >= {"prepare", "train", "encode", "evaluate", "wall"}
     assert "bits = 12" in (away / "demo" / "spec.toml").read_text()
+    # The README's serve line after the demo (its folders as this run named them).
+    line = re.search(r"ssdh serve --index runs/demo/train.ssdh --db runs/mnist/train_lmdb", README)
+    assert line, "the README shows how to serve the demo's codes"
+    served = subprocess.Popen([sys.executable, str(script), "serve", "--index", "demo/train.ssdh", "--db",
+                               "runs/mnist/train_lmdb", "--port", "0"], cwd=away, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        first = served.stdout.readline()
+        assert "serving 60000 items on http://127.0.0.1:" in first, (first, served.stderr.read())
+        import urllib.request
+
+        base = first.split(" on ")[1].strip()
+        health = json.load(urllib.request.urlopen(base + "health", timeout=30))
+        assert health["items"] == 60000 and health["bits"] == 12 and health["images"]
+    finally:
+        served.terminate()
+        served.wait(30)
     bad = run("demo", "--solver-set", "test_itr=5")
-    assert bad.returncode == 1 and "expected FIELD=VALUE with a SolverParameter field" in bad.stderr
+    assert bad.returncode == 1 and "unknown solver field 'test_itr' (did you mean 'test_iter'?)" in bad.stderr
     assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     # The same run without the latent layer: same solver, a table of both accuracies.
     backbone = run("compare-backbone", "--run", "demo", "--name", "LeNet smoke", "--out-dir", "backbone")

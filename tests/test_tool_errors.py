@@ -207,3 +207,24 @@ def test_milvus_lite_starts_without_a_deprecation_warning(tmp_path):
                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "pkg_resources" not in result.stderr
+
+
+def test_progress_bars_only_on_a_terminal(monkeypatch):
+    import io
+
+    from ssdh_port import progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.delenv("SSDH_PROGRESS", raising=False)
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a log file: no bars, results on their own lines
+    assert not progress.enabled()
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    assert progress.enabled()
+    monkeypatch.setenv("SSDH_PROGRESS", "0")
+    assert not progress.enabled()
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    monkeypatch.setenv("SSDH_PROGRESS", "1")
+    assert progress.enabled()

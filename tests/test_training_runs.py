@@ -231,3 +231,15 @@ def test_ctrl_c_under_nproc_ends_as_one_process_does(tmp_path, mnist_db):
     assert "Traceback" not in err and "SignalException" not in err
     assert "stopped early" in out and out.count("log: ") == 1 and "/dev/null" not in out
     assert json.load(open(recipe.snapshot_prefix + "_latest"))["iter"] >= 2
+
+
+def test_the_same_machine_and_threads_train_bit_for_bit(tmp_path, mnist_db):
+    """What the README says of the demo's numbers: run after run, on one machine with
+    one thread count, training gives the same weights bit for bit."""
+    recipe = _recipe(tmp_path, mnist_db, max_iter=6)
+    runs = []
+    for _ in range(2):
+        solver = Solver(read_solver(recipe.solver), log=lambda line: None)
+        solver.solve()
+        runs.append(_weights(solver))
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
