@@ -10,7 +10,8 @@ The code file (.ssdh) is little-endian:
            20  uint32 flags (1: labels present)
            24  uint64 count N
            32  uint32 label width M (1: class ids; M: multi-hot rows)
-           36  reserved, zero up to 64
+           36  uint64 generation (0 until a live index is first compacted; see live.py)
+           44  reserved, zero up to 64
            64  codes: N x B uint8 (ssdh_port.ops.pack_bits layout: bit k of a code is
                bit k % 8 of byte k // 8, least significant first; padding bits 0),
                zero-padded to a multiple of 8 bytes
@@ -18,6 +19,9 @@ The code file (.ssdh) is little-endian:
                labels: N x M int32 (when flag 1 is set)
 
 Loading maps the file (numpy memmap, copy-on-write): nothing is read until used.
+A writable index (ssdh_port.hashing.live.LiveIndex) keeps its changes since the last
+compaction in a log beside the file (<file>.log); loading applies it, so every reader
+sees the acknowledged state.
 """
 import os
 import struct
@@ -31,7 +35,7 @@ from ssdh_port.errors import SSDHError
 from ssdh_port.hashing.codes import as_packed
 
 MAGIC = b"SSDHIDX1"
-HEADER = struct.Struct("<8sIIIIQI28x")
+HEADER = struct.Struct("<8sIIIIQIQ20x")
 
 
 class IndexFileError(SSDHError):
@@ -50,6 +54,7 @@ class HammingIndex:
         self._labels = []
         self._merged = None
         self._id_order = self._sorted_ids = None
+        self.generation = 0  # of the code file it was loaded from (live indexes count compactions)
 
     # ------------------------------------------------------------ content
 
@@ -171,22 +176,28 @@ class HammingIndex:
 
     # ------------------------------------------------------------ files
 
-    def save(self, path):
-        """Write the code file (see the module doc) atomically."""
+    def save(self, path, generation=None, durable=False):
+        """Write the code file (see the module doc) atomically (durable: fsync'd
+        before the rename, as a live index's compaction needs)."""
         codes, ids, labels = self.codes.numpy(), self.ids.numpy(), self.labels
         flags = 1 if labels is not None else 0
         width = 1 if labels is None or labels.dim() == 1 else labels.shape[1]
+        generation = self.generation if generation is None else generation
         with atomic_write(path) as f:
-            f.write(HEADER.pack(MAGIC, HEADER.size, self.bits, self.bytes, flags, len(codes), width))
+            f.write(HEADER.pack(MAGIC, HEADER.size, self.bits, self.bytes, flags, len(codes), width, generation))
             f.write(codes.tobytes())
             f.write(bytes(-codes.nbytes % 8))
             f.write(ids.astype("<i8").tobytes())
             if labels is not None:
                 f.write(labels.numpy().astype("<i4").tobytes())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
 
     @classmethod
-    def load(cls, path, device="cpu"):
-        """Map a code file; the codes are not copied until a search needs them on a device."""
+    def load(cls, path, device="cpu", apply_log=True):
+        """Map a code file; the codes are not copied until a search needs them on a device.
+        A live index's log beside it is applied (apply_log=False: the file alone)."""
         try:
             with open(path, "rb") as f:
                 header = f.read(HEADER.size)
@@ -197,7 +208,7 @@ class HammingIndex:
         if len(header) < HEADER.size:
             raise IndexFileError(f"{path}: truncated code file ({len(header)} bytes, the header alone "
                                  f"is {HEADER.size})")
-        _, size, bits, nbytes, flags, count, width = HEADER.unpack(header)
+        _, size, bits, nbytes, flags, count, width, generation = HEADER.unpack(header)
         if nbytes != (bits + 7) // 8:
             raise IndexFileError(f"{path}: header says {bits} bits but {nbytes} bytes per code")
         code_bytes = count * nbytes + (-(count * nbytes) % 8)
@@ -218,6 +229,11 @@ class HammingIndex:
                 shape = (count,) if width == 1 else (count, width)
                 labels = np.memmap(path, "<i4", "c", size + code_bytes + 8 * count, shape)
                 index._labels = [torch.from_numpy(labels)]
+        index.generation = int(generation)
+        if apply_log:
+            from ssdh_port.hashing import live
+
+            index = live.with_log(index, path)
         return index
 
     def to_faiss(self):
