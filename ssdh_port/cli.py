@@ -136,11 +136,11 @@ def add_model_arguments(parser):
     add_transform_arguments(parser, scale=None)
 
 
-def search_engine(args, db=None, backend="lmdb"):
-    """The ImageSearch that add_model_arguments' flags describe."""
+def search_engine(args, db=None, backend="lmdb", writable=False):
+    """The ImageSearch that add_model_arguments' flags describe (writable: over a live index)."""
     from ssdh_port.service.search import ImageSearch, open_index
 
-    index, card = open_index(args.index, args.milvus, args.collection, args.card)
+    index, card = open_index(args.index, args.milvus, args.collection, args.card, writable=writable)
     return ImageSearch(index, db, backend=backend, card=card, prototxt=args.prototxt, weights=args.weights,
                        latent_blob=args.blob, mean_file=args.mean_file, mean_value=args.mean_value,
                        scale=args.scale)

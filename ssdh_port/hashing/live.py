@@ -115,44 +115,82 @@ def with_log(index, path):
         logger.warning("%s: a torn record at its end (a write that did not finish) is ignored", log)
     state = _State.from_index(index, width if has_labels else 0)
     for record in records:
-        state.apply(*record)
+        state = state.applied(*record)
     return state.fresh()
 
 
 class _State:
-    """Items in insertion order with tombstones: the searched arrays and who is alive."""
+    """One state of a live index, never changed once made (a change makes the next
+    state: readers holding this one are not disturbed): the searched arrays in
+    insertion order with tombstones, who is alive, and the read side of
+    HammingIndex (search_positions, ids_at, labels_at, codes_at, positions_of), so
+    that what searches a code file searches a live index's state as well."""
 
-    def __init__(self, bits, label_width):
-        self.index = HammingIndex(bits)
-        self.label_width = label_width
-        self.alive = torch.zeros(0, dtype=torch.bool)
-        self.where = {}  # id -> position of its living item
+    def __init__(self, index, alive, where, label_width):
+        self.index, self.alive, self.where, self.label_width = index, alive, where, label_width
+        self.bits, self.bytes = index.bits, index.bytes
 
     @classmethod
     def from_index(cls, index, label_width):
-        state = cls(index.bits, label_width)
-        if len(index):
-            state.index = index
-            state.alive = torch.ones(len(index), dtype=torch.bool)
-            state.where = {int(i): p for p, i in enumerate(index.ids.tolist())}
-        return state
+        alive = torch.ones(len(index), dtype=torch.bool)
+        return cls(index, alive, {int(i): p for p, i in enumerate(index.ids.tolist())}, label_width)
 
-    def apply(self, kind, ids, codes, labels):
+    def applied(self, kind, ids, codes, labels):
+        """The state after one record."""
         if kind == ADD:
+            index = HammingIndex(self.bits)
+            if len(self.index):
+                index.add(self.index.codes, self.index.ids, self.index.labels)
+            index.add(torch.from_numpy(np.array(codes)), np.array(ids), None if labels is None else np.array(labels))
             start = len(self.index)
-            self.index.add(torch.from_numpy(np.array(codes)), np.array(ids),
-                           None if labels is None else np.array(labels))
-            self.alive = torch.cat([self.alive, torch.ones(len(ids), dtype=torch.bool)])
-            for offset, item in enumerate(ids.tolist()):
-                self.where[int(item)] = start + offset
-        else:
-            for item in ids.tolist():
-                position = self.where.pop(int(item))
-                self.alive[position] = False
+            where = dict(self.where)
+            where.update((int(item), start + offset) for offset, item in enumerate(ids.tolist()))
+            alive = torch.cat([self.alive, torch.ones(len(ids), dtype=torch.bool)])
+            return _State(index, alive, where, self.label_width)
+        where, alive = dict(self.where), self.alive.clone()
+        for item in ids.tolist():
+            alive[where.pop(int(item))] = False
+        return _State(self.index, alive, where, self.label_width)
+
+    def __len__(self):
+        return len(self.where)
 
     @property
     def dead(self):
         return len(self.index) - len(self.where)
+
+    def search_positions(self, queries, k):
+        """(distances Q x k, positions Q x k) of the living items, as a fresh index of
+        them in insertion order would rank them (k is cut to the number of items)."""
+        if not self.where:
+            raise LiveIndexError("search: the index is empty")
+        k = min(int(k), len(self.where))
+        distances, positions = self.index.search_positions(queries, min(k + self.dead, len(self.index)))
+        if self.dead == 0:
+            return distances[:, :k], positions[:, :k]
+        keep = self.alive[positions]
+        order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices[:, :k]
+        return torch.gather(distances, 1, order), torch.gather(positions, 1, order)
+
+    def search(self, queries, k):
+        distances, positions = self.search_positions(queries, k)
+        return distances, self.index.ids[positions]
+
+    def ids_at(self, positions):
+        return self.index.ids_at(positions)
+
+    def labels_at(self, positions):
+        return self.index.labels_at(positions) if len(self.index) else None
+
+    def codes_at(self, positions):
+        return self.index.codes_at(positions)
+
+    def positions_of(self, ids):
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        missing = [int(i) for i in ids if int(i) not in self.where]
+        if missing:
+            raise SSDHError(f"ids {missing[:5]} are not in the index")
+        return torch.tensor([self.where[int(i)] for i in ids], dtype=torch.int64)
 
     def fresh(self):
         """A HammingIndex of the living items in insertion order."""
@@ -212,6 +250,7 @@ class LiveIndex:
             raise LiveIndexError(f"{self.path}: no such code file (LiveIndex.create makes one)")
         base = HammingIndex.load(self.path, apply_log=False)
         self.bits, self.generation = base.bits, base.generation
+        self.base_ids = base.ids.tolist()  # the code file's items as opened, in file order
         has_labels, width = _label_width(self.path)
         self.label_width = width if has_labels else 0
         self.state = _State.from_index(base, self.label_width)
@@ -224,7 +263,7 @@ class LiveIndex:
                 self._new_log()  # folded in by a compaction that was killed before resetting the log
             else:
                 for record in records:
-                    self.state.apply(*record)
+                    self.state = self.state.applied(*record)
                 if torn:
                     logger.warning("%s: a torn record at its end (a write that did not finish) is dropped",
                                    self.log_path)
@@ -299,10 +338,10 @@ class LiveIndex:
             if present:
                 self._append(struct.pack("<BI", REMOVE, len(present)) + np.asarray(present, "<i8").tobytes(),
                              payload)
-                self.state.apply(REMOVE, np.asarray(present, np.int64), None, None)
+                self.state = self.state.applied(REMOVE, np.asarray(present, np.int64), None, None)
             else:
                 self._append(payload)
-            self.state.apply(ADD, ids, packed, labels)
+            self.state = self.state.applied(ADD, ids, packed, labels)
         return ids
 
     def remove(self, ids):
@@ -316,7 +355,7 @@ class LiveIndex:
             if len(set(ids.tolist())) != len(ids):
                 raise LiveIndexError("LiveIndex.remove: an id appears twice in one call")
             self._append(struct.pack("<BI", REMOVE, len(ids)) + ids.astype("<i8").tobytes())
-            self.state.apply(REMOVE, ids, None, None)
+            self.state = self.state.applied(REMOVE, ids, None, None)
         return len(ids)
 
     def _append(self, *payloads):
@@ -371,19 +410,12 @@ class LiveIndex:
     def search(self, queries, k):
         """(distances Q x k, ids Q x k): those of a fresh HammingIndex of the living
         items in insertion order (k is cut to the number of items)."""
-        with self._mutex:
-            state = self.state
-            index, alive, dead, count = state.index, state.alive.clone(), state.dead, len(state.where)
-            if count == 0:
-                raise LiveIndexError(f"{self.path}: the index is empty")
-            k = min(int(k), count)
-            distances, positions = index.search_positions(queries, min(k + dead, len(index)))
-            ids = index.ids
-        if dead == 0:
-            return distances[:, :k], ids[positions[:, :k]]
-        keep = alive[positions]
-        order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices[:, :k]
-        return torch.gather(distances, 1, order), ids[torch.gather(positions, 1, order)]
+        return self.view().search(queries, k)
+
+    def view(self):
+        """The current state, to read without a lock: it does not change when the
+        index does (search_positions, ids_at, labels_at, codes_at, positions_of)."""
+        return self.state
 
     def snapshot(self):
         """A HammingIndex of the living items in insertion order (a copy)."""

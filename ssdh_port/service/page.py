@@ -47,6 +47,7 @@ button { font-size: 1em; }
   <input type="number" id="k" name="k" value="__K__" min="1" max="__MAXK__">
   <button type="submit" id="go">Search</button>
 </form>
+__ADD__
 <p id="status" role="status" aria-live="polite"></p>
 <p id="error" role="alert"></p>
 <section id="query" aria-label="query"></section>
@@ -56,6 +57,11 @@ button { font-size: 1em; }
 const CONFIG = __CONFIG__;
 // The results' images come inside the answer (one request), not one request each.
 const THUMBS = CONFIG.images ? "&thumbnails=true" : "";
+// The API token (a writable server, or one that protects reads), sent with each request.
+function headers() {
+  const field = $("token");
+  return field && field.value ? { "Authorization": "Bearer " + field.value } : {};
+}
 const $ = (id) => document.getElementById(id);
 let chosen = null;
 
@@ -117,7 +123,7 @@ async function searchFile(file) {
   form.append("file", file, file.name);
   try {
     const body = await answer(await fetch("/search?k=" + encodeURIComponent($("k").value) + THUMBS,
-                                          { method: "POST", body: form }));
+                                          { method: "POST", body: form, headers: headers() }));
     render(body.results);
   } catch (err) {
     $("results").replaceChildren();
@@ -131,7 +137,7 @@ async function searchItem(id) {
   $("status").textContent = "searching...";
   try {
     const body = await answer(await fetch("/items/" + id + "/neighbors?k=" + encodeURIComponent($("k").value) +
-                                          THUMBS));
+                                          THUMBS, { headers: headers() }));
     const query = $("query");
     query.replaceChildren(text("h2", "Query: item " + id +
       (body.item.label === null ? "" : ", label " + JSON.stringify(body.item.label))));
@@ -145,6 +151,21 @@ $("form").addEventListener("submit", (event) => {
   event.preventDefault();
   if (!chosen) { showError("choose an image first"); return; }
   searchFile(chosen);
+});
+if ($("add")) $("add").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const file = $("addfile").files[0];
+  if (!file) { showError("choose an image to add first"); return; }
+  const form = new FormData();
+  form.append("file", file, file.name);
+  if ($("addid").value) form.append("id", $("addid").value);
+  if ($("addlabel") && $("addlabel").value) form.append("label", $("addlabel").value);
+  $("error").textContent = "";
+  try {
+    const body = await answer(await fetch("/items", { method: "POST", body: form, headers: headers() }));
+    $("status").textContent = "added item " + body.ids.join(", ") + " (" + body.items + " items now)";
+    $("info").textContent = body.items + " items, " + CONFIG.bits + "-bit codes";
+  } catch (err) { showError(err.message); }
 });
 const drop = $("drop");
 drop.addEventListener("click", () => $("file").click());
@@ -163,12 +184,27 @@ drop.addEventListener("drop", (event) => {
 """
 
 
-def page(items, bits, max_k, images, labels):
-    """The page for an index of `items` codes of `bits` bits."""
+_ADD = """<form id="add" aria-label="add to the index">
+  <label for="addfile">Add to the index</label>
+  <input type="file" id="addfile" name="file" accept="image/*">
+  <label for="addid">id</label> <input type="number" id="addid" name="id" placeholder="next">
+  __LABEL__<button type="submit" id="addgo">Add</button>
+</form>"""
+_TOKEN = """<p><label for="token">API token</label> <input type="password" id="token" autocomplete="off"></p>"""
+
+
+def page(items, bits, max_k, images, labels, writable=False, token_needed=False):
+    """The page for an index of `items` codes of `bits` bits; an "add to the index"
+    form when the server takes changes, a token field when it needs one."""
     info = f"{items} items, {bits}-bit codes" + ("" if labels else ", no labels")
     config = json.dumps({"images": bool(images), "labels": bool(labels), "bits": int(bits)})
+    extra = _TOKEN if writable or token_needed else ""
+    if writable:
+        label = ('<label for="addlabel">label</label> <input type="number" id="addlabel" name="label"> '
+                 if labels else "")
+        extra += _ADD.replace("__LABEL__", label)
     return (_PAGE.replace("__INFO__", html.escape(info)).replace("__K__", str(min(20, max_k)))
-            .replace("__MAXK__", str(max_k)).replace("__CONFIG__", config))
+            .replace("__MAXK__", str(max_k)).replace("__CONFIG__", config).replace("__ADD__", extra))
 
 
 FAVICON = ("<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 16 16'>"

@@ -23,6 +23,7 @@ from ssdh_port.data.db import open_db
 from ssdh_port.data.transformer import DataTransformer, transform_param
 from ssdh_port.errors import SSDHError
 from ssdh_port.hashing.index import HammingIndex
+from ssdh_port.hashing.live import LiveIndex
 from ssdh_port.service.model_card import ModelCard, card_path, read_card_file
 
 # Formats accepted from clients (Pillow's names): what OpenCV decodes as well.
@@ -80,23 +81,37 @@ def decode_image(data, max_pixels=None, name="the image"):
 
 
 class ImageSearch:
-    """search(images, k) and neighbors(item ids, k) over a code file with its net."""
+    """search(images, k) and neighbors(item ids, k) over a code file with its net;
+    with a LiveIndex, also add_images / add_codes / remove, each durable when it
+    returns, while searches go on (each reads one state of the index)."""
 
     def __init__(self, index, db_path=None, *, backend="lmdb", card=None, prototxt=None, weights=None,
                  latent_blob=None, mean_file=None, mean_value=None, scale=None):
         """index: a code file (its card is read from beside it), or an open index (a
-        HammingIndex or a MilvusIndex; then `card` names its model card, if any)."""
+        HammingIndex, a LiveIndex or a MilvusIndex; then `card` names its model card,
+        if any)."""
         if isinstance(index, (str, os.PathLike)):
             card = card or card_path(index)
             index = HammingIndex.load(index)
-        self.index = index
+        self.live = index if isinstance(index, LiveIndex) else None
+        self._index = index
         found = read_card_file(card) or ModelCard()
         self.card = found.with_overrides(prototxt=prototxt, weights=weights, latent_blob=latent_blob,
                                          mean_file=mean_file, mean_value=mean_value, scale=scale)
         self.card.require("prototxt", "weights")
         self.card.check_files()
-        self.items = len(self.index)
-        self.has_labels = self.index.labels_at([0]) is not None if self.items else False
+        view = self.view()
+        if self.live is not None:
+            self.has_labels = bool(self.live.label_width)
+        else:
+            self.has_labels = view.labels_at([0]) is not None if len(view) else False
+        # Database images by the item's record, its position in the code file that encode
+        # wrote: for a live index, the file's items while it was never compacted (a
+        # compaction moves positions; items added later have no record).
+        self._records = None
+        if self.live is not None:
+            self._records = ({int(i): p for p, i in enumerate(self.live.base_ids)}
+                             if self.live.generation == 0 else {})
         self.net = CaffeNet(self.card.prototxt, weights=self.card.weights)
         if not self.net.input_names:
             raise SSDHError(f"{self.card.prototxt}: a deploy net with an Input layer is needed")
@@ -107,6 +122,18 @@ class ImageSearch:
         self.db = open_db(db_path, backend) if db_path else None
         if self.db is not None and len(self.db) < self.items:
             raise SSDHError(f"{db_path}: {len(self.db)} records for the {self.items} indexed items")
+
+    @property
+    def index(self):
+        """What searches read: the index, or a live index's current state."""
+        return self.view()
+
+    def view(self):
+        return self.live.view() if self.live is not None else self._index
+
+    @property
+    def items(self):
+        return len(self.view())
 
     def _transform_param(self):
         t = self.card.transform
@@ -133,10 +160,10 @@ class ImageSearch:
             latent = self.net(**{self.input: data})[self.latent]
         return ops.pack_bits(latent.reshape(len(batch), -1))
 
-    def _hits(self, distances, positions):
+    def _hits(self, view, distances, positions):
         flat = positions.reshape(-1)
-        ids = self.index.ids_at(flat).tolist()
-        labels = self.index.labels_at(flat)
+        ids = view.ids_at(flat).tolist()
+        labels = view.labels_at(flat)
         labels = None if labels is None else labels.tolist()
         out, n = [], 0
         for row_d, row_p in zip(distances.tolist(), positions.tolist()):
@@ -149,28 +176,36 @@ class ImageSearch:
 
     def search_codes(self, codes, k):
         """[[Hit] * k] per packed code."""
-        return self._hits(*self.index.search_positions(codes, k))
+        view = self.view()
+        return self._hits(view, *view.search_positions(codes, k))
 
     def search(self, images, k=10):
         """[[Hit] * k] per image: the k nearest database items, ties in database order."""
         return self.search_codes(self.encode_images(images), k)
 
-    def item(self, item_id):
+    def item(self, item_id, view=None):
         """(position, label) of a database item; an unknown id is an error that names it."""
-        position = int(self.index.positions_of([item_id])[0])
-        labels = self.index.labels_at([position])
+        view = view or self.view()
+        position = int(view.positions_of([item_id])[0])
+        labels = view.labels_at([position])
         return position, None if labels is None else labels[0].tolist()
 
     def neighbors(self, item_id, k=10):
         """[Hit] * k nearest to a database item's own code (the item itself first)."""
-        position, _ = self.item(item_id)
-        return self.search_codes(self.index.codes_at([position]), k)[0]
+        view = self.view()
+        position, _ = self.item(item_id, view)
+        return self._hits(view, *view.search_positions(view.codes_at([position]), k))[0]
 
     def database_image(self, item_id):
         """The stored image of a database item (BGR H x W x C or gray H x W uint8)."""
         if self.db is None:
             raise SSDHError("no image database given")
         position, _ = self.item(item_id)
+        if self._records is not None:
+            position = self._records.get(int(item_id))
+            if position is None:
+                raise SSDHError(f"item {item_id} has no record in the image database (added after it was "
+                                "made, or the code file was compacted since)")
         array, _ = self.db.read(position)
         image = np.asarray(array)
         if image.dtype != np.uint8:
@@ -178,14 +213,43 @@ class ImageSearch:
         return image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
 
 
-def open_index(path=None, milvus=None, collection="ssdh_codes", card=None):
+    # ------------------------------------------------------------ changes (a live index)
+
+    def _writable(self):
+        if self.live is None:
+            raise SSDHError("the index is read-only (open it as a LiveIndex: ssdh serve --writable)")
+        return self.live
+
+    def next_ids(self, count):
+        """Ids for items added without one: after the largest id the index has held."""
+        live = self._writable()
+        start = max(max(live.view().where, default=-1), getattr(self, "_last_id", -1)) + 1
+        self._last_id = start + count - 1
+        return list(range(start, start + count))
+
+    def add_codes(self, codes, ids, labels=None):
+        """Add packed codes (or 0/1 rows); returns the ids when the change is durable."""
+        live = self._writable()
+        if ids is None:
+            ids = self.next_ids(len(codes))
+        live.add(codes, ids, labels)
+        self._last_id = max([getattr(self, "_last_id", -1), *[int(i) for i in ids]])
+        return [int(i) for i in ids]
+
+    def remove(self, ids):
+        return self._writable().remove(ids)
+
+
+def open_index(path=None, milvus=None, collection="ssdh_codes", card=None, writable=False):
     """(the index to search, its model card's path): a code file, or a Milvus collection
     (uri: a Milvus Lite file or http://host:19530), whose card lies beside a Lite file
     unless `card` names it."""
     if (path is None) == (milvus is None):
         raise SSDHError("give a code file (--index) or a Milvus collection (--milvus URI), not both")
     if path is not None:
-        return HammingIndex.load(path), card or card_path(path)
+        return (LiveIndex(path) if writable else HammingIndex.load(path)), card or card_path(path)
+    if writable:
+        raise SSDHError("a writable Milvus collection is not served yet: serve a code file with --writable")
     from ssdh_port.hashing.milvus import MilvusIndex
     from ssdh_port.service.model_card import milvus_card_path
 

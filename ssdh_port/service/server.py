@@ -7,6 +7,15 @@
     GET  /health                   items, bits, the model card, the limits
     GET  /                         the page; GET /docs the API's documentation (/openapi.json)
     GET  /favicon.ico              the page's icon
+    POST /items                    (a writable server) add images (multipart: `file` fields, each
+                                   optionally followed by `id` and `label` fields) or codes (JSON
+                                   {"items": [{"code": "0101...", "id": 7, "label": 3}]}); 201
+                                   with the ids once the change is on disk
+    DELETE /items/{id}             (a writable server) remove an item
+
+Writes need `Authorization: Bearer <token>` (the token of serve --api-token-file,
+compared in constant time, never logged; 401 without it or with another); reads
+too with --protect-reads. A read-only server answers writes with 405.
 
 Searches take thumbnails=true to carry each result's image inline (a PNG data
 URL), so that a page shows the results with one request.
@@ -25,6 +34,7 @@ A client that goes away is one warning line, not a traceback.
 """
 import asyncio
 import base64
+import hmac
 import dataclasses
 import logging
 import socket
@@ -84,6 +94,10 @@ class _ModelQueue:
         self.pending_images = 0
         self.active = 0
 
+    async def encode(self, images):
+        """Packed codes of images, through the same batched forward passes as searches."""
+        return await self.search(images, None)
+
     async def search(self, images, k):
         if self.pending_images + len(images) > self.limits.max_pending:
             raise ApiError(503, f"the server is busy ({self.pending_images} images waiting for the model); "
@@ -123,12 +137,16 @@ class _ModelQueue:
             self.active -= 1
 
     def _run(self, batch):
+        """One forward pass for every image of the batch; then each search request's
+        hits, or (k None) an add request's codes."""
         images = [image for request in batch for image in request[0]]
-        k = max(request[1] for request in batch)
-        hits = self.engine.search(images, k)
+        codes = self.engine.encode_images(images)
+        searches = [request[1] for request in batch if request[1] is not None]
+        hits = self.engine.search_codes(codes, max(searches)) if searches else None
         answers, start = [], 0
         for request_images, request_k, _ in batch:
-            answers.append([row[:request_k] for row in hits[start:start + len(request_images)]])
+            rows = slice(start, start + len(request_images))
+            answers.append(codes[rows] if request_k is None else [row[:request_k] for row in hits[rows]])
             start += len(request_images)
         return answers
 
@@ -210,8 +228,9 @@ def _hit(hit, query_label=None):
     return out
 
 
-def create_app(engine, limits=None):
-    """The FastAPI app answering for engine (an ssdh_port.service.search.ImageSearch)."""
+def create_app(engine, limits=None, token=None, protect_reads=False):
+    """The FastAPI app answering for engine (an ssdh_port.service.search.ImageSearch);
+    token: the bearer token writes (and, with protect_reads, reads) need."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -221,9 +240,13 @@ def create_app(engine, limits=None):
     from ssdh_port.service.page import FAVICON, api_page, page
 
     limits = limits or ServiceLimits()
-    items = engine.items
-    max_k = min(limits.max_k or items, items)
+    writable = engine.live is not None
+    if writable and not token:
+        raise SSDHError("a writable server needs an API token (serve --api-token-file)")
+    if protect_reads and not token:
+        raise SSDHError("--protect-reads needs an API token (serve --api-token-file)")
     queue = _ModelQueue(engine, limits)
+    writer = ThreadPoolExecutor(1, thread_name_prefix="ssdh-write")  # one writer, changes in arrival order
     decoder = ThreadPoolExecutor(2, thread_name_prefix="ssdh-decode")
     # /docs is rendered here from the schema: FastAPI's own pages load Swagger UI / ReDoc from a CDN.
     app = FastAPI(title="SSDH image search", version="1", docs_url=None, redoc_url=None,
@@ -234,7 +257,10 @@ def create_app(engine, limits=None):
 
     @app.exception_handler(ApiError)
     async def _api_error(request, err):
-        return error(err.status, str(err))
+        response = error(err.status, str(err))
+        if err.status == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
 
     @app.exception_handler(ImageInputError)
     async def _image_error(request, err):
@@ -257,9 +283,29 @@ def create_app(engine, limits=None):
                     request.method, request.url.path)
         return Response(status_code=499)
 
+    def max_k():
+        items = engine.items
+        return min(limits.max_k or items, items)
+
     def check_k(k):
-        if not 1 <= k <= max_k:
-            raise ApiError(422, f"k must be between 1 and {max_k}, got {k}")
+        if not 1 <= k <= max_k():
+            raise ApiError(422, f"k must be between 1 and {max_k()}, got {k}")
+
+    def authorized(request):
+        """The bearer token, compared in constant time; 401 otherwise (the token is never logged)."""
+        given = request.headers.get("authorization", "")
+        scheme, _, value = given.partition(" ")
+        if not (scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode())):
+            raise ApiError(401, "this needs the API token: Authorization: Bearer <token>")
+
+    def reads(request):
+        if protect_reads:
+            authorized(request)
+
+    def writes(request):
+        if not writable:
+            raise ApiError(405, "the server is read-only (ssdh serve --writable --api-token-file F takes changes)")
+        authorized(request)
 
     def item_or_404(item_id):
         try:
@@ -275,7 +321,8 @@ def create_app(engine, limits=None):
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index_page():
-        return page(items, engine.index.bits, max_k, engine.db is not None, engine.has_labels)
+        return page(engine.items, engine.index.bits, max_k(), engine.db is not None, engine.has_labels,
+                    writable=writable, token_needed=protect_reads)
 
     @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
     async def docs_page():
@@ -295,11 +342,12 @@ def create_app(engine, limits=None):
         return results
 
     @app.get("/health")
-    async def health():
+    async def health(request: Request):
+        reads(request)
         card = engine.card
-        return {"status": "ok", "items": items, "bits": engine.index.bits,
+        return {"status": "ok", "items": engine.items, "bits": engine.index.bits, "writable": writable,
                 "labels": engine.has_labels, "images": engine.db is not None,
-                "index": type(engine.index).__name__,
+                "index": type(engine.live or engine.index).__name__,
                 "model": {"prototxt": card.prototxt, "weights": card.weights, "latent_blob": engine.latent,
                           "transform": card.transform, "image_size": card.image_size, "card": card.path},
                 "limits": dataclasses.asdict(limits), "waiting_images": queue.pending_images}
@@ -308,6 +356,7 @@ def create_app(engine, limits=None):
     async def search(request: Request, k: int = 10, thumbnails: bool = False):
         """Nearest database items of one image (raw body, or the first file of a
         multipart form); thumbnails=true adds each result's image as a data URL."""
+        reads(request)
         check_k(k)
         started = time.perf_counter()
         files = await _uploaded_images(request, limits, 1)
@@ -319,6 +368,7 @@ def create_app(engine, limits=None):
     @app.post("/search/batch")
     async def search_batch(request: Request, k: int = 10):
         """Nearest database items of each file of a multipart form, in the form's order."""
+        reads(request)
         check_k(k)
         started = time.perf_counter()
         files = await _uploaded_images(request, limits, limits.max_images)
@@ -329,9 +379,10 @@ def create_app(engine, limits=None):
                 "seconds": round(time.perf_counter() - started, 4)}
 
     @app.get("/items/{item_id}/neighbors")
-    async def neighbors(item_id: int, k: int = 10, thumbnails: bool = False):
+    async def neighbors(request: Request, item_id: int, k: int = 10, thumbnails: bool = False):
         """Nearest database items of a database item's own code; each result says
         whether its label is the item's (thumbnails=true: with its image)."""
+        reads(request)
         check_k(k)
         _, label = item_or_404(item_id)
         hits = await asyncio.get_running_loop().run_in_executor(decoder, engine.neighbors, item_id, k)
@@ -339,17 +390,146 @@ def create_app(engine, limits=None):
                 "results": await with_thumbnails([_hit(h, label) for h in hits], thumbnails)}
 
     @app.get("/items/{item_id}/image", responses={200: {"content": {"image/png": {}}}})
-    async def item_image(item_id: int):
+    async def item_image(request: Request, item_id: int):
         """A database image as PNG (when the server was given the image database)."""
+        reads(request)
         item_or_404(item_id)
         if engine.db is None:
             raise ApiError(404, "the server was started without the image database (--db)")
-        image = await asyncio.get_running_loop().run_in_executor(decoder, engine.database_image, item_id)
+        try:
+            image = await asyncio.get_running_loop().run_in_executor(decoder, engine.database_image, item_id)
+        except SSDHError as err:
+            raise ApiError(404, str(err)) from None
         _, png = cv2.imencode(".png", image)
         return Response(png.tobytes(), media_type="image/png",
                         headers={"Cache-Control": "public, max-age=3600"})
 
+    @app.post("/items", status_code=201)
+    async def add_items(request: Request):
+        """Add items (a writable server, with the token): images as multipart `file`
+        fields (each optionally followed by `id` and `label` fields), encoded by the
+        server's net; or JSON {"items": [{"code": "0/1 string", "id": ..., "label": ...}]}.
+        Answers 201 with the ids once the change is on disk."""
+        writes(request)
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind == "application/json":
+            codes, ids, labels = _json_items(await _read_body(request, limits), engine, limits)
+        else:
+            entries = await _uploaded_items(request, limits)
+            images = await decode([(name, data) for name, data, _, _ in entries])
+            codes = await queue.encode(images)
+            ids = [e[2] for e in entries]
+            labels = [e[3] for e in entries]
+            ids, labels = _complete(ids, labels, engine)
+        loop = asyncio.get_running_loop()
+        try:
+            added = await loop.run_in_executor(writer, engine.add_codes, codes, ids, labels)
+        except SSDHError as err:
+            raise ApiError(409 if "already in" in str(err) else 507 if "not written" in str(err) else 422,
+                           str(err)) from None
+        return {"ids": added, "items": engine.items}
+
+    @app.delete("/items/{item_id}")
+    async def remove_item(request: Request, item_id: int):
+        """Remove an item (a writable server, with the token)."""
+        writes(request)
+        try:
+            await asyncio.get_running_loop().run_in_executor(writer, engine.remove, [item_id])
+        except SSDHError as err:
+            raise ApiError(404 if "not in" in str(err) else 507, str(err)) from None
+        return {"removed": item_id, "items": engine.items}
+
     return app
+
+
+def _complete(ids, labels, engine):
+    """Ids for the items given none (after the largest one); labels checked against
+    the index (all or none, whole numbers)."""
+    given = [i for i in ids if i is not None]
+    if given and len(given) != len(ids):
+        raise ApiError(422, "give an id for every item or for none")
+    if not given:
+        ids = engine.next_ids(len(ids))
+    present = [label for label in labels if label is not None]
+    if engine.has_labels and len(present) != len(labels):
+        raise ApiError(422, "the index holds labels: give a label for every item")
+    if not engine.has_labels and present:
+        raise ApiError(422, "the index holds no labels: give none")
+    return ids, (labels if engine.has_labels else None)
+
+
+def _whole(value, what):
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ApiError(422, f"{what} must be a whole number, got {value!r}") from None
+    if str(number) != str(value).strip() and not isinstance(value, int):
+        raise ApiError(422, f"{what} must be a whole number, got {value!r}")
+    return number
+
+
+def _json_items(body, engine, limits):
+    """(packed codes, ids, labels) of a JSON body {"items": [{"code", "id", "label"}]}."""
+    import json
+
+    import numpy as np
+
+    try:
+        payload = json.loads(body)
+        items = payload["items"]
+        assert isinstance(items, list) and items
+    except (ValueError, KeyError, TypeError, AssertionError):
+        raise ApiError(400, 'expected JSON {"items": [{"code": "0101...", "id": 7, "label": 3}, ...]}') from None
+    if len(items) > limits.max_images:
+        raise ApiError(422, f"more than {limits.max_images} items in one request; the limit is {limits.max_images}")
+    bits = engine.index.bits
+    rows, ids, labels = [], [], []
+    for n, item in enumerate(items):
+        code = item.get("code") if isinstance(item, dict) else None
+        if isinstance(code, str):
+            code = list(code)
+        if not isinstance(code, list) or len(code) != bits or any(str(b) not in ("0", "1") for b in code):
+            raise ApiError(422, f"item {n}: code must be {bits} bits as a string or list of 0 and 1")
+        rows.append([int(b) for b in code])
+        ids.append(None if item.get("id") is None else _whole(item["id"], f"item {n}: id"))
+        labels.append(None if item.get("label") is None else _whole(item["label"], f"item {n}: label"))
+    ids, labels = _complete(ids, labels, engine)
+    return np.asarray(rows, dtype=np.uint8), ids, labels
+
+
+async def _uploaded_items(request, limits):
+    """[(file name, bytes, id or None, label or None)] of a multipart form: each
+    `file` field, with the `id` / `label` fields that follow it."""
+    from starlette.datastructures import UploadFile
+    from starlette.formparsers import MultiPartException, MultiPartParser
+
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "multipart/form-data":
+        raise ApiError(415, "send images as multipart/form-data file fields (or codes as application/json)")
+    body = await _read_body(request, limits)
+
+    async def once():
+        yield body
+
+    parser = MultiPartParser(request.headers, once(), max_files=limits.max_images,
+                             max_fields=3 * limits.max_images, max_part_size=limits.max_body_bytes)
+    try:
+        form = await parser.parse()
+    except MultiPartException as err:
+        if err.message.startswith("Too many files"):
+            raise ApiError(422, f"more than {limits.max_images} images in one request") from None
+        raise ApiError(400, f"malformed multipart form: {err.message}") from None
+    entries = []
+    for key, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            entries.append([value.filename or key, await value.read(), None, None])
+        elif key in ("id", "label"):
+            if not entries:
+                raise ApiError(400, f"a {key!r} field before any file: each file's fields follow it")
+            entries[-1][2 if key == "id" else 3] = _whole(value, f"file {entries[-1][0]!r}: {key}")
+    if not entries:
+        raise ApiError(400, "no file field in the form: add images as `file` fields")
+    return [tuple(e) for e in entries]
 
 
 def _png_data_url(engine, item_id):
@@ -372,7 +552,7 @@ def listening_socket(host="127.0.0.1", port=8000, backlog=2048):
 
 
 def serve(engine, host="127.0.0.1", port=8000, limits=None, ready=None, proxy_headers=False,
-          forwarded_allow_ips=None):
+          forwarded_allow_ips=None, token=None, protect_reads=False):
     """Serve engine with uvicorn until interrupted; ready(url) is called once listening."""
     import uvicorn
 
@@ -380,7 +560,7 @@ def serve(engine, host="127.0.0.1", port=8000, limits=None, ready=None, proxy_he
     sock = listening_socket(host, port, limits.backlog)
     bound = sock.getsockname()[1]
     config = uvicorn.Config(
-        create_app(engine, limits), limit_concurrency=limits.max_connections, backlog=limits.backlog,
+        create_app(engine, limits, token=token, protect_reads=protect_reads), limit_concurrency=limits.max_connections, backlog=limits.backlog,
         timeout_keep_alive=5, proxy_headers=proxy_headers, forwarded_allow_ips=forwarded_allow_ips,
         server_header=False, log_config=_log_config())
     server = uvicorn.Server(config)
