@@ -166,7 +166,18 @@ def test_data_layer_shards_by_offset():
     assert np.array_equal(layer.batch_indices(2, 7), [6, 2])
 
 
-def test_gpu_lists_and_argv():
+def test_gpu_lists_and_argv(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(SSDHError, match="--gpu all: this machine has no CUDA GPU"):
+        parse_gpus("all")
+    with pytest.raises(SSDHError, match="this machine has 0 CUDA GPU"):
+        parse_gpus("0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert parse_gpus("all") == [0, 1, 2, 3]
+    with pytest.raises(SSDHError, match="this machine has 4 CUDA GPU"):
+        parse_gpus("0,4")
     assert parse_gpus("0,2,3") == [0, 2, 3]
     with pytest.raises(SSDHError, match="each GPU once"):
         parse_gpus("1,1")

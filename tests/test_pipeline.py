@@ -135,6 +135,8 @@ def test_solver_overrides_are_typed():
     assert solver_overrides(["lr_policy=multistep", "stepvalue=20,30", "base_lr=0.5"]) == {
         "lr_policy": "multistep", "stepvalue": [20, 30], "base_lr": 0.5}
     with pytest.raises(SSDHError, match="expected FIELD=VALUE"):
+        solver_overrides(["test_iter"])
+    with pytest.raises(SSDHError, match=r"unknown solver field 'test_itr' \(did you mean 'test_iter'\?\)"):
         solver_overrides(["test_itr=5"])
     with pytest.raises(SSDHError, match="'x' is not a valid max_iter"):
         solver_overrides(["max_iter=x"])
