@@ -500,3 +500,62 @@ def test_the_page_in_a_real_browser(service, tmp_path):
             assert not missing, missing
         finally:
             browser.close()
+
+
+def test_connections_without_whole_headers_are_closed(service):
+    """Slow headers: five connections that never finish theirs, with room for five,
+    are closed after the header timeout; a normal request is then served, not 503'd."""
+    folder, _, _ = service
+    with running_server(folder, "--header-timeout", "1", "--max-connections", "6") as (base, process):
+        host, port = base.split("//")[1].split(":")
+        slow = [socket.create_connection((host, int(port))) for _ in range(5)]
+        for sock in slow:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+        time.sleep(2)
+        for sock in slow:
+            sock.settimeout(5)
+            assert sock.recv(100) == b""  # closed by the server
+            sock.close()
+        ok = raw_request(base, b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert ok.startswith("HTTP/1.1 200")
+        time.sleep(0.3)
+    assert "no complete request headers within 1 s" in process.stderr.read()
+
+
+def test_a_refused_upload_is_read_by_a_client_still_sending(service):
+    """A 413 that a client still sending its body can read (the server drains a
+    bounded amount before closing) instead of a connection reset."""
+    import urllib.error
+    import urllib.request
+
+    folder, _, _ = service
+    with running_server(folder, "--max-body-mb", "1") as (base, _):
+        body = b"\x89PNG" + b"\0" * (6 << 20)
+        request = urllib.request.Request(base + "/search", data=body, method="POST",
+                                         headers={"Content-Type": "image/png"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=60)
+        assert refused.value.code == 413 and "the limit is 1048576" in refused.value.read().decode()
+
+
+def test_a_log_nobody_reads_does_not_stop_the_service(service):
+    """stderr into a pipe nobody reads (a stuck log collector): the access lines fill
+    it after a few hundred requests; the server goes on answering."""
+    import urllib.request
+
+    folder, _, _ = service
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ssdh_port", "serve", "--index", str(folder / "codes.ssdh"), "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "SSDH_PROGRESS": "0"})
+    try:
+        ready, _, _ = select.select([process.stdout], [], [], 60)
+        line = process.stdout.readline().decode() if ready else ""
+        base = line.split(" on ")[1].strip().rstrip("/")
+        started = time.monotonic()
+        for _ in range(3000):  # ~100 bytes of access log each: 300 kB, far over a pipe's 64 kB
+            with urllib.request.urlopen(base + "/health", timeout=10) as answer:
+                assert answer.status == 200
+        assert time.monotonic() - started < 120
+    finally:
+        process.kill()
+        process.wait(10)

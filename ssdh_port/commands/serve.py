@@ -38,6 +38,8 @@ def main(argv=None):
     parser.add_argument("--max-connections", type=int, default=defaults.max_connections)
     parser.add_argument("--read-timeout", type=float, default=defaults.read_timeout)
     parser.add_argument("--model-timeout", type=float, default=defaults.model_timeout)
+    parser.add_argument("--header-timeout", type=float, default=defaults.header_timeout,
+                        help="seconds for a request's line and headers before the connection is closed")
     parser.add_argument("--proxy-headers", action="store_true",
                         help="trust X-Forwarded-For/-Proto from --forwarded-allow-ips (behind a reverse proxy)")
     parser.add_argument("--forwarded-allow-ips", default="127.0.0.1")
@@ -55,7 +57,8 @@ def main(argv=None):
     limits = ServiceLimits(
         max_body_bytes=int(args.max_body_mb * 2**20), max_pixels=args.max_pixels, max_images=args.max_images,
         max_k=args.max_k, max_pending=args.max_pending, workers=args.workers,
-        max_connections=args.max_connections, read_timeout=args.read_timeout, model_timeout=args.model_timeout)
+        max_connections=args.max_connections, read_timeout=args.read_timeout, model_timeout=args.model_timeout,
+        header_timeout=args.header_timeout)
     engine = cli.search_engine(args, args.db, args.backend, writable=args.writable)
     serve(engine, args.host, args.port, limits,
           ready=lambda url: print(f"serving {engine.items} items on {url}"

@@ -34,10 +34,14 @@ A client that goes away is one warning line, not a traceback.
 """
 import asyncio
 import base64
-import hmac
+import contextlib
 import dataclasses
+import hmac
 import logging
+import logging.handlers
+import queue as queue_module
 import socket
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -62,6 +66,9 @@ class ServiceLimits:
     model_timeout: float = 30.0         # seconds a request may wait for the model
     max_connections: int = 1024         # open connections at once; beyond: 503
     backlog: int = 2048                 # the listen queue
+    header_timeout: float = 5.0         # seconds for a request's line and headers; then the connection closes
+    drain_bytes: int = 64 << 20         # of a refused body, read (and dropped) so the client sees the answer
+    log_queue: int = 10000              # log lines waiting for stderr; beyond, lines are dropped and counted
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -154,15 +161,16 @@ class _ModelQueue:
 async def _read_body(request, limits):
     """The whole body, within the size limit and the read timeout."""
     declared = request.headers.get("content-length")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limits.read_timeout
+    stream = request.stream().__aiter__()
     if declared is not None:
         if not declared.isdigit():
             raise ApiError(400, f"Content-Length {declared!r} is not a byte count")
         if int(declared) > limits.max_body_bytes:
+            await _drain(stream, limits, deadline, int(declared))
             raise ApiError(413, f"the body is {declared} bytes; the limit is {limits.max_body_bytes}")
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limits.read_timeout
     chunks, size = [], 0
-    stream = request.stream().__aiter__()
     while True:
         try:
             chunk = await asyncio.wait_for(stream.__anext__(), max(0.0, deadline - loop.time()))
@@ -172,9 +180,23 @@ async def _read_body(request, limits):
             raise ApiError(408, f"the body did not arrive within {limits.read_timeout:g} s") from None
         size += len(chunk)
         if size > limits.max_body_bytes:
+            await _drain(stream, limits, deadline)
             raise ApiError(413, f"the body is over the limit of {limits.max_body_bytes} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def _drain(stream, limits, deadline, declared=None):
+    """Read and drop what a client still sends of a refused body (up to
+    drain_bytes, within the read timeout), so that it reads the answer instead of
+    a reset connection (nginx's lingering close)."""
+    if declared is not None and declared > limits.drain_bytes:
+        return  # too much to read for nothing: the connection closes
+    loop, dropped = asyncio.get_running_loop(), 0
+    with contextlib.suppress(StopAsyncIteration, asyncio.TimeoutError, Exception):
+        while dropped <= limits.drain_bytes:
+            chunk = await asyncio.wait_for(stream.__anext__(), max(0.0, deadline - loop.time()))
+            dropped += len(chunk)
 
 
 # Leading bytes of the image formats the decoder reads (PNG, JPEG, BMP, TIFF, WebP, PNM, GIF).
@@ -350,7 +372,8 @@ def create_app(engine, limits=None, token=None, protect_reads=False):
                 "index": type(engine.live or engine.index).__name__,
                 "model": {"prototxt": card.prototxt, "weights": card.weights, "latent_blob": engine.latent,
                           "transform": card.transform, "image_size": card.image_size, "card": card.path},
-                "limits": dataclasses.asdict(limits), "waiting_images": queue.pending_images}
+                "limits": dataclasses.asdict(limits), "waiting_images": queue.pending_images,
+                "log_lines_dropped": getattr(getattr(app.state, "dropped_log_lines", None), "dropped", 0)}
 
     @app.post("/search")
     async def search(request: Request, k: int = 10, thumbnails: bool = False):
@@ -559,22 +582,99 @@ def serve(engine, host="127.0.0.1", port=8000, limits=None, ready=None, proxy_he
     limits = limits or ServiceLimits()
     sock = listening_socket(host, port, limits.backlog)
     bound = sock.getsockname()[1]
+    logs = _QueuedLog(limits.log_queue)
+    app = create_app(engine, limits, token=token, protect_reads=protect_reads)
+    app.state.dropped_log_lines = logs.handler
     config = uvicorn.Config(
-        create_app(engine, limits, token=token, protect_reads=protect_reads), limit_concurrency=limits.max_connections, backlog=limits.backlog,
-        timeout_keep_alive=5, proxy_headers=proxy_headers, forwarded_allow_ips=forwarded_allow_ips,
-        server_header=False, log_config=_log_config())
+        app, limit_concurrency=limits.max_connections, backlog=limits.backlog, timeout_keep_alive=5,
+        proxy_headers=proxy_headers, forwarded_allow_ips=forwarded_allow_ips, server_header=False,
+        log_config=None, http=_header_timeout_protocol(limits.header_timeout))
     server = uvicorn.Server(config)
     if ready:
         ready(f"http://{host}:{bound}/")
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    finally:
+        logs.stop()
 
 
-def _log_config():
-    """uvicorn's loggers on stderr, one line each (access lines included)."""
-    return {"version": 1, "disable_existing_loggers": False,
-            "formatters": {"line": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-            "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "line",
-                                    "stream": "ext://sys.stderr"}},
-            "loggers": {"uvicorn": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
-                        "uvicorn.access": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
-                        "ssdh_port": {"handlers": ["stderr"], "level": "INFO", "propagate": False}}}
+class _DroppingQueueHandler(logging.handlers.QueueHandler):
+    """Puts records on a bounded queue without waiting: a full queue (its reader
+    stuck behind a full pipe) drops the line and counts it."""
+
+    def __init__(self, queue):
+        super().__init__(queue)
+        self.dropped = 0
+
+    def enqueue(self, record):
+        try:
+            self.queue.put_nowait(record)
+        except queue_module.Full:
+            self.dropped += 1
+
+
+class _QueuedLog:
+    """The server's loggers (uvicorn's, access lines included, and ssdh_port's) write
+    through a queue to a thread that writes stderr: the event loop never blocks on a
+    log line, whoever reads (or does not read) the other end of stderr."""
+
+    def __init__(self, size):
+        self.queue = queue_module.Queue(size)
+        self.handler = _DroppingQueueHandler(self.queue)
+        stream = logging.StreamHandler(sys.stderr)
+        stream.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self.listener = logging.handlers.QueueListener(self.queue, stream)
+        self.listener.start()
+        self.loggers = [logging.getLogger(name) for name in ("uvicorn", "uvicorn.error", "uvicorn.access",
+                                                             "ssdh_port")]
+        self.saved = [(lg.handlers[:], lg.level, lg.propagate) for lg in self.loggers]
+        for lg in self.loggers:
+            lg.handlers[:] = [] if lg.name == "uvicorn.error" else [self.handler]
+            lg.setLevel(logging.INFO)
+            lg.propagate = lg.name == "uvicorn.error"  # through "uvicorn"
+
+    def stop(self):
+        with contextlib.suppress(Exception):
+            self.listener.stop()
+        for lg, (handlers, level, propagate) in zip(self.loggers, self.saved):
+            lg.handlers[:], lg.propagate = handlers, propagate
+            lg.setLevel(level)
+
+
+def _header_timeout_protocol(seconds):
+    """uvicorn's h11 protocol that closes a connection whose request line and headers
+    have not all arrived within `seconds` (uvicorn has no such bound: a client that
+    never finishes its headers would hold a connection, and --max-connections of
+    them every connection)."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutProtocol(H11Protocol):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._header_timer = self.loop.call_later(seconds, self._headers_late)
+
+        def data_received(self, data):
+            super().data_received(data)
+            waiting = self.conn.their_state is h11.IDLE
+            timer = getattr(self, "_header_timer", None)
+            if not waiting and timer is not None:
+                timer.cancel()
+                self._header_timer = None
+            elif waiting and timer is None:
+                self._header_timer = self.loop.call_later(seconds, self._headers_late)
+
+        def connection_lost(self, exc):
+            timer = getattr(self, "_header_timer", None)
+            if timer is not None:
+                timer.cancel()
+            super().connection_lost(exc)
+
+        def _headers_late(self):
+            self._header_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                log.warning("closed a connection from %s: no complete request headers within %g s",
+                            self.client[0] if self.client else "?", seconds)
+                self.transport.close()
+
+    return HeaderTimeoutProtocol
