@@ -143,7 +143,7 @@ def search_engine(args, db=None, backend="lmdb", writable=False):
     index, card = open_index(args.index, args.milvus, args.collection, args.card, writable=writable)
     return ImageSearch(index, db, backend=backend, card=card, prototxt=args.prototxt, weights=args.weights,
                        latent_blob=args.blob, mean_file=args.mean_file, mean_value=args.mean_value,
-                       scale=args.scale)
+                       scale=args.scale, writable=writable)
 
 
 def solver_set_argument(parser):

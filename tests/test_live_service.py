@@ -162,3 +162,28 @@ def test_an_acknowledged_item_survives_kill_9_of_the_server(service, tmp_path): 
     finally:
         process.terminate()
         process.wait(30)
+
+
+def test_the_same_writes_through_milvus(service, tmp_path):  # noqa: F811
+    pytest.importorskip("pymilvus")
+    pytest.importorskip("milvus_lite")
+    from fastapi.testclient import TestClient
+
+    from ssdh_port.hashing import HammingIndex
+    from ssdh_port.hashing.milvus import MilvusIndex
+    from ssdh_port.service.search import ImageSearch
+    from ssdh_port.service.server import create_app
+
+    folder, images, _ = service
+    milvus = MilvusIndex.from_hamming(HammingIndex.load(folder / "codes.ssdh"), str(tmp_path / "m.db"))
+    engine = ImageSearch(milvus, folder / "db", card=str(folder / "codes.ssdh.card.json"), writable=True)
+    api = TestClient(create_app(engine, token=TOKEN))
+    added = api.post("/items", files=[("file", ("a.png", png(images[ITEMS + 5]), "image/png")),
+                                      ("label", (None, "3"))], headers=AUTH)
+    assert added.status_code == 201 and added.json() == {"ids": [ITEMS], "items": ITEMS + 1}
+    near = api.get(f"/items/{ITEMS}/neighbors?k=1").json()["results"][0]
+    assert near == {"id": ITEMS, "distance": 0, "label": 3, "same_label": True}
+    assert api.delete("/items/7", headers=AUTH).status_code == 200
+    assert api.get("/items/7/neighbors").status_code == 404
+    assert api.delete("/items/7", headers=AUTH).status_code == 404
+    assert api.get("/health").json()["index"] == "MilvusIndex"

@@ -160,3 +160,40 @@ def test_encode_search_and_serve_through_a_collection(tmp_path):
     assert answer["results"][0] == {"id": 4, "distance": 0, "label": int(labels[4])}
     assert api.get("/items/4/neighbors?k=3").json()["results"][0]["same_label"] is True
     assert api.get("/health").json()["index"] == "MilvusIndex"
+
+
+def test_adds_and_removes_search_as_a_fresh_index(uri):
+    """MilvusIndex.add / remove (upserts included) give the results of a fresh
+    HammingIndex of the surviving items in insertion order, as the live code file does."""
+    rng = np.random.default_rng(21)
+    milvus = MilvusIndex(16, uri, "live")
+    items = {}  # id -> code, in insertion order
+    base = codes(60, 16, True, 1)
+    milvus.add(base, ids=list(range(60)), labels=[i % 3 for i in range(60)])
+    items.update({i: base[i] for i in range(60)})
+    for step in range(6):
+        gone = rng.choice(list(items), 7, replace=False).tolist()
+        assert milvus.remove(gone) == 7
+        for i in gone:
+            del items[i]
+        new = codes(10, 16, True, 100 + step)
+        ids = milvus.next_ids(10)
+        assert ids[0] == max(items) + 1 if items else 0
+        milvus.add(new, ids=ids, labels=[i % 3 for i in ids])
+        items.update(dict(zip(ids, new)))
+        again = list(items)[:2]
+        milvus.add(np.stack([items[i] for i in again]), ids=again, labels=[i % 3 for i in again], upsert=True)
+        for i in again:
+            items[i] = items.pop(i)
+        fresh = HammingIndex(16)
+        fresh.add(np.stack(list(items.values())), ids=list(items), labels=[i % 3 for i in items])
+        queries = codes(5, 16, True, 200 + step)
+        for k in (1, 9, len(items)):
+            d1, i1 = milvus.search(queries, k)
+            d2, i2 = fresh.search(queries, k)
+            assert torch.equal(d1, d2) and torch.equal(i1, i2), (step, k)
+    with pytest.raises(SSDHError, match=r"ids \[9999\] are not in collection"):
+        milvus.remove([list(items)[0], 9999])
+    with pytest.raises(SSDHError, match="already in collection"):
+        milvus.add(np.stack([items[list(items)[0]]]), ids=[list(items)[0]], labels=[0])
+    assert len(milvus) == len(items)

@@ -5,8 +5,9 @@ uri: a local file path runs the embedded Milvus Lite (milvus-lite 2.5.x; its 3.x
 line has no binary vectors); http://host:19530 talks to a Milvus server with the
 same code. The collection holds one row per code:
 
-    seq      INT64, primary key: the insertion position (0, 1, 2, ...), which is the
-             record of the database the code was encoded from
+    seq      INT64, primary key: the insertion order (0, 1, 2, ... for the codes encode
+             wrote, the record of the database they were encoded from; an item added
+             later takes the next number after the largest, removals leave gaps)
     item_id  INT64: the caller's id (default: seq)
     code     BINARY_VECTOR of 8 * ceil(K / 8) bits: K-bit codes are padded with zero
              bits (ssdh_port.ops.pack_bits layout), which leaves distances unchanged
@@ -112,14 +113,53 @@ class MilvusIndex:
         rows = self.client.query(self.collection, filter="", output_fields=["count(*)"])
         return int(rows[0]["count(*)"])
 
-    def add(self, codes, ids=None, labels=None, progress=False):
+    def _first_free(self, field):
+        """1 + the largest value of an INT64 field (0 when empty), by count queries
+        (Milvus has no max()): a doubling, then a bisection."""
+        def any_at_least(value):
+            rows = self.client.query(self.collection, filter=f"{field} >= {value}", output_fields=["count(*)"])
+            return int(rows[0]["count(*)"]) > 0
+        if not self.client.has_collection(self.collection) or not len(self):
+            return 0
+        if any_at_least(0) is False:
+            return 0
+        high = 1
+        while any_at_least(high):
+            high *= 2
+        low = high // 2  # some value >= low exists (or low is 0), none >= high
+        while high - low > 1:
+            middle = (low + high) // 2
+            if any_at_least(middle):
+                low = middle
+            else:
+                high = middle
+        return high
+
+    def next_ids(self, count):
+        """Ids after the largest id in the collection."""
+        start = self._first_free(ITEM)
+        return list(range(start, start + count))
+
+    def add(self, codes, ids=None, labels=None, progress=False, upsert=False):
         """Append codes (0/1 N x K, or packed N x bytes uint8) with int64 ids (default:
-        their positions) and optional labels (class ids, or multi-hot rows)."""
+        after the largest id) and optional labels (class ids, or multi-hot rows). An
+        id already in the collection is an error, unless upsert (the old item goes)."""
         packed = self._packed(codes, "MilvusIndex.add: codes")
-        n, start = len(packed), len(self)
-        ids = np.arange(start, start + n) if ids is None else np.asarray(ids, dtype=np.int64).reshape(-1)
+        n, start = len(packed), self._first_free(SEQ)
+        if ids is None:
+            ids = self.next_ids(n)
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         if len(ids) != n:
             raise MilvusError(f"MilvusIndex.add: {len(ids)} ids for {n} codes")
+        if len(set(ids.tolist())) != n:
+            raise MilvusError("MilvusIndex.add: an id appears twice in one call")
+        if start:
+            present = self._present(ids)
+            if present and not upsert:
+                raise MilvusError(f"ids {present[:5]} are already in collection {self.collection!r} (add with "
+                                  "upsert=True to replace them)")
+            if present:
+                self._delete(present)
         kind = None
         if labels is not None:
             labels = np.asarray(labels)
@@ -143,6 +183,33 @@ class MilvusIndex:
             ticker.update(e - s)
         ticker.close()
         collection.flush()
+
+    def _present(self, ids):
+        found = set()
+        ids = [int(i) for i in ids]
+        for s in range(0, len(ids), 10_000):
+            rows = self.client.query(self.collection, filter=f"{ITEM} in {ids[s:s + 10_000]}",
+                                     output_fields=[ITEM])
+            found.update(int(row[ITEM]) for row in rows)
+        return [i for i in ids if i in found]
+
+    def _delete(self, ids):
+        for s in range(0, len(ids), 10_000):
+            self.client.delete(self.collection, filter=f"{ITEM} in {[int(i) for i in ids[s:s + 10_000]]}")
+        self._orm().flush()
+
+    def remove(self, ids):
+        """Remove items by id; an id not in the collection is an error that names it
+        (nothing is removed then). Returns the number removed."""
+        ids = [int(i) for i in np.asarray(ids, dtype=np.int64).reshape(-1)]
+        if len(set(ids)) != len(ids):
+            raise MilvusError("MilvusIndex.remove: an id appears twice in one call")
+        present = set(self._present(ids)) if self.client.has_collection(self.collection) else set()
+        missing = [i for i in ids if i not in present]
+        if missing:
+            raise MilvusError(f"ids {missing[:5]} are not in collection {self.collection!r}")
+        self._delete(ids)
+        return len(ids)
 
     def _orm(self):
         """The collection through pymilvus' ORM API, the one with column-wise inserts

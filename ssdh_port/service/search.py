@@ -86,14 +86,17 @@ class ImageSearch:
     returns, while searches go on (each reads one state of the index)."""
 
     def __init__(self, index, db_path=None, *, backend="lmdb", card=None, prototxt=None, weights=None,
-                 latent_blob=None, mean_file=None, mean_value=None, scale=None):
+                 latent_blob=None, mean_file=None, mean_value=None, scale=None, writable=False):
         """index: a code file (its card is read from beside it), or an open index (a
         HammingIndex, a LiveIndex or a MilvusIndex; then `card` names its model card,
-        if any)."""
+        if any). A LiveIndex takes changes; a MilvusIndex too when writable."""
         if isinstance(index, (str, os.PathLike)):
             card = card or card_path(index)
             index = HammingIndex.load(index)
         self.live = index if isinstance(index, LiveIndex) else None
+        self.writer = self.live or (index if writable and hasattr(index, "remove") else None)
+        if writable and self.writer is None:
+            raise SSDHError(f"a {type(index).__name__} does not take changes (a LiveIndex or a MilvusIndex does)")
         self._index = index
         found = read_card_file(card) or ModelCard()
         self.card = found.with_overrides(prototxt=prototxt, weights=weights, latent_blob=latent_blob,
@@ -103,6 +106,8 @@ class ImageSearch:
         view = self.view()
         if self.live is not None:
             self.has_labels = bool(self.live.label_width)
+        elif hasattr(index, "label_kind"):
+            self.has_labels = index.label_kind is not None
         else:
             self.has_labels = view.labels_at([0]) is not None if len(view) else False
         # Database images by the item's record, its position in the code file that encode
@@ -216,23 +221,27 @@ class ImageSearch:
     # ------------------------------------------------------------ changes (a live index)
 
     def _writable(self):
-        if self.live is None:
-            raise SSDHError("the index is read-only (open it as a LiveIndex: ssdh serve --writable)")
-        return self.live
+        if self.writer is None:
+            raise SSDHError("the index is read-only (ssdh serve --writable takes changes)")
+        return self.writer
 
     def next_ids(self, count):
         """Ids for items added without one: after the largest id the index has held."""
-        live = self._writable()
-        start = max(max(live.view().where, default=-1), getattr(self, "_last_id", -1)) + 1
+        writer = self._writable()
+        if self.live is None:
+            return writer.next_ids(count)
+        start = max(max(self.live.view().where, default=-1), getattr(self, "_last_id", -1)) + 1
         self._last_id = start + count - 1
         return list(range(start, start + count))
 
-    def add_codes(self, codes, ids, labels=None):
-        """Add packed codes (or 0/1 rows); returns the ids when the change is durable."""
-        live = self._writable()
+    def add_codes(self, codes, ids=None, labels=None):
+        """Add packed codes (or 0/1 rows) with their ids (None: the next ones, chosen
+        here, in the caller's one writer thread); returns the ids once the change is
+        durable."""
+        writer = self._writable()
         if ids is None:
             ids = self.next_ids(len(codes))
-        live.add(codes, ids, labels)
+        writer.add(codes, ids, labels)
         self._last_id = max([getattr(self, "_last_id", -1), *[int(i) for i in ids]])
         return [int(i) for i in ids]
 
@@ -248,8 +257,6 @@ def open_index(path=None, milvus=None, collection="ssdh_codes", card=None, writa
         raise SSDHError("give a code file (--index) or a Milvus collection (--milvus URI), not both")
     if path is not None:
         return (LiveIndex(path) if writable else HammingIndex.load(path)), card or card_path(path)
-    if writable:
-        raise SSDHError("a writable Milvus collection is not served yet: serve a code file with --writable")
     from ssdh_port.hashing.milvus import MilvusIndex
     from ssdh_port.service.model_card import milvus_card_path
 

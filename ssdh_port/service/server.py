@@ -262,7 +262,7 @@ def create_app(engine, limits=None, token=None, protect_reads=False):
     from ssdh_port.service.page import FAVICON, api_page, page
 
     limits = limits or ServiceLimits()
-    writable = engine.live is not None
+    writable = engine.writer is not None
     if writable and not token:
         raise SSDHError("a writable server needs an API token (serve --api-token-file)")
     if protect_reads and not token:
@@ -369,7 +369,7 @@ def create_app(engine, limits=None, token=None, protect_reads=False):
         card = engine.card
         return {"status": "ok", "items": engine.items, "bits": engine.index.bits, "writable": writable,
                 "labels": engine.has_labels, "images": engine.db is not None,
-                "index": type(engine.live or engine.index).__name__,
+                "index": type(engine.writer or engine.index).__name__,
                 "model": {"prototxt": card.prototxt, "weights": card.weights, "latent_blob": engine.latent,
                           "transform": card.transform, "image_size": card.image_size, "card": card.path},
                 "limits": dataclasses.asdict(limits), "waiting_images": queue.pending_images,
@@ -472,7 +472,7 @@ def _complete(ids, labels, engine):
     if given and len(given) != len(ids):
         raise ApiError(422, "give an id for every item or for none")
     if not given:
-        ids = engine.next_ids(len(ids))
+        ids = None  # the next ones, chosen by the writer thread
     present = [label for label in labels if label is not None]
     if engine.has_labels and len(present) != len(labels):
         raise ApiError(422, "the index holds labels: give a label for every item")
