@@ -126,8 +126,12 @@ class _State:
     HammingIndex (search_positions, ids_at, labels_at, codes_at, positions_of), so
     that what searches a code file searches a live index's state as well."""
 
-    def __init__(self, index, alive, where, label_width):
+    def __init__(self, index, alive, where, label_width, count=None):
+        # `where` (id -> position of its living item) is shared by the states of one
+        # index and follows the newest; a state checks a position against its own
+        # arrays and `alive` (copying the dict at every change would cost O(N)).
         self.index, self.alive, self.where, self.label_width = index, alive, where, label_width
+        self.count = len(where) if count is None else count
         self.bits, self.bytes = index.bits, index.bytes
 
     @classmethod
@@ -143,28 +147,34 @@ class _State:
                 index.add(self.index.codes, self.index.ids, self.index.labels)
             index.add(torch.from_numpy(np.array(codes)), np.array(ids), None if labels is None else np.array(labels))
             start = len(self.index)
-            where = dict(self.where)
-            where.update((int(item), start + offset) for offset, item in enumerate(ids.tolist()))
+            self.where.update((int(item), start + offset) for offset, item in enumerate(ids.tolist()))
             alive = torch.cat([self.alive, torch.ones(len(ids), dtype=torch.bool)])
-            return _State(index, alive, where, self.label_width)
-        where, alive = dict(self.where), self.alive.clone()
+            return _State(index, alive, self.where, self.label_width, self.count + len(ids))
+        alive = self.alive.clone()
         for item in ids.tolist():
-            alive[where.pop(int(item))] = False
-        return _State(self.index, alive, where, self.label_width)
+            alive[self.where.pop(int(item))] = False
+        return _State(self.index, alive, self.where, self.label_width, self.count - len(ids))
 
     def __len__(self):
-        return len(self.where)
+        return self.count
+
+    def position(self, item_id):
+        """The position of a living item in this state's arrays, or None."""
+        position = self.where.get(int(item_id))
+        if position is None or position >= len(self.alive) or not bool(self.alive[position]):
+            return None
+        return position
 
     @property
     def dead(self):
-        return len(self.index) - len(self.where)
+        return len(self.index) - self.count
 
     def search_positions(self, queries, k):
         """(distances Q x k, positions Q x k) of the living items, as a fresh index of
         them in insertion order would rank them (k is cut to the number of items)."""
-        if not self.where:
+        if not self.count:
             raise LiveIndexError("search: the index is empty")
-        k = min(int(k), len(self.where))
+        k = min(int(k), self.count)
         distances, positions = self.index.search_positions(queries, min(k + self.dead, len(self.index)))
         if self.dead == 0:
             return distances[:, :k], positions[:, :k]
@@ -186,11 +196,11 @@ class _State:
         return self.index.codes_at(positions)
 
     def positions_of(self, ids):
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        missing = [int(i) for i in ids if int(i) not in self.where]
+        positions = [self.position(i) for i in np.asarray(ids, dtype=np.int64).reshape(-1)]
+        missing = [int(i) for i, p in zip(np.asarray(ids).reshape(-1), positions) if p is None]
         if missing:
             raise SSDHError(f"ids {missing[:5]} are not in the index")
-        return torch.tensor([self.where[int(i)] for i in ids], dtype=torch.int64)
+        return torch.tensor(positions, dtype=torch.int64)
 
     def fresh(self):
         """A HammingIndex of the living items in insertion order."""
@@ -299,7 +309,7 @@ class LiveIndex:
     # ------------------------------------------------------------ content
 
     def __len__(self):
-        return len(self.state.where)
+        return len(self.state)
 
     @property
     def bytes(self):
@@ -424,7 +434,7 @@ class LiveIndex:
 
     def info(self):
         with self._mutex:
-            return {"path": self.path, "bits": self.bits, "items": len(self.state.where),
+            return {"path": self.path, "bits": self.bits, "items": len(self.state),
                     "tombstones": self.state.dead, "generation": self.generation,
                     "labels": self.label_width or None,
                     "log_bytes": os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0}

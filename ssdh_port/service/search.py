@@ -230,7 +230,7 @@ class ImageSearch:
         writer = self._writable()
         if self.live is None:
             return writer.next_ids(count)
-        start = max(max(self.live.view().where, default=-1), getattr(self, "_last_id", -1)) + 1
+        start = max(max(self.live.view().where, default=-1), getattr(self, "_last_id", -1)) + 1  # writer thread
         self._last_id = start + count - 1
         return list(range(start, start + count))
 
