@@ -187,3 +187,48 @@ def test_the_same_writes_through_milvus(service, tmp_path):  # noqa: F811
     assert api.get("/items/7/neighbors").status_code == 404
     assert api.delete("/items/7", headers=AUTH).status_code == 404
     assert api.get("/health").json()["index"] == "MilvusIndex"
+
+
+@pytest.mark.browser
+def test_the_add_control_in_a_real_browser(service, tmp_path):  # noqa: F811
+    from tests.test_server import CHROMIUM
+
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI"):
+            pytest.fail(f"no chromium at {CHROMIUM}: make test installs Debian's chromium with apt")
+        pytest.skip(f"no chromium at {CHROMIUM} (make test installs it)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    import cv2
+
+    folder, images, _ = service
+    path = _copy(folder, tmp_path)
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    cv2.imwrite(str(tmp_path / "new.png"), images[ITEMS + 9])
+    process, base = _serve(path, folder / "db", token_file, "--writable")
+    try:
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            try:
+                page = browser.new_page()
+                page.goto(base + "/")
+                page.set_input_files("#addfile", str(tmp_path / "new.png"))
+                page.fill("#addid", "4242")
+                page.fill("#addlabel", "7")
+                page.click("#addgo")  # without the token: refused, on the page
+                page.wait_for_function("document.querySelector('#error').textContent.length > 0")
+                assert "API token" in page.inner_text("#error")
+                page.fill("#token", TOKEN)
+                page.click("#addgo")
+                page.wait_for_function("document.querySelector('#status').textContent.includes('added item 4242')")
+                assert f"{ITEMS + 1} items" in page.inner_text("#info")
+                page.set_input_files("#file", str(tmp_path / "new.png"))
+                page.wait_for_selector("#results li")
+                first = page.locator("#results li").first
+                assert first.locator(".id").inner_text() == "id 4242"
+                assert first.locator(".distance").inner_text().startswith("distance 0 ")
+            finally:
+                browser.close()
+    finally:
+        process.terminate()
+        process.wait(30)

@@ -360,7 +360,10 @@ def create_app(engine, limits=None, token=None, protect_reads=False):
             return results
         loop = asyncio.get_running_loop()
         for result in results:
-            result["thumbnail"] = await loop.run_in_executor(decoder, _png_data_url, engine, result["id"])
+            try:
+                result["thumbnail"] = await loop.run_in_executor(decoder, _png_data_url, engine, result["id"])
+            except SSDHError:
+                result["thumbnail"] = None  # an item without a stored image (added later)
         return results
 
     @app.get("/health")
