@@ -116,6 +116,7 @@ TORCH_LIBRARY(ssdh, m) {
   m.def("hamming_topk(Tensor queries, Tensor database, int k) -> (Tensor, Tensor)");
   m.def("hamming_radius(Tensor queries, Tensor database, int radius) -> (Tensor, Tensor, Tensor)");
   m.def("hamming_distance(Tensor queries, Tensor database) -> Tensor");
+  m.def("hamming_set_distance(Tensor queries, Tensor database, Tensor segments) -> Tensor");
   m.def(
       "hamming_rank_stats(Tensor queries, Tensor database, Tensor query_labels, "
       "Tensor database_labels, int k, bool exact) -> "

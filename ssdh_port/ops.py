@@ -52,6 +52,7 @@ __all__ = [
     "hamming_topk",
     "hamming_radius",
     "hamming_distance",
+    "hamming_set_distance",
     "hamming_rank_stats",
     "ForcingBinaryLoss",
     "FireRateLoss",
@@ -327,6 +328,21 @@ def hamming_distance(queries: Tensor, database: Tensor) -> Tensor:
     """All Q x N Hamming distances (int32) between packed codes."""
     _check_codes(queries, database, "hamming_distance")
     return torch.ops.ssdh.hamming_distance(queries, database)
+
+
+def hamming_set_distance(queries: Tensor, database: Tensor, segments: Tensor) -> Tensor:
+    """Spatial search's set distance (Razavian et al., SSDH TPAMI section 4.11) on packed
+    codes: database rows grouped by image, image i owning rows [segments[i],
+    segments[i + 1]); returns, per image, the sum over the query rows of the
+    minimum Hamming distance to the image's rows (int64; divide by the number of
+    query rows for the mean)."""
+    _check_codes(queries, database, "hamming_set_distance")
+    return torch.ops.ssdh.hamming_set_distance(queries, database, segments)
+
+
+@torch.library.register_fake("ssdh::hamming_set_distance")
+def _(queries, database, segments):
+    return queries.new_empty((segments.shape[0] - 1,), dtype=torch.int64)
 
 
 @torch.library.register_fake("ssdh::hamming_topk")

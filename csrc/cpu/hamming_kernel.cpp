@@ -476,9 +476,52 @@ at::Tensor hamming_distance_kernel(const at::Tensor& queries, const at::Tensor& 
   return out;
 }
 
+// Set distances for spatial search, layout: database rows grouped by image,
+// image i owning rows [segments[i], segments[i+1]). out[i] = sum over the query
+// rows of the minimum over image i's rows of their Hamming distance (int64, exact;
+// the caller divides by the number of query rows for the mean). Query blocks run
+// in parallel, each into its own partial sums, added in block order.
+at::Tensor hamming_set_distance_kernel(
+    const at::Tensor& queries, const at::Tensor& database, const at::Tensor& segments_in) {
+  const Codes c = prepare(queries, database, "hamming_set_distance");
+  const at::Tensor segments = segments_in.contiguous();
+  TORCH_CHECK(segments.dim() == 1 && segments.scalar_type() == at::kLong && segments.size(0) >= 1,
+              "hamming_set_distance: segments must be a 1-D int64 tensor of image offsets");
+  const int64_t images = segments.size(0) - 1;
+  const int64_t* seg = segments.const_data_ptr<int64_t>();
+  TORCH_CHECK(seg[0] == 0 && seg[images] == c.n_db,
+              "hamming_set_distance: segments must run from 0 to the database size ", c.n_db);
+  for (int64_t i = 0; i < images; ++i) {
+    TORCH_CHECK(seg[i + 1] > seg[i], "hamming_set_distance: image ", i, " has no rows");
+  }
+  at::Tensor out = at::zeros({images}, queries.options().dtype(at::kLong));
+  if (images == 0 || c.n_queries == 0) {
+    return out;
+  }
+  const int64_t blocks = (c.n_queries + kQueryBlock - 1) / kQueryBlock;
+  std::vector<std::vector<int64_t>> partial(blocks, std::vector<int64_t>(images, 0));
+  for_each_query_block(c, [&](int64_t q0, int64_t q1, const Distances& block) {
+    std::vector<int64_t>& sums = partial[q0 / kQueryBlock];
+    for (int64_t q = q0; q < q1; ++q) {
+      const uint16_t* row = block[q - q0].data();
+      for (int64_t i = 0; i < images; ++i) {
+        sums[i] += *std::min_element(row + seg[i], row + seg[i + 1]);
+      }
+    }
+  });
+  int64_t* total = out.mutable_data_ptr<int64_t>();
+  for (const auto& sums : partial) {
+    for (int64_t i = 0; i < images; ++i) {
+      total[i] += sums[i];
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(ssdh, CPU, m) {
+  m.impl("hamming_set_distance", &hamming_set_distance_kernel);
   m.impl("hamming_topk", &hamming_topk_kernel);
   m.impl("hamming_radius", &hamming_radius_kernel);
   m.impl("hamming_distance", &hamming_distance_kernel);

@@ -367,6 +367,27 @@ __global__ void distance_kernel(
   }
 }
 
+// Set distances (see the CPU kernel): one thread per (query row, image), the
+// minimum over the image's rows, added into the image's sum.
+__global__ void set_distance_kernel(
+    const uint8_t* queries, const uint8_t* db, const int64_t* segments, int64_t n_queries,
+    int64_t images, int bytes, unsigned long long* out) {
+  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < n_queries * images;
+       t += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t q = t / images;
+    const int64_t i = t % images;
+    int best = 1 << 30;
+    for (int64_t j = segments[i]; j < segments[i + 1]; ++j) {
+      int d = 0;
+      for (int w = 0; w < words_of(bytes); ++w) {
+        d += __popcll(code_word(queries + q * bytes, bytes, w) ^ code_word(db + j * bytes, bytes, w));
+      }
+      best = min(best, d);
+    }
+    atomicAdd(out + i, static_cast<unsigned long long>(best));
+  }
+}
+
 // ---------------------------------------------------------------- host side
 
 std::tuple<at::Tensor, at::Tensor> hamming_topk_cuda(
@@ -453,9 +474,35 @@ at::Tensor hamming_distance_cuda(const at::Tensor& queries_in, const at::Tensor&
   return out;
 }
 
+at::Tensor hamming_set_distance_cuda(
+    const at::Tensor& queries_in, const at::Tensor& database_in, const at::Tensor& segments_in) {
+  check_codes(queries_in, database_in, "hamming_set_distance");
+  TORCH_CHECK(segments_in.dim() == 1 && segments_in.scalar_type() == at::kLong && segments_in.size(0) >= 1,
+              "hamming_set_distance: segments must be a 1-D int64 tensor of image offsets");
+  TORCH_CHECK(segments_in.device() == queries_in.device(),
+              "hamming_set_distance: segments must be on the codes' device");
+  c10::cuda::CUDAGuard guard(queries_in.device());
+  const at::Tensor queries = aligned_codes(queries_in);
+  const at::Tensor database = aligned_codes(database_in);
+  const at::Tensor segments = segments_in.contiguous();
+  const int64_t images = segments.size(0) - 1;
+  const int64_t nq = queries.size(0);
+  at::Tensor out = at::zeros({images}, queries.options().dtype(at::kLong));
+  if (images == 0 || nq == 0) {
+    return out;
+  }
+  set_distance_kernel<<<blocks_for(nq * images), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      queries.const_data_ptr<uint8_t>(), database.const_data_ptr<uint8_t>(),
+      segments.const_data_ptr<int64_t>(), nq, images, static_cast<int>(queries.size(1)),
+      reinterpret_cast<unsigned long long*>(out.mutable_data_ptr<int64_t>()));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(ssdh, CUDA, m) {
+  m.impl("hamming_set_distance", &hamming_set_distance_cuda);
   m.impl("hamming_topk", &hamming_topk_cuda);
   m.impl("hamming_radius", &hamming_radius_cuda);
   m.impl("hamming_distance", &hamming_distance_cuda);

@@ -222,3 +222,25 @@ def dnnh_map(query_codes, db_codes, query_labels, db_labels, top=10000, compat=F
     per_class = {int(c): float(ap[q_labels == c].sum() / ((q_labels == c).sum() + extra))
                  for c in np.unique(q_labels)}
     return {"map": float(ap.sum() / (len(ap) + extra)), "per_class": per_class}
+
+
+def instance_average_precision(ranked_ids, good, ok, junk):
+    """Average precision of one instance query, as the Oxford / Paris buildings'
+    compute_ap: the positives are good + ok; junk items are skipped as if absent
+    from the ranking; precision-recall by the trapezoid rule, from precision 1 at
+    recall 0. ranked_ids: the gallery's ids (or names) in ranked order."""
+    positives = set(good) | set(ok)
+    junk = set(junk)
+    if not positives:
+        raise SSDHError("instance_average_precision: the query has no good or ok images")
+    ap, old_recall, old_precision, found, rank = 0.0, 0.0, 1.0, 0, 0
+    for item in ranked_ids:
+        if item in junk:
+            continue
+        if item in positives:
+            found += 1
+        recall, precision = found / len(positives), found / (rank + 1)
+        ap += (recall - old_recall) * (old_precision + precision) / 2
+        old_recall, old_precision = recall, precision
+        rank += 1
+    return ap
