@@ -166,3 +166,34 @@ def test_ground_truth_folders(tmp_path):
     (tmp_path / "radcliffe_2_ok.txt").unlink()
     with pytest.raises(SSDHError, match="radcliffe_2_ok.txt: cannot read the ok list"):
         read_ground_truth(tmp_path)
+
+
+def test_encode_patches_and_spatial_search_commands(tmp_path):
+    from tests.commands import ssdh
+    from tests.shared_data import ORACLE, shared
+
+    import os
+    if not os.path.isdir(ORACLE):
+        pytest.skip("real Caffe artefacts not found")
+    from ssdh_port.data import mnist
+    from ssdh_port.data.datasets import write_array_db
+    import cv2
+
+    images, labels = mnist.load_split("test")
+    write_array_db(tmp_path / "db", images[:20, None], labels[:20])
+    prototxt, weights = shared("caffe-models", "lenet", "lenet.prototxt"), shared("caffe-models", "lenet",
+                                                                                 "lenet_iter_10000.caffemodel")
+    done = ssdh("encode", "--prototxt", prototxt, "--weights", weights, "--input", tmp_path / "db", "--blob", "ip1",
+                "--scale", "0.00390625", "--patches", "2", "--output", tmp_path / "patches.ssdh")
+    assert done.returncode == 0, done.stderr
+    assert "100 patch codes of 20 images (500 bits, levels 1..2)" in done.stdout
+    index = PatchIndex.load(tmp_path / "patches.ssdh")
+    assert len(index) == 20 and index.patches == 100
+    cv2.imwrite(str(tmp_path / "q.png"), images[13])
+    found = ssdh("search", "--index", tmp_path / "patches.ssdh", "--spatial", "2", "--k", "3", tmp_path / "q.png")
+    assert found.returncode == 0, found.stderr
+    first = found.stdout.splitlines()[1].split()
+    assert first[2] == "13" and first[-1] == "0.000"  # the image itself, at set distance 0
+    bad = ssdh("encode", "--prototxt", prototxt, "--weights", weights, "--input", tmp_path / "db", "--patches", "2",
+               "--milvus", tmp_path / "m.db")
+    assert bad.returncode == 1 and "give --output (not --milvus)" in bad.stderr

@@ -3,7 +3,7 @@
     ssdh encode --prototxt deploy.prototxt --weights W --input DB|list|.npy|.npz
         --output codes.ssdh [--milvus URI [--collection C]] [--blob latent_sigmoid] [--features fc7[,fc9] [--features-out fc7.npy]]
         [--batch-size B] [--device cpu|cuda:N] [--mean-file M | --mean-value V ...] [--scale S]
-        [--crop-size C] [--resize H W] [--backend lmdb|leveldb]
+        [--crop-size C] [--resize H W] [--backend lmdb|leveldb] [--patches L]
 
 The latent activations (default blob: the Sigmoid output named like
 '*latent*', else the last Sigmoid top) are thresholded at 0.5 (0.5 gives 0),
@@ -16,6 +16,11 @@ weights, latent blob and preprocessing) goes beside the code file
 only), its card beside a Milvus Lite file. Under `torchrun --nproc_per_node=N`, the
 N processes encode interleaved batches and rank 0 writes one code file identical
 to one process's.
+
+--patches L writes a patch code file instead (instance search, `ssdh search
+--spatial`): each image of a list or database coded as its square patches at levels
+1..L (1 + 4 + 9 patches for L = 3; ssdh_port.hashing.patches), each resized to the
+net's input size (or --resize H W) and transformed as whole images are.
 """
 import sys
 
@@ -39,7 +44,11 @@ def main(argv=None):
     parser.add_argument("--features", help="also keep these blobs (comma-separated, e.g. fc7 for "
                         "re-ranking): <out>.<blob>.npy each")
     parser.add_argument("--features-out", help=".npy file for a single --features blob")
+    parser.add_argument("--patches", type=int, default=0, metavar="L",
+                        help="code each image's patches at levels 1..L into a patch code file (instance search)")
     args = parser.parse_args(argv)
+    if args.patches:
+        return _patches(args)
     if not (args.output or args.milvus):
         raise SSDHError("give --output (a code file) and/or --milvus (a collection)")
     extra = args.features.split(",") if args.features else []
@@ -67,3 +76,25 @@ def main(argv=None):
         print(f"WARNING: {warning}", file=sys.stderr)
     return 0
 
+
+
+def _patches(args):
+    from ssdh_port.pipeline.patches import PatchCoder, encode_patches, read_source_images
+    from ssdh_port.service.model_card import make_card, write_card
+
+    if args.patches < 1:
+        raise SSDHError(f"--patches must be at least 1, got {args.patches}")
+    if args.milvus or not args.output:
+        raise SSDHError("--patches writes a patch code file: give --output (not --milvus)")
+    if not args.input or args.input.endswith((".npy", ".npz")):
+        raise SSDHError("--patches reads images: give --input an image list file or a Datum database")
+    transform = transform_param(args.scale, args.mean_file, args.mean_value, args.crop_size, args.gray)
+    coder = PatchCoder(args.prototxt, args.weights, transform, args.blob, args.resize, args.batch_size,
+                       args.device)
+    index = encode_patches(coder, read_source_images(args.input, args.backend), args.patches)
+    index.save(args.output)
+    write_card(make_card(args.prototxt, args.weights, coder.latent, coder.bits, len(index), transform,
+                         list(coder.size), args.input), args.output)
+    print(f"wrote {args.output}: {index.patches} patch codes of {len(index)} images ({coder.bits} bits, "
+          f"levels 1..{args.patches})")
+    return 0

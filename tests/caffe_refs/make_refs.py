@@ -176,6 +176,57 @@ def cases():
         f'layer {{ name: "ip" type: "InnerProduct" bottom: "f" top: "x" inner_product_param {{ num_output: 5 {G} }} }}\n'
         'layer { name: "loss" type: "InfogainLoss" bottom: "x" bottom: "label" bottom: "h" top: "loss" }',
         {"force_backward": False})
+    # The layer types the SSDH nets use or that older tests cover by hand, here against Caffe too.
+    x = rand(rng, (2, 3, 4, 5))
+    x.flat[:3] = [0.0, 1.0, -1.0]  # kinks of AbsVal, ReLU, Threshold
+    c["neurons"] = ({"x": x, "p": np.abs(rand(rng, (2, 3, 4, 5))) + 0.1}, "\n".join([
+        'layer { name: "abs" type: "AbsVal" bottom: "x" top: "abs" }',
+        'layer { name: "bnll" type: "BNLL" bottom: "x" top: "bnll" }',
+        'layer { name: "elu" type: "ELU" bottom: "x" top: "elu" elu_param { alpha: 0.7 } }',
+        'layer { name: "exp" type: "Exp" bottom: "x" top: "exp" exp_param { base: 2 scale: 0.5 shift: 0.1 } }',
+        'layer { name: "exp_e" type: "Exp" bottom: "x" top: "exp_e" }',
+        'layer { name: "log" type: "Log" bottom: "p" top: "log" log_param { base: 10 scale: 2 shift: 0.5 } }',
+        'layer { name: "log_e" type: "Log" bottom: "p" top: "log_e" }',
+        'layer { name: "power" type: "Power" bottom: "p" top: "power" power_param { power: 1.5 scale: 2 shift: 0.5 } }',
+        'layer { name: "tanh" type: "TanH" bottom: "x" top: "tanh" }',
+        'layer { name: "sigmoid" type: "Sigmoid" bottom: "x" top: "sigmoid" }',
+        'layer { name: "relu" type: "ReLU" bottom: "x" top: "relu" relu_param { negative_slope: 0.1 } }',
+        'layer { name: "prelu" type: "PReLU" bottom: "x" top: "prelu" prelu_param { filler { type: "uniform" } } }',
+        'layer { name: "prelu1" type: "PReLU" bottom: "x" top: "prelu1" prelu_param { channel_shared: true } }',
+        'layer { name: "drop" type: "Dropout" bottom: "x" top: "drop" }']), {})
+    c["shapes_and_blocks"] = ({"x": rand(rng, (2, 6, 3, 2)), "y": rand(rng, (2, 6, 3, 2))}, "\n".join([
+        'layer { name: "flat" type: "Flatten" bottom: "x" top: "flat" flatten_param { axis: 1 end_axis: 2 } }',
+        'layer { name: "split" type: "Split" bottom: "x" top: "s1" top: "s2" }',
+        'layer { name: "slice" type: "Slice" bottom: "s1" top: "a" top: "b" top: "c" '
+        'slice_param { axis: 1 slice_point: 1 slice_point: 4 } }',
+        'layer { name: "concat" type: "Concat" bottom: "c" bottom: "a" top: "cat" }',
+        'layer { name: "sum" type: "Eltwise" bottom: "s2" bottom: "y" top: "sum" '
+        'eltwise_param { operation: SUM coeff: 0.5 coeff: -2 } }',
+        'layer { name: "prod" type: "Eltwise" bottom: "x" bottom: "y" top: "prod" eltwise_param { operation: PROD } }',
+        'layer { name: "max" type: "Eltwise" bottom: "x" bottom: "y" top: "max" eltwise_param { operation: MAX } }',
+        'layer { name: "softmax" type: "Softmax" bottom: "y" top: "softmax" softmax_param { axis: 2 } }',
+        'layer { name: "mvn" type: "MVN" bottom: "y" top: "mvn" }',
+        'layer { name: "lrn" type: "LRN" bottom: "y" top: "lrn" '
+        'lrn_param { local_size: 3 alpha: 0.5 beta: 0.75 norm_region: WITHIN_CHANNEL } }',
+        'layer { name: "lrn_x" type: "LRN" bottom: "y" top: "lrn_x" lrn_param { local_size: 5 alpha: 0.3 beta: 0.6 k: 2 } }',
+        'layer { name: "dummy" type: "DummyData" top: "dummy" '
+        'dummy_data_param { shape { dim: 2 dim: 3 } data_filler { type: "constant" value: 0.25 } } }']), {})
+    c["affine_and_norm"] = ({"x": rand(rng, (4, 3, 2, 2))}, "\n".join([
+        'layer { name: "scale" type: "Scale" bottom: "x" top: "scaled" '
+        'scale_param { bias_term: true filler { type: "gaussian" std: 1 } bias_filler { type: "gaussian" std: 1 } } }',
+        'layer { name: "bias" type: "Bias" bottom: "x" top: "biased" bias_param { axis: 1 num_axes: 2 '
+        'filler { type: "gaussian" std: 1 } } }',
+        'layer { name: "bn" type: "BatchNorm" bottom: "x" top: "bn" batch_norm_param { use_global_stats: false } }',
+        'layer { name: "bn_global" type: "BatchNorm" bottom: "x" top: "bn_global" }']),
+        {"init": {"bn_global/0": np.array([0.5, -1.0, 2.0], np.float32) * 4,
+                  "bn_global/1": np.array([1.0, 2.0, 0.5], np.float32) * 4,
+                  "bn_global/2": np.array([4.0], np.float32)}})
+    c["argmax"] = ({"x": np.round(rand(rng, (3, 7)), 1)}, "\n".join([  # ties on rounded values
+        'layer { name: "top2" type: "ArgMax" bottom: "x" top: "top2" argmax_param { top_k: 2 } }',
+        'layer { name: "vals" type: "ArgMax" bottom: "x" top: "vals" argmax_param { top_k: 3 out_max_val: true } }',
+        'layer { name: "axis" type: "ArgMax" bottom: "x" top: "axis1" argmax_param { axis: 1 top_k: 2 } }',
+        'layer { name: "threshold" type: "Threshold" bottom: "x" top: "threshold" threshold_param { threshold: 0.2 } }']),
+        {"force_backward": False})  # ArgMax and Threshold have no backward in Caffe
     # A fully convolutional net given inputs of other sizes after construction.
     fcn = "\n".join([
         f'layer {{ name: "conv" type: "Convolution" bottom: "data" top: "conv" '
@@ -338,6 +389,9 @@ def main(only=()):
         net = caffe.Net(f.name, caffe.TEST)
         os.unlink(f.name)
         rng = np.random.default_rng(sum(map(ord, name)))
+        for key, value in extra.get("init", {}).items():
+            layer, i = key.split("/")
+            net.params[layer][int(i)].data[...] = value
         record = {}
         for layer, blobs in net.params.items():
             for i, blob in enumerate(blobs):
