@@ -299,26 +299,10 @@ with open(os.path.join(REFS, "master_schema.json")) as _f:
 
 
 def _our_schema():
-    from google.protobuf import descriptor_pb2
-
     from ssdh_port.caffe.proto import caffe_pb2
+    from tests.caffe_refs.schema import describe
 
-    proto = descriptor_pb2.FileDescriptorProto()
-    caffe_pb2.DESCRIPTOR.CopyToProto(proto)
-    messages = {}
-
-    def walk(message, prefix):
-        name = prefix + message.name
-        messages[name] = {f.name: [f.number, f.label, f.type, f.type_name, f.default_value] for f in message.field}
-        for enum in message.enum_type:
-            messages[f"{name}.{enum.name}"] = {v.name: v.number for v in enum.value}
-        for nested in message.nested_type:
-            walk(nested, name + ".")
-    for message in proto.message_type:
-        walk(message, "")
-    for enum in proto.enum_type:
-        messages[enum.name] = {v.name: v.number for v in enum.value}
-    return messages
+    return describe(caffe_pb2)
 
 
 def test_every_message_and_field_of_caffe_master_parses():

@@ -353,23 +353,9 @@ def schema_and_types():
     """master_schema.json: every message of Caffe's caffe.proto with each field's
     number, label, type, type name and default (from pycaffe's caffe_pb2), and the
     layer types Caffe registers (caffe.layer_type_list())."""
-    from google.protobuf import descriptor_pb2
+    from schema import describe  # beside this script
 
-    proto = descriptor_pb2.FileDescriptorProto()
-    caffe.proto.caffe_pb2.DESCRIPTOR.CopyToProto(proto)
-    messages = {}
-
-    def walk(message, prefix):
-        name = prefix + message.name
-        messages[name] = {f.name: [f.number, f.label, f.type, f.type_name, f.default_value] for f in message.field}
-        for enum in message.enum_type:
-            messages[f"{name}.{enum.name}"] = {v.name: v.number for v in enum.value}
-        for nested in message.nested_type:
-            walk(nested, name + ".")
-    for message in proto.message_type:
-        walk(message, "")
-    for enum in proto.enum_type:
-        messages[enum.name] = {v.name: v.number for v in enum.value}
+    messages = describe(caffe.proto.caffe_pb2)
     with open(os.path.join(HERE, "master_schema.json"), "w") as f:
         json.dump({"messages": messages, "layer_types": sorted(caffe.layer_type_list())}, f, indent=1,
                   sort_keys=True)
