@@ -191,13 +191,9 @@ def test_the_same_writes_through_milvus(service, tmp_path):  # noqa: F811
 
 @pytest.mark.browser
 def test_the_add_control_in_a_real_browser(service, tmp_path):  # noqa: F811
-    from tests.test_server import CHROMIUM
+    from tests.test_server import CHROMIUM, browser_api
 
-    if not os.path.exists(CHROMIUM):
-        if os.environ.get("CI"):
-            pytest.fail(f"no chromium at {CHROMIUM}: make test installs Debian's chromium with apt")
-        pytest.skip(f"no chromium at {CHROMIUM} (make test installs it)")
-    sync_api = pytest.importorskip("playwright.sync_api")
+    sync_api = browser_api()
     import cv2
 
     folder, images, _ = service

@@ -439,13 +439,18 @@ def test_an_image_sent_as_a_form_type_is_taken_as_the_raw_body(service):
     assert answer.json()["results"][0] == {"id": 7, "distance": 0, "label": int(labels[7])}
 
 
-@pytest.mark.browser
-def test_the_page_in_a_real_browser(service, tmp_path):
+def browser_api():
+    """playwright's sync API with Debian's chromium present (CI must have it; skipped elsewhere)."""
     if not os.path.exists(CHROMIUM):
         if os.environ.get("CI"):
             pytest.fail(f"no chromium at {CHROMIUM}: make test installs Debian's chromium with apt")
         pytest.skip(f"no chromium at {CHROMIUM} (make test installs it)")
-    sync_api = pytest.importorskip("playwright.sync_api")
+    return pytest.importorskip("playwright.sync_api")
+
+
+@pytest.mark.browser
+def test_the_page_in_a_real_browser(service, tmp_path):
+    sync_api = browser_api()
     folder, images, labels = service
     query = ITEMS + 1
     cv2.imwrite(str(tmp_path / "digit.png"), images[query])

@@ -211,7 +211,6 @@ def _looks_like_an_image(body):
 async def _uploaded_images(request, limits, most):
     """[(file name, bytes)] of a request: the raw body (one image, name None) or the
     file fields of a multipart form (at most `most`)."""
-    from starlette.formparsers import MultiPartException, MultiPartParser
     from starlette.datastructures import UploadFile
 
     body = await _read_body(request, limits)
@@ -225,17 +224,7 @@ async def _uploaded_images(request, limits, most):
             raise ApiError(400, "the body is empty: send an image (raw bytes or a multipart file field)")
         return [(None, body)]
 
-    async def once():
-        yield body
-
-    parser = MultiPartParser(request.headers, once(), max_files=most, max_fields=most,
-                             max_part_size=limits.max_body_bytes)
-    try:
-        form = await parser.parse()
-    except MultiPartException as err:
-        if err.message.startswith("Too many files"):
-            raise ApiError(422, f"more than {most} images in one request; the limit is {most}") from None
-        raise ApiError(400, f"malformed multipart form: {err.message}") from None
+    form = await _multipart(request, body, limits, most, most)
     files = [(value.filename or key, await value.read()) for key, value in form.multi_items()
              if isinstance(value, UploadFile)]
     if not files:
@@ -523,28 +512,34 @@ def _json_items(body, engine, limits):
     return np.asarray(rows, dtype=np.uint8), ids, labels
 
 
+async def _multipart(request, body, limits, files, fields):
+    """The parsed multipart form of a body already read, with at most `files` files
+    and `fields` other fields (422 beyond, 400 for a malformed form)."""
+    from starlette.formparsers import MultiPartException, MultiPartParser
+
+    async def once():
+        yield body
+
+    parser = MultiPartParser(request.headers, once(), max_files=files, max_fields=fields,
+                             max_part_size=limits.max_body_bytes)
+    try:
+        return await parser.parse()
+    except MultiPartException as err:
+        if err.message.startswith("Too many files"):
+            raise ApiError(422, f"more than {files} images in one request; the limit is {files}") from None
+        raise ApiError(400, f"malformed multipart form: {err.message}") from None
+
+
 async def _uploaded_items(request, limits):
     """[(file name, bytes, id or None, label or None)] of a multipart form: each
     `file` field, with the `id` / `label` fields that follow it."""
     from starlette.datastructures import UploadFile
-    from starlette.formparsers import MultiPartException, MultiPartParser
 
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind != "multipart/form-data":
         raise ApiError(415, "send images as multipart/form-data file fields (or codes as application/json)")
     body = await _read_body(request, limits)
-
-    async def once():
-        yield body
-
-    parser = MultiPartParser(request.headers, once(), max_files=limits.max_images,
-                             max_fields=3 * limits.max_images, max_part_size=limits.max_body_bytes)
-    try:
-        form = await parser.parse()
-    except MultiPartException as err:
-        if err.message.startswith("Too many files"):
-            raise ApiError(422, f"more than {limits.max_images} images in one request") from None
-        raise ApiError(400, f"malformed multipart form: {err.message}") from None
+    form = await _multipart(request, body, limits, limits.max_images, 3 * limits.max_images)
     entries = []
     for key, value in form.multi_items():
         if isinstance(value, UploadFile):
