@@ -334,8 +334,8 @@ def run(net, inputs, rng, outputs, prefix, record):
         else:
             diffs[name] = rng.standard_normal(net.blobs[name].shape).astype(np.float32)
         record[f"{prefix}topdiff/{name}"] = diffs[name]
-    for name in net.blobs:
-        net.blobs[name].diff[...] = 0
+    # Blob diffs are left as forward left them (HingeLoss keeps its margins there for
+    # its backward, as in a real training step); param diffs start from 0.
     for layer in net.params:
         for blob in net.params[layer]:
             blob.diff[...] = 0
