@@ -197,3 +197,18 @@ def test_encode_patches_and_spatial_search_commands(tmp_path):
     bad = ssdh("encode", "--prototxt", prototxt, "--weights", weights, "--input", tmp_path / "db", "--patches", "2",
                "--milvus", tmp_path / "m.db")
     assert bad.returncode == 1 and "give --output (not --milvus)" in bad.stderr
+    # The service answers with spatial search over the same file.
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from ssdh_port.service.search import SpatialSearch
+    from ssdh_port.service.server import create_app
+
+    api = TestClient(create_app(SpatialSearch(tmp_path / "patches.ssdh", tmp_path / "db", levels=2)))
+    hits = api.post("/search?k=2", content=cv2.imencode(".png", images[13])[1].tobytes()).json()["results"]
+    assert hits[0] == {"id": 13, "distance": 0.0, "label": None}
+    near = api.get("/items/4/neighbors?k=1").json()["results"]
+    assert near[0]["id"] == 4 and near[0]["distance"] == 0.0
+    png = api.get("/items/4/image")
+    assert png.status_code == 200 and np.array_equal(cv2.imdecode(np.frombuffer(png.content, np.uint8), 0), images[4])
+    assert api.get("/items/99/neighbors").status_code == 404

@@ -3,7 +3,7 @@
     ssdh serve --index codes.ssdh | --milvus URI [--collection C] [--db DB] [--port 8000]
         [--prototxt deploy.prototxt --weights W ...] [--workers 1] [--max-body-mb 8]
         [--max-pixels 16000000] [--read-timeout 15] [--proxy-headers --forwarded-allow-ips IP]
-        [--writable --api-token-file F [--protect-reads]]
+        [--writable --api-token-file F [--protect-reads]] [--spatial L]
 
 POST /search?k=10 (raw image body or multipart field), POST /search/batch?k=10
 (multipart, several files), GET /items/{id}/neighbors?k=10, GET /items/{id}/image,
@@ -48,6 +48,8 @@ def main(argv=None):
                         "each change on disk before it is answered); needs --api-token-file")
     parser.add_argument("--api-token-file", help="a file holding the bearer token that writes need")
     parser.add_argument("--protect-reads", action="store_true", help="searches need the token too")
+    parser.add_argument("--spatial", type=int, default=0, metavar="L",
+                        help="--index is a patch code file (ssdh encode --patches L): instance search by patches")
     args = parser.parse_args(argv)
     token = _token(args.api_token_file) if args.api_token_file else None
     if args.writable and not token:
@@ -59,7 +61,16 @@ def main(argv=None):
         max_k=args.max_k, max_pending=args.max_pending, workers=args.workers,
         max_connections=args.max_connections, read_timeout=args.read_timeout, model_timeout=args.model_timeout,
         header_timeout=args.header_timeout)
-    engine = cli.search_engine(args, args.db, args.backend, writable=args.writable)
+    if args.spatial:
+        if args.writable or args.milvus:
+            raise SSDHError("--spatial serves a patch code file read-only: no --writable or --milvus")
+        from ssdh_port.service.search import SpatialSearch
+
+        engine = SpatialSearch(args.index, args.db, levels=args.spatial, card=args.card, backend=args.backend,
+                               prototxt=args.prototxt, weights=args.weights, latent_blob=args.blob,
+                               mean_file=args.mean_file, mean_value=args.mean_value, scale=args.scale)
+    else:
+        engine = cli.search_engine(args, args.db, args.backend, writable=args.writable)
     serve(engine, args.host, args.port, limits,
           ready=lambda url: print(f"serving {engine.items} items on {url}"
                                   + (" (writable)" if args.writable else ""), flush=True),

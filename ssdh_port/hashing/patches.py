@@ -118,6 +118,17 @@ class PatchIndex:
         order = torch.sort(distances, stable=True).indices[:k]
         return distances[order], ids[order]
 
+    def labels_at(self, positions):
+        return None  # patch code files carry boxes, not labels
+
+    def image_codes(self, image_id):
+        """The packed patch codes of one image (in the order they were added)."""
+        if int(image_id) not in self._order:
+            raise SSDHError(f"no image {image_id} in the patch index")
+        codes, segments, ids = self._arrange()
+        rank = self._order[int(image_id)]
+        return codes[segments[rank]:segments[rank + 1]].cpu()
+
     # ------------------------------------------------------------ files
 
     def save(self, path):

@@ -249,6 +249,54 @@ class ImageSearch:
         return self._writable().remove(ids)
 
 
+class SpatialSearch(ImageSearch):
+    """Instance search over a patch code file (ssdh encode --patches L): a query
+    image's patches at levels 1..L go through the net as whole images would, and
+    images are ranked by the set distance (hashing.patches.PatchIndex); hits carry
+    the image id and the mean distance (a float). Database images by image id, the
+    record the patches were cut from."""
+
+    def __init__(self, path, db_path=None, *, levels, card=None, **overrides):
+        from ssdh_port.hashing.patches import PatchIndex
+
+        self.levels = int(levels)
+        if self.levels < 1:
+            raise SSDHError(f"spatial search needs patch levels >= 1, got {levels}")
+        super().__init__(PatchIndex.load(path), db_path, card=card or card_path(path), **overrides)
+
+    def encode_images(self, images):
+        """[packed patch codes] per image."""
+        from ssdh_port.hashing.patches import crop_patch, patch_boxes
+
+        out = []
+        for image in images:
+            boxes = patch_boxes(image.shape[1], image.shape[0], self.levels)
+            out.append(super().encode_images([crop_patch(image, box) for box in boxes]))
+        return out
+
+    def search_codes(self, codes, k):
+        out = []
+        for patch_codes in codes:
+            distances, ids = self.index.search(patch_codes, k)
+            out.append([Hit(int(i), float(d), None, int(i)) for d, i in zip(distances.tolist(), ids.tolist())])
+        return out
+
+    def item(self, item_id, view=None):
+        self.index.image_codes(item_id)  # an unknown image is an error that names it
+        return int(item_id), None
+
+    def neighbors(self, item_id, k=10):
+        return self.search_codes([self.index.image_codes(item_id)], k)[0]
+
+    def database_image(self, item_id):
+        if self.db is None:
+            raise SSDHError("no image database given")
+        self.item(item_id)
+        array, _ = self.db.read(int(item_id))
+        image = np.asarray(array)
+        return image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
+
+
 def open_index(path=None, milvus=None, collection="ssdh_codes", card=None, writable=False):
     """(the index to search, its model card's path): a code file, or a Milvus collection
     (uri: a Milvus Lite file or http://host:19530), whose card lies beside a Lite file
