@@ -4,11 +4,13 @@ a NumPy version and against faiss (IndexBinaryFlat over all patches, then the
 per-image minimum and the mean), same data, same run, same threads.
 
     python bench/bench_patches.py [--images 10000] [--patches 30] [--query-patches 30]
-        [--bits 64 512] [--queries 5] [--json out.json]
+        [--bits 64 512] [--queries 5] [--shortlists 100 1000] [--json out.json]
 
 Clustered random codes (patches of one image near one of 64 centres); each query is
 one image's worth of patches. Reported: seconds per query (best of 3 rounds) and the
-ratios; all three give the same distances (checked).
+ratios; all three give the same distances (checked). Also the two-stage search (a
+shortlist by whole-image codes, then the set distance among it): its time, and its
+recall of the full spatial search's top 10.
 """
 import argparse
 import os
@@ -19,7 +21,7 @@ import numpy as np
 import torch
 
 from ssdh_port.fileio import write_json
-from ssdh_port.hashing import PatchIndex
+from ssdh_port.hashing import HammingIndex, PatchIndex, two_stage_search
 
 
 def best(fn, rounds=3):
@@ -56,6 +58,7 @@ def main():
     parser.add_argument("--query-patches", type=int, default=30)
     parser.add_argument("--bits", type=int, nargs="+", default=[64, 512])
     parser.add_argument("--queries", type=int, default=5)
+    parser.add_argument("--shortlists", type=int, nargs="*", default=[100, 1000])
     parser.add_argument("--json")
     args = parser.parse_args()
     import faiss
@@ -79,9 +82,20 @@ def main():
         index.add(patch_bits, image_of)
         flat = faiss.IndexBinaryFlat(8 * patch_bytes.shape[1])
         flat.add(patch_bytes)
+        whole = HammingIndex(bits)  # one code per image: its centre, noisier than its patches
+        whole.add(centres[image_centre] ^ (rng.random((args.images, bits)) < 0.2).astype(np.uint8),
+                  np.arange(args.images))
         ours_t = numpy_t = faiss_t = 0.0
+        staged = {n: [0.0, 0.0] for n in args.shortlists}  # shortlist -> [seconds, recall@10]
         for q in range(args.queries):
-            query = centres[rng.integers(0, 64)] ^ (rng.random((args.query_patches, bits)) < 0.1).astype(np.uint8)
+            centre = int(rng.integers(0, 64))
+            query = centres[centre] ^ (rng.random((args.query_patches, bits)) < 0.1).astype(np.uint8)
+            query_code = (centres[centre] ^ (rng.random(bits) < 0.2).astype(np.uint8))[None]
+            _, top10 = index.search(query, 10)
+            for n in args.shortlists:
+                t, (_, found) = best(lambda: two_stage_search(whole, index, query_code, query, n, 10))
+                staged[n][0] += t / args.queries
+                staged[n][1] += len(set(found.tolist()) & set(top10.tolist())) / 10 / args.queries
             t, (ours, _) = best(lambda: index.set_distances(query))
             ours_t += t
             t, reference = best(lambda: numpy_set_distance(query, patch_bytes, segments, table), rounds=1)
@@ -93,7 +107,10 @@ def main():
                "faiss_s": faiss_t / args.queries}
         row["vs_numpy"] = row["numpy_s"] / row["ours_s"]
         row["vs_faiss"] = row["faiss_s"] / row["ours_s"]
+        row["two_stage"] = [{"shortlist": n, "seconds": t, "recall_at_10": r} for n, (t, r) in staged.items()]
         out["results"].append(row)
+        for n, (t, r) in staged.items():
+            print(f"{bits} bits, two-stage with a shortlist of {n}: {1e3 * t:.1f} ms/query, recall@10 {r:.2f}")
         print(f"{bits} bits: ours {1e3 * row['ours_s']:.1f} ms/query, NumPy {1e3 * row['numpy_s']:.1f} ms "
               f"({row['vs_numpy']:.1f}x), faiss flat + aggregation {1e3 * row['faiss_s']:.1f} ms "
               f"({row['vs_faiss']:.1f}x)")

@@ -212,3 +212,28 @@ def test_encode_patches_and_spatial_search_commands(tmp_path):
     png = api.get("/items/4/image")
     assert png.status_code == 200 and np.array_equal(cv2.imdecode(np.frombuffer(png.content, np.uint8), 0), images[4])
     assert api.get("/items/99/neighbors").status_code == 404
+
+
+def test_two_stage_search():
+    from ssdh_port.hashing import HammingIndex, two_stage_search
+
+    rng = np.random.default_rng(5)
+    bits, images = 32, 40
+    centres = rng.integers(0, 2, (images, bits))
+    image_of = np.repeat(np.arange(images) * 3 + 1, 6)  # ids 1, 4, 7, ...
+    patches = centres[(image_of - 1) // 3] ^ (rng.random((len(image_of), bits)) < 0.1)
+    index = PatchIndex(bits)
+    index.add(patches, image_of)
+    whole = HammingIndex(bits)
+    whole.add(centres, np.arange(images) * 3 + 1)
+    query_id = 3 * 17 + 1
+    query_patches = centres[17] ^ (rng.random((6, bits)) < 0.1)
+    full = index.search(query_patches, 5)
+    every = two_stage_search(whole, index, centres[17:18], query_patches, images, 5)
+    assert [t.tolist() for t in every] == [t.tolist() for t in full]  # a shortlist of all: the same
+    short = two_stage_search(whole, index, centres[17:18], query_patches, 4, 5)
+    _, shortlist = whole.search(centres[17:18], 4)
+    assert len(short[1]) == 4 and set(short[1].tolist()) == set(shortlist[0].tolist())
+    assert short[1][0] == query_id and bool((short[0][1:] >= short[0][:-1]).all())
+    with pytest.raises(SSDHError, match=r"images \[2\] are not in the index"):
+        index.search(query_patches, 3, candidates=[2])

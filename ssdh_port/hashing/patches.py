@@ -99,24 +99,48 @@ class PatchIndex:
             self._arranged = (codes[order].to(self.device), segments.to(self.device), ids)
         return self._arranged
 
-    def set_distances(self, query_codes):
-        """(mean set distance to every image, float64, in first-added order; their ids)."""
+    def set_distances(self, query_codes, images=None):
+        """(mean set distance to every image, float64, in first-added order; their ids);
+        images: only these image ids (kept in first-added order)."""
         queries = as_packed(query_codes, "PatchIndex.search: query codes", self.bits)
         if queries.shape[1] != self.bytes or len(queries) == 0:
             raise SSDHError(f"PatchIndex.search: give one or more {self.bits}-bit query patch codes")
         if not len(self):
             raise SSDHError("PatchIndex.search: the index is empty")
         codes, segments, ids = self._arrange()
+        if images is not None:
+            unknown = [int(i) for i in images if int(i) not in self._order]
+            if unknown:
+                raise SSDHError(f"PatchIndex.search: images {unknown[:5]} are not in the index")
+            ranks = sorted({self._order[int(i)] for i in images})
+            if not ranks:
+                raise SSDHError("PatchIndex.search: no candidate image")
+            parts = [codes[segments[r]:segments[r + 1]] for r in ranks]
+            sizes = torch.tensor([len(p) for p in parts], dtype=torch.int64)
+            codes = torch.cat(parts)
+            segments = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(sizes, 0)]).to(codes.device)
+            ids = ids[torch.tensor(ranks)]
         sums = ops.hamming_set_distance(queries.to(self.device), codes, segments).cpu()
         return sums.double() / len(queries), ids
 
-    def search(self, query_codes, k):
+    def search(self, query_codes, k, candidates=None):
         """(distances k float64 ascending, image ids k): the k nearest images by the
-        set distance, ties in the order the images were first added."""
-        distances, ids = self.set_distances(query_codes)
+        set distance, ties in the order the images were first added; candidates: only
+        among these image ids (the second stage of a two-stage search)."""
+        distances, ids = self.set_distances(query_codes, candidates)
         k = min(int(k), len(ids))
         order = torch.sort(distances, stable=True).indices[:k]
         return distances[order], ids[order]
+
+
+def two_stage_search(global_index, patches, query_code, query_patch_codes, shortlist, k):
+    """The shortlist of `shortlist` images nearest by their whole-image codes
+    (global_index: a HammingIndex whose ids are the image ids), re-ranked by the set
+    distance of their patches (what the CVPRW coarse-to-fine search does with fc7):
+    (distances k, image ids k). With a shortlist of every image it equals
+    patches.search."""
+    _, candidates = global_index.search(query_code, min(int(shortlist), len(global_index)))
+    return patches.search(query_patch_codes, k, candidates=candidates.reshape(-1).tolist())
 
     def labels_at(self, positions):
         return None  # patch code files carry boxes, not labels
