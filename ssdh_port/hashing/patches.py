@@ -133,15 +133,6 @@ class PatchIndex:
         return distances[order], ids[order]
 
 
-def two_stage_search(global_index, patches, query_code, query_patch_codes, shortlist, k):
-    """The shortlist of `shortlist` images nearest by their whole-image codes
-    (global_index: a HammingIndex whose ids are the image ids), re-ranked by the set
-    distance of their patches (what the CVPRW coarse-to-fine search does with fc7):
-    (distances k, image ids k). With a shortlist of every image it equals
-    patches.search."""
-    _, candidates = global_index.search(query_code, min(int(shortlist), len(global_index)))
-    return patches.search(query_patch_codes, k, candidates=candidates.reshape(-1).tolist())
-
     def labels_at(self, positions):
         return None  # patch code files carry boxes, not labels
 
@@ -172,3 +163,13 @@ def two_stage_search(global_index, patches, query_code, query_patch_codes, short
         if len(index):
             patches.add(index.codes, index.ids.numpy(), labels.numpy())
         return patches
+
+
+def two_stage_search(global_index, patches, query_code, query_patch_codes, shortlist, k):
+    """The shortlist of `shortlist` images nearest by their whole-image codes
+    (global_index: a HammingIndex whose ids are the image ids), re-ranked by the set
+    distance of their patches (what the CVPRW coarse-to-fine search does with fc7):
+    (distances k, image ids k). With a shortlist of every image it equals
+    patches.search."""
+    _, candidates = global_index.search(query_code, min(int(shortlist), len(global_index)))
+    return patches.search(query_patch_codes, k, candidates=candidates.reshape(-1).tolist())
