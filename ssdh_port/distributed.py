@@ -129,7 +129,7 @@ def launch(command, argv, gpus=None, nproc=None):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    argv = _without_device(argv)
+    argv = without_options(argv)
     devices = [f"cuda:{gpu}" for gpu in gpus] if gpus is not None else ["cpu"] * int(nproc)
     processes = []
     forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -172,14 +172,18 @@ def _wait_all(processes):
         time.sleep(0.1)
 
 
-def _without_device(argv):
-    """argv without its --gpu / --device options (each rank gets its own)."""
+def without_options(argv, options=("--gpu", "--device")):
+    """argv without the given options and their values (both `--opt V` and
+    `--opt=V`): what a launcher passes on to each rank, which gets its own."""
     out, skip = [], False
     for arg in argv:
         if skip:
             skip = False
-        elif arg in ("--gpu", "--device"):
+        elif arg in options:
             skip = True
-        elif not arg.startswith(("--gpu=", "--device=")):
+        elif not arg.startswith(tuple(f"{o}=" for o in options)):
             out.append(arg)
     return out
+
+
+_without_device = without_options  # its name in the tests

@@ -61,7 +61,7 @@ def main(argv=None):
                         help="on SIGHUP (default: snapshot and go on)")
     args = parser.parse_args(argv)
     launcher = [sys.executable, "-m", "ssdh_port", "train"]
-    forwarded = _without_nproc(sys.argv[1:] if argv is None else argv)
+    forwarded = distributed.without_options(sys.argv[1:] if argv is None else argv, ("--nproc",))
     if args.device and args.device.startswith("cuda:") and not args.device[5:].isdigit():
         # Caffe's --gpu 0,1,2,3: one process per GPU, ranks of one training.
         if args.nproc:
@@ -84,16 +84,3 @@ def main(argv=None):
     if result.log != os.devnull:  # rank 0 (or the only process) keeps the log
         print(f"log: {result.log}; plot: {result.plot}")
     return 0
-
-
-def _without_nproc(argv):
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--nproc":
-            skip = True
-        elif not arg.startswith("--nproc="):
-            out.append(arg)
-    return out
-

@@ -98,6 +98,7 @@ class ImageSearch:
         if writable and self.writer is None:
             raise SSDHError(f"a {type(index).__name__} does not take changes (a LiveIndex or a MilvusIndex does)")
         self._index = index
+        self._last_id = -1  # the largest id this engine has added
         found = read_card_file(card) or ModelCard()
         self.card = found.with_overrides(prototxt=prototxt, weights=weights, latent_blob=latent_blob,
                                          mean_file=mean_file, mean_value=mean_value, scale=scale)
@@ -230,7 +231,7 @@ class ImageSearch:
         writer = self._writable()
         if self.live is None:
             return writer.next_ids(count)
-        start = max(max(self.live.view().where, default=-1), getattr(self, "_last_id", -1)) + 1  # writer thread
+        start = max(max(self.live.view().where, default=-1), self._last_id) + 1  # writer thread
         self._last_id = start + count - 1
         return list(range(start, start + count))
 
@@ -242,7 +243,7 @@ class ImageSearch:
         if ids is None:
             ids = self.next_ids(len(codes))
         writer.add(codes, ids, labels)
-        self._last_id = max([getattr(self, "_last_id", -1), *[int(i) for i in ids]])
+        self._last_id = max([self._last_id, *[int(i) for i in ids]])
         return [int(i) for i in ids]
 
     def remove(self, ids):
