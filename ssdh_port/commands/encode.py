@@ -79,7 +79,7 @@ def main(argv=None):
 
 
 def _patches(args):
-    from ssdh_port.pipeline.patches import PatchCoder, encode_patches, read_source_images
+    from ssdh_port.pipeline.patches import CaffeLatent, PatchCoder, encode_patches, read_source_images
     from ssdh_port.service.model_card import make_card, write_card
 
     if args.patches < 1:
@@ -89,8 +89,8 @@ def _patches(args):
     if not args.input or args.input.endswith((".npy", ".npz")):
         raise SSDHError("--patches reads images: give --input an image list file or a Datum database")
     transform = transform_param(args.scale, args.mean_file, args.mean_value, args.crop_size, args.gray)
-    coder = PatchCoder(args.prototxt, args.weights, transform, args.blob, args.resize, args.batch_size,
-                       args.device)
+    coder = PatchCoder(CaffeLatent(args.prototxt, args.weights, transform, args.blob, args.resize, args.batch_size,
+                                   args.device), args.batch_size)
     index = encode_patches(coder, read_source_images(args.input, args.backend), args.patches)
     index.save(args.output)
     write_card(make_card(args.prototxt, args.weights, coder.latent, coder.bits, len(index), transform,

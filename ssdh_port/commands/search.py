@@ -43,7 +43,7 @@ def main(argv=None):
 def _spatial(args):
     from ssdh_port.data.transformer import transform_param
     from ssdh_port.hashing.patches import PatchIndex
-    from ssdh_port.pipeline.patches import PatchCoder
+    from ssdh_port.pipeline.patches import CaffeLatent, PatchCoder
     from ssdh_port.service.model_card import ModelCard, card_path, read_card_file
 
     if not args.index:
@@ -54,9 +54,10 @@ def _spatial(args):
         mean_value=args.mean_value, scale=args.scale)
     card.require("prototxt", "weights")
     t = card.transform
-    coder = PatchCoder(card.prototxt, card.weights, transform_param(float(t["scale"]), t["mean_file"],
-                                                                    t["mean_value"], int(t["crop_size"] or 0)),
-                       card.latent_blob, card.image_size)
+    coder = PatchCoder(CaffeLatent(card.prototxt, card.weights,
+                                   transform_param(float(t["scale"]), t["mean_file"], t["mean_value"],
+                                                   int(t["crop_size"] or 0)),
+                                   card.latent_blob, card.image_size))
     if coder.bits != index.bits:
         raise SSDHError(f"{args.index} holds {index.bits}-bit patch codes, the net makes {coder.bits}")
     for path, image in zip(args.images, read_images(args.images)):

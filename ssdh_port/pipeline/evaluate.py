@@ -6,7 +6,7 @@ tools/eval_retrieval.py. Its fields:
 
   method, bits, queries, database, relevance ("any" / "exact" for multi-label)
   topk                     the mAP cut-off (1000 in the papers' tables)
-  map_at_topk              mAP over the first topk ranks (precision.m)
+  map_at_topk              mAP over the first topk ranks (precision.m); None for instance search
   map_whole_ranking        mAP over the whole ranking (the authors' README)
   precision_at             {k: precision@k} for k = 100, 200, 400, 600, 800, 1000
   radius, precision_within_radius   precision of the items within Hamming radius r
@@ -34,7 +34,7 @@ class RetrievalReport:
     queries: int
     database: int
     topk: int
-    map_at_topk: float
+    map_at_topk: float | None
     map_whole_ranking: float | None = None
     precision_at: dict = dataclasses.field(default_factory=dict)
     radius: int | None = None

@@ -14,6 +14,14 @@ Extra metrics ([protocol] metrics = [...], options in [protocol.options]):
     baselines       LSH / ITQ / CCA-ITQ / l2 on real-valued features: of a pre-trained
                     net (options.baseline_net, baseline_weights, baseline_blob), or of
                     the torch model's pooled features; more rows
+    instance        cross-domain instance search (pipeline.instance): the trained net
+                    codes an unlabelled gallery by patches at levels 1..options.
+                    instance_levels (3) and is scored by instance ground truth: global
+                    codes, spatial search, l2 on the latent activations (whole and
+                    spatial), mean AP and ms per query; four rows. options.instance:
+                    "cifar10-scenes" (data.instances' benchmark made from the CIFAR-10
+                    test images: instance_seed, instance_gallery, instance_per_class,
+                    instance_positives) or a folder with images/ and gt/ (Oxford, Paris)
 """
 import dataclasses
 import os
@@ -23,7 +31,7 @@ import numpy as np
 from ssdh_port.errors import SSDHError
 from ssdh_port.progress import logger
 
-METRICS = ("curves", "picture", "label_accuracy", "dnnh_map", "coarse_to_fine", "baselines")
+METRICS = ("curves", "picture", "label_accuracy", "dnnh_map", "coarse_to_fine", "baselines", "instance")
 
 
 @dataclasses.dataclass
@@ -36,6 +44,7 @@ class Outcome:
     iterations: int | None = None
     extra: dict = dataclasses.field(default_factory=dict)   # what the trainer records beside the row
     trained: object = None             # the torch trainer's TrainResult
+    deploy: str | None = None          # caffe: the deploy net that encodes
 
 
 def _check_metrics(spec):
@@ -108,7 +117,8 @@ def _caffe(spec, data, folder, run_dir, phases, device):
             encoded[split] = encoded[split].save(os.path.join(run_dir, f"{split}.ssdh"))
             for warning in encoded[split].health["warnings"]:
                 logger.warning("%s codes: %s", split, warning)
-    return Outcome(encoded["test"], encoded["train"], trained.weights, round(trained.seconds, 1), trained.iterations)
+    return Outcome(encoded["test"], encoded["train"], trained.weights, round(trained.seconds, 1), trained.iterations,
+                   deploy=recipe.deploy)
 
 
 def _dnnh(spec, data, folder, run_dir, phases, device):
@@ -223,7 +233,54 @@ def evaluate(spec, data, outcome, run_dir, *, method):
             method=f"KevinNet-{spec.model.bits} coarse-to-fine (Hamming top {shortlist}, l2 on {blob})"))
     if "baselines" in metrics:
         reports += _baselines(spec, data, outcome)
+    if "instance" in metrics:
+        reports += _instance(spec, data, outcome, method, accuracy)
     return reports
+
+
+def _instance(spec, data, outcome, method, accuracy):
+    from ssdh_port.pipeline.instance import evaluate_instances, instance_reports
+    from ssdh_port.pipeline.patches import CaffeLatent, PatchCoder, TorchLatent
+
+    options = spec.protocol.options
+    folder = _instance_benchmark(options.get("instance", "cifar10-scenes"), spec.data.dir, data, options)
+    if outcome.trained is not None:
+        latent = TorchLatent(outcome.weights)
+    elif outcome.deploy:
+        latent = CaffeLatent(outcome.deploy, outcome.weights, data.transform, spec.encoding.latent_blob)
+    else:
+        raise SSDHError("instance: the model has no deploy net to code patches with")
+    coder = PatchCoder(latent, batch_size=spec.encoding.batch_size)
+    evaluation = evaluate_instances(coder, os.path.join(folder, "images"), os.path.join(folder, "gt"),
+                                    levels=int(options.get("instance_levels", 3)))
+    logger.info("instance search on %s: %s", folder, ", ".join(
+        f"{r.method} {100 * r.map:.2f}" for r in evaluation.results))
+    return instance_reports(evaluation, method, accuracy)
+
+
+def _instance_benchmark(name, data_dir, data, options):
+    """The folder of the instance benchmark (made here for "cifar10-scenes")."""
+    if name != "cifar10-scenes":
+        if not (os.path.isdir(os.path.join(name, "images")) and os.path.isdir(os.path.join(name, "gt"))):
+            raise SSDHError(f"[protocol.options] instance {name!r}: expected cifar10-scenes or a folder with "
+                            "images/ and gt/ (the ground-truth files)")
+        return name
+    if data.name != "cifar10":
+        raise SSDHError(f"instance cifar10-scenes is made from the cifar10 test images, not {data.name}")
+    from ssdh_port.data.instances import CIFAR10_CLASSES, make_instance_benchmark, read_benchmark
+    from ssdh_port.pipeline.patches import read_source_images
+
+    fields = {"seed": int(options.get("instance_seed", 0)), "gallery": int(options.get("instance_gallery", 1000)),
+              "per_class": int(options.get("instance_per_class", 5)),
+              "positives": int(options.get("instance_positives", 6))}
+    folder = os.path.join(data_dir, "instances_" + "_".join(f"{k}{v}" for k, v in fields.items()))
+    made = read_benchmark(folder)
+    if made is None or any(made.get(k) != v for k, v in fields.items()):
+        items = list(read_source_images(data.encode["test"]))
+        logger.info("making the instance benchmark in %s", folder)
+        make_instance_benchmark([image for _, _, image in items], [label for _, label, _ in items],
+                                CIFAR10_CLASSES, folder, **fields)
+    return folder
 
 
 def _dnnh_metric(outcome, data, top):

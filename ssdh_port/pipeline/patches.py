@@ -42,8 +42,9 @@ def read_source_images(source, backend="lmdb", root=""):
         yield i, label, image
 
 
-class PatchCoder:
-    """Codes of image patches through a deploy net (its latent blob > 0.5)."""
+class CaffeLatent:
+    """Latent activations of a Caffe deploy net: uint8 C x H x W patches of the net's
+    input size, transformed as its data layers transform images (crop, mean, scale)."""
 
     def __init__(self, prototxt, weights, transform, latent_blob=None, image_size=None, batch_size=64,
                  device="cpu"):
@@ -58,6 +59,57 @@ class PatchCoder:
         self.transformer = DataTransformer(transform, "TEST")
         self.batch_size, self.device = batch_size, torch.device(device)
 
+    def __call__(self, batch):
+        data = self.transformer(batch)
+        with torch.inference_mode():
+            latent = self.net(**{self.input: data.to(self.device)})[self.latent]
+        return latent.reshape(len(data), -1).float().cpu()
+
+
+class TorchLatent:
+    """Latent activations of a model trained by pipeline.trainer (its model.pt):
+    normalised as its training images were, averaged over its test-time views."""
+
+    def __init__(self, weights, batch_size=500, device="cpu"):
+        from ssdh_port.pipeline import trainer
+
+        model, self.config = trainer.load_trained(weights)
+        train_images, _ = trainer.load_images(self.config.train_db, self.config.limit)
+        self.normalise = trainer.Normaliser(train_images, self.config.normalise)
+        self.channels, self.size = train_images.shape[1], tuple(train_images.shape[2:])
+        self.device = torch.device(device)
+        self.memory_format = trainer._memory_format(self.config, self.device)
+        self.model = model.to(self.device, memory_format=self.memory_format)
+        self.bits, self.latent, self.batch_size = self.config.bits, "latent", batch_size
+        self._evaluate = trainer.evaluate
+
+    def __call__(self, batch):
+        latent, _ = self._evaluate(self.model, batch.to(self.device), self.normalise, self.config,
+                                   self.memory_format, batch=self.batch_size)
+        return latent
+
+
+def latent_source(weights, prototxt=None, transform=None, latent_blob=None, image_size=None, batch_size=64,
+                  device="cpu"):
+    """The latent activations of a trained net: a Caffe deploy net (prototxt and
+    weights) or, without a prototxt, a model.pt of the torch trainer."""
+    if prototxt:
+        return CaffeLatent(prototxt, weights, transform, latent_blob, image_size, batch_size, device)
+    if not weights or not str(weights).endswith(".pt"):
+        raise SSDHError(f"{weights}: without --prototxt the weights must be a model.pt of `ssdh run` (torch "
+                        "models); a .caffemodel needs its deploy prototxt")
+    return TorchLatent(weights, max(batch_size, 1), device)
+
+
+class PatchCoder:
+    """Codes (latent activations > 0.5) and activations of image patches through a
+    latent source (CaffeLatent, TorchLatent), patches resized to its input size."""
+
+    def __init__(self, latent, batch_size=64):
+        self.latent_fn, self.batch_size = latent, batch_size
+        self.channels, self.size, self.bits = latent.channels, latent.size, latent.bits
+        self.latent = latent.latent
+
     def prepared(self, patch):
         if self.channels == 1 and patch.ndim == 3:
             patch = cv2.cvtColor(patch, cv2.COLOR_BGR2GRAY)
@@ -66,15 +118,15 @@ class PatchCoder:
         patch = cv2.resize(patch, (self.size[1], self.size[0]), interpolation=cv2.INTER_LINEAR)
         return patch[None] if patch.ndim == 2 else patch.transpose(2, 0, 1)
 
-    def codes(self, patches):
-        """Packed codes of prepared patches (C x H x W uint8 each)."""
-        out = []
-        for s in range(0, len(patches), self.batch_size):
-            data = self.transformer(torch.from_numpy(np.stack(patches[s:s + self.batch_size])))
-            with torch.inference_mode():
-                latent = self.net(**{self.input: data.to(self.device)})[self.latent]
-            out.append(ops.pack_bits(latent.reshape(len(data), -1).float().cpu()))
+    def activations(self, patches):
+        """Latent activations (N x bits float) of prepared patches (C x H x W uint8 each)."""
+        out = [self.latent_fn(torch.from_numpy(np.stack(patches[s:s + self.batch_size])))
+               for s in range(0, len(patches), self.batch_size)]
         return torch.cat(out)
+
+    def codes(self, patches):
+        """Packed codes of prepared patches."""
+        return ops.pack_bits(self.activations(patches))
 
     def image_patches(self, image, levels):
         """(prepared patches, boxes) of one image."""

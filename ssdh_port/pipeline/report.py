@@ -36,10 +36,11 @@ def columns(reports, extra_columns=()):
             ("bits", lambda r: "-" if r.bits is None else str(r.bits))]
     if any(r.relevance != "any" for r in reports):
         cols.append(("relevance", lambda r: r.relevance))
-    cols += [(top, lambda r: _pct(r.map_at_topk)),
-             ("mAP (whole ranking)", lambda r: _pct(r.map_whole_ranking)),
-             ("P@1000", lambda r: _pct(r.precision_at_1000)),
-             (radius, lambda r: _pct(r.precision_within_radius))]
+    metrics = [(top, lambda r: r.map_at_topk), ("mAP (whole ranking)", lambda r: r.map_whole_ranking),
+               ("P@1000", lambda r: r.precision_at_1000), (radius, lambda r: r.precision_within_radius)]
+    # A metric no row has (instance search has no cut-off, no P@1000, no radius) is left out.
+    cols += [(header, lambda r, value=value: _pct(value(r))) for header, value in metrics
+             if any(value(r) is not None for r in reports)]
     if any(r.classification_accuracy is not None for r in reports):
         cols.append(("accuracy", lambda r: _pct(r.classification_accuracy)))
     for header, key, fmt in extra_columns:
