@@ -23,6 +23,7 @@ COMMANDS = {
     "extract": ("extract", "Caffe's extract_features: blobs of a net over a source -> .npz"),
     "encode": ("encode", "images -> a code file (and its model card) or a Milvus collection"),
     "eval": ("eval", "the retrieval protocol on code files: mAP, P@k, P within radius; plots"),
+    "eval-instance": ("eval_instance", "instance retrieval on Oxford/Paris ground truth: global, spatial, l2"),
     "index": ("index", "change a code file in place: add, remove, compact, info (a live index)"),
     "search": ("search", "query images against a code file through its net"),
     "serve": ("serve", "the retrieval service (HTTP API and search page)"),
