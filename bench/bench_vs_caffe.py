@@ -1,0 +1,215 @@
+#!/usr/bin/env python
+"""The Caffe path against real BVLC Caffe, same prototxt, same threads, same run:
+`caffe.bin time` (forward, backward and their sum per iteration, and per layer)
+against CaffeNet in the TRAIN phase with force_backward (forward with the autograd
+graph kept, as training keeps it; backward of every blob and weight from random top
+gradients).
+
+    source ../shared/tools/caffe-cpu/env.sh     # caffe.bin on PATH
+    python bench/bench_vs_caffe.py [--nets lenet:64 alexnet:8 ...] [--iterations 10]
+        [--rounds 3] [--threads 2] [--precision fp32|bf16] [--layers] [--json out.json] [--markdown out.md]
+
+Nets (bench/zoo_nets.py): lenet:64, alexnet:8, alexnet:32, googlenet:8, resnet50:8,
+squeezenet11:8, mobilenet:8 by default. Each round runs caffe.bin, then the port; the
+table has the median over rounds of each side's mean per iteration and the ratio
+Caffe / port (> 1: the port is faster). --layers adds each layer's forward and
+backward times: Caffe's own per-layer report beside the port's layers timed one by one
+on the shapes of the run. Without caffe.bin on PATH the port alone is timed (a message
+says so). --precision bf16 runs the port under CPU autocast to bfloat16 (Caffe has no
+such mode: the ratio is then against Caffe's fp32).
+"""
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from zoo_nets import NETS, write_net  # noqa: E402
+
+from ssdh_port.caffe.net import CaffeNet  # noqa: E402
+from ssdh_port.device import cpu_name  # noqa: E402
+from ssdh_port.fileio import write_json  # noqa: E402
+
+DEFAULT_NETS = ["lenet:64", "alexnet:8", "alexnet:32", "googlenet:8", "resnet50:8", "squeezenet11:8", "mobilenet:8"]
+LAYER_LINE = re.compile(r"caffe\.cpp:\d+\]\s+(\S+)\s+(forward|backward): ([0-9.e+-]+) ms")
+TOTAL_LINE = re.compile(r"Average (Forward pass|Backward pass|Forward-Backward): ([0-9.e+-]+) ms")
+
+
+def caffe_time(prototxt, iterations, threads):
+    """caffe.bin time: {"forward", "backward", "forward_backward": ms, "layers": {name: [fwd, bwd]}}."""
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads), GLOG_minloglevel="0",
+               GLOG_logtostderr="1")
+    done = subprocess.run(["caffe.bin", "time", "-model", prototxt, "-iterations", str(iterations)], env=env,
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"bench_vs_caffe: caffe.bin time {prototxt} failed:\n{done.stderr[-2000:]}")
+    out = {"layers": {}}
+    for name, kind, ms in LAYER_LINE.findall(done.stderr):
+        out["layers"].setdefault(name, [0.0, 0.0])[kind == "backward"] = float(ms)
+    keys = {"Forward pass": "forward", "Backward pass": "backward", "Forward-Backward": "forward_backward"}
+    for what, ms in TOTAL_LINE.findall(done.stderr):
+        out[keys[what]] = float(ms)
+    return out
+
+
+def port_time(net, iterations, precision):
+    """The port's mean ms of a forward (graph kept) and of a forward + backward."""
+    data = torch.randn(*net.blob_shapes["data"])
+    outputs = [name for name in net.output_names]
+    bf16 = precision == "bf16"
+
+    def forward():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return net(data=data)
+
+    def forward_backward():
+        blobs = forward()
+        tops = [blobs[name] for name in outputs]
+        torch.autograd.backward(tops, [torch.randn_like(t) for t in tops])
+
+    forward_backward()  # warm-up, as caffe time runs one forward and backward first
+    times = {}
+    for name, fn in (("forward", forward), ("forward_backward", forward_backward)):
+        start = time.perf_counter()
+        for _ in range(iterations):
+            fn()
+        times[name] = 1000 * (time.perf_counter() - start) / iterations
+    times["backward"] = times["forward_backward"] - times["forward"]
+    return times
+
+
+def port_layers(net, iterations, precision):
+    """{layer name: [forward ms, backward ms]}: each layer alone on the bottoms it saw."""
+    seen = {}
+
+    def keep(module, args, out):
+        seen.setdefault(module.name, [a.detach().clone() for a in args])
+
+    hooks = [module.register_forward_hook(keep) for module in net.layers]
+    net(data=torch.randn(*net.blob_shapes["data"]))
+    for hook in hooks:
+        hook.remove()
+    bf16 = precision == "bf16"
+    out = {}
+    for module in net.layers:
+        name = module.name
+        if name not in seen:
+            continue
+        bottoms = [b.requires_grad_() if b.is_floating_point() else b for b in seen[name]]
+
+        def run(backward):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                tops = module(*[b.clone() if b.requires_grad else b for b in bottoms])
+            tops = [t for t in (tops if isinstance(tops, (tuple, list)) else [tops]) if t.requires_grad]
+            if backward and tops:
+                torch.autograd.backward(tops, [torch.ones_like(t) for t in tops])
+
+        timed = []
+        for backward in (False, True):
+            run(backward)
+            start = time.perf_counter()
+            for _ in range(iterations):
+                run(backward)
+            timed.append(1000 * (time.perf_counter() - start) / iterations)
+        out[name] = [timed[0], max(timed[1] - timed[0], 0.0)]
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nets", nargs="+", default=DEFAULT_NETS, help="name:batch, names: " + ", ".join(NETS))
+    parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    parser.add_argument("--layers", action="store_true", help="per-layer times of both sides")
+    parser.add_argument("--json")
+    parser.add_argument("--markdown")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    have_caffe = shutil.which("caffe.bin") is not None
+    if not have_caffe:
+        print("caffe.bin is not on PATH (source ../shared/tools/caffe-cpu/env.sh): timing the port alone",
+              file=sys.stderr)
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for spec in args.nets:
+            name, _, batch = spec.partition(":")
+            if name not in NETS:
+                raise SystemExit(f"bench_vs_caffe: unknown net {name!r} (nets: {', '.join(NETS)})")
+            batch = int(batch or 8)
+            prototxt = write_net(name, batch, os.path.join(folder, f"{name}_{batch}.prototxt"))
+            net = CaffeNet(prototxt, "TRAIN")
+            caffe_rounds, port_rounds = [], []
+            for _ in range(args.rounds):
+                if have_caffe:
+                    caffe_rounds.append(caffe_time(prototxt, args.iterations, args.threads))
+                port_rounds.append(port_time(net, args.iterations, args.precision))
+            row = {"net": name, "batch": batch}
+            for key in ("forward", "backward", "forward_backward"):
+                row[f"port_{key}_ms"] = statistics.median(r[key] for r in port_rounds)
+                if have_caffe:
+                    row[f"caffe_{key}_ms"] = statistics.median(r[key] for r in caffe_rounds)
+                    row[f"{key}_ratio"] = row[f"caffe_{key}_ms"] / row[f"port_{key}_ms"]
+            row["port_rounds"], row["caffe_rounds"] = port_rounds, [
+                {k: v for k, v in r.items() if k != "layers"} for r in caffe_rounds]
+            if args.layers:
+                row["port_layers"] = port_layers(net, args.iterations, args.precision)
+                if have_caffe:
+                    row["caffe_layers"] = caffe_rounds[len(caffe_rounds) // 2]["layers"]
+            rows.append(row)
+            print(line(row), flush=True)
+    result = {"machine": f"{cpu_name()}, {os.cpu_count()} CPUs", "threads": args.threads, "torch": torch.__version__,
+              "precision": args.precision, "iterations": args.iterations, "rounds": args.rounds, "rows": rows}
+    if args.json:
+        write_json(args.json, result)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(markdown(result))
+    return 0
+
+
+def line(row):
+    text = f"{row['net']} x{row['batch']}: port forward {row['port_forward_ms']:.1f} ms, forward+backward " \
+           f"{row['port_forward_backward_ms']:.1f} ms"
+    if "caffe_forward_ms" in row:
+        text += f"; Caffe {row['caffe_forward_ms']:.1f} / {row['caffe_forward_backward_ms']:.1f} ms; Caffe / port " \
+                f"{row['forward_ratio']:.2f}x / {row['forward_backward_ratio']:.2f}x"
+    return text
+
+
+def markdown(result):
+    lines = [f"Machine: {result['machine']}; {result['threads']} threads; torch {result['torch']}; port in "
+             f"{result['precision']}; median of {result['rounds']} rounds of {result['iterations']} iterations.", "",
+             "| net, batch | forward Caffe / port | ratio | forward+backward Caffe / port | ratio |",
+             "|---|---|---|---|---|"]
+    for row in result["rows"]:
+        if "caffe_forward_ms" not in row:
+            lines.append(f"| {row['net']}, {row['batch']} | - / {row['port_forward_ms']:.1f} ms | - | - / "
+                         f"{row['port_forward_backward_ms']:.1f} ms | - |")
+            continue
+        lines.append(f"| {row['net']}, {row['batch']} | {row['caffe_forward_ms']:.1f} / {row['port_forward_ms']:.1f} "
+                     f"ms | {row['forward_ratio']:.2f}x | {row['caffe_forward_backward_ms']:.1f} / "
+                     f"{row['port_forward_backward_ms']:.1f} ms | {row['forward_backward_ratio']:.2f}x |")
+    for row in result["rows"]:
+        if "port_layers" not in row:
+            continue
+        lines += ["", f"### {row['net']}, batch {row['batch']}: per layer (ms, forward / backward)", "",
+                  "| layer | Caffe | port |", "|---|---|---|"]
+        caffe = row.get("caffe_layers", {})
+        for name, (fwd, bwd) in row["port_layers"].items():
+            theirs = caffe.get(name)
+            lines.append(f"| {name} | {'-' if theirs is None else f'{theirs[0]:.2f} / {theirs[1]:.2f}'} | "
+                         f"{fwd:.2f} / {bwd:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
