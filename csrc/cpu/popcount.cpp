@@ -44,7 +44,7 @@ struct ScanLoop {
       const uint8_t* query, const uint8_t* db, int64_t bytes, int64_t first, int64_t last,
       Candidates& c) {
     for (int64_t j = first; j < last; ++j) {
-      const int d = code_distance<kBytes>(query, db + j * bytes, bytes);
+      const int d = code_distance_within<kBytes>(query, db + j * bytes, bytes, c.bound);
       if (d <= c.bound) {
         add_candidate(c, j, d);
       }

@@ -37,6 +37,47 @@ __attribute__((always_inline)) inline int code_distance(
   return d;
 }
 
+// Popcount of a ^ b over bytes [from, to), both multiples of 8 (whole words).
+__attribute__((always_inline)) inline int words_distance(
+    const uint8_t* a, const uint8_t* b, int64_t from, int64_t to) {
+  int d = 0;
+  for (int64_t i = from; i < to; i += 8) {
+    uint64_t x, y;
+    std::memcpy(&x, a + i, 8);
+    std::memcpy(&y, b + i, 8);
+    d += __builtin_popcountll(x ^ y);
+  }
+  return d;
+}
+
+// The distance when it is at most `bound`; otherwise some value above the bound,
+// possibly before the whole code is read ("early abandon", exact for a scan
+// that keeps codes within the bound): codes of 32 bytes and more are checked
+// after their first 16 bytes, codes of 64 and more again after 32. A code far
+// from the query (another cluster of a trained code space) costs a quarter of
+// its popcounts once the bound has tightened.
+template <int kBytes>
+__attribute__((always_inline)) inline int code_distance_within(
+    const uint8_t* a, const uint8_t* b, int64_t runtime_bytes, int bound) {
+  const int64_t bytes = kBytes > 0 ? kBytes : runtime_bytes;
+  if (bytes < 32) {
+    return code_distance<kBytes>(a, b, bytes);
+  }
+  int d = words_distance(a, b, 0, 16);
+  if (d > bound) {
+    return d;
+  }
+  int64_t done = 16;
+  if (bytes >= 64) {
+    d += words_distance(a, b, 16, 32);
+    if (d > bound) {
+      return d;
+    }
+    done = 32;
+  }
+  return d + code_distance<0>(a + done, b + done, bytes - done);
+}
+
 // The instruction sets with a build of the loops, in increasing order. The
 // level used is the best the CPU has, capped by the environment variable
 // SSDH_CPU_POPCOUNT=generic|popcnt|avx512 (to test or compare the builds).

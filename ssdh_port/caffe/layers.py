@@ -359,6 +359,38 @@ def caffe_max_pool_with_mask(x, kernel, stride, pad, ceil_mode=True):
     return out[..., :oh, :ow], mask[..., :oh, :ow].to(x.dtype)
 
 
+def _channel_window_sum(t, size):
+    """Sums over `size` (odd) channels centred on each channel, zeros beyond the ends."""
+    pre = (size - 1) // 2
+    pooled = F.avg_pool3d(t.unsqueeze(1), (size, 1, 1), stride=1, padding=(pre, 0, 0), count_include_pad=True)
+    return pooled.squeeze(1).mul_(size)
+
+
+class _LRNAcrossChannels(torch.autograd.Function):
+    """Caffe's cross-channel LRN with its own backward (CrossChannelBackward_cpu):
+    scale = k + alpha / n * (window sum of x^2), top = x * scale^-beta;
+    bottom_diff = top_diff * scale^-beta - 2 alpha beta / n * x * (window sum of
+    top_diff * top / scale). Two window sums in all, against the dozen ops autograd
+    records for the same formula."""
+
+    @staticmethod
+    def forward(ctx, x, size, alpha, beta, k):
+        scale = _channel_window_sum(x * x, size).mul_(alpha / size).add_(k)
+        power = scale.pow(-beta)
+        top = x * power
+        ctx.save_for_backward(x, top, scale, power)
+        ctx.constants = size, alpha, beta
+        return top
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, top, scale, power = ctx.saved_tensors
+        size, alpha, beta = ctx.constants
+        ratio = _channel_window_sum(grad * top / scale, size)
+        return grad * power - (2.0 * alpha * beta / size) * x * ratio, None, None, None, None
+
+
 @register("LRN")
 class LRN(CaffeLayer):
     def __init__(self, param, bottom_shapes, phase):
@@ -372,11 +404,9 @@ class LRN(CaffeLayer):
     def forward(self, x):
         n = self.size
         if self.across:
-            # scale = k + alpha / n * sum of x^2 over n channels centred on c.
-            pre = (n - 1) // 2
-            sq = F.pad(x * x, (0, 0, 0, 0, pre, n - 1 - pre))
-            window = sum(sq[:, i:i + x.shape[1]] for i in range(n))
-            return (x * (self.k + self.alpha / n * window) ** -self.beta,)
+            if x.dim() != 4:
+                raise self.error(f"LRN needs an N x C x H x W bottom, got {tuple(x.shape)}")
+            return (_LRNAcrossChannels.apply(x, n, self.alpha, self.beta, self.k),)
         # WITHIN_CHANNEL: Caffe's AVE pooling of x^2 (n x n, pad (n-1)/2), then
         # (1 + alpha * avg)^-beta.
         pad = (n - 1) // 2
@@ -988,22 +1018,29 @@ class BatchNorm(CaffeLayer):
         return [self.bottom_shapes[0]]
 
     def forward(self, x):
-        dims = [0] + list(range(2, x.dim()))
-        shape = (1, -1) + (1,) * (x.dim() - 2)
+        # torch's batch_norm is Caffe's normalisation, (x - mean) / sqrt(var + eps) with
+        # the biased variance of the batch, in one kernel each way.
         if self.use_global:
             factor = self.blobs[2].item()
             scale = 0.0 if factor == 0 else 1.0 / factor
             mean, var = self.blobs[0] * scale, self.blobs[1] * scale
+            return (F.batch_norm(x, mean, var, training=False, eps=self.eps),)
+        if x.numel() == x.shape[1]:
+            # One value per channel: torch refuses the batch statistics; Caffe's are
+            # mean x, variance 0.
+            mean, var = x.detach().reshape(-1), torch.zeros_like(x.detach().reshape(-1))
+            top = (x - x) / math.sqrt(self.eps)
         else:
-            mean = x.mean(dim=dims)
-            var = ((x - mean.view(shape)) ** 2).mean(dim=dims)
-            with torch.no_grad():
-                m = x.numel() // x.shape[1]
-                correction = m / (m - 1) if m > 1 else 1.0
-                self.blobs[2].mul_(self.fraction).add_(1)
-                self.blobs[0].mul_(self.fraction).add_(mean.detach())
-                self.blobs[1].mul_(self.fraction).add_(correction * var.detach())
-        return ((x - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps),)
+            # The running buffers at momentum 1 receive the batch mean and the unbiased
+            # variance: what Caffe adds to its blobs (variance x m / (m - 1)).
+            mean = torch.empty(x.shape[1], dtype=x.dtype, device=x.device)
+            var = torch.empty_like(mean)
+            top = F.batch_norm(x, mean, var, training=True, momentum=1.0, eps=self.eps)
+        with torch.no_grad():
+            self.blobs[2].mul_(self.fraction).add_(1)
+            self.blobs[0].mul_(self.fraction).add_(mean.to(self.blobs[0].dtype))
+            self.blobs[1].mul_(self.fraction).add_(var.to(self.blobs[1].dtype))
+        return (top,)
 
 
 class _Affine(CaffeLayer):
