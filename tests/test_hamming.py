@@ -28,7 +28,7 @@ def _reference(q_bits, db_bits):
     return dist, order
 
 
-@pytest.mark.parametrize("bits", [1, 12, 24, 40, 48, 56, 64, 65, 128, 1024, 4096])
+@pytest.mark.parametrize("bits", [1, 12, 24, 40, 48, 56, 64, 65, 128, 256, 512, 520, 1024, 4096])
 @pytest.mark.parametrize("clustered", [False, True])
 def test_topk_matches_stable_sort(bits, clustered):
     # 300 codes: a partial last group of 8; 23 queries: blocks of 8, 4 and 1.
@@ -43,7 +43,7 @@ def test_topk_matches_stable_sort(bits, clustered):
     np.testing.assert_array_equal(ops.hamming_distance(q, db).numpy(), dist)
 
 
-@pytest.mark.parametrize("bits", [8, 48, 64, 100])
+@pytest.mark.parametrize("bits", [8, 48, 64, 100, 256, 512, 1000])
 def test_radius_matches_reference(bits):
     db, db_bits = _codes(400, bits, 3, clustered=True)
     q, q_bits = _codes(9, bits, 4, clustered=True)
