@@ -44,6 +44,8 @@ def main(argv=None):
     parser.add_argument("--features", help="also keep these blobs (comma-separated, e.g. fc7 for "
                         "re-ranking): <out>.<blob>.npy each")
     parser.add_argument("--features-out", help=".npy file for a single --features blob")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                        help="bf16: encode under bfloat16 autocast (opt-in speed; codes may differ near 0.5)")
     parser.add_argument("--patches", type=int, default=0, metavar="L",
                         help="code each image's patches at levels 1..L into a patch code file (instance search)")
     args = parser.parse_args(argv)
@@ -57,8 +59,8 @@ def main(argv=None):
     encoded = encode_split(
         args.prototxt, args.weights, args.input, batch_size=args.batch_size, latent_blob=args.blob,
         features=extra, iterations=args.iterations, backend=args.backend, resize=args.resize,
-        device=args.device, transform=transform_param(args.scale, args.mean_file, args.mean_value,
-                                                      args.crop_size, args.gray))
+        device=args.device, precision=args.precision,
+        transform=transform_param(args.scale, args.mean_file, args.mean_value, args.crop_size, args.gray))
     if encoded is None:
         return 0  # a rank other than 0 of `torchrun ... ssdh encode`: rank 0 writes
     health = encoded.health

@@ -43,8 +43,10 @@ def main(argv=None):
     parser.add_argument("--nproc", type=int, default=0,
                         help="train as N CPU processes, ranks of one training (gloo), as torchrun would; "
                         "Ctrl-C ends it as it ends one process")
-    parser.add_argument("--amp", action="store_true",
-                        help="bf16 autocast of the training passes (off by default, for fidelity)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                        help="bf16: bfloat16 autocast of the training passes (weights, gradients and the "
+                        "update stay float32); fp32 (the default) keeps Caffe's numbers")
+    parser.add_argument("--amp", action="store_true", help="the same as --precision bf16")
     parser.add_argument("--channels-last", action="store_true",
                         help="NHWC layout of images and conv weights (for GPU tensor cores)")
     parser.add_argument("--tf32", action="store_true",
@@ -76,7 +78,8 @@ def main(argv=None):
             return distributed.launch(launcher, forwarded, nproc=args.nproc)
     param = set_solver_fields(read_solver(args.solver), solver_overrides(args.solver_set))
     result = train_caffe(param, weights=args.weights, resume=args.resume, device=args.device,
-                         amp=args.amp, channels_last=args.channels_last, tf32=args.tf32, compile=args.compile,
+                         amp=args.amp or args.precision == "bf16", channels_last=args.channels_last, tf32=args.tf32,
+                         compile=args.compile,
                          log_dir=args.log_dir, display=lambda line: print(line, flush=True),
                          sigint_effect=args.sigint_effect, sighup_effect=args.sighup_effect)
     if result.stopped_early:

@@ -86,14 +86,14 @@ def codes_from_activations(activations, labels=None, ids=None):
 
 
 def encode_batches(net, batches, *, latent_blob=None, features=(), iterations=None, device="cpu",
-                   labels=None, gather=None):
+                   labels=None, gather=None, precision="fp32"):
     """Encode what `batches` yields (None: the net's data layers for `iterations`);
     labels (class ids or multi-hot rows) replace those of the source. gather(arrays,
     labels) -> (arrays, labels) or None puts a sharded run's pieces together (None:
     this process keeps no result)."""
     blob = latent_blob or find_latent_blob(net)
     wanted = [blob] + [name for name in features if name != blob]
-    arrays, source_labels = extract(net, wanted, batches, iterations, resolve_device(device))
+    arrays, source_labels = extract(net, wanted, batches, iterations, resolve_device(device), precision=precision)
     if gather is not None:
         gathered = gather(arrays, source_labels)
         if gathered is None:
@@ -109,10 +109,10 @@ def encode_batches(net, batches, *, latent_blob=None, features=(), iterations=No
 
 
 def encode_split(prototxt, weights, source, *, transform=None, batch_size=64, latent_blob=None,
-                 features=(), iterations=None, backend="lmdb", resize=None, device="cpu"):
+                 features=(), iterations=None, backend="lmdb", resize=None, device="cpu", precision="fp32"):
     """Encode a split with a deploy (or test) net: source is a Datum database, an
     image list, an .npy / .npz array file, or None for the net's own data layers
-    (then give iterations). Under torchrun, the ranks encode interleaved batches
+    (then give iterations); precision "bf16": under bfloat16 autocast (features.extract). Under torchrun, the ranks encode interleaved batches
     (rank r: batches r, r + N, ...) and rank 0 returns the whole split, identical to
     one process's; the other ranks return None."""
     net = load_net(prototxt, weights, batch_size if source is not None else None)
@@ -126,7 +126,7 @@ def encode_split(prototxt, weights, source, *, transform=None, batch_size=64, la
         def gather(arrays, labels):
             return parallel.gather_batches(arrays, labels, batch_size, ranks)
     encoded = encode_batches(net, batches, latent_blob=latent_blob, features=features,
-                             iterations=iterations, device=device, gather=gather)
+                             iterations=iterations, device=device, gather=gather, precision=precision)
     if encoded is None:
         return None
     transform, image_size = _preprocessing(net, source, transform, backend, resize)

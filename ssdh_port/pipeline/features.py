@@ -70,10 +70,14 @@ def db_batches(path, batch_size, transform_param, backend="lmdb", resize=None, s
         yield data, np.array([r[1] for r in records])
 
 
-def extract(net, blobs, batches=None, iterations=None, device="cpu", progress=True):
+def extract(net, blobs, batches=None, iterations=None, device="cpu", progress=True, precision="fp32"):
     """Run net over batches (or its own data layers for `iterations` batches) and
     return ({blob: concatenated array}, labels array or None). On a GPU the
-    convolutions run in full float32, as Caffe's do (see ssdh_port.precision)."""
+    convolutions run in full float32, as Caffe's do (see ssdh_port.precision);
+    precision="bf16" runs the net under bfloat16 autocast instead (opt-in: faster on
+    CPUs with BF16 units and on GPUs, codes may differ where an activation is near 0.5)."""
+    if precision not in ("fp32", "bf16"):
+        raise SSDHError(f"precision {precision!r}: expected fp32 or bf16")
     device = resolve_device(device)
     net = net.to(device).eval()
     collected = {name: [] for name in blobs}
@@ -81,7 +85,8 @@ def extract(net, blobs, batches=None, iterations=None, device="cpu", progress=Tr
     missing = [b for b in blobs if b not in net.blob_shapes]
     if missing:
         raise LayerError(f"blob(s) {missing} not in net '{net.name}' (blobs: {list(net.blob_shapes)})")
-    with torch.no_grad(), tf32_mode(False):
+    with torch.no_grad(), tf32_mode(False), torch.autocast(device.type, dtype=torch.bfloat16,
+                                                          enabled=precision == "bf16"):
         if batches is None:
             if not iterations:
                 raise SSDHError("extract: give batches or a number of iterations for the data layers")
