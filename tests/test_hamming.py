@@ -43,6 +43,19 @@ def test_topk_matches_stable_sort(bits, clustered):
     np.testing.assert_array_equal(ops.hamming_distance(q, db).numpy(), dist)
 
 
+@pytest.mark.parametrize("bits", [128, 256, 512])
+@pytest.mark.parametrize("rows, queries", [(257, 1), (4097, 6), (8195, 9)])
+def test_vector_scans_at_odd_sizes(bits, rows, queries):
+    """Row pairs (128 bits) with an odd last row, database blocks of 4,096 with a
+    remainder, query groups of four with a remainder: the same as the definition."""
+    db, db_bits = _codes(rows, bits, 5, clustered=True)
+    q, q_bits = _codes(queries, bits, 6, clustered=True)
+    dist, order = _reference(q_bits, db_bits)
+    d, i = ops.hamming_topk(q, db, 50)
+    np.testing.assert_array_equal(i.numpy(), order[:, :50])
+    np.testing.assert_array_equal(d.numpy(), np.take_along_axis(dist, order[:, :50], axis=1))
+
+
 @pytest.mark.parametrize("bits", [8, 48, 64, 100, 256, 512, 1000])
 def test_radius_matches_reference(bits):
     db, db_bits = _codes(400, bits, 3, clustered=True)
@@ -59,7 +72,7 @@ def test_radius_matches_reference(bits):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("level", ["generic", "popcnt"])
+@pytest.mark.parametrize("level", ["generic", "popcnt", "avx2"])
 def test_every_instruction_set_build(level):
     """The builds this CPU does not pick by itself, through the same tests."""
     env = dict(os.environ, SSDH_CPU_POPCOUNT=level)
@@ -75,7 +88,7 @@ def test_bad_instruction_set_name():
     env = dict(os.environ, SSDH_CPU_POPCOUNT="sse9")
     code = "import torch, ssdh_port.ops as o; o.hamming_topk(torch.zeros(1, 1, dtype=torch.uint8), torch.zeros(2, 1, dtype=torch.uint8), 1)"
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert result.returncode != 0 and "SSDH_CPU_POPCOUNT must be generic, popcnt or avx512" in result.stderr
+    assert result.returncode != 0 and "SSDH_CPU_POPCOUNT must be generic, popcnt, avx2 or avx512" in result.stderr
 
 
 def test_ties_keep_database_order():

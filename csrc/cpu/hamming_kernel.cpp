@@ -93,6 +93,7 @@ void scan_rows(const Codes& c, int64_t q0, int64_t q1, int64_t begin, int64_t en
   const uint8_t* db = c.database.const_data_ptr<uint8_t>();
   const ScanFn scan = best_scan_fn();
   const ShortScanFn short_scan = best_short_scan_fn(c.bytes);
+  const LongScanFn long_scan = short_scan ? nullptr : best_long_scan_fn(c.bytes);
   for (int64_t q = q0; q < q1; ++q) {
     found[q - q0].reset(bound, k, c.bits);
     words[q - q0] = 0;  // short codes zero-extended, as the database's are loaded
@@ -104,6 +105,10 @@ void scan_rows(const Codes& c, int64_t q0, int64_t q1, int64_t begin, int64_t en
     const int64_t last = std::min(end, first + kDbBlock);
     if (short_scan) {
       short_scan(words.data(), static_cast<int>(q1 - q0), db, c.bytes, first, last, found.data());
+      continue;
+    }
+    if (long_scan) {
+      long_scan(queries + q0 * c.bytes, static_cast<int>(q1 - q0), db, c.bytes, first, last, found.data());
       continue;
     }
     for (int64_t q = q0; q < q1; ++q) {

@@ -126,6 +126,9 @@ PopcountLevel detect_level() {
   PopcountLevel level = PopcountLevel::kGeneric;
   if (__builtin_cpu_supports("popcnt")) {
     level = PopcountLevel::kPopcnt;
+    if (__builtin_cpu_supports("avx2")) {
+      level = PopcountLevel::kAvx2;
+    }
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vbmi") &&
         __builtin_cpu_supports("avx512vpopcntdq")) {
@@ -142,10 +145,12 @@ PopcountLevel detect_level() {
     wanted = PopcountLevel::kGeneric;
   } else if (name == "popcnt") {
     wanted = PopcountLevel::kPopcnt;
+  } else if (name == "avx2") {
+    wanted = PopcountLevel::kAvx2;
   } else if (name == "avx512") {
     wanted = PopcountLevel::kAvx512;
   } else {
-    TORCH_CHECK(false, "SSDH_CPU_POPCOUNT must be generic, popcnt or avx512, got '", name, "'");
+    TORCH_CHECK(false, "SSDH_CPU_POPCOUNT must be generic, popcnt, avx2 or avx512, got '", name, "'");
   }
   return std::min(level, wanted);
 }
@@ -161,11 +166,16 @@ ShortScanFn best_short_scan_fn(int64_t bytes) {
   switch (popcount_level()) {
     case PopcountLevel::kAvx512:
       return bytes <= 8 ? &scan_short_avx512 : nullptr;
+    case PopcountLevel::kAvx2:
     case PopcountLevel::kPopcnt:
       return bytes == 8 ? &scan64_popcnt : nullptr;
     default:
       return bytes == 8 ? &scan64_generic : nullptr;
   }
+}
+
+LongScanFn best_long_scan_fn(int64_t bytes) {
+  return popcount_level() >= PopcountLevel::kAvx2 && long_scan_avx2_fits(bytes) ? &scan_long_avx2 : nullptr;
 }
 
 ScanFn best_scan_fn() {
@@ -176,6 +186,7 @@ DistanceFn best_distance_fn(int64_t bytes) {
   switch (popcount_level()) {
     case PopcountLevel::kAvx512:
       return bytes <= 8 ? &distances_short_avx512 : &distances_popcnt;
+    case PopcountLevel::kAvx2:
     case PopcountLevel::kPopcnt:
       return &distances_popcnt;
     default:

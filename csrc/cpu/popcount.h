@@ -80,8 +80,8 @@ __attribute__((always_inline)) inline int code_distance_within(
 
 // The instruction sets with a build of the loops, in increasing order. The
 // level used is the best the CPU has, capped by the environment variable
-// SSDH_CPU_POPCOUNT=generic|popcnt|avx512 (to test or compare the builds).
-enum class PopcountLevel { kGeneric = 0, kPopcnt = 1, kAvx512 = 2 };
+// SSDH_CPU_POPCOUNT=generic|popcnt|avx2|avx512 (to test or compare the builds).
+enum class PopcountLevel { kGeneric = 0, kPopcnt = 1, kAvx2 = 2, kAvx512 = 3 };
 PopcountLevel popcount_level();
 
 // Distances from one query to database rows [first, last) into out[].
@@ -127,6 +127,21 @@ using ShortScanFn =
 // The block scan for codes of `bytes` bytes, or nullptr where this CPU has
 // none (then scan each query with best_scan_fn).
 ShortScanFn best_short_scan_fn(int64_t bytes);
+
+// Codes of whole 32-byte vectors, n queries at once (their codes consecutive): each
+// database code is read and split once for all of them.
+using LongScanFn =
+    void (*)(const uint8_t*, int, const uint8_t*, int64_t, int64_t, int64_t, Candidates*);
+
+// The block scan for codes of `bytes` bytes, or nullptr (then scan each query with
+// best_scan_fn).
+LongScanFn best_long_scan_fn(int64_t bytes);
+
+// The AVX2 build (popcount_avx2.cpp), for codes of 32 to 512 bytes in whole vectors.
+bool long_scan_avx2_fits(int64_t bytes);
+void scan_long_avx2(
+    const uint8_t* queries, int n, const uint8_t* db, int64_t bytes, int64_t first, int64_t last,
+    Candidates* c);
 
 // The AVX-512 builds (popcount_avx512.cpp), for codes of 1 to 8 bytes.
 void scan_short_avx512(

@@ -1,0 +1,228 @@
+// Codes of a whole number of 32-byte vectors (256 to 4096 bits) with AVX2, for CPUs
+// without VPOPCNTQ: the popcount of a byte is a table lookup of each of its two
+// nibbles (VPSHUFB, 32 lookups an instruction). A database row is split into its
+// nibbles once and compared with every query of the block, four queries at a time:
+// the four byte-count vectors are reduced together (VPSADBW, then lane sums) into
+// one vector of four distances, and one compare against the four bounds rejects
+// the four codes at once. Candidates go in database order per query, as the
+// scalar scan adds them. Only built into functions compiled for AVX2 and only
+// called when the CPU has it (popcount.cpp checks).
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "popcount.h"
+
+#define SSDH_AVX2 __attribute__((target("avx2,popcnt")))
+
+namespace ssdh {
+namespace cpu {
+namespace {
+
+// Byte counters stay below 256: a vector adds at most 8 per byte (two nibbles of 4).
+constexpr int64_t kMaxVectors = 16;
+
+struct Nibbles {
+  __m256i lo, hi;
+};
+
+struct Bounds {
+  __m256i v;
+};
+
+// n 32-byte aligned T's, freed at the end of the scope (std::vector does not
+// promise the alignment of vector types here).
+template <typename T>
+struct AlignedArray {
+  T* data;
+  explicit AlignedArray(size_t n)
+      : data(static_cast<T*>(std::aligned_alloc(32, (n * sizeof(T) + 31) / 32 * 32))) {
+    if (data == nullptr) {
+      throw std::bad_alloc();
+    }
+  }
+  ~AlignedArray() { std::free(data); }
+  AlignedArray(const AlignedArray&) = delete;
+  AlignedArray& operator=(const AlignedArray&) = delete;
+  T& operator[](size_t i) { return data[i]; }
+};
+
+SSDH_AVX2 __attribute__((always_inline)) inline Nibbles split(const uint8_t* p) {
+  const __m256i low4 = _mm256_set1_epi8(0x0f);
+  const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return {_mm256_and_si256(x, low4), _mm256_and_si256(_mm256_srli_epi16(x, 4), low4)};
+}
+
+// Per-byte popcounts of row ^ query, summed over the code's vectors.
+template <int kVectors>
+SSDH_AVX2 __attribute__((always_inline)) inline __m256i byte_counts(
+    const Nibbles* row, const Nibbles* query, int vectors, __m256i table) {
+  const int n = kVectors > 0 ? kVectors : vectors;
+  __m256i acc = _mm256_add_epi8(_mm256_shuffle_epi8(table, _mm256_xor_si256(row[0].lo, query[0].lo)),
+                                _mm256_shuffle_epi8(table, _mm256_xor_si256(row[0].hi, query[0].hi)));
+  for (int v = 1; v < n; ++v) {
+    acc = _mm256_add_epi8(acc, _mm256_shuffle_epi8(table, _mm256_xor_si256(row[v].lo, query[v].lo)));
+    acc = _mm256_add_epi8(acc, _mm256_shuffle_epi8(table, _mm256_xor_si256(row[v].hi, query[v].hi)));
+  }
+  return acc;
+}
+
+// [sum of a's bytes, of b's, of c's, of d's] as four 64-bit lanes.
+SSDH_AVX2 __attribute__((always_inline)) inline __m256i sum4(__m256i a, __m256i b, __m256i c, __m256i d) {
+  const __m256i zero = _mm256_setzero_si256();
+  a = _mm256_sad_epu8(a, zero);  // four partial sums of 8 bytes each
+  b = _mm256_sad_epu8(b, zero);
+  c = _mm256_sad_epu8(c, zero);
+  d = _mm256_sad_epu8(d, zero);
+  // [a0+a1, b0+b1 | a2+a3, b2+b3] and the same for c, d.
+  const __m256i ab = _mm256_add_epi64(_mm256_unpacklo_epi64(a, b), _mm256_unpackhi_epi64(a, b));
+  const __m256i cd = _mm256_add_epi64(_mm256_unpacklo_epi64(c, d), _mm256_unpackhi_epi64(c, d));
+  return _mm256_add_epi64(_mm256_permute2x128_si256(ab, cd, 0x20), _mm256_permute2x128_si256(ab, cd, 0x31));
+}
+
+// The bounds of queries q0..q0+3 (-1, which every distance exceeds, past the last).
+SSDH_AVX2 __attribute__((always_inline)) inline __m256i bounds_of(const Candidates* c, int q0, int n) {
+  auto bound = [&](int q) { return q < n ? static_cast<long long>(c[q].bound) : -1LL; };
+  return _mm256_setr_epi64x(bound(q0), bound(q0 + 1), bound(q0 + 2), bound(q0 + 3));
+}
+
+void add_hits(const long long* dist, int over, int q0, int n, int64_t j, Candidates* c);
+
+template <int kVectors>
+SSDH_AVX2 void scan_vectors(const uint8_t* queries, int n, const uint8_t* db, int64_t bytes, int64_t first,
+                            int64_t last, Candidates* c) {
+  const int vectors = static_cast<int>(bytes / 32);
+  const int groups = (n + 3) / 4;
+  // Each query's nibbles; a last group of fewer than four repeats the last query.
+  AlignedArray<Nibbles> query(static_cast<size_t>(groups) * 4 * vectors);
+  for (int q = 0; q < groups * 4; ++q) {
+    const uint8_t* code = queries + std::min(q, n - 1) * bytes;
+    for (int v = 0; v < vectors; ++v) {
+      query[q * vectors + v] = split(code + 32 * v);
+    }
+  }
+  AlignedArray<Bounds> bounds(groups);
+  for (int g = 0; g < groups; ++g) {
+    bounds[g].v = bounds_of(c, 4 * g, n);
+  }
+  const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+  Nibbles row[kMaxVectors];
+  for (int64_t j = first; j < last; ++j) {
+    const uint8_t* code = db + j * bytes;
+    for (int v = 0; v < (kVectors > 0 ? kVectors : vectors); ++v) {
+      row[v] = split(code + 32 * v);
+    }
+    for (int g = 0; g < groups; ++g) {
+      const Nibbles* q = query.data + static_cast<size_t>(g) * 4 * vectors;
+      const __m256i d = sum4(byte_counts<kVectors>(row, q, vectors, table),
+                             byte_counts<kVectors>(row, q + vectors, vectors, table),
+                             byte_counts<kVectors>(row, q + 2 * vectors, vectors, table),
+                             byte_counts<kVectors>(row, q + 3 * vectors, vectors, table));
+      const int over = _mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(d, bounds[g].v)));
+      if (__builtin_expect(over != 0xF, 0)) {
+        alignas(32) long long dist[4];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(dist), d);
+        add_hits(dist, over, 4 * g, n, j, c);
+        bounds[g].v = bounds_of(c, 4 * g, n);
+      }
+    }
+  }
+}
+
+// The lanes of `d` (four queries' distances to one row) within their bounds: add them.
+__attribute__((noinline)) void add_hits(const long long* dist, int over, int q0, int n, int64_t j,
+                                        Candidates* c) {
+  for (int lane = 0; lane < 4; ++lane) {
+    const int qi = q0 + lane;
+    if (!(over >> lane & 1) && qi < n && dist[lane] <= c[qi].bound) {
+      add_candidate(c[qi], j, static_cast<int>(dist[lane]));
+    }
+  }
+}
+
+// 128-bit codes: one vector holds two consecutive rows, compared with a query held
+// twice; the reduction of four queries' counts gives each row's four distances.
+SSDH_AVX2 void scan_pairs(const uint8_t* queries, int n, const uint8_t* db, int64_t first, int64_t last,
+                          Candidates* c) {
+  const int groups = (n + 3) / 4;
+  AlignedArray<Nibbles> query(static_cast<size_t>(groups) * 4);
+  for (int q = 0; q < groups * 4; ++q) {
+    alignas(32) uint8_t twice[32];
+    std::memcpy(twice, queries + std::min(q, n - 1) * 16, 16);
+    std::memcpy(twice + 16, twice, 16);
+    query[q] = split(twice);
+  }
+  AlignedArray<Bounds> bounds(groups);
+  for (int g = 0; g < groups; ++g) {
+    bounds[g].v = bounds_of(c, 4 * g, n);
+  }
+  const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+  const __m256i zero = _mm256_setzero_si256();
+  int64_t j = first;
+  for (; j + 2 <= last; j += 2) {
+    const Nibbles row = split(db + j * 16);
+    for (int g = 0; g < groups; ++g) {
+      const Nibbles* q = query.data + 4 * g;
+      __m256i s[4];
+      for (int i = 0; i < 4; ++i) {
+        s[i] = _mm256_sad_epu8(byte_counts<1>(&row, q + i, 1, table), zero);  // [r0 lo, r0 hi | r1 lo, r1 hi]
+      }
+      const __m256i ab = _mm256_add_epi64(_mm256_unpacklo_epi64(s[0], s[1]), _mm256_unpackhi_epi64(s[0], s[1]));
+      const __m256i cd = _mm256_add_epi64(_mm256_unpacklo_epi64(s[2], s[3]), _mm256_unpackhi_epi64(s[2], s[3]));
+      const __m256i first_row = _mm256_permute2x128_si256(ab, cd, 0x20);   // [a, b | c, d] of row j
+      const __m256i second_row = _mm256_permute2x128_si256(ab, cd, 0x31);  // and of row j + 1
+      const int over0 = _mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(first_row, bounds[g].v)));
+      const int over1 = _mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(second_row, bounds[g].v)));
+      if (__builtin_expect((over0 & over1) != 0xF, 0)) {
+        alignas(32) long long dist[4];
+        if (over0 != 0xF) {
+          _mm256_store_si256(reinterpret_cast<__m256i*>(dist), first_row);
+          add_hits(dist, over0, 4 * g, n, j, c);
+          bounds[g].v = bounds_of(c, 4 * g, n);
+        }
+        // The bound may have tightened for row j + 1: compare again.
+        const int again = _mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(second_row, bounds[g].v)));
+        if (again != 0xF) {
+          _mm256_store_si256(reinterpret_cast<__m256i*>(dist), second_row);
+          add_hits(dist, again, 4 * g, n, j + 1, c);
+          bounds[g].v = bounds_of(c, 4 * g, n);
+        }
+      }
+    }
+  }
+  if (j < last) {  // an odd last row, with the scalar loop
+    for (int q = 0; q < n; ++q) {
+      const int d = code_distance<16>(queries + q * 16, db + j * 16, 16);
+      if (d <= c[q].bound) {
+        add_candidate(c[q], j, d);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+bool long_scan_avx2_fits(int64_t bytes) {
+  return bytes == 16 || (bytes % 32 == 0 && bytes >= 32 && bytes / 32 <= kMaxVectors);
+}
+
+SSDH_AVX2 void scan_long_avx2(const uint8_t* queries, int n, const uint8_t* db, int64_t bytes, int64_t first,
+                              int64_t last, Candidates* c) {
+  if (bytes == 16) {
+    return scan_pairs(queries, n, db, first, last, c);
+  }
+  switch (bytes / 32) {
+    case 1: return scan_vectors<1>(queries, n, db, bytes, first, last, c);
+    case 2: return scan_vectors<2>(queries, n, db, bytes, first, last, c);
+    case 4: return scan_vectors<4>(queries, n, db, bytes, first, last, c);
+    default: return scan_vectors<0>(queries, n, db, bytes, first, last, c);
+  }
+}
+
+}  // namespace cpu
+}  // namespace ssdh
