@@ -52,16 +52,27 @@ struct ScanLoop {
   }
 };
 
+// Codes of 1 to 8 bytes, each loaded as one word: 8 bytes read and masked to the
+// code's own (the last rows, whose 8 bytes would run past the block, copied byte
+// by byte), compared with kQueries queries held in registers.
 template <int kQueries>
-__attribute__((always_inline)) inline void scan64_fixed(
-    const uint64_t* queries, const uint8_t* db, int64_t first, int64_t last, Candidates* c) {
+__attribute__((always_inline)) inline void scan_short_fixed(
+    const uint64_t* queries, const uint8_t* db, int64_t bytes, int64_t first, int64_t last,
+    Candidates* c) {
+  const uint64_t mask = bytes >= 8 ? ~uint64_t(0) : (uint64_t(1) << (8 * bytes)) - 1;
+  const int64_t whole = std::max(first, last - 8);  // rows j < whole: j * bytes + 8 <= last * bytes
   int bound[kQueries];
   for (int q = 0; q < kQueries; ++q) {
     bound[q] = c[q].bound;
   }
   for (int64_t j = first; j < last; ++j) {
-    uint64_t code;
-    std::memcpy(&code, db + j * 8, 8);
+    uint64_t code = 0;
+    if (__builtin_expect(j < whole, 1)) {
+      std::memcpy(&code, db + j * bytes, 8);
+      code &= mask;
+    } else {
+      std::memcpy(&code, db + j * bytes, bytes);
+    }
     for (int q = 0; q < kQueries; ++q) {
       const int d = __builtin_popcountll(code ^ queries[q]);
       if (__builtin_expect(d <= bound[q], 0)) {
@@ -72,30 +83,31 @@ __attribute__((always_inline)) inline void scan64_fixed(
   }
 }
 
-__attribute__((always_inline)) inline void scan64_any(
-    const uint64_t* queries, int n, const uint8_t* db, int64_t first, int64_t last, Candidates* c) {
+__attribute__((always_inline)) inline void scan_short_any(
+    const uint64_t* queries, int n, const uint8_t* db, int64_t bytes, int64_t first, int64_t last,
+    Candidates* c) {
   int q = 0;
   for (; q + 8 <= n; q += 8) {
-    scan64_fixed<8>(queries + q, db, first, last, c + q);
+    scan_short_fixed<8>(queries + q, db, bytes, first, last, c + q);
   }
   for (; q + 4 <= n; q += 4) {
-    scan64_fixed<4>(queries + q, db, first, last, c + q);
+    scan_short_fixed<4>(queries + q, db, bytes, first, last, c + q);
   }
   for (; q < n; ++q) {
-    scan64_fixed<1>(queries + q, db, first, last, c + q);
+    scan_short_fixed<1>(queries + q, db, bytes, first, last, c + q);
   }
 }
 
-// The 8-byte block scans (their `bytes` argument is always 8).
-void scan64_generic(const uint64_t* queries, int n, const uint8_t* db, int64_t, int64_t first,
-                    int64_t last, Candidates* c) {
-  scan64_any(queries, n, db, first, last, c);
+// The block scans of codes of 1 to 8 bytes.
+void scan_short_generic(const uint64_t* queries, int n, const uint8_t* db, int64_t bytes, int64_t first,
+                        int64_t last, Candidates* c) {
+  scan_short_any(queries, n, db, bytes, first, last, c);
 }
 
-__attribute__((target("popcnt"))) void scan64_popcnt(
-    const uint64_t* queries, int n, const uint8_t* db, int64_t, int64_t first, int64_t last,
+__attribute__((target("popcnt"))) void scan_short_popcnt(
+    const uint64_t* queries, int n, const uint8_t* db, int64_t bytes, int64_t first, int64_t last,
     Candidates* c) {
-  scan64_any(queries, n, db, first, last, c);
+  scan_short_any(queries, n, db, bytes, first, last, c);
 }
 
 void scan_generic(
@@ -168,9 +180,9 @@ ShortScanFn best_short_scan_fn(int64_t bytes) {
       return bytes <= 8 ? &scan_short_avx512 : nullptr;
     case PopcountLevel::kAvx2:
     case PopcountLevel::kPopcnt:
-      return bytes == 8 ? &scan64_popcnt : nullptr;
+      return bytes <= 8 ? &scan_short_popcnt : nullptr;
     default:
-      return bytes == 8 ? &scan64_generic : nullptr;
+      return bytes <= 8 ? &scan_short_generic : nullptr;
   }
 }
 
