@@ -121,6 +121,10 @@ TORCH_LIBRARY(ssdh, m) {
       "hamming_rank_stats(Tensor queries, Tensor database, Tensor query_labels, "
       "Tensor database_labels, int k, bool exact) -> "
       "(Tensor, Tensor, Tensor, Tensor)");
+  m.def("lrn_across_channels(Tensor x, int size, float alpha, float beta, float k) -> (Tensor, Tensor)");
+  m.def(
+      "_lrn_across_channels_backward(Tensor grad, Tensor x, Tensor top, Tensor scale, int size, "
+      "float alpha, float beta) -> Tensor");
 }
 
 }  // namespace ssdh

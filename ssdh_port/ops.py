@@ -35,6 +35,10 @@ is bit ``k % 8`` (least significant first) of byte ``k // 8``; the unused high b
 the last byte are 0. This is the layout of numpy's ``packbits(bitorder="little")``
 and of faiss binary vectors, and on a little-endian machine 8 consecutive bytes read
 as one uint64 hold bits 0..63 in order. ``unpack_bits(packed, k)`` inverts it.
+
+Layers: ``lrn_across_channels(x, size, alpha, beta, k)`` -- Caffe's LRN across channels
+on an N x C x H x W tensor (float32 / float64, CPU), with Caffe's own backward
+(differentiable once).
 """
 import torch
 from torch import Tensor, nn
@@ -54,6 +58,7 @@ __all__ = [
     "hamming_distance",
     "hamming_set_distance",
     "hamming_rank_stats",
+    "lrn_across_channels",
     "ForcingBinaryLoss",
     "FireRateLoss",
     "MaxMarginMultiLabelLoss",
@@ -402,3 +407,46 @@ def _(queries, database, query_labels, database_labels, k, exact):
             queries.new_empty((k,), dtype=torch.int64),
             queries.new_empty((queries.shape[0], buckets), dtype=torch.int64),
             queries.new_empty((queries.shape[0], buckets), dtype=torch.int64))
+
+
+# ---------------------------------------------------------------- layers
+
+
+class _LRNAcrossChannels(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, size, alpha, beta, k):
+        top, scale = torch.ops.ssdh.lrn_across_channels(x, size, alpha, beta, k)
+        ctx.save_for_backward(x, top, scale)
+        ctx.constants = size, alpha, beta
+        return top
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, top, scale = ctx.saved_tensors
+        size, alpha, beta = ctx.constants
+        return torch.ops.ssdh._lrn_across_channels_backward(grad, x, top, scale, size, alpha, beta), \
+            None, None, None, None
+
+
+def lrn_across_channels(x: Tensor, size: int, alpha: float, beta: float, k: float) -> Tensor:
+    """Caffe's cross-channel LRN (LRNLayer, ACROSS_CHANNELS): top = x * (k + alpha /
+    size * sum of x^2 over the size channels centred on each)^-beta, and Caffe's
+    backward; N x C x H x W float32 / float64 on the CPU."""
+    if x.dim() != 4 or x.dtype not in (torch.float32, torch.float64) or x.device.type != "cpu":
+        raise SSDHError(f"lrn_across_channels: expected an N x C x H x W float32 / float64 CPU tensor, got "
+                        f"{x.dtype} {tuple(x.shape)} on {x.device}")
+    if size < 1 or size % 2 == 0:
+        raise SSDHError(f"lrn_across_channels: size must be odd and positive, got {size}")
+    return _LRNAcrossChannels.apply(x, int(size), float(alpha), float(beta), float(k))
+
+
+@torch.library.register_fake("ssdh::lrn_across_channels")
+def _(x, size, alpha, beta, k):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), \
+        torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("ssdh::_lrn_across_channels_backward")
+def _(grad, x, top, scale, size, alpha, beta):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)

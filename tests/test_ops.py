@@ -210,6 +210,7 @@ def _opcheck_samples():
     scores, labels, mask = _multilabel(6, 10, seed=4)
     scores.requires_grad_(True)
     signed = (2 * labels - 1) * mask
+    lrn_x = torch.randn(2, 7, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     return [
         (torch.ops.ssdh.forcing_binary_loss.default, (a, 2)),
         (torch.ops.ssdh.forcing_binary_loss.default, (a, 1)),
@@ -221,6 +222,10 @@ def _opcheck_samples():
         (torch.ops.ssdh.max_margin_loss.default, (scores, signed, None, 1, True)),
         (torch.ops.ssdh.pack_bits.default, (a.detach(), 0.5)),
         (torch.ops.ssdh.unpack_bits.default, (ops.pack_bits(a.detach()), 10)),
+        # LRN's autograd is a Python Function over the two ops (ops.lrn_across_channels).
+        (torch.ops.ssdh.lrn_across_channels.default, (lrn_x, 5, 0.3, 0.75, 2.0)),
+        (torch.ops.ssdh._lrn_across_channels_backward.default,
+         (torch.randn_like(lrn_x), lrn_x, *torch.ops.ssdh.lrn_across_channels(lrn_x, 5, 0.3, 0.75, 2.0), 5, 0.3, 0.75)),
     ]
 
 

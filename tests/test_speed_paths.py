@@ -18,6 +18,27 @@ def lrn_by_formula(x, n, alpha, beta, k):
     return x * (k + alpha / n * window) ** -beta
 
 
+@pytest.mark.parametrize("n", [1, 3, 5, 9])
+@pytest.mark.parametrize("beta", [0.75, 0.6])
+def test_native_lrn_is_the_formula(n, beta):
+    """ops.lrn_across_channels (the CPU path of the LRN layer) against autograd on the
+    formula, channels fewer than the window too; gradcheck; float32 close to float64."""
+    from ssdh_port import ops
+
+    x = torch.randn(3, 7, 5, 6, dtype=torch.double, requires_grad=True)
+    grad = torch.randn(3, 7, 5, 6, dtype=torch.double)
+    ours = ops.lrn_across_channels(x, n, 0.3, beta, 2.0)
+    theirs = lrn_by_formula(x, n, 0.3, beta, 2.0)
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(torch.autograd.grad(ours, x, grad)[0], torch.autograd.grad(theirs, x, grad)[0],
+                               rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda t: ops.lrn_across_channels(t, n, 0.3, beta, 2.0), (x,))
+    single = ops.lrn_across_channels(x.detach().float(), n, 0.3, beta, 2.0)
+    torch.testing.assert_close(single.double(), theirs.detach(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(Exception, match="size must be odd"):
+        ops.lrn_across_channels(x, 4, 0.3, beta, 2.0)
+
+
 @pytest.mark.parametrize("n", [1, 3, 5])
 def test_lrn_backward_is_the_formulas(n):
     x = torch.randn(2, 7, 3, 4, dtype=torch.double, requires_grad=True)

@@ -362,12 +362,16 @@ def caffe_max_pool_with_mask(x, kernel, stride, pad, ceil_mode=True):
 def _channel_window_sum(t, size):
     """Sums over `size` (odd) channels centred on each channel, zeros beyond the ends."""
     pre = (size - 1) // 2
-    pooled = F.avg_pool3d(t.unsqueeze(1), (size, 1, 1), stride=1, padding=(pre, 0, 0), count_include_pad=True)
-    return pooled.squeeze(1).mul_(size)
+    padded = F.pad(t, (0, 0, 0, 0, pre, pre))
+    out = padded[:, :t.shape[1]].clone()
+    for i in range(1, size):
+        out += padded[:, i:i + t.shape[1]]
+    return out
 
 
 class _LRNAcrossChannels(torch.autograd.Function):
-    """Caffe's cross-channel LRN with its own backward (CrossChannelBackward_cpu):
+    """Caffe's cross-channel LRN with its own backward (CrossChannelBackward_cpu), for
+    devices without the native op (ops.lrn_across_channels, the CPU's):
     scale = k + alpha / n * (window sum of x^2), top = x * scale^-beta;
     bottom_diff = top_diff * scale^-beta - 2 alpha beta / n * x * (window sum of
     top_diff * top / scale). Two window sums in all, against the dozen ops autograd
@@ -406,6 +410,8 @@ class LRN(CaffeLayer):
         if self.across:
             if x.dim() != 4:
                 raise self.error(f"LRN needs an N x C x H x W bottom, got {tuple(x.shape)}")
+            if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+                return (ops.lrn_across_channels(x, n, self.alpha, self.beta, self.k),)
             return (_LRNAcrossChannels.apply(x, n, self.alpha, self.beta, self.k),)
         # WITHIN_CHANNEL: Caffe's AVE pooling of x^2 (n x n, pad (n-1)/2), then
         # (1 + alpha * avg)^-beta.
