@@ -7,7 +7,8 @@ gradients).
 
     source ../shared/tools/caffe-cpu/env.sh     # caffe.bin on PATH
     python bench/bench_vs_caffe.py [--nets lenet:64 alexnet:8 ...] [--iterations 10]
-        [--rounds 3] [--threads 2] [--precision fp32|bf16] [--layers] [--json out.json] [--markdown out.md]
+        [--rounds 3] [--threads 2] [--precision fp32|bf16] [--channels-last] [--layers]
+        [--json out.json] [--markdown out.md]
 
 Nets (bench/zoo_nets.py): lenet:64, alexnet:8, alexnet:32, googlenet:8, resnet50:8,
 squeezenet11:8, mobilenet:8 by default. Each round runs caffe.bin, then the port; the
@@ -16,7 +17,9 @@ Caffe / port (> 1: the port is faster). --layers adds each layer's forward and
 backward times: Caffe's own per-layer report beside the port's layers timed one by one
 on the shapes of the run. Without caffe.bin on PATH the port alone is timed (a message
 says so). --precision bf16 runs the port under CPU autocast to bfloat16 (Caffe has no
-such mode: the ratio is then against Caffe's fp32).
+such mode: the ratio is then against Caffe's fp32). --channels-last runs the port's
+convolutions and pooling on NHWC tensors (CaffeNet.use_channels_last: the same values
+and blob shapes, other strides).
 """
 import argparse
 import os
@@ -129,6 +132,7 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    parser.add_argument("--channels-last", action="store_true", help="the port in the NHWC layout")
     parser.add_argument("--layers", action="store_true", help="per-layer times of both sides")
     parser.add_argument("--json")
     parser.add_argument("--markdown")
@@ -147,6 +151,8 @@ def main(argv=None):
             batch = int(batch or 8)
             prototxt = write_net(name, batch, os.path.join(folder, f"{name}_{batch}.prototxt"))
             net = CaffeNet(prototxt, "TRAIN")
+            if args.channels_last:
+                net.use_channels_last()
             caffe_rounds, port_rounds = [], []
             for _ in range(args.rounds):
                 if have_caffe:
@@ -167,7 +173,7 @@ def main(argv=None):
             rows.append(row)
             print(line(row), flush=True)
     result = {"machine": f"{cpu_name()}, {os.cpu_count()} CPUs", "threads": args.threads, "torch": torch.__version__,
-              "precision": args.precision, "iterations": args.iterations, "rounds": args.rounds, "rows": rows}
+              "precision": args.precision, "channels_last": args.channels_last, "iterations": args.iterations, "rounds": args.rounds, "rows": rows}
     if args.json:
         write_json(args.json, result)
     if args.markdown:
@@ -187,7 +193,7 @@ def line(row):
 
 def markdown(result):
     lines = [f"Machine: {result['machine']}; {result['threads']} threads; torch {result['torch']}; port in "
-             f"{result['precision']}; median of {result['rounds']} rounds of {result['iterations']} iterations.", "",
+             f"{result['precision']}{', channels_last' if result.get('channels_last') else ''}; median of {result['rounds']} rounds of {result['iterations']} iterations.", "",
              "| net, batch | forward Caffe / port | ratio | forward+backward Caffe / port | ratio |",
              "|---|---|---|---|---|"]
     for row in result["rows"]:
