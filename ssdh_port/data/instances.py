@@ -5,8 +5,10 @@ those sets are not at hand.
 make_instance_benchmark(objects, labels, class_names, out_dir, seed=...) picks
 `per_class` object images of each class as the instances (the other images are
 distractors) and paints scenes: a procedural textured background (smooth noise
-and a grating, random colours) with objects pasted as squares at random sides,
-positions and mirrors, with a brightness change each. Per instance:
+and a grating, random colours) with objects pasted as squares at random sides
+(default 56 to 88 pixels of a 96-pixel scene: an object fills most of its picture,
+as the buildings of Oxford and Paris do theirs), positions and mirrors, with a
+brightness change each. Per instance:
 
     a query scene   the instance whole, at another side, mirror, brightness and
                     background than any of its gallery views; its box in the
@@ -109,7 +111,7 @@ def _bgr(image):
 
 
 def make_instance_benchmark(objects, labels, class_names, out_dir, *, seed=0, per_class=5, positives=6,
-                            gallery=1000, size=96, sides=(28, 60)):
+                            gallery=1000, size=96, sides=(56, 88)):
     """Write the benchmark (see the module docstring) into out_dir; -> its description
     (also out_dir/benchmark.json). objects: N images (C x H x W or H x W x C uint8,
     BGR), labels: their classes (0..len(class_names) - 1)."""

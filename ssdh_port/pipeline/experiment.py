@@ -21,7 +21,8 @@ Extra metrics ([protocol] metrics = [...], options in [protocol.options]):
                     spatial), mean AP and ms per query; four rows. options.instance:
                     "cifar10-scenes" (data.instances' benchmark made from the CIFAR-10
                     test images: instance_seed, instance_gallery, instance_per_class,
-                    instance_positives) or a folder with images/ and gt/ (Oxford, Paris)
+                    instance_positives, instance_sides) or a folder with images/ and gt/
+                    (Oxford, Paris)
 """
 import dataclasses
 import os
@@ -272,8 +273,10 @@ def _instance_benchmark(name, data_dir, data, options):
 
     fields = {"seed": int(options.get("instance_seed", 0)), "gallery": int(options.get("instance_gallery", 1000)),
               "per_class": int(options.get("instance_per_class", 5)),
-              "positives": int(options.get("instance_positives", 6))}
-    folder = os.path.join(data_dir, "instances_" + "_".join(f"{k}{v}" for k, v in fields.items()))
+              "positives": int(options.get("instance_positives", 6)),
+              "sides": [int(v) for v in options.get("instance_sides", [56, 88])]}
+    folder = os.path.join(data_dir, "instances_" + "_".join(
+        f"{k}{'-'.join(map(str, v)) if isinstance(v, list) else v}" for k, v in fields.items()))
     made = read_benchmark(folder)
     if made is None or any(made.get(k) != v for k, v in fields.items()):
         items = list(read_source_images(data.encode["test"]))
