@@ -43,11 +43,12 @@ def test_topk_matches_stable_sort(bits, clustered):
     np.testing.assert_array_equal(ops.hamming_distance(q, db).numpy(), dist)
 
 
-@pytest.mark.parametrize("bits", [128, 256, 512])
+@pytest.mark.parametrize("bits", [24, 48, 64, 128, 256, 512])
 @pytest.mark.parametrize("rows, queries", [(257, 1), (4097, 6), (8195, 9)])
 def test_vector_scans_at_odd_sizes(bits, rows, queries):
-    """Row pairs (128 bits) with an odd last row, database blocks of 4,096 with a
-    remainder, query groups of four with a remainder: the same as the definition."""
+    """Rows four to a vector (up to 64 bits) and in pairs (128 bits) with the last rows
+    apart, database blocks of 4,096 with a remainder, query groups of four with a
+    remainder: the same as the definition."""
     db, db_bits = _codes(rows, bits, 5, clustered=True)
     q, q_bits = _codes(queries, bits, 6, clustered=True)
     dist, order = _reference(q_bits, db_bits)

@@ -179,6 +179,7 @@ ShortScanFn best_short_scan_fn(int64_t bytes) {
     case PopcountLevel::kAvx512:
       return bytes <= 8 ? &scan_short_avx512 : nullptr;
     case PopcountLevel::kAvx2:
+      return bytes <= 8 ? &scan_short_avx2 : nullptr;
     case PopcountLevel::kPopcnt:
       return bytes <= 8 ? &scan_short_popcnt : nullptr;
     default:

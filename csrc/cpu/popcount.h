@@ -137,7 +137,11 @@ using LongScanFn =
 // best_scan_fn).
 LongScanFn best_long_scan_fn(int64_t bytes);
 
-// The AVX2 build (popcount_avx2.cpp), for codes of 32 to 512 bytes in whole vectors.
+// The AVX2 builds (popcount_avx2.cpp): codes of 1 to 8 bytes, four to a vector; codes
+// of 16 bytes and of 32 to 512 bytes in whole vectors.
+void scan_short_avx2(
+    const uint64_t* queries, int n, const uint8_t* db, int64_t bytes, int64_t first,
+    int64_t last, Candidates* c);
 bool long_scan_avx2_fits(int64_t bytes);
 void scan_long_avx2(
     const uint8_t* queries, int n, const uint8_t* db, int64_t bytes, int64_t first, int64_t last,

@@ -205,7 +205,89 @@ SSDH_AVX2 void scan_pairs(const uint8_t* queries, int n, const uint8_t* db, int6
   }
 }
 
+// Four consecutive codes of 1 to 8 bytes, each zero-extended into a 64-bit lane: rows
+// j, j + 1 from one 16-byte load, rows j + 2, j + 3 from another, spread by a byte
+// shuffle within each 128-bit half.
+struct FourCodes {
+  int64_t bytes;
+  __m256i spread;
+
+  SSDH_AVX2 explicit FourCodes(int64_t code_bytes) : bytes(code_bytes) {
+    alignas(32) int8_t index[32];
+    for (int half = 0; half < 2; ++half) {
+      for (int lane = 0; lane < 2; ++lane) {
+        for (int i = 0; i < 8; ++i) {
+          index[half * 16 + lane * 8 + i] = i < bytes ? static_cast<int8_t>(lane * bytes + i) : int8_t(-128);
+        }
+      }
+    }
+    spread = _mm256_load_si256(reinterpret_cast<const __m256i*>(index));
+  }
+
+  // Reads 2 * bytes + 16 bytes from `codes`.
+  SSDH_AVX2 __attribute__((always_inline)) inline __m256i load(const uint8_t* codes) const {
+    const __m128i first = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes));
+    const __m128i second = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + 2 * bytes));
+    return _mm256_shuffle_epi8(_mm256_set_m128i(second, first), spread);
+  }
+};
+
 }  // namespace
+
+// Codes of 1 to 8 bytes with AVX2: four database codes in the four lanes of a vector,
+// their nibbles split once for every query of the block; a query's four distances are
+// two lookups, an add and one VPSADBW (the byte sums of each lane), and one compare
+// against its bound rejects the four. The last rows (whose loads would run past the
+// block) go through the scalar loop.
+SSDH_AVX2 void scan_short_avx2(const uint64_t* queries, int n, const uint8_t* db, int64_t bytes, int64_t first,
+                               int64_t last, Candidates* c) {
+  const FourCodes loader(bytes);
+  const __m256i low4 = _mm256_set1_epi8(0x0f);
+  const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+  const __m256i zero = _mm256_setzero_si256();
+  AlignedArray<Nibbles> query(n);
+  AlignedArray<Bounds> bounds(n);
+  for (int q = 0; q < n; ++q) {
+    const __m256i word = _mm256_set1_epi64x(static_cast<long long>(queries[q]));
+    query[q] = {_mm256_and_si256(word, low4), _mm256_and_si256(_mm256_srli_epi16(word, 4), low4)};
+    bounds[q].v = _mm256_set1_epi64x(c[q].bound);
+  }
+  // Rows j.. j + 3 load 2 * bytes + 16 bytes from row j: within the block while j + 20 <= last.
+  int64_t j = first;
+  for (; j + 20 <= last; j += 4) {
+    const __m256i codes = loader.load(db + j * bytes);
+    const __m256i lo = _mm256_and_si256(codes, low4);
+    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(codes, 4), low4);
+    for (int q = 0; q < n; ++q) {
+      const __m256i counts =
+          _mm256_add_epi8(_mm256_shuffle_epi8(table, _mm256_xor_si256(lo, query[q].lo)),
+                          _mm256_shuffle_epi8(table, _mm256_xor_si256(hi, query[q].hi)));
+      const __m256i d = _mm256_sad_epu8(counts, zero);
+      const int over = _mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(d, bounds[q].v)));
+      if (__builtin_expect(over != 0xF, 0)) {
+        alignas(32) long long dist[4];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(dist), d);
+        for (int lane = 0; lane < 4; ++lane) {
+          if (!(over >> lane & 1) && dist[lane] <= c[q].bound) {
+            add_candidate(c[q], j + lane, static_cast<int>(dist[lane]));
+          }
+        }
+        bounds[q].v = _mm256_set1_epi64x(c[q].bound);
+      }
+    }
+  }
+  for (; j < last; ++j) {
+    uint64_t code = 0;
+    std::memcpy(&code, db + j * bytes, bytes);
+    for (int q = 0; q < n; ++q) {
+      const int d = __builtin_popcountll(code ^ queries[q]);
+      if (d <= c[q].bound) {
+        add_candidate(c[q], j, d);
+      }
+    }
+  }
+}
 
 bool long_scan_avx2_fits(int64_t bytes) {
   return bytes == 16 || (bytes % 32 == 0 && bytes >= 32 && bytes / 32 <= kMaxVectors);
