@@ -73,6 +73,9 @@ def port_time(net, iterations, precision):
             return net(data=data)
 
     def forward_backward():
+        # Fresh gradients each iteration, as the solver's step clears them (caffe time
+        # accumulates into its diffs in place, which costs it nothing).
+        net.zero_grad(set_to_none=True)
         blobs = forward()
         tops = [blobs[name] for name in outputs]
         torch.autograd.backward(tops, [torch.randn_like(t) for t in tops])
@@ -108,6 +111,7 @@ def port_layers(net, iterations, precision):
         bottoms = [b.requires_grad_() if b.is_floating_point() else b for b in seen[name]]
 
         def run(backward):
+            module.zero_grad(set_to_none=True)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 tops = module(*[b.clone() if b.requires_grad else b for b in bottoms])
             tops = [t for t in (tops if isinstance(tops, (tuple, list)) else [tops]) if t.requires_grad]
