@@ -73,9 +73,9 @@ def port_time(net, iterations, precision):
             return net(data=data)
 
     def forward_backward():
-        # Fresh gradients each iteration, as the solver's step clears them (caffe time
-        # accumulates into its diffs in place, which costs it nothing).
-        net.zero_grad(set_to_none=True)
+        # The gradients cleared in place each iteration, as the solver's step clears
+        # them (Caffe's ClearParamDiffs; caffe time skips the clearing).
+        net.zero_grad(set_to_none=False)
         blobs = forward()
         tops = [blobs[name] for name in outputs]
         torch.autograd.backward(tops, [torch.randn_like(t) for t in tops])
@@ -111,7 +111,7 @@ def port_layers(net, iterations, precision):
         bottoms = [b.requires_grad_() if b.is_floating_point() else b for b in seen[name]]
 
         def run(backward):
-            module.zero_grad(set_to_none=True)
+            module.zero_grad(set_to_none=False)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 tops = module(*[b.clone() if b.requires_grad else b for b in bottoms])
             tops = [t for t in (tops if isinstance(tops, (tuple, list)) else [tops]) if t.requires_grad]
@@ -154,7 +154,7 @@ def main(argv=None):
                 raise SystemExit(f"bench_vs_caffe: unknown net {name!r} (nets: {', '.join(NETS)})")
             batch = int(batch or 8)
             prototxt = write_net(name, batch, os.path.join(folder, f"{name}_{batch}.prototxt"))
-            net = CaffeNet(prototxt, "TRAIN")
+            net = CaffeNet(prototxt, "TRAIN").accumulate_diffs()  # as the solver trains it
             if args.channels_last:
                 net.use_channels_last()
             caffe_rounds, port_rounds = [], []

@@ -125,6 +125,8 @@ TORCH_LIBRARY(ssdh, m) {
   m.def(
       "_lrn_across_channels_backward(Tensor grad, Tensor x, Tensor top, Tensor scale, int size, "
       "float alpha, float beta) -> Tensor");
+  m.def("linear_small_batch(Tensor x, Tensor weight) -> Tensor");
+  m.def("linear_small_batch_input_grad(Tensor grad, Tensor weight) -> Tensor");
 }
 
 }  // namespace ssdh

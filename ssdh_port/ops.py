@@ -38,7 +38,10 @@ as one uint64 hold bits 0..63 in order. ``unpack_bits(packed, k)`` inverts it.
 
 Layers: ``lrn_across_channels(x, size, alpha, beta, k)`` -- Caffe's LRN across channels
 on an N x C x H x W tensor (float32 / float64, CPU), with Caffe's own backward
-(differentiable once).
+(differentiable once). ``linear_small_batch(x, weight)`` -- x . weight^T for a few
+rows x (M x K) against a large weight (N x K), float32 on the CPU, reading the weight
+once per pass (differentiable once; ``linear_small_batch_input_grad(grad, weight)`` is
+its input gradient, grad . weight). Caffe's InnerProduct uses them at small batch.
 """
 import torch
 from torch import Tensor, nn
@@ -59,6 +62,8 @@ __all__ = [
     "hamming_set_distance",
     "hamming_rank_stats",
     "lrn_across_channels",
+    "linear_small_batch",
+    "linear_small_batch_input_grad",
     "ForcingBinaryLoss",
     "FireRateLoss",
     "MaxMarginMultiLabelLoss",
@@ -450,3 +455,52 @@ def _(x, size, alpha, beta, k):
 @torch.library.register_fake("ssdh::_lrn_across_channels_backward")
 def _(grad, x, top, scale, size, alpha, beta):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+class _LinearSmallBatch(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight):
+        ctx.save_for_backward(x, weight)
+        return torch.ops.ssdh.linear_small_batch(x, weight)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad_x = torch.ops.ssdh.linear_small_batch_input_grad(grad, weight) if ctx.needs_input_grad[0] else None
+        grad_weight = grad.t().mm(x) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_weight
+
+
+def _check_linear(a, weight, columns, op, name):
+    for label, t in ((name, a), ("weight", weight)):
+        if t.dim() != 2 or t.dtype != torch.float32 or t.device.type != "cpu":
+            raise SSDHError(f"{op}: expected a 2-D float32 CPU {label}, got {t.dtype} {tuple(t.shape)} on {t.device}")
+    if a.shape[1] != columns:
+        raise SSDHError(f"{op}: {name} has {a.shape[1]} columns, the weight takes {columns}")
+
+
+def linear_small_batch(x: Tensor, weight: Tensor) -> Tensor:
+    """x . weight^T (M x N) for x M x K and weight N x K, float32 on the CPU: every
+    weight value is read once and used for all M rows (meant for M of up to a few
+    dozen: fully connected layers at small batch). Differentiable once."""
+    _check_linear(x, weight, weight.shape[1] if weight.dim() == 2 else -1, "linear_small_batch", "x")
+    return _LinearSmallBatch.apply(x, weight)
+
+
+def linear_small_batch_input_grad(grad: Tensor, weight: Tensor) -> Tensor:
+    """grad . weight (M x K) for grad M x N and weight N x K, float32 on the CPU: the
+    input gradient of linear_small_batch, reading the weight once."""
+    _check_linear(grad, weight, weight.shape[0] if weight.dim() == 2 else -1, "linear_small_batch_input_grad",
+                  "grad")
+    return torch.ops.ssdh.linear_small_batch_input_grad(grad, weight)
+
+
+@torch.library.register_fake("ssdh::linear_small_batch")
+def _(x, weight):
+    return x.new_empty((x.shape[0], weight.shape[0]))
+
+
+@torch.library.register_fake("ssdh::linear_small_batch_input_grad")
+def _(grad, weight):
+    return grad.new_empty((grad.shape[0], weight.shape[1]))

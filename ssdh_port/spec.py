@@ -45,6 +45,7 @@ class ModelSpec:
     weights_name: str | None = None    # caffe: snapshot name, {bits} filled in (default: the recipe's)
     solver_file: str = "solver.yaml"   # caffe, DNNH nets: the recipe's solver file (solver_cpu.yaml, ...)
     solver: dict = dataclasses.field(default_factory=dict)   # caffe: SolverParameter fields
+    precision: str = "fp32"            # caffe: "fp32" (Caffe's numbers) or "bf16" (autocast, training and encoding)
     train: dict = dataclasses.field(default_factory=dict)    # torch: the trainer's recipe options
 
 

@@ -211,6 +211,7 @@ def _opcheck_samples():
     scores.requires_grad_(True)
     signed = (2 * labels - 1) * mask
     lrn_x = torch.randn(2, 7, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    fc_x, fc_w = torch.randn(5, 19), torch.randn(11, 19)
     return [
         (torch.ops.ssdh.forcing_binary_loss.default, (a, 2)),
         (torch.ops.ssdh.forcing_binary_loss.default, (a, 1)),
@@ -226,6 +227,9 @@ def _opcheck_samples():
         (torch.ops.ssdh.lrn_across_channels.default, (lrn_x, 5, 0.3, 0.75, 2.0)),
         (torch.ops.ssdh._lrn_across_channels_backward.default,
          (torch.randn_like(lrn_x), lrn_x, *torch.ops.ssdh.lrn_across_channels(lrn_x, 5, 0.3, 0.75, 2.0), 5, 0.3, 0.75)),
+        # Forward-only kernels under a Python Function too (ops.linear_small_batch).
+        (torch.ops.ssdh.linear_small_batch.default, (fc_x, fc_w)),
+        (torch.ops.ssdh.linear_small_batch_input_grad.default, (torch.randn(5, 11), fc_w)),
     ]
 
 

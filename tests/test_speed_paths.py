@@ -1,14 +1,22 @@
 """The faster paths keep Caffe's numbers: LRN's own backward (gradcheck and the
 formula autograd would differentiate), BatchNorm through torch's fused kernel
-(the blobs' running sums as Caffe keeps them, one value per channel), and the
-opt-in bf16 encoding (close to float32, not equal)."""
+(the blobs' running sums as Caffe keeps them, one value per channel), InnerProduct
+at small batch (the weight read once per pass) with Caffe's diffs accumulated in
+place, and the opt-in bf16 encoding (close to float32, not equal)."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
 
+from ssdh_port import ops
+from ssdh_port.caffe import layers
 from ssdh_port.caffe.layers import _LRNAcrossChannels
 from ssdh_port.caffe.net import CaffeNet
+from ssdh_port.errors import SSDHError
 
 
 def lrn_by_formula(x, n, alpha, beta, k):
@@ -96,3 +104,131 @@ def test_bf16_encoding_is_close_to_float32():
     half, _ = extract(net, ["ip1"], batches(), progress=False, precision="bf16")
     error = np.abs(full["ip1"] - half["ip1"]).max() / np.abs(full["ip1"]).max()
     assert 0 < error < 0.02   # bf16 keeps 8 bits of mantissa: close, and not the same numbers
+
+
+# ------------------------------------------------------- InnerProduct, small batch
+
+LINEAR_SHAPES = [(1, 1, 1), (1, 5, 3), (3, 17, 9), (4, 8, 3), (5, 19, 11), (8, 520, 37), (13, 1031, 8),
+                 (16, 2048, 50)]
+
+
+@pytest.mark.parametrize("m, k, n", LINEAR_SHAPES)
+def test_small_batch_linear_kernels_are_the_products(m, k, n):
+    """Both kernels against float64 products, at sizes off every block (4 rows x 3
+    weights, 8-float vectors, 512-column chunks, 8 weight rows); differentiable once."""
+    gen = torch.Generator().manual_seed(m * 1000 + k + n)
+    x, w, g = (torch.randn(*shape, generator=gen) for shape in ((m, k), (n, k), (m, n)))
+    y = ops.linear_small_batch(x, w)
+    assert y.shape == (m, n) and y.dtype == torch.float32
+    torch.testing.assert_close(y.double(), x.double() @ w.double().t(), rtol=1e-5, atol=1e-5 * k ** 0.5)
+    dx = ops.linear_small_batch_input_grad(g, w)
+    torch.testing.assert_close(dx.double(), g.double() @ w.double(), rtol=1e-5, atol=1e-5 * n ** 0.5)
+    xr, wr = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    ops.linear_small_batch(xr, wr).backward(g)
+    torch.testing.assert_close(xr.grad, dx)
+    torch.testing.assert_close(wr.grad.double(), g.double().t() @ x.double(), rtol=1e-5, atol=1e-5 * m ** 0.5)
+
+
+def test_small_batch_linear_kernels_on_strided_inputs_and_errors():
+    x, w = torch.randn(6, 40), torch.randn(30, 20)
+    torch.testing.assert_close(ops.linear_small_batch(x[:, ::2], w), x[:, ::2] @ w.t(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ops.linear_small_batch_input_grad(x[:, :30], w), x[:, :30] @ w, rtol=1e-5, atol=1e-5)
+    with pytest.raises(SSDHError, match="linear_small_batch: x has 40 columns, the weight takes 20"):
+        ops.linear_small_batch(x, w)
+    with pytest.raises(SSDHError, match="expected a 2-D float32 CPU weight, got torch.float64"):
+        ops.linear_small_batch(x[:, :20], w.double())
+    with pytest.raises(SSDHError, match="linear_small_batch_input_grad: grad has 40 columns, the weight takes 30"):
+        ops.linear_small_batch_input_grad(x, w)
+
+
+@pytest.mark.slow
+def test_portable_linear_build():
+    """The loops a CPU without AVX2 / FMA runs, through the same tests; a bad name."""
+    env = dict(os.environ, SSDH_CPU_LINEAR="generic")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+                             "-k", "small_batch_linear_kernels or inner_product"],
+                            env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert " passed" in result.stdout
+    env["SSDH_CPU_LINEAR"] = "sse9"
+    code = "import torch, ssdh_port.ops as o; o.linear_small_batch(torch.ones(1, 1), torch.ones(1, 1))"
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert result.returncode != 0 and "SSDH_CPU_LINEAR must be generic or avx2, got 'sse9'" in result.stderr
+
+
+IP_NET = """
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: %d dim: 3 dim: 4 dim: 5 } } }
+layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc"
+        inner_product_param { num_output: 7 weight_filler { type: "gaussian" std: 0.3 }
+                              bias_filler { type: "gaussian" std: 0.3 } %s } }
+layer { name: "fc2" type: "InnerProduct" bottom: "fc" top: "fc2" param { name: "shared" }
+        inner_product_param { num_output: 7 weight_filler { type: "gaussian" std: 0.3 } bias_term: false } }
+layer { name: "fc3" type: "InnerProduct" bottom: "fc2" top: "fc3" param { name: "shared" }
+        inner_product_param { num_output: 7 bias_term: false } }
+"""
+
+
+def _ip_net(batch, extra=""):
+    from ssdh_port.caffe import io as caffe_io
+    torch.manual_seed(0)
+    return CaffeNet(caffe_io.parse_net_prototxt(IP_NET % (batch, extra)), phase="TRAIN")
+
+
+def _plain_inner_products(net, x):
+    """The same net by F.linear on the blobs (the reference)."""
+    fc, fc2 = net.layer("fc"), net.layer("fc2")
+    top = F.linear(x.flatten(1), fc.blobs[0], fc.blobs[1])
+    return F.linear(F.linear(top, fc2.blobs[0]), fc2.blobs[0])
+
+
+@pytest.mark.parametrize("batch", [1, 6, 16, 17, 40])
+def test_inner_product_layer_is_linear_at_every_batch(batch):
+    """The layer (native kernels up to 16 rows, mm beyond) against F.linear: tops and
+    every gradient, the shared weight's two uses summed."""
+    net = _ip_net(batch)
+    x = torch.randn(batch, 3, 4, 5, requires_grad=True)
+    top = net(data=x)["fc3"]
+    g = torch.randn_like(top)
+    grads = torch.autograd.grad(top, [x, *net.parameters()], g)
+    ref_x = x.detach().clone().requires_grad_(True)
+    ref = _plain_inner_products(net, ref_x)
+    ref_grads = torch.autograd.grad(ref, [ref_x, *net.parameters()], g)
+    torch.testing.assert_close(top, ref, rtol=1e-5, atol=1e-5)
+    for ours, theirs in zip(grads, ref_grads):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [4, 40])
+def test_inner_product_diffs_accumulate_in_place(batch):
+    """accumulate_diffs: the weight gradient is added into the existing .grad (same
+    memory), twice over two passes, shared weights included; a blob without a .grad
+    gets autograd's; a frozen weight (lr_mult 0) gets none; bf16 autocast keeps F.linear."""
+    net = _ip_net(batch).accumulate_diffs()
+    x = torch.randn(batch, 3, 4, 5)
+    g = torch.randn(batch, 7)
+    net(data=x)["fc3"].backward(g)
+    first = {name: p.grad.clone() for name, p in net.named_parameters()}
+    memory = {name: p.grad.data_ptr() for name, p in net.named_parameters()}
+    net(data=x)["fc3"].backward(g)
+    for name, p in net.named_parameters():
+        assert p.grad.data_ptr() == memory[name], name
+        torch.testing.assert_close(p.grad, 2 * first[name], rtol=1e-5, atol=1e-5)
+    ref_x = x.clone()
+    ref = _plain_inner_products(net, ref_x)
+    expected = torch.autograd.grad(ref, list(net.parameters()), g)
+    for (name, _), e in zip(net.named_parameters(), expected):
+        torch.testing.assert_close(first[name], e, rtol=1e-5, atol=1e-5)
+
+    frozen = _ip_net(batch, "").accumulate_diffs()
+    frozen.layer("fc").frozen_blobs.add(0)
+    frozen(data=x)["fc3"].backward(g)
+    assert frozen.layer("fc").blobs[0].grad is None and frozen.layer("fc").blobs[1].grad is not None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert net(data=x)["fc"].dtype == torch.bfloat16
+
+
+def test_inner_product_function_gradcheck():
+    x = torch.randn(3, 6, dtype=torch.double, requires_grad=True)
+    w = torch.randn(4, 6, dtype=torch.double, requires_grad=True)
+    b = torch.randn(4, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *t: layers._InnerProductFunction.apply(*t, None), (x, w, b))

@@ -68,6 +68,7 @@ class CaffeLayer(nn.Module):
         self.blobs = nn.ParameterList()
         self.frozen_blobs = set()  # blob indices this layer computes no gradient for
         self.blob_views = {}  # blob index -> this layer's shape of a blob shared from another shape
+        self.accumulate_diffs = False  # weight gradients added into the blobs' .grad in place (CaffeNet)
 
     def error(self, message):
         return LayerError(f"layer '{self.name}' ({self.type}): {message}")
@@ -698,7 +699,65 @@ class InnerProduct(CaffeLayer):
                              f"from axis {self.axis} on, the weights take {self.fan_in}")
         flat = x.flatten(self.axis)
         weight = self.blob(0).t() if self.transpose else self.blob(0)
-        return (F.linear(flat, weight, self.blob(1) if self.bias_term else None),)
+        bias = self.blob(1) if self.bias_term else None
+        diff = self._diff()
+        if flat.dim() == 2 and not self.transpose and not torch.is_autocast_enabled(flat.device.type) and (
+                diff is not None or _small_batch(flat, weight)):
+            return (_InnerProductFunction.apply(flat, weight, bias, diff),)
+        return (F.linear(flat, weight, bias),)
+
+    def _diff(self):
+        """The weight blob whose .grad takes the weight gradient in place (Caffe's
+        weight diff), when the net accumulates diffs and the weight is this
+        layer's to train, in its own shape; else None."""
+        if not self.accumulate_diffs or 0 in self.frozen_blobs or 0 in self.blob_views:
+            return None
+        return self.blobs[0]
+
+
+# At most this many rows (the batch of a fully connected layer): the CPU kernels that
+# read the weight once per pass (ops.linear_small_batch), faster there than a GEMM.
+SMALL_BATCH_ROWS = 16
+
+
+def _small_batch(x, weight):
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
+            and x.shape[0] <= SMALL_BATCH_ROWS and not isinstance(x, FakeTensor))
+
+
+class _InnerProductFunction(torch.autograd.Function):
+    """Caffe's InnerProduct on an M x K bottom and an N x K weight: top = bottom .
+    weight^T + bias, bottom_diff = top_diff . weight, bias_diff = column sums of
+    top_diff, and weight_diff += top_diff^T . bottom added in place into diff.grad
+    when diff is given and has one (Caffe's diff, cleared by the solver, not a
+    fresh tensor per pass: a 151 MB fc6 gradient written anew costs more than the
+    product). Small batches on the CPU take ops.linear_small_batch's kernels."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, diff):
+        ctx.save_for_backward(x, weight)
+        ctx.diff, ctx.small = diff, _small_batch(x, weight)
+        top = torch.ops.ssdh.linear_small_batch(x, weight) if ctx.small else x.mm(weight.t())
+        if bias is not None:
+            top.add_(bias.unsqueeze(0).expand_as(top))  # bias_multiplier . bias: the bias on every row
+        return top
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.ssdh.linear_small_batch_input_grad(grad, weight) if ctx.small else grad.mm(weight)
+        if ctx.needs_input_grad[1]:
+            if ctx.diff is not None and ctx.diff.grad is not None:
+                ctx.diff.grad.addmm_(grad.t(), x)
+            else:
+                grad_weight = grad.t().mm(x)
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad.sum(0)
+        return grad_x, grad_weight, grad_bias, None
 
 
 _ReshapeSpec = collections.namedtuple("_ReshapeSpec", "axis num_axes dims")

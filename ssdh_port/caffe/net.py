@@ -295,6 +295,16 @@ class CaffeNet(nn.Module):
                 names[(i, j)] = [f"{top}_{layer}_{j}_split_{k}" for k in range(count)]
         return names
 
+    def accumulate_diffs(self, enabled=True):
+        """Caffe's parameter diffs: the layers that can (InnerProduct) add their
+        weight gradient into the blob's existing .grad in place instead of handing
+        autograd a fresh tensor, so a solver that zeroes the gradients (Caffe's
+        ClearParamDiffs) reuses their memory. The blob's autograd hooks are then
+        skipped for those layers: training with a Caffe solver only."""
+        for module in self.layers:
+            module.accumulate_diffs = bool(enabled)
+        return self
+
     def use_channels_last(self, enabled=True):
         """Opt-in NHWC layout for the GPU's tensor cores: 4-D weights and the
         batches of data and input layers become channels_last. The values and

@@ -267,6 +267,10 @@ class Solver:
         # the trajectory is the eager one to float tolerance (CaffeNet.compile_layers).
         if compile:
             self.net.compile_layers()
+        else:
+            # Caffe's diffs: the large weight gradients are added into memory kept
+            # from one iteration to the next (cleared in _step), not allocated anew.
+            self.net.accumulate_diffs()
         self.params = learnable_params(self.net)
         if self.ranks.world > 1:
             for module in self.net.layers:
@@ -322,6 +326,13 @@ class Solver:
         self.updater.update_all(self.params, grads, rate, self.iter)
         return rate
 
+    def _clear_diffs(self):
+        """Caffe's ClearParamDiffs: every gradient set to zero in place (a blob that
+        has none yet gets its first from autograd)."""
+        grads = [lp.tensor.grad for lp in self.params if lp.tensor.grad is not None]
+        if grads:
+            torch._foreach_zero_(grads)
+
     def _precision(self):
         return tf32_mode(self.tf32) if self.device.type == "cuda" else contextlib.nullcontext()
 
@@ -333,8 +344,7 @@ class Solver:
     def _step(self, iters):
         stop = self.iter + iters
         while self.iter < stop:
-            for lp in self.params:
-                lp.tensor.grad = None
+            self._clear_diffs()
             p = self.param
             if p.test_interval and self.iter % p.test_interval == 0 and (
                     self.iter > 0 or p.test_initialization):

@@ -70,9 +70,14 @@ def train_and_encode(spec, data, run_dir, phases, device=None):
     _check_metrics(spec)
     model = spec.model
     if model.kind == "torch":
+        if model.precision != "fp32":
+            raise SSDHError(f"[model] precision {model.precision!r}: the torch trainer's precision is "
+                            "model.train.precision (model.precision is the Caffe path's)")
         return _torch(spec, data, run_dir, phases, device)
     if model.kind != "caffe":
         raise SSDHError(f"[model] kind {model.kind!r}: expected caffe or torch")
+    if model.precision not in ("fp32", "bf16"):
+        raise SSDHError(f"[model] precision {model.precision!r}: expected fp32 or bf16")
     from ssdh_port.pipeline.recipe import recipe_dir
 
     folder = recipe_dir(model.recipe)
@@ -96,7 +101,7 @@ def _caffe(spec, data, folder, run_dir, phases, device):
                                 **model.solver)
     with phases("train"):
         trained = train_caffe(recipe.solver, weights=os.path.abspath(model.weights) if model.weights else None,
-                              log_dir=run_dir, device=device)
+                              log_dir=run_dir, device=device, amp=model.precision == "bf16")
     _check_finished(trained, recipe.solver)
     encoded = {}
     with phases("encode"):
@@ -109,12 +114,12 @@ def _caffe(spec, data, folder, run_dir, phases, device):
                 arrays = {net.input_names[0]: (images.astype(np.float32) * np.float32(data.transform.scale))[:, None]}
                 encoded[split] = encode_batches(net, array_batches(arrays, encoding.batch_size),
                                                 latent_blob=encoding.latent_blob, features=tuple(encoding.features),
-                                                labels=labels, device=device or "cpu")
+                                                labels=labels, device=device or "cpu", precision=model.precision)
             else:
                 encoded[split] = encode_split(recipe.deploy, trained.weights, data.encode[split],
                                               transform=data.transform, features=tuple(encoding.features),
                                               latent_blob=encoding.latent_blob, batch_size=encoding.batch_size,
-                                              device=device or "cpu")
+                                              device=device or "cpu", precision=model.precision)
             encoded[split] = encoded[split].save(os.path.join(run_dir, f"{split}.ssdh"))
             for warning in encoded[split].health["warnings"]:
                 logger.warning("%s codes: %s", split, warning)
@@ -149,7 +154,7 @@ def _dnnh(spec, data, folder, run_dir, phases, device):
         solver = write_solver(os.path.join(folder, spec.model.solver_file), os.path.join(run_dir, "solver.prototxt"),
                               **fields)
     with phases("train"):
-        trained = train_caffe(solver, log_dir=run_dir, device=device)
+        trained = train_caffe(solver, log_dir=run_dir, device=device, amp=spec.model.precision == "bf16")
     _check_finished(trained, solver)
     encoded = {}
     with phases("encode"):
@@ -160,7 +165,8 @@ def _dnnh(spec, data, folder, run_dir, phases, device):
                 raise SSDHError(f"{files[f'{name}_label.txt']}: {len(labels)} images are not whole batches of "
                                 f"{batch}")
             split_codes = encode_batches(load_net(nets[f"test_{name}"], trained.weights), None,
-                                         iterations=len(labels) // batch, labels=labels, device=device or "cpu")
+                                         iterations=len(labels) // batch, labels=labels, device=device or "cpu",
+                                         precision=spec.model.precision)
             encoded[split] = split_codes.save(os.path.join(run_dir, f"{name}.ssdh"))
     return Outcome(encoded["test"], encoded["train"], trained.weights, round(trained.seconds, 1), trained.iterations)
 
