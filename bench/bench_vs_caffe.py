@@ -110,8 +110,9 @@ def port_layers(net, iterations, precision):
             continue
         bottoms = [b.requires_grad_() if b.is_floating_point() else b for b in seen[name]]
 
+        module.zero_grad(set_to_none=False)  # then accumulated, as caffe time accumulates its diffs
+
         def run(backward):
-            module.zero_grad(set_to_none=False)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 tops = module(*[b.clone() if b.requires_grad else b for b in bottoms])
             tops = [t for t in (tops if isinstance(tops, (tuple, list)) else [tops]) if t.requires_grad]

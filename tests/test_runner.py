@@ -169,3 +169,41 @@ def test_committed_results_readmes_are_made_from_their_tables_and_notes(tmp_path
         copy = tmp_path / os.path.basename(folder)
         shutil.copytree(folder, copy, ignore=shutil.ignore_patterns("runs", "*.png", "*.jsonl", "*.ssdh*"))
         assert open(write_readme(str(copy))).read() == open(readme).read(), f"{readme} is not current"
+
+
+def test_model_precision_reaches_the_caffe_solver_and_encoder(monkeypatch, tmp_path):
+    """model.precision = "bf16": the Caffe path trains under autocast (the solver's
+    amp) and encodes under it; fp32 by default; other values and the torch kind's
+    own field are errors that say where to look."""
+    import contextlib
+    import types
+
+    from ssdh_port.errors import SSDHError
+    from ssdh_port.pipeline import encode, experiment, recipe, train
+
+    seen = {}
+    monkeypatch.setattr(recipe, "prepare_recipe", lambda *a, **k: types.SimpleNamespace(
+        solver="solver.yaml", deploy="deploy.prototxt"))
+    monkeypatch.setattr(train, "train_caffe", lambda solver, **k: seen.update(train=k) or types.SimpleNamespace(
+        stopped_early=False, weights="w.caffemodel", seconds=1.0, iterations=1))
+
+    def fake_encode_split(*a, **k):
+        seen.setdefault("encode", []).append(k["precision"])
+        raise RuntimeError("encoded")
+
+    monkeypatch.setattr(encode, "encode_split", fake_encode_split)
+    data = types.SimpleNamespace(sources={}, mean_file=None, arrays=None, encode={"test": "t", "train": "t"},
+                                 transform=None)
+    phases = lambda name: contextlib.nullcontext()  # noqa: E731
+    for precision, amp in (("fp32", False), ("bf16", True)):
+        seen.clear()
+        s = spec.load(spec.find("mnist_demo")).with_fields({"model.precision": precision})
+        with pytest.raises(RuntimeError, match="encoded"):
+            experiment.train_and_encode(s, data, str(tmp_path), phases)
+        assert seen["train"]["amp"] is amp and seen["encode"] == [precision]
+    with pytest.raises(SSDHError, match=r"\[model\] precision 'fp16': expected fp32 or bf16"):
+        experiment.train_and_encode(spec.load(spec.find("mnist_demo")).with_fields({"model.precision": "fp16"}), data,
+                                    str(tmp_path), phases)
+    torch_spec = spec.load(spec.find("cifar10_fast")).with_fields({"model.precision": "bf16"})
+    with pytest.raises(SSDHError, match=r"model.train.precision \(model.precision is the Caffe path's\)"):
+        experiment.train_and_encode(torch_spec, data, str(tmp_path), phases)

@@ -717,7 +717,7 @@ class InnerProduct(CaffeLayer):
 
 # At most this many rows (the batch of a fully connected layer): the CPU kernels that
 # read the weight once per pass (ops.linear_small_batch), faster there than a GEMM.
-SMALL_BATCH_ROWS = 16
+SMALL_BATCH_ROWS = 32
 
 
 def _small_batch(x, weight):
