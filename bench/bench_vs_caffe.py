@@ -173,11 +173,14 @@ def main(argv=None):
                 {k: v for k, v in r.items() if k != "layers"} for r in caffe_rounds]
             if args.layers:
                 row["port_layers"] = port_layers(net, args.iterations, args.precision)
+                row["layer_types"] = {module.name: module.type for module in net.layers}
+                row["layer_macs"] = layer_macs(net)
                 if have_caffe:
                     row["caffe_layers"] = caffe_rounds[len(caffe_rounds) // 2]["layers"]
             rows.append(row)
             print(line(row), flush=True)
     result = {"machine": f"{cpu_name()}, {os.cpu_count()} CPUs", "threads": args.threads, "torch": torch.__version__,
+              "gemm_gflops": gemm_gflops(args.threads),
               "precision": args.precision, "channels_last": args.channels_last, "iterations": args.iterations, "rounds": args.rounds, "rows": rows}
     if args.json:
         write_json(args.json, result)
@@ -185,6 +188,41 @@ def main(argv=None):
         with open(args.markdown, "w") as f:
             f.write(markdown(result))
     return 0
+
+
+def layer_macs(net):
+    """{layer name: multiply-adds of its forward} for the Convolution and InnerProduct
+    layers (the backward does twice as many: the bottom's and the weight's gradients)."""
+    macs = {}
+
+    def count(module, args, out):
+        weight = module.blobs[0]
+        top = (out[0] if isinstance(out, (tuple, list)) else out).shape
+        if module.type == "Convolution":  # N Co Ho Wo x (Ci / group) kh kw
+            macs[module.name] = top[0] * top[2] * top[3] * weight.numel() * (top[1] // weight.shape[0])
+        else:
+            macs[module.name] = weight.numel() * (args[0].numel() // weight.shape[-1])
+
+    hooks = [module.register_forward_hook(count) for module in net.layers
+             if module.type in ("Convolution", "InnerProduct")]
+    with torch.no_grad():
+        net(data=torch.randn(*net.blob_shapes["data"]))
+    for hook in hooks:
+        hook.remove()
+    return macs
+
+
+def gemm_gflops(threads, size=2048, repeats=5):
+    """The machine's attainable float32 GEMM rate here: torch.mm of two size^2
+    matrices, best of repeats (GFLOP/s, 2 flops a multiply-add)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best / 1e9
 
 
 def line(row):
@@ -209,6 +247,9 @@ def markdown(result):
         lines.append(f"| {row['net']}, {row['batch']} | {row['caffe_forward_ms']:.1f} / {row['port_forward_ms']:.1f} "
                      f"ms | {row['forward_ratio']:.2f}x | {row['caffe_forward_backward_ms']:.1f} / "
                      f"{row['port_forward_backward_ms']:.1f} ms | {row['forward_backward_ratio']:.2f}x |")
+    if result.get("gemm_gflops"):
+        lines += ["", f"Reference: torch.mm of two 2048 x 2048 float32 matrices runs at {result['gemm_gflops']:.0f} "
+                  "GFLOP/s here (same threads, same run): the attainable rate of a GEMM-bound layer."]
     for row in result["rows"]:
         if "port_layers" not in row:
             continue
@@ -219,7 +260,32 @@ def markdown(result):
             theirs = caffe.get(name)
             lines.append(f"| {name} | {'-' if theirs is None else f'{theirs[0]:.2f} / {theirs[1]:.2f}'} | "
                          f"{fwd:.2f} / {bwd:.2f} |")
+        if caffe and "layer_types" in row:
+            lines += by_type(row, caffe)
     return "\n".join(lines) + "\n"
+
+
+def by_type(row, caffe):
+    """Markdown lines: per layer type, the summed forward and backward ms of both
+    sides (layers each side timed) and Caffe / port, heaviest type first."""
+    sums, macs = {}, row.get("layer_macs", {})
+    for name, (fwd, bwd) in row["port_layers"].items():
+        if name not in caffe:
+            continue
+        kind = row["layer_types"].get(name, "?")
+        total = sums.setdefault(kind, [0, 0.0, 0.0, 0.0, 0.0, 0])
+        total[0] += 1
+        total[1:] = [total[1] + caffe[name][0], total[2] + caffe[name][1], total[3] + fwd, total[4] + bwd,
+                     total[5] + macs.get(name, 0)]
+    lines = ["", f"By layer type ({row['net']}, batch {row['batch']}; ms summed over the layers; Caffe / port; "
+             "GFLOP/s of forward + backward, 6 flops a forward multiply-add):", "",
+             "| type | layers | Caffe fwd / bwd | port fwd / bwd | ratio fwd / bwd | GFLOP/s Caffe / port |",
+             "|---|---|---|---|---|---|"]
+    for kind, (count, cf, cb, pf, pb, mac) in sorted(sums.items(), key=lambda item: -(item[1][1] + item[1][2])):
+        ratio = " / ".join(f"{c / p:.2f}x" if p > 0 else "-" for c, p in ((cf, pf), (cb, pb)))
+        rate = f"{6 * mac / (cf + cb) / 1e6:.0f} / {6 * mac / (pf + pb) / 1e6:.0f}" if mac and cf + cb and pf + pb else "-"
+        lines.append(f"| {kind} | {count} | {cf:.1f} / {cb:.1f} | {pf:.1f} / {pb:.1f} | {ratio} | {rate} |")
+    return lines
 
 
 if __name__ == "__main__":
