@@ -902,7 +902,12 @@ class Eltwise(CaffeLayer):
         coeff = list(p.coeff) or [1.0] * len(xs)
         if len(coeff) != len(xs):
             raise self.error(f"{len(coeff)} coefficients for {len(xs)} bottoms")
-        return (sum(c * x for c, x in zip(coeff, xs)),)
+        # Caffe's axpy per bottom (top = c0 x0, then top += c x): one pass per bottom,
+        # a coefficient of 1 with no multiply.
+        out = xs[0] * coeff[0] if coeff[0] != 1.0 else xs[0]
+        for c, x in zip(coeff[1:], xs[1:]):
+            out = torch.add(out, x, alpha=c)
+        return (out if len(xs) > 1 or coeff[0] != 1.0 else out.clone(),)
 
 
 @register("Reduction")
@@ -1148,11 +1153,10 @@ class Scale(_Affine):
             self.add_blob(operand_shape, p.bias_filler if p.HasField("bias_filler") else None)
 
     def forward(self, x, *operand):
-        scale = operand[0] if operand else self.blob(0)
-        out = x * self.broadcast(scale, x)
-        if self.bias_term:
-            out = out + self.broadcast(self.blob(len(self.blobs) - 1), x)
-        return (out,)
+        scale = self.broadcast(operand[0] if operand else self.blob(0), x)
+        if self.bias_term:  # x * scale + bias in one pass
+            return (torch.addcmul(self.broadcast(self.blob(len(self.blobs) - 1), x), x, scale),)
+        return (x * scale,)
 
 
 @register("Bias")
