@@ -8,7 +8,7 @@ gradients).
     source ../shared/tools/caffe-cpu/env.sh     # caffe.bin on PATH
     python bench/bench_vs_caffe.py [--nets lenet:64 alexnet:8 ...] [--iterations 10]
         [--rounds 3] [--threads 2] [--precision fp32|bf16] [--channels-last] [--layers]
-        [--json out.json] [--markdown out.md]
+        [--default-allocator] [--json out.json] [--markdown out.md]
 
 Nets (bench/zoo_nets.py): lenet:64, alexnet:8, alexnet:32, googlenet:8, resnet50:8,
 squeezenet11:8, mobilenet:8 by default. Each round runs caffe.bin, then the port; the
@@ -19,7 +19,9 @@ on the shapes of the run. Without caffe.bin on PATH the port alone is timed (a m
 says so). --precision bf16 runs the port under CPU autocast to bfloat16 (Caffe has no
 such mode: the ratio is then against Caffe's fp32). --channels-last runs the port's
 convolutions and pooling on NHWC tensors (CaffeNet.use_channels_last: the same values
-and blob shapes, other strides).
+and blob shapes, other strides). The port runs as the training commands run it: the
+solver's nets accumulate their diffs (CaffeNet.accumulate_diffs) and glibc keeps freed
+memory for the next iteration (ssdh_port.allocator; --default-allocator leaves it).
 """
 import argparse
 import os
@@ -36,6 +38,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from zoo_nets import NETS, write_net  # noqa: E402
 
+from ssdh_port.allocator import keep_freed_memory  # noqa: E402
 from ssdh_port.caffe.net import CaffeNet  # noqa: E402
 from ssdh_port.device import cpu_name  # noqa: E402
 from ssdh_port.fileio import write_json  # noqa: E402
@@ -139,10 +142,14 @@ def main(argv=None):
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--channels-last", action="store_true", help="the port in the NHWC layout")
     parser.add_argument("--layers", action="store_true", help="per-layer times of both sides")
+    parser.add_argument("--default-allocator", action="store_true",
+                        help="leave glibc's treatment of freed memory as it is (the training commands change it)")
     parser.add_argument("--json")
     parser.add_argument("--markdown")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if not args.default_allocator:
+        keep_freed_memory()  # as `ssdh train` and tools/train_net.py run the port
     have_caffe = shutil.which("caffe.bin") is not None
     if not have_caffe:
         print("caffe.bin is not on PATH (source ../shared/tools/caffe-cpu/env.sh): timing the port alone",
@@ -181,7 +188,7 @@ def main(argv=None):
             print(line(row), flush=True)
     result = {"machine": f"{cpu_name()}, {os.cpu_count()} CPUs", "threads": args.threads, "torch": torch.__version__,
               "gemm_gflops": gemm_gflops(args.threads),
-              "precision": args.precision, "channels_last": args.channels_last, "iterations": args.iterations, "rounds": args.rounds, "rows": rows}
+              "precision": args.precision, "channels_last": args.channels_last, "allocator": "glibc defaults" if args.default_allocator else "freed memory kept", "iterations": args.iterations, "rounds": args.rounds, "rows": rows}
     if args.json:
         write_json(args.json, result)
     if args.markdown:
@@ -236,7 +243,7 @@ def line(row):
 
 def markdown(result):
     lines = [f"Machine: {result['machine']}; {result['threads']} threads; torch {result['torch']}; port in "
-             f"{result['precision']}{', channels_last' if result.get('channels_last') else ''}; median of {result['rounds']} rounds of {result['iterations']} iterations.", "",
+             f"{result['precision']}{', channels_last' if result.get('channels_last') else ''}{'; ' + result['allocator'] if result.get('allocator') else ''}; median of {result['rounds']} rounds of {result['iterations']} iterations.", "",
              "| net, batch | forward Caffe / port | ratio | forward+backward Caffe / port | ratio |",
              "|---|---|---|---|---|"]
     for row in result["rows"]:

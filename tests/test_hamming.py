@@ -28,7 +28,7 @@ def _reference(q_bits, db_bits):
     return dist, order
 
 
-@pytest.mark.parametrize("bits", [1, 12, 24, 40, 48, 56, 64, 65, 128, 256, 512, 520, 1024, 4096])
+@pytest.mark.parametrize("bits", [1, 12, 24, 32, 40, 48, 56, 64, 65, 128, 256, 512, 520, 1024, 4096])
 @pytest.mark.parametrize("clustered", [False, True])
 def test_topk_matches_stable_sort(bits, clustered):
     # 300 codes: a partial last group of 8; 23 queries: blocks of 8, 4 and 1.
@@ -43,10 +43,10 @@ def test_topk_matches_stable_sort(bits, clustered):
     np.testing.assert_array_equal(ops.hamming_distance(q, db).numpy(), dist)
 
 
-@pytest.mark.parametrize("bits", [24, 48, 64, 128, 256, 512])
+@pytest.mark.parametrize("bits", [8, 16, 24, 32, 48, 64, 128, 256, 512])
 @pytest.mark.parametrize("rows, queries", [(257, 1), (4097, 6), (8195, 9)])
 def test_vector_scans_at_odd_sizes(bits, rows, queries):
-    """Rows four to a vector (up to 64 bits) and in pairs (128 bits) with the last rows
+    """Rows eight to a vector (up to 32 bits), four (up to 64 bits) and in pairs (128 bits) with the last rows
     apart, database blocks of 4,096 with a remainder, query groups of four with a
     remainder: the same as the definition."""
     db, db_bits = _codes(rows, bits, 5, clustered=True)

@@ -205,57 +205,85 @@ SSDH_AVX2 void scan_pairs(const uint8_t* queries, int n, const uint8_t* db, int6
   }
 }
 
-// Four consecutive codes of 1 to 8 bytes, each zero-extended into a 64-bit lane: rows
-// j, j + 1 from one 16-byte load, rows j + 2, j + 3 from another, spread by a byte
-// shuffle within each 128-bit half.
-struct FourCodes {
+// Consecutive codes of up to Lane bytes, each zero-extended into a lane of Lane (8 or
+// 4) bytes: the 32 / Lane rows from j on come from two 16-byte loads (rows j.. and
+// rows j + 16 / Lane..), spread by a byte shuffle within each 128-bit half; a lane
+// of 4 whole bytes is the row as it lies (one 32-byte load).
+template <int Lane>
+struct LaneCodes {
+  static constexpr int kRows = 32 / Lane;   // codes to a vector
+  static constexpr int kHalf = 16 / Lane;   // codes to a 128-bit half
   int64_t bytes;
   __m256i spread;
 
-  SSDH_AVX2 explicit FourCodes(int64_t code_bytes) : bytes(code_bytes) {
+  SSDH_AVX2 explicit LaneCodes(int64_t code_bytes) : bytes(code_bytes) {
     alignas(32) int8_t index[32];
     for (int half = 0; half < 2; ++half) {
-      for (int lane = 0; lane < 2; ++lane) {
-        for (int i = 0; i < 8; ++i) {
-          index[half * 16 + lane * 8 + i] = i < bytes ? static_cast<int8_t>(lane * bytes + i) : int8_t(-128);
+      for (int lane = 0; lane < kHalf; ++lane) {
+        for (int i = 0; i < Lane; ++i) {
+          index[half * 16 + lane * Lane + i] = i < bytes ? static_cast<int8_t>(lane * bytes + i) : int8_t(-128);
         }
       }
     }
     spread = _mm256_load_si256(reinterpret_cast<const __m256i*>(index));
   }
 
-  // Reads 2 * bytes + 16 bytes from `codes`.
+  // Reads kHalf * bytes + 16 bytes from `codes` (32 when Lane == bytes == 4).
   SSDH_AVX2 __attribute__((always_inline)) inline __m256i load(const uint8_t* codes) const {
+    if (Lane == 4 && bytes == 4) {
+      return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes));
+    }
     const __m128i first = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes));
-    const __m128i second = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + 2 * bytes));
+    const __m128i second = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + kHalf * bytes));
     return _mm256_shuffle_epi8(_mm256_set_m128i(second, first), spread);
+  }
+
+  // The popcount of each lane from its byte counts: VPSADBW for 8-byte lanes, two
+  // multiply-adds (VPMADDUBSW, VPMADDWD) for 4-byte ones.
+  SSDH_AVX2 __attribute__((always_inline)) static inline __m256i lane_sums(__m256i counts) {
+    if (Lane == 8) {
+      return _mm256_sad_epu8(counts, _mm256_setzero_si256());
+    }
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(counts, _mm256_set1_epi8(1)), _mm256_set1_epi16(1));
+  }
+
+  SSDH_AVX2 __attribute__((always_inline)) static inline __m256i broadcast(int64_t value) {
+    return Lane == 8 ? _mm256_set1_epi64x(value) : _mm256_set1_epi32(static_cast<int>(value));
+  }
+
+  // Bit i set when lane i's distance is above the bound.
+  SSDH_AVX2 __attribute__((always_inline)) static inline int over(__m256i d, __m256i bound) {
+    if (Lane == 8) {
+      return _mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(d, bound)));
+    }
+    return _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(d, bound)));
   }
 };
 
-}  // namespace
-
-// Codes of 1 to 8 bytes with AVX2: four database codes in the four lanes of a vector,
-// their nibbles split once for every query of the block; a query's four distances are
-// two lookups, an add and one VPSADBW (the byte sums of each lane), and one compare
-// against its bound rejects the four. The last rows (whose loads would run past the
-// block) go through the scalar loop.
-SSDH_AVX2 void scan_short_avx2(const uint64_t* queries, int n, const uint8_t* db, int64_t bytes, int64_t first,
-                               int64_t last, Candidates* c) {
-  const FourCodes loader(bytes);
+// The scan of codes of up to Lane bytes: kRows database codes to a vector, their
+// nibbles split once for every query of the block; a query's kRows distances are two
+// lookups, an add and the lane sums, and one compare against its bound rejects them
+// all. The last rows (whose loads would run past the block) go through the scalar loop.
+template <int Lane>
+SSDH_AVX2 void scan_lanes(const uint64_t* queries, int n, const uint8_t* db, int64_t bytes, int64_t first,
+                          int64_t last, Candidates* c) {
+  using Codes = LaneCodes<Lane>;
+  const Codes loader(bytes);
   const __m256i low4 = _mm256_set1_epi8(0x0f);
   const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
                                          0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
-  const __m256i zero = _mm256_setzero_si256();
+  const int all_over = (1 << Codes::kRows) - 1;
   AlignedArray<Nibbles> query(n);
   AlignedArray<Bounds> bounds(n);
   for (int q = 0; q < n; ++q) {
-    const __m256i word = _mm256_set1_epi64x(static_cast<long long>(queries[q]));
+    const __m256i word = Lane == 8 ? _mm256_set1_epi64x(static_cast<long long>(queries[q]))
+                                   : _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(queries[q])));
     query[q] = {_mm256_and_si256(word, low4), _mm256_and_si256(_mm256_srli_epi16(word, 4), low4)};
-    bounds[q].v = _mm256_set1_epi64x(c[q].bound);
+    bounds[q].v = Codes::broadcast(c[q].bound);
   }
-  // Rows j.. j + 3 load 2 * bytes + 16 bytes from row j: within the block while j + 20 <= last.
+  // The loads stay within the block: (j + kHalf) * bytes + 16 <= last * bytes.
   int64_t j = first;
-  for (; j + 20 <= last; j += 4) {
+  for (; j + Codes::kRows <= last && (j + Codes::kHalf) * bytes + 16 <= last * bytes; j += Codes::kRows) {
     const __m256i codes = loader.load(db + j * bytes);
     const __m256i lo = _mm256_and_si256(codes, low4);
     const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(codes, 4), low4);
@@ -263,17 +291,19 @@ SSDH_AVX2 void scan_short_avx2(const uint64_t* queries, int n, const uint8_t* db
       const __m256i counts =
           _mm256_add_epi8(_mm256_shuffle_epi8(table, _mm256_xor_si256(lo, query[q].lo)),
                           _mm256_shuffle_epi8(table, _mm256_xor_si256(hi, query[q].hi)));
-      const __m256i d = _mm256_sad_epu8(counts, zero);
-      const int over = _mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(d, bounds[q].v)));
-      if (__builtin_expect(over != 0xF, 0)) {
-        alignas(32) long long dist[4];
-        _mm256_store_si256(reinterpret_cast<__m256i*>(dist), d);
-        for (int lane = 0; lane < 4; ++lane) {
-          if (!(over >> lane & 1) && dist[lane] <= c[q].bound) {
-            add_candidate(c[q], j + lane, static_cast<int>(dist[lane]));
+      const __m256i d = Codes::lane_sums(counts);
+      const int over = Codes::over(d, bounds[q].v);
+      if (__builtin_expect(over != all_over, 0)) {
+        alignas(32) int64_t dist8[4];
+        alignas(32) int32_t dist4[8];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(Lane == 8 ? static_cast<void*>(dist8) : dist4), d);
+        for (int lane = 0; lane < Codes::kRows; ++lane) {
+          const int dist = Lane == 8 ? static_cast<int>(dist8[lane]) : dist4[lane];
+          if (!(over >> lane & 1) && dist <= c[q].bound) {
+            add_candidate(c[q], j + lane, dist);
           }
         }
-        bounds[q].v = _mm256_set1_epi64x(c[q].bound);
+        bounds[q].v = Codes::broadcast(c[q].bound);
       }
     }
   }
@@ -287,6 +317,18 @@ SSDH_AVX2 void scan_short_avx2(const uint64_t* queries, int n, const uint8_t* db
       }
     }
   }
+}
+
+}  // namespace
+
+// Codes of 1 to 8 bytes with AVX2: eight to a vector up to 4 bytes (32 bits), four
+// up to 8 (scan_lanes).
+SSDH_AVX2 void scan_short_avx2(const uint64_t* queries, int n, const uint8_t* db, int64_t bytes, int64_t first,
+                               int64_t last, Candidates* c) {
+  if (bytes <= 4) {
+    return scan_lanes<4>(queries, n, db, bytes, first, last, c);
+  }
+  return scan_lanes<8>(queries, n, db, bytes, first, last, c);
 }
 
 bool long_scan_avx2_fits(int64_t bytes) {
