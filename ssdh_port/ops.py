@@ -417,7 +417,7 @@ def _(queries, database, query_labels, database_labels, k, exact):
 # ---------------------------------------------------------------- layers
 
 
-class _LRNAcrossChannels(torch.autograd.Function):
+class _NativeLRN(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, size, alpha, beta, k):
         top, scale = torch.ops.ssdh.lrn_across_channels(x, size, alpha, beta, k)
@@ -443,7 +443,7 @@ def lrn_across_channels(x: Tensor, size: int, alpha: float, beta: float, k: floa
                         f"{x.dtype} {tuple(x.shape)} on {x.device}")
     if size < 1 or size % 2 == 0:
         raise SSDHError(f"lrn_across_channels: size must be odd and positive, got {size}")
-    return _LRNAcrossChannels.apply(x, int(size), float(alpha), float(beta), float(k))
+    return _NativeLRN.apply(x, int(size), float(alpha), float(beta), float(k))
 
 
 @torch.library.register_fake("ssdh::lrn_across_channels")

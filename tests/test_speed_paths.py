@@ -14,7 +14,7 @@ from torch.nn import functional as F
 
 from ssdh_port import ops
 from ssdh_port.caffe import layers
-from ssdh_port.caffe.layers import _LRNAcrossChannels
+from ssdh_port.caffe.layers import _LRNFormula
 from ssdh_port.caffe.net import CaffeNet
 from ssdh_port.errors import SSDHError
 
@@ -50,9 +50,9 @@ def test_native_lrn_is_the_formula(n, beta):
 @pytest.mark.parametrize("n", [1, 3, 5])
 def test_lrn_backward_is_the_formulas(n):
     x = torch.randn(2, 7, 3, 4, dtype=torch.double, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda t: _LRNAcrossChannels.apply(t, n, 0.3, 0.75, 2.0), (x,))
+    assert torch.autograd.gradcheck(lambda t: _LRNFormula.apply(t, n, 0.3, 0.75, 2.0), (x,))
     grad = torch.randn(2, 7, 3, 4, dtype=torch.double)
-    ours = torch.autograd.grad(_LRNAcrossChannels.apply(x, n, 0.3, 0.75, 2.0), x, grad)[0]
+    ours = torch.autograd.grad(_LRNFormula.apply(x, n, 0.3, 0.75, 2.0), x, grad)[0]
     theirs = torch.autograd.grad(lrn_by_formula(x, n, 0.3, 0.75, 2.0), x, grad)[0]
     torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
 

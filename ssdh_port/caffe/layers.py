@@ -370,7 +370,7 @@ def _channel_window_sum(t, size):
     return out
 
 
-class _LRNAcrossChannels(torch.autograd.Function):
+class _LRNFormula(torch.autograd.Function):
     """Caffe's cross-channel LRN with its own backward (CrossChannelBackward_cpu), for
     devices without the native op (ops.lrn_across_channels, the CPU's):
     scale = k + alpha / n * (window sum of x^2), top = x * scale^-beta;
@@ -413,7 +413,7 @@ class LRN(CaffeLayer):
                 raise self.error(f"LRN needs an N x C x H x W bottom, got {tuple(x.shape)}")
             if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
                 return (ops.lrn_across_channels(x, n, self.alpha, self.beta, self.k),)
-            return (_LRNAcrossChannels.apply(x, n, self.alpha, self.beta, self.k),)
+            return (_LRNFormula.apply(x, n, self.alpha, self.beta, self.k),)
         # WITHIN_CHANNEL: Caffe's AVE pooling of x^2 (n x n, pad (n-1)/2), then
         # (1 + alpha * avg)^-beta.
         pad = (n - 1) // 2

@@ -69,7 +69,7 @@ def image_files(images_dir):
     return found
 
 
-def gallery_names(images_dir, gallery=None):
+def gallery_images(images_dir, gallery=None):
     """The gallery's image names, in gallery order: the lines of a gallery file
     (default images_dir/../gallery.txt when there is one), else every image of the
     folder in name order."""
@@ -124,7 +124,7 @@ def _l2_set_distance(query, gallery, owners, images):
 def evaluate_instances(coder, images_dir, gt_dir, levels=3, gallery=None, progress=True):
     """InstanceEvaluation of a ground-truth folder: four searches, mean AP and ms per query."""
     queries = read_ground_truth(gt_dir)
-    names, files = gallery_names(images_dir, gallery)
+    names, files = gallery_images(images_dir, gallery)
     missing = sorted({q.image for q in queries} - set(files))
     if missing:
         raise SSDHError(f"{gt_dir}: query images {missing[:3]} are not in {images_dir}")
