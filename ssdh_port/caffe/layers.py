@@ -907,7 +907,7 @@ class Eltwise(CaffeLayer):
         out = xs[0] * coeff[0] if coeff[0] != 1.0 else xs[0]
         for c, x in zip(coeff[1:], xs[1:]):
             out = torch.add(out, x, alpha=c)
-        return (out if len(xs) > 1 or coeff[0] != 1.0 else out.clone(),)
+        return (out.clone() if out is xs[0] else out,)  # a copy, as Caffe's top is its own blob
 
 
 @register("Reduction")
