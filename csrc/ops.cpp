@@ -126,6 +126,10 @@ TORCH_LIBRARY(ssdh, m) {
       "_lrn_across_channels_backward(Tensor grad, Tensor x, Tensor top, Tensor scale, int size, "
       "float alpha, float beta) -> Tensor");
   m.def("linear_small_batch(Tensor x, Tensor weight) -> Tensor");
+  m.def(
+      "max_pool2d_with_mask(Tensor x, int[2] kernel, int[2] stride, int[2] pad, int[2] out_size) -> "
+      "(Tensor, Tensor)");
+  m.def("_max_pool2d_with_mask_backward(Tensor grad, Tensor mask, int[2] in_size) -> Tensor");
   m.def("linear_small_batch_input_grad(Tensor grad, Tensor weight) -> Tensor");
 }
 

@@ -42,6 +42,11 @@ on an N x C x H x W tensor (float32 / float64, CPU), with Caffe's own backward
 rows x (M x K) against a large weight (N x K), float32 on the CPU, reading the weight
 once per pass (differentiable once; ``linear_small_batch_input_grad(grad, weight)`` is
 its input gradient, grad . weight). Caffe's InnerProduct uses them at small batch.
+``max_pool2d_with_mask(x, kernel, stride, pad, out_size)`` -- Caffe's MAX pooling of an
+N x C x H x W tensor (float32 / float64, CPU): windows clipped to the map, the first
+maximum in row-major order (strict >; NaN never wins), and the mask of its flat
+indices h * W + w (int32, -1 where no value beat the lowest float); differentiable
+once, with Caffe's backward (each top gradient added at its mask index).
 """
 import torch
 from torch import Tensor, nn
@@ -64,6 +69,7 @@ __all__ = [
     "lrn_across_channels",
     "linear_small_batch",
     "linear_small_batch_input_grad",
+    "max_pool2d_with_mask",
     "ForcingBinaryLoss",
     "FireRateLoss",
     "MaxMarginMultiLabelLoss",
@@ -504,3 +510,55 @@ def _(x, weight):
 @torch.library.register_fake("ssdh::linear_small_batch_input_grad")
 def _(grad, weight):
     return grad.new_empty((grad.shape[0], weight.shape[1]))
+
+
+class _MaxPoolWithMask(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, kernel, stride, pad, out_size):
+        top, mask = torch.ops.ssdh.max_pool2d_with_mask(x, kernel, stride, pad, out_size)
+        ctx.save_for_backward(mask)
+        ctx.in_size = (x.shape[2], x.shape[3])
+        ctx.mark_non_differentiable(mask)
+        return top, mask
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad, _mask_grad):
+        (mask,) = ctx.saved_tensors
+        return torch.ops.ssdh._max_pool2d_with_mask_backward(grad, mask, ctx.in_size), None, None, None, None
+
+
+def _pair(value, name):
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, int) for v in pair):
+        raise SSDHError(f"max_pool2d_with_mask: {name} takes an int or two (height, width), got {value!r}")
+    return pair
+
+
+def max_pool2d_with_mask(x: Tensor, kernel, stride, pad, out_size) -> tuple[Tensor, Tensor]:
+    """Caffe's MAX pooling (PoolingLayer) of an N x C x H x W float32 / float64 CPU
+    tensor: output (ph, pw) is the maximum over rows [ph * stride - pad, + kernel) and
+    the columns alike, clipped to the map; out_size (OH, OW) is given by the caller
+    (Caffe's rounding). Returns (top, mask):
+    mask holds the flat index h * W + w of each maximum (int32; the first in row-major
+    order on ties; -1 where nothing beat the lowest float -- a window of NaN or one
+    past the map's end -- and top is then that value).
+    The backward adds each top gradient at its mask index (Caffe's), once
+    differentiable."""
+    if x.dim() != 4 or x.dtype not in (torch.float32, torch.float64) or x.device.type != "cpu":
+        raise SSDHError(f"max_pool2d_with_mask: expected an N x C x H x W float32 / float64 CPU tensor, got "
+                        f"{x.dtype} {tuple(x.shape)} on {x.device}")
+    sizes = [_pair(v, name) for v, name in ((kernel, "kernel"), (stride, "stride"), (pad, "pad"),
+                                             (out_size, "out_size"))]
+    return _MaxPoolWithMask.apply(x, *sizes)
+
+
+@torch.library.register_fake("ssdh::max_pool2d_with_mask")
+def _(x, kernel, stride, pad, out_size):
+    shape = (x.shape[0], x.shape[1], out_size[0], out_size[1])
+    return x.new_empty(shape), x.new_empty(shape, dtype=torch.int32)
+
+
+@torch.library.register_fake("ssdh::_max_pool2d_with_mask_backward")
+def _(grad, mask, in_size):
+    return grad.new_empty((grad.shape[0], grad.shape[1], in_size[0], in_size[1]))

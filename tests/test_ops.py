@@ -230,6 +230,11 @@ def _opcheck_samples():
         # Forward-only kernels under a Python Function too (ops.linear_small_batch).
         (torch.ops.ssdh.linear_small_batch.default, (fc_x, fc_w)),
         (torch.ops.ssdh.linear_small_batch_input_grad.default, (torch.randn(5, 11), fc_w)),
+        # and ops.max_pool2d_with_mask.
+        (torch.ops.ssdh.max_pool2d_with_mask.default, (lrn_x, [2, 3], [1, 2], [1, 1], [4, 2])),
+        (torch.ops.ssdh._max_pool2d_with_mask_backward.default,
+         (torch.randn(2, 7, 4, 2, dtype=torch.float64),
+          torch.ops.ssdh.max_pool2d_with_mask(lrn_x, [2, 3], [1, 2], [1, 1], [4, 2])[1], [3, 4])),
     ]
 
 
@@ -390,6 +395,8 @@ def test_cuda_bad_labels_give_nan_and_device_mix_is_refused():
 @cuda
 def test_cuda_opcheck():
     for op, args in _opcheck_samples():
+        if not torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CUDA"):
+            continue  # a CPU-only op (the Caffe layers' kernels)
         cuda_args = tuple(
             t.detach().cuda().requires_grad_(t.requires_grad) if isinstance(t, torch.Tensor) else t
             for t in args

@@ -2,7 +2,8 @@
 formula autograd would differentiate), BatchNorm through torch's fused kernel
 (the blobs' running sums as Caffe keeps them, one value per channel), InnerProduct
 at small batch (the weight read once per pass) with Caffe's diffs accumulated in
-place, and the opt-in bf16 encoding (close to float32, not equal)."""
+place, MAX pooling through the separable native kernel (Caffe's scan order, mask and
+backward), and the opt-in bf16 encoding (close to float32, not equal)."""
 import os
 import subprocess
 import sys
@@ -141,19 +142,26 @@ def test_small_batch_linear_kernels_on_strided_inputs_and_errors():
         ops.linear_small_batch_input_grad(x, w)
 
 
+PORTABLE_BUILDS = [
+    ("SSDH_CPU_LINEAR", "small_batch_linear_kernels or inner_product",
+     "o.linear_small_batch(torch.ones(1, 1), torch.ones(1, 1))"),
+    ("SSDH_CPU_POOL", "max_pool", "o.max_pool2d_with_mask(torch.ones(1, 1, 2, 2), 2, 2, 0, 1)"),
+]
+
+
 @pytest.mark.slow
-def test_portable_linear_build():
+@pytest.mark.parametrize("variable, tests, call", PORTABLE_BUILDS, ids=["linear", "pool"])
+def test_portable_builds(variable, tests, call):
     """The loops a CPU without AVX2 / FMA runs, through the same tests; a bad name."""
-    env = dict(os.environ, SSDH_CPU_LINEAR="generic")
+    env = dict(os.environ, **{variable: "generic"})
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-                             "-k", "small_batch_linear_kernels or inner_product"],
-                            env=env, capture_output=True, text=True)
+                             "-k", f"({tests}) and not portable"], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert " passed" in result.stdout
-    env["SSDH_CPU_LINEAR"] = "sse9"
-    code = "import torch, ssdh_port.ops as o; o.linear_small_batch(torch.ones(1, 1), torch.ones(1, 1))"
+    env[variable] = "sse9"
+    code = f"import torch, ssdh_port.ops as o; {call}"
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert result.returncode != 0 and "SSDH_CPU_LINEAR must be generic or avx2, got 'sse9'" in result.stderr
+    assert result.returncode != 0 and f"{variable} must be generic or avx2, got 'sse9'" in result.stderr
 
 
 IP_NET = """
@@ -232,3 +240,148 @@ def test_inner_product_function_gradcheck():
     w = torch.randn(4, 6, dtype=torch.double, requires_grad=True)
     b = torch.randn(4, dtype=torch.double, requires_grad=True)
     assert torch.autograd.gradcheck(lambda *t: layers._InnerProductFunction.apply(*t, None), (x, w, b))
+
+
+# ---------------------------------------------------------------- MAX pooling
+
+
+def caffe_max_pool_loops(x, kernel, stride, pad, out_size):
+    """PoolingLayer::Forward_cpu's MAX loops as Caffe writes them: each window clipped
+    to the map, scanned row by row with a strict > from -FLT_MAX, mask -1 until a
+    value beats it."""
+    n, c, h, w = x.shape
+    lowest = torch.finfo(x.dtype).min
+    top = torch.full((n, c, *out_size), lowest, dtype=x.dtype)
+    mask = torch.full((n, c, *out_size), -1, dtype=torch.int32)
+    xs = x.tolist()
+    for b in range(n):
+        for ch in range(c):
+            plane = xs[b][ch]
+            for i in range(out_size[0]):
+                hs = i * stride[0] - pad[0]
+                he, hs = min(hs + kernel[0], h), max(hs, 0)
+                for j in range(out_size[1]):
+                    ws = j * stride[1] - pad[1]
+                    we, ws = min(ws + kernel[1], w), max(ws, 0)
+                    best, at = lowest, -1
+                    for r in range(hs, he):
+                        for col in range(ws, we):
+                            if plane[r][col] > best:
+                                best, at = plane[r][col], r * w + col
+                    top[b, ch, i, j], mask[b, ch, i, j] = best, at
+    return top, mask
+
+
+def caffe_max_pool_backward_loops(grad, mask, in_size):
+    out = torch.zeros(*grad.shape[:2], in_size[0] * in_size[1], dtype=grad.dtype)
+    for b in range(grad.shape[0]):
+        for ch in range(grad.shape[1]):
+            for g, m in zip(grad[b, ch].flatten().tolist(), mask[b, ch].flatten().tolist()):
+                if m >= 0:
+                    out[b, ch, m] += g
+    return out.view(*grad.shape[:2], *in_size)
+
+
+# (map h, w), kernel, stride, pad: the built sizes (3 x 3 and 2 x 2 at strides 1 and
+# 2) at odd widths, rectangular and runtime sizes, pad, a whole-map window, strides
+# above the kernel (windows past the map).
+POOL_GEOMETRIES = [
+    ((7, 9), (3, 3), (2, 2), (0, 0)),
+    ((8, 19), (3, 3), (2, 2), (1, 1)),
+    ((8, 8), (3, 3), (1, 1), (1, 1)),
+    ((6, 21), (2, 2), (2, 2), (0, 0)),
+    ((9, 10), (3, 2), (2, 3), (1, 1)),
+    ((11, 13), (4, 3), (3, 1), (2, 1)),
+    ((5, 5), (5, 5), (1, 1), (0, 0)),
+    ((5, 7), (1, 2), (3, 4), (0, 0)),
+    ((1, 30), (1, 3), (1, 2), (0, 1)),
+]
+
+
+@pytest.mark.parametrize("size, kernel, stride, pad", POOL_GEOMETRIES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_max_pool_kernel_is_caffes_scan(size, kernel, stride, pad, dtype):
+    """ops.max_pool2d_with_mask against Caffe's loops: ties (small integers: the first
+    maximum in row-major order), NaN and -inf that never win, windows of nothing but
+    NaN or past the map (lowest value, mask -1); the backward against Caffe's scatter,
+    which skips mask -1."""
+    from ssdh_port.caffe.layers import caffe_pool_size
+
+    g = torch.Generator().manual_seed(sum(size) + sum(kernel))
+    x = torch.randint(-2, 3, (2, 3, *size), generator=g).to(dtype)
+    flat = x.view(-1)
+    flat[torch.randperm(flat.numel(), generator=g)[:5]] = float("nan")
+    flat[torch.randperm(flat.numel(), generator=g)[:3]] = float("-inf")
+    x[1, 2] = float("nan")  # a map of NaN: every window empty of winners
+    out_size = tuple(caffe_pool_size(n, k, s, p) for n, k, s, p in zip(size, kernel, stride, pad))
+    x.requires_grad_(True)
+    top, mask = ops.max_pool2d_with_mask(x, kernel, stride, pad, out_size)
+    expected_top, expected_mask = caffe_max_pool_loops(x.detach(), kernel, stride, pad, out_size)
+    assert torch.equal(mask, expected_mask)
+    assert torch.equal(top.detach(), expected_top)
+    assert (mask[1, 2] == -1).all() and (top[1, 2] == torch.finfo(dtype).min).all()
+    assert mask.dtype == torch.int32 and not mask.requires_grad
+    grad = torch.randn(top.shape, dtype=dtype, generator=g)
+    (got,) = torch.autograd.grad(top, x, grad)
+    expected = caffe_max_pool_backward_loops(grad, expected_mask, size)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_max_pool_kernel_gradcheck_and_threads():
+    x = torch.randn(2, 3, 9, 11, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: ops.max_pool2d_with_mask(t, 3, 2, 1, (5, 6))[0], (x,))
+    big = torch.randn(4, 16, 37, 41)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = ops.max_pool2d_with_mask(big, 3, 2, 0, (18, 20))
+        torch.set_num_threads(2)
+        two = ops.max_pool2d_with_mask(big, 3, 2, 0, (18, 20))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+
+
+def test_max_pool_kernel_errors():
+    x = torch.randn(1, 2, 5, 5)
+    with pytest.raises(SSDHError, match="expected an N x C x H x W float32 / float64 CPU tensor, got torch.int64"):
+        ops.max_pool2d_with_mask(x.long(), 2, 2, 0, (3, 3))
+    with pytest.raises(SSDHError, match="kernel takes an int or two"):
+        ops.max_pool2d_with_mask(x, (2, 2, 2), 2, 0, (3, 3))
+    with pytest.raises(RuntimeError, match=r"pad \[2, 2\] must be non-negative and smaller than the kernel"):
+        ops.max_pool2d_with_mask(x, 2, 2, 2, (3, 3))
+    with pytest.raises(RuntimeError, match="out_size must be positive"):
+        ops.max_pool2d_with_mask(x, 2, 2, 0, (0, 3))
+    _, mask = ops.max_pool2d_with_mask(x, 2, 2, 0, (3, 3))
+    bad = mask.clone()
+    bad[0, 1, 2, 2] = 25
+    with pytest.raises(RuntimeError, match=r"indices outside the 5 x 5 map \(expected -1 or 0 .. 24\)"):
+        torch.ops.ssdh._max_pool2d_with_mask_backward(torch.ones(1, 2, 3, 3), bad, [5, 5])
+    with pytest.raises(RuntimeError, match="the mask must be int32"):
+        torch.ops.ssdh._max_pool2d_with_mask_backward(torch.ones(1, 2, 3, 3), mask.long(), [5, 5])
+
+
+POOL_NET = """
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 4 dim: 13 dim: 12 } } }
+layer { name: "pool" type: "Pooling" bottom: "data" top: "pool" %s
+  pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: %d } }
+"""
+
+
+@pytest.mark.parametrize("pad", [0, 1, 2])
+@pytest.mark.parametrize("mask_top", [False, True])
+def test_pooling_layer_native_and_torch_paths_agree(pad, mask_top):
+    """The Pooling layer takes the native kernel for contiguous CPU float maps and
+    torch's max_pool2d elsewhere (channels-last here): the same tops and gradients on
+    maps without NaN (pad 2 goes through torch's padded copy)."""
+    net = CaffeNet(POOL_NET % ('top: "mask"' if mask_top else "", pad), "TRAIN")
+    x = torch.randn(2, 4, 13, 12, requires_grad=True)
+    x_last = x.detach().to(memory_format=torch.channels_last).requires_grad_(True)
+    assert layers._native_max_pool(x) and not layers._native_max_pool(x_last)
+    native, torch_path = net(data=x), net(data=x_last)
+    for name in ("pool", "mask") if mask_top else ("pool",):
+        assert torch.equal(native[name].detach(), torch_path[name].detach().contiguous())
+    grad = torch.randn(native["pool"].shape)
+    (a,) = torch.autograd.grad(native["pool"], x, grad)
+    (b,) = torch.autograd.grad(torch_path["pool"], x_last, grad)
+    torch.testing.assert_close(a, b.contiguous(), rtol=0, atol=0)

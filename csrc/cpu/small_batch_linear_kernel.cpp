@@ -29,6 +29,8 @@
 #include <cstring>
 #include <utility>
 
+#include "cpu_features.h"
+
 #define SSDH_AVX2_FMA __attribute__((target("avx2,fma")))
 
 namespace ssdh {
@@ -38,19 +40,9 @@ namespace {
 constexpr int64_t kRowBlock = 8;     // input rows held at once (forward) / weight rows (input grad)
 constexpr int64_t kColumnChunk = 512;  // input-grad columns per task: 8 weight rows x 2 KB in L1
 
-// AVX2 + FMA when the CPU has them; SSDH_CPU_LINEAR=generic|avx2 picks one (avx2 only
-// where the CPU has it).
+// AVX2 + FMA when the CPU has them; SSDH_CPU_LINEAR=generic|avx2 picks one.
 bool use_avx2() {
-  static const bool avx2 = [] {
-    const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    const char* wanted = std::getenv("SSDH_CPU_LINEAR");
-    if (wanted == nullptr || *wanted == '\0') return has;
-    TORCH_CHECK(std::strcmp(wanted, "generic") == 0 || std::strcmp(wanted, "avx2") == 0,
-                "SSDH_CPU_LINEAR must be generic or avx2, got '", wanted, "'");
-    TORCH_CHECK(std::strcmp(wanted, "generic") == 0 || has,
-                "SSDH_CPU_LINEAR=avx2: this CPU lacks AVX2 or FMA");
-    return std::strcmp(wanted, "avx2") == 0;
-  }();
+  static const bool avx2 = avx2_wanted("SSDH_CPU_LINEAR");
   return avx2;
 }
 

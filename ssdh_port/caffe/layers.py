@@ -256,10 +256,26 @@ def caffe_pool_size(size, kernel, stride, pad, ceil_mode=True):
     return out
 
 
+def _native_max_pool(x):
+    """Whether the native kernel pools x: contiguous N x C x H x W float32 / float64 on
+    the CPU. Elsewhere torch's max_pool2d does (NaN propagates there, and a window of
+    -inf gives -inf where Caffe gives the lowest float)."""
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.is_contiguous()
+
+
+def _max_pool_native(x, kernel, stride, pad, ceil_mode):
+    h, w = x.shape[-2:]
+    out_size = (caffe_pool_size(h, kernel[0], stride[0], pad[0], ceil_mode),
+                caffe_pool_size(w, kernel[1], stride[1], pad[1], ceil_mode))
+    return ops.max_pool2d_with_mask(x, tuple(kernel), tuple(stride), tuple(pad), out_size)
+
+
 def caffe_pool(x, method, kernel, stride, pad, ceil_mode=True):
     """MAX / AVE pooling with Caffe's sizes; AVE divides by the window clipped to
     the padded bounds (H + pad), computed before clipping to the image."""
     (kh, kw), (ph, pw) = kernel, pad
+    if method == "MAX" and _native_max_pool(x):
+        return _max_pool_native(x, kernel, stride, pad, ceil_mode)[0]
     if 2 * ph <= kh and 2 * pw <= kw:
         # torch's pooling has Caffe's rules wherever it accepts the padding: the same
         # ceil size with the same "no window starts in the padding" correction, MAX
@@ -343,6 +359,9 @@ def caffe_max_pool_with_mask(x, kernel, stride, pad, ceil_mode=True):
     """MAX pooling and Caffe's mask top: for each output, the flat index h * W + w
     into its input map of the maximum (the first one in row-major order on ties,
     as Caffe scans the window), as a float blob."""
+    if _native_max_pool(x):
+        out, mask = _max_pool_native(x, kernel, stride, pad, ceil_mode)
+        return out, mask.to(x.dtype)
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, pad
     if 2 * ph <= kh and 2 * pw <= kw:
         # torch's indices are Caffe's mask already (flat into the input map, first maximum).

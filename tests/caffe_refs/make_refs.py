@@ -76,6 +76,28 @@ def cases():
             {"x": rand(rng, (2, 3, 7, 9))},
             f'layer {{ name: "spp" type: "SPP" bottom: "x" top: "y" '
             f'spp_param {{ pyramid_height: {height} pool: {method} }} }}', {})
+    # MAX pooling: ties (small integers) and NaN / -inf that never win; every window
+    # rule: ceil rounding with and without pad, stride 1, rectangular, FLOOR, global,
+    # the mask as a second top.
+    x = rng.integers(-2, 3, (2, 3, 9, 11)).astype(np.float32)
+    x[0, 0, 0, 0] = x[1, 2, 4, 5] = x[0, 1, 8, 9] = np.nan
+    x[0, 2, 3, 3] = x[1, 0, 0, 1] = -np.inf
+    pool = 'layer {{ name: "{0}" type: "Pooling" bottom: "x" top: "{0}"{2} pooling_param {{ pool: MAX {1} }} }}'
+    c["max_pool"] = ({"x": x}, "\n".join([
+        pool.format("k3s2", "kernel_size: 3 stride: 2", ""),
+        pool.format("k3s1p1", "kernel_size: 3 stride: 1 pad: 1", ""),
+        pool.format("k2s2", "kernel_size: 2 stride: 2", ""),
+        pool.format("k3s2p1", "kernel_size: 3 stride: 2 pad: 1", ' top: "k3s2p1_mask"'),
+        pool.format("rect", "kernel_h: 4 kernel_w: 2 stride_h: 3 stride_w: 1 pad_h: 2 pad_w: 1", ""),
+        pool.format("floor", "kernel_size: 3 stride: 2 pad: 1 round_mode: FLOOR", ""),
+        pool.format("global", "global_pooling: true", ' top: "global_mask"')]), {})
+    # Ceil rounding with a stride above the kernel: the last windows start past the
+    # map (Caffe's top there is -FLT_MAX, mask -1; its backward would write before the
+    # map, so this case is forward only).
+    c["max_pool_past_end"] = ({"x": rand(rng, (2, 2, 5, 7))}, "\n".join([
+        pool.format("k1s3", "kernel_size: 1 stride: 3", ' top: "k1s3_mask"'),
+        pool.format("k2s4", "kernel_h: 2 kernel_w: 1 stride_h: 4 stride_w: 3", "")]),
+        {"force_backward": False})
     # Caffe refuses a gradient to Embed's input (so no force_backward): a loss drives it.
     loss = 'layer { name: "loss" type: "EuclideanLoss" bottom: "y" bottom: "target" top: "loss" }'
     c["embed"] = ({"i": rng.integers(0, 7, (2, 3)).astype(np.float32), "target": rand(rng, (2, 3, 4))},
