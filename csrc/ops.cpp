@@ -130,6 +130,8 @@ TORCH_LIBRARY(ssdh, m) {
       "max_pool2d_with_mask(Tensor x, int[2] kernel, int[2] stride, int[2] pad, int[2] out_size) -> "
       "(Tensor, Tensor)");
   m.def("_max_pool2d_with_mask_backward(Tensor grad, Tensor mask, int[2] in_size) -> Tensor");
+  m.def("channel_scale(Tensor x, Tensor scale, Tensor? bias) -> Tensor");
+  m.def("_channel_scale_backward(Tensor grad, Tensor x, Tensor scale) -> (Tensor, Tensor, Tensor)");
   m.def("linear_small_batch_input_grad(Tensor grad, Tensor weight) -> Tensor");
 }
 

@@ -47,6 +47,9 @@ N x C x H x W tensor (float32 / float64, CPU): windows clipped to the map, the f
 maximum in row-major order (strict >; NaN never wins), and the mask of its flat
 indices h * W + w (int32, -1 where no value beat the lowest float); differentiable
 once, with Caffe's backward (each top gradient added at its mask index).
+``channel_scale(x, scale, bias=None)`` -- Caffe's Scale layer (with its bias) on x
+viewed as outer x C x inner: ``x * scale[c] (+ bias[c])``, float32 / float64 on the CPU,
+the backward's three gradients in one pass over the top gradient and x.
 """
 import torch
 from torch import Tensor, nn
@@ -70,6 +73,7 @@ __all__ = [
     "linear_small_batch",
     "linear_small_batch_input_grad",
     "max_pool2d_with_mask",
+    "channel_scale",
     "ForcingBinaryLoss",
     "FireRateLoss",
     "MaxMarginMultiLabelLoss",
@@ -562,3 +566,49 @@ def _(x, kernel, stride, pad, out_size):
 @torch.library.register_fake("ssdh::_max_pool2d_with_mask_backward")
 def _(grad, mask, in_size):
     return grad.new_empty((grad.shape[0], grad.shape[1], in_size[0], in_size[1]))
+
+
+class _ChannelScale(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale, bias):
+        ctx.save_for_backward(x, scale)
+        return torch.ops.ssdh.channel_scale(x, scale, bias)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, scale = ctx.saved_tensors
+        grad_x, grad_scale, grad_bias = torch.ops.ssdh._channel_scale_backward(grad, x, scale)
+        wanted = ctx.needs_input_grad
+        return (grad_x if wanted[0] else None, grad_scale if wanted[1] else None,
+                grad_bias if wanted[2] else None)
+
+
+def channel_scale(x: Tensor, scale: Tensor, bias: Tensor | None = None) -> Tensor:
+    """Caffe's Scale layer (ScaleLayer, with BiasLayer's bias): x is outer x C x inner
+    (3-D), scale and bias are C-vectors, top = x * scale[c] (+ bias[c]); float32 /
+    float64 on the CPU. Differentiable once: the gradients of x, scale and bias come
+    from one pass over the top gradient and x (the scale's is sum(grad * x) over outer
+    and inner, the bias's sum(grad)), each channel summed in a fixed order."""
+    for name, t in (("x", x), ("scale", scale), ("bias", bias)):
+        if t is not None and (t.dtype not in (torch.float32, torch.float64) or t.device.type != "cpu"):
+            raise SSDHError(f"channel_scale: expected float32 / float64 CPU tensors, {name} is {t.dtype} "
+                            f"on {t.device}")
+    if x.dim() != 3 or scale.shape != (x.shape[1],) or (bias is not None and bias.shape != scale.shape):
+        raise SSDHError(f"channel_scale: expected x outer x C x inner and C-vectors, got x {tuple(x.shape)}, "
+                        f"scale {tuple(scale.shape)}" + ("" if bias is None else f", bias {tuple(bias.shape)}"))
+    if scale.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype):
+        raise SSDHError(f"channel_scale: x, scale and bias must share a dtype, got {x.dtype}, {scale.dtype}"
+                        + ("" if bias is None else f", {bias.dtype}"))
+    return _ChannelScale.apply(x, scale, bias)
+
+
+@torch.library.register_fake("ssdh::channel_scale")
+def _(x, scale, bias):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("ssdh::_channel_scale_backward")
+def _(grad, x, scale):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), scale.new_empty(scale.shape), \
+        scale.new_empty(scale.shape)

@@ -235,6 +235,11 @@ def _opcheck_samples():
         (torch.ops.ssdh._max_pool2d_with_mask_backward.default,
          (torch.randn(2, 7, 4, 2, dtype=torch.float64),
           torch.ops.ssdh.max_pool2d_with_mask(lrn_x, [2, 3], [1, 2], [1, 1], [4, 2])[1], [3, 4])),
+        # and ops.channel_scale.
+        (torch.ops.ssdh.channel_scale.default, (lrn_x.view(2, 7, 12), lrn_x[0, :, 0, 0], lrn_x[1, :, 0, 0])),
+        (torch.ops.ssdh.channel_scale.default, (fc_x.view(5, 19, 1), fc_w[0], None)),
+        (torch.ops.ssdh._channel_scale_backward.default,
+         (torch.randn(2, 7, 12, dtype=torch.float64), lrn_x.view(2, 7, 12), lrn_x[0, :, 0, 0])),
     ]
 
 

@@ -3,7 +3,7 @@ formula autograd would differentiate), BatchNorm through torch's fused kernel
 (the blobs' running sums as Caffe keeps them, one value per channel), InnerProduct
 at small batch (the weight read once per pass) with Caffe's diffs accumulated in
 place, MAX pooling through the separable native kernel (Caffe's scan order, mask and
-backward), and the opt-in bf16 encoding (close to float32, not equal)."""
+backward), Scale's three gradients in one pass, and the opt-in bf16 encoding (close to float32, not equal)."""
 import os
 import subprocess
 import sys
@@ -145,7 +145,8 @@ def test_small_batch_linear_kernels_on_strided_inputs_and_errors():
 PORTABLE_BUILDS = [
     ("SSDH_CPU_LINEAR", "small_batch_linear_kernels or inner_product",
      "o.linear_small_batch(torch.ones(1, 1), torch.ones(1, 1))"),
-    ("SSDH_CPU_POOL", "max_pool", "o.max_pool2d_with_mask(torch.ones(1, 1, 2, 2), 2, 2, 0, 1)"),
+    ("SSDH_CPU_LAYERS", "max_pool or pooling or channel_scale or scale_layer",
+     "o.max_pool2d_with_mask(torch.ones(1, 1, 2, 2), 2, 2, 0, 1)"),
 ]
 
 
@@ -385,3 +386,80 @@ def test_pooling_layer_native_and_torch_paths_agree(pad, mask_top):
     (a,) = torch.autograd.grad(native["pool"], x, grad)
     (b,) = torch.autograd.grad(torch_path["pool"], x_last, grad)
     torch.testing.assert_close(a, b.contiguous(), rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- Scale
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 37), (1, 4, 16), (2, 3, 1), (4, 6, 200)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_channel_scale_is_the_product_and_its_sums(shape, with_bias):
+    """ops.channel_scale against float64 sums: inner sizes off the 16-lane blocks,
+    inner 1, one outer row; float32 close, float64 to rounding."""
+    g = torch.Generator().manual_seed(sum(shape))
+    for dtype, tol in ((torch.float32, 1e-5), (torch.float64, 1e-12)):
+        x = torch.randn(shape, dtype=dtype, generator=g, requires_grad=True)
+        scale = torch.randn(shape[1], dtype=dtype, generator=g, requires_grad=True)
+        bias = torch.randn(shape[1], dtype=dtype, generator=g, requires_grad=True) if with_bias else None
+        top = ops.channel_scale(x, scale, bias)
+        x64, s64 = x.detach().double(), scale.detach().double()
+        expected = x64 * s64[:, None] + (bias.detach().double()[:, None] if with_bias else 0)
+        torch.testing.assert_close(top.double(), expected, rtol=tol, atol=tol)
+        grad = torch.randn(shape, dtype=dtype, generator=g)
+        wrt = (x, scale, bias) if with_bias else (x, scale)
+        got = torch.autograd.grad(top, wrt, grad)
+        g64 = grad.double()
+        wanted = [g64 * s64[:, None], (g64 * x64).sum((0, 2)), g64.sum((0, 2))][:len(wrt)]
+        for a, b in zip(got, wanted):
+            torch.testing.assert_close(a.double(), b, rtol=tol, atol=tol * shape[0] * shape[2])
+
+
+def test_channel_scale_gradcheck_threads_and_errors():
+    x = torch.randn(2, 3, 21, dtype=torch.float64, requires_grad=True)
+    s = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(ops.channel_scale, (x, s, b))
+    big, scale, grad = torch.randn(4, 64, 999), torch.randn(64), torch.randn(4, 64, 999)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = torch.ops.ssdh._channel_scale_backward(grad, big, scale)
+        torch.set_num_threads(2)
+        two = torch.ops.ssdh._channel_scale_backward(grad, big, scale)
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(a, b) for a, b in zip(one, two))
+    with pytest.raises(SSDHError, match=r"expected x outer x C x inner and C-vectors, got x \(2, 3, 21\), scale \(4,\)"):
+        ops.channel_scale(x, torch.ones(4, dtype=torch.float64))
+    with pytest.raises(SSDHError, match="must share a dtype"):
+        ops.channel_scale(x, torch.ones(3))
+    with pytest.raises(SSDHError, match="bias is torch.int64"):
+        ops.channel_scale(x, s, torch.ones(3, dtype=torch.long))
+
+
+SCALE_NET = """
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 6 dim: 5 dim: 7 } } }
+layer { name: "scale" type: "Scale" bottom: "data" top: "scaled"
+  scale_param { axis: %d num_axes: %d bias_term: %s filler { type: "gaussian" std: 1 }
+                bias_filler { type: "gaussian" std: 1 } } }
+"""
+
+
+@pytest.mark.parametrize("axis, num_axes, bias", [(1, 1, "true"), (1, 2, "false"), (2, 1, "true"), (0, 1, "true")])
+def test_scale_layer_native_and_torch_paths_agree(axis, num_axes, bias):
+    """The Scale layer's native path (contiguous CPU float maps) and its broadcast
+    product (channels-last here) give the same top and the same three gradients."""
+    net = CaffeNet(SCALE_NET % (axis, num_axes, bias), "TRAIN")
+    x = torch.randn(2, 6, 5, 7, requires_grad=True)
+    x_last = x.detach().to(memory_format=torch.channels_last).requires_grad_(True)
+    layer = net.layer("scale")
+    scale = layer.blob(0)
+    assert layer._native(x, scale, None) and not layer._native(x_last, scale, None)
+    grad = torch.randn(2, 6, 5, 7)
+    results = []
+    for inp in (x, x_last):
+        top = net(data=inp)["scaled"]
+        results.append((top.detach().contiguous(),
+                        *(t.contiguous() for t in torch.autograd.grad(top, [inp, *layer.blobs], grad))))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

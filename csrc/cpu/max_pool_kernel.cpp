@@ -20,7 +20,7 @@
 // floats a step in the AVX2 build); 3 x 3 and 2 x 2 windows at strides 1 and 2 are
 // built with their sizes known. Maps are shared out between threads; each output is
 // written by one thread in a fixed order, so results do not depend on the thread
-// count. SSDH_CPU_POOL=generic|avx2 picks the build (cpu_features.h).
+// count. SSDH_CPU_LAYERS=generic|avx2 picks the build (cpu_features.h).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -47,7 +47,7 @@ struct Geometry {
 };
 
 bool use_avx2() {
-  static const bool avx2 = avx2_wanted("SSDH_CPU_POOL");
+  static const bool avx2 = avx2_wanted("SSDH_CPU_LAYERS");
   return avx2;
 }
 

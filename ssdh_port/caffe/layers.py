@@ -1172,10 +1172,26 @@ class Scale(_Affine):
             self.add_blob(operand_shape, p.bias_filler if p.HasField("bias_filler") else None)
 
     def forward(self, x, *operand):
-        scale = self.broadcast(operand[0] if operand else self.blob(0), x)
+        scale = operand[0] if operand else self.blob(0)
+        bias = self.blob(len(self.blobs) - 1) if self.bias_term else None
+        if self._native(x, scale, bias):
+            self.broadcast(scale, x)  # Caffe's shape check
+            outer = math.prod(x.shape[:self.axis])
+            top = ops.channel_scale(x.view(outer, scale.numel(), -1), scale.reshape(-1),
+                                    None if bias is None else bias.reshape(-1))
+            return (top.view(x.shape),)
+        scale = self.broadcast(scale, x)
         if self.bias_term:  # x * scale + bias in one pass
             return (torch.addcmul(self.broadcast(self.blob(len(self.blobs) - 1), x), x, scale),)
         return (x * scale,)
+
+
+    def _native(self, x, scale, bias):
+        """The native kernel (ops.channel_scale) takes contiguous CPU float maps with
+        the operand over at least one axis and a per-channel map of some size."""
+        return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.is_contiguous()
+                and scale.dtype == x.dtype and scale.dim() >= 1 and (bias is None or bias.dtype == x.dtype)
+                and self.axis + scale.dim() < x.dim() and x.numel() > 0)
 
 
 @register("Bias")
