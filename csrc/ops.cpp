@@ -132,6 +132,8 @@ TORCH_LIBRARY(ssdh, m) {
   m.def("_max_pool2d_with_mask_backward(Tensor grad, Tensor mask, int[2] in_size) -> Tensor");
   m.def("channel_scale(Tensor x, Tensor scale, Tensor? bias) -> Tensor");
   m.def("_channel_scale_backward(Tensor grad, Tensor x, Tensor scale) -> (Tensor, Tensor, Tensor)");
+  m.def("dropout(Tensor x, float ratio, int seed) -> (Tensor, Tensor)");
+  m.def("_dropout_backward(Tensor grad, Tensor mask, float ratio) -> Tensor");
   m.def("linear_small_batch_input_grad(Tensor grad, Tensor weight) -> Tensor");
 }
 

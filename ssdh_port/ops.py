@@ -50,6 +50,9 @@ once, with Caffe's backward (each top gradient added at its mask index).
 ``channel_scale(x, scale, bias=None)`` -- Caffe's Scale layer (with its bias) on x
 viewed as outer x C x inner: ``x * scale[c] (+ bias[c])``, float32 / float64 on the CPU,
 the backward's three gradients in one pass over the top gradient and x.
+``dropout(x, ratio)`` -- Caffe's Dropout in training (``x * mask / (1 - ratio)``),
+float32 / float64 on the CPU, the mask drawn by a counter-based generator seeded from
+torch's (one uint8 per element, the same at any thread count); returns (top, mask).
 """
 import torch
 from torch import Tensor, nn
@@ -74,6 +77,7 @@ __all__ = [
     "linear_small_batch_input_grad",
     "max_pool2d_with_mask",
     "channel_scale",
+    "dropout",
     "ForcingBinaryLoss",
     "FireRateLoss",
     "MaxMarginMultiLabelLoss",
@@ -612,3 +616,46 @@ def _(x, scale, bias):
 def _(grad, x, scale):
     return torch.empty_like(x, memory_format=torch.contiguous_format), scale.new_empty(scale.shape), \
         scale.new_empty(scale.shape)
+
+
+class _Dropout(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, ratio, seed):
+        top, mask = torch.ops.ssdh.dropout(x, ratio, seed)
+        ctx.save_for_backward(mask)
+        ctx.ratio = ratio
+        ctx.mark_non_differentiable(mask)
+        return top, mask
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad, _mask_grad):
+        (mask,) = ctx.saved_tensors
+        return torch.ops.ssdh._dropout_backward(grad, mask, ctx.ratio), None, None
+
+
+def dropout(x: Tensor, ratio: float, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """Caffe's Dropout in the TRAIN phase on a float32 / float64 CPU tensor: each
+    element kept with probability 1 - ratio (ratio in [0, 1)), top = x * mask *
+    1 / (1 - ratio). The mask (uint8) is drawn by a counter-based generator (splitmix64
+    of the element's index) from one 64-bit seed taken from `generator` (torch's
+    default one when None), so torch.manual_seed repeats it, at any thread count.
+    Returns (top, mask); the backward is grad * mask / (1 - ratio), once
+    differentiable."""
+    if x.dtype not in (torch.float32, torch.float64) or x.device.type != "cpu":
+        raise SSDHError(f"dropout: expected a float32 / float64 CPU tensor, got {x.dtype} on {x.device}")
+    if not 0.0 <= ratio < 1.0:
+        raise SSDHError(f"dropout: the ratio must be in [0, 1), got {ratio}")
+    seed = int(torch.randint(-2 ** 63, 2 ** 63 - 1, (), dtype=torch.int64, generator=generator))
+    return _Dropout.apply(x, float(ratio), seed)
+
+
+@torch.library.register_fake("ssdh::dropout")
+def _(x, ratio, seed):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), \
+        torch.empty_like(x, dtype=torch.uint8, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("ssdh::_dropout_backward")
+def _(grad, mask, ratio):
+    return torch.empty_like(grad, memory_format=torch.contiguous_format)

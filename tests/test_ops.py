@@ -240,6 +240,9 @@ def _opcheck_samples():
         (torch.ops.ssdh.channel_scale.default, (fc_x.view(5, 19, 1), fc_w[0], None)),
         (torch.ops.ssdh._channel_scale_backward.default,
          (torch.randn(2, 7, 12, dtype=torch.float64), lrn_x.view(2, 7, 12), lrn_x[0, :, 0, 0])),
+        # and ops.dropout.
+        (torch.ops.ssdh.dropout.default, (lrn_x, 0.4, 12345)),
+        (torch.ops.ssdh._dropout_backward.default, (lrn_x, torch.ops.ssdh.dropout(lrn_x, 0.4, 7)[1], 0.4)),
     ]
 
 

@@ -3,7 +3,7 @@ formula autograd would differentiate), BatchNorm through torch's fused kernel
 (the blobs' running sums as Caffe keeps them, one value per channel), InnerProduct
 at small batch (the weight read once per pass) with Caffe's diffs accumulated in
 place, MAX pooling through the separable native kernel (Caffe's scan order, mask and
-backward), Scale's three gradients in one pass, and the opt-in bf16 encoding (close to float32, not equal)."""
+backward), Scale's three gradients in one pass, Dropout's counter-based mask, and the opt-in bf16 encoding (close to float32, not equal)."""
 import os
 import subprocess
 import sys
@@ -145,7 +145,7 @@ def test_small_batch_linear_kernels_on_strided_inputs_and_errors():
 PORTABLE_BUILDS = [
     ("SSDH_CPU_LINEAR", "small_batch_linear_kernels or inner_product",
      "o.linear_small_batch(torch.ones(1, 1), torch.ones(1, 1))"),
-    ("SSDH_CPU_LAYERS", "max_pool or pooling or channel_scale or scale_layer",
+    ("SSDH_CPU_LAYERS", "max_pool or pooling or channel_scale or scale_layer or dropout",
      "o.max_pool2d_with_mask(torch.ones(1, 1, 2, 2), 2, 2, 0, 1)"),
 ]
 
@@ -463,3 +463,72 @@ def test_scale_layer_native_and_torch_paths_agree(axis, num_axes, bias):
                         *(t.contiguous() for t in torch.autograd.grad(top, [inp, *layer.blobs], grad))))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- Dropout
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.1, 0.9, 0.0])
+def test_dropout_keeps_one_minus_ratio_and_scales(ratio):
+    """ops.dropout: top = x * mask / (1 - ratio) exactly, the backward the same
+    product; the fraction kept within 5 standard deviations of 1 - ratio, and pairs
+    of neighbours (the two halves of one draw) and of far elements kept together as
+    often as independent draws would be."""
+    x = torch.randn(7, 33, 101, dtype=torch.float64, requires_grad=True)
+    top, mask = ops.dropout(x, ratio)
+    assert mask.dtype == torch.uint8 and set(mask.unique().tolist()) <= {0, 1}
+    keep = 1.0 - ratio
+    torch.testing.assert_close(top.detach(), x.detach() * mask * (1.0 / keep), rtol=0, atol=0)
+    grad = torch.randn_like(top)
+    (got,) = torch.autograd.grad(top, x, grad)
+    torch.testing.assert_close(got, grad * mask * (1.0 / keep), rtol=0, atol=0)
+    m = mask.flatten().double()
+    n = m.numel() // 2 * 2
+    m = m[:n]
+    sd = (keep * (1 - keep) / n) ** 0.5
+    assert abs(m.mean().item() - keep) <= 5 * sd + 1e-12
+    for a, b in ((m[0::2], m[1::2]), (m[: n // 2], m[n // 2:])):
+        both = (a * b).mean().item()
+        sd_pair = (keep ** 2 * (1 - keep ** 2) / a.numel()) ** 0.5
+        assert abs(both - keep ** 2) <= 5 * sd_pair + 1e-12
+
+
+def test_dropout_repeats_under_a_seed_and_any_thread_count():
+    x = torch.randn(3, 50, 77)
+    before = torch.get_num_threads()
+    try:
+        torch.manual_seed(5)
+        torch.set_num_threads(1)
+        one = ops.dropout(x, 0.5)[1]
+        torch.manual_seed(5)
+        torch.set_num_threads(2)
+        two = ops.dropout(x, 0.5)[1]
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, two)
+    assert not torch.equal(two, ops.dropout(x, 0.5)[1])  # the next draw: another mask
+    g = torch.Generator().manual_seed(3)
+    a = ops.dropout(x, 0.5, generator=g)[1]
+    assert torch.equal(a, ops.dropout(x, 0.5, generator=torch.Generator().manual_seed(3))[1])
+    with pytest.raises(SSDHError, match=r"the ratio must be in \[0, 1\), got 1.0"):
+        ops.dropout(x, 1.0)
+    with pytest.raises(SSDHError, match="expected a float32 / float64 CPU tensor, got torch.int64"):
+        ops.dropout(x.long(), 0.5)
+    with pytest.raises(RuntimeError, match="expected a uint8 mask shaped as grad"):
+        torch.ops.ssdh._dropout_backward(x, one.bool(), 0.5)
+
+
+DROPOUT_NET = """
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 4 dim: 300 } } }
+layer { name: "drop" type: "Dropout" bottom: "data" top: "data" dropout_param { dropout_ratio: 0.3 } }
+"""
+
+
+def test_dropout_layer_trains_with_the_native_mask_and_passes_in_test():
+    x = torch.randn(4, 300, requires_grad=True)
+    torch.manual_seed(8)
+    train = CaffeNet(DROPOUT_NET, "TRAIN")(data=x)["data"]
+    torch.manual_seed(8)
+    _, mask = ops.dropout(x.detach(), 0.3)
+    torch.testing.assert_close(train.detach(), x.detach() * mask * (1 / (1 - 0.3)), rtol=0, atol=0)
+    assert torch.equal(CaffeNet(DROPOUT_NET, "TEST")(data=x)["data"], x)
