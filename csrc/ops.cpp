@@ -133,6 +133,10 @@ TORCH_LIBRARY(ssdh, m) {
   m.def("channel_scale(Tensor x, Tensor scale, Tensor? bias) -> Tensor");
   m.def("_channel_scale_backward(Tensor grad, Tensor x, Tensor scale) -> (Tensor, Tensor, Tensor)");
   m.def("dropout(Tensor x, float ratio, int seed) -> (Tensor, Tensor)");
+  m.def("im2col(Tensor x, int[2] kernel, int[2] stride, int[2] pad, int[2] dilation) -> Tensor");
+  m.def(
+      "col2im(Tensor col, int[4] shape, int[2] kernel, int[2] stride, int[2] pad, int[2] dilation) -> "
+      "Tensor");
   m.def("_dropout_backward(Tensor grad, Tensor mask, float ratio) -> Tensor");
   m.def("linear_small_batch_input_grad(Tensor grad, Tensor weight) -> Tensor");
 }

@@ -53,6 +53,9 @@ the backward's three gradients in one pass over the top gradient and x.
 ``dropout(x, ratio)`` -- Caffe's Dropout in training (``x * mask / (1 - ratio)``),
 float32 / float64 on the CPU, the mask drawn by a counter-based generator seeded from
 torch's (one uint8 per element, the same at any thread count); returns (top, mask).
+``im2col(x, kernel, stride, pad, dilation)`` / ``col2im(col, shape, ...)`` -- Caffe's
+im2col_cpu and col2im_cpu for a whole N x C x H x W batch, the samples side by side in
+the columns ((C * kh * kw) x (N * OH * OW)); each is the other's gradient.
 """
 import torch
 from torch import Tensor, nn
@@ -78,6 +81,8 @@ __all__ = [
     "max_pool2d_with_mask",
     "channel_scale",
     "dropout",
+    "im2col",
+    "col2im",
     "ForcingBinaryLoss",
     "FireRateLoss",
     "MaxMarginMultiLabelLoss",
@@ -659,3 +664,77 @@ def _(x, ratio, seed):
 @torch.library.register_fake("ssdh::_dropout_backward")
 def _(grad, mask, ratio):
     return torch.empty_like(grad, memory_format=torch.contiguous_format)
+
+
+def _geometry(op, **pairs):
+    out = []
+    for name, value in pairs.items():
+        pair = (value, value) if isinstance(value, int) else tuple(value)
+        if len(pair) != 2 or not all(isinstance(v, int) for v in pair):
+            raise SSDHError(f"{op}: {name} takes an int or two (height, width), got {value!r}")
+        out.append(pair)
+    return out
+
+
+class _Im2col(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, kernel, stride, pad, dilation):
+        ctx.geometry = tuple(x.shape), kernel, stride, pad, dilation
+        return torch.ops.ssdh.im2col(x, kernel, stride, pad, dilation)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return col2im(grad, *ctx.geometry), None, None, None, None
+
+
+class _Col2im(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, col, shape, kernel, stride, pad, dilation):
+        ctx.geometry = kernel, stride, pad, dilation
+        return torch.ops.ssdh.col2im(col, shape, kernel, stride, pad, dilation)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return im2col(grad, *ctx.geometry), None, None, None, None, None
+
+
+def _check_image(t, op, name):
+    if t.dtype not in (torch.float32, torch.float64) or t.device.type != "cpu":
+        raise SSDHError(f"{op}: expected a float32 / float64 CPU {name}, got {t.dtype} on {t.device}")
+
+
+def im2col(x: Tensor, kernel, stride=1, pad=0, dilation=1) -> Tensor:
+    """Caffe's im2col_cpu for a whole N x C x H x W batch (float32 / float64, CPU):
+    a (C * kh * kw) x (N * OH * OW) matrix, row (c * kh + i) * kw + j and column
+    n * OH * OW + oh * OW + ow holding x[n, c, oh * sh - ph + i * dh, ow * sw - pw + j * dw]
+    (0 in the padding). Differentiable (its gradient is col2im)."""
+    _check_image(x, "im2col", "x")
+    if x.dim() != 4:
+        raise SSDHError(f"im2col: expected an N x C x H x W tensor, got {tuple(x.shape)}")
+    return _Im2col.apply(x, *_geometry("im2col", kernel=kernel, stride=stride, pad=pad, dilation=dilation))
+
+
+def col2im(col: Tensor, shape, kernel, stride=1, pad=0, dilation=1) -> Tensor:
+    """Caffe's col2im_cpu for a whole batch: the adjoint of im2col (each entry of col
+    added at its pixel of an N x C x H x W tensor of the given shape, in Caffe's
+    order). Differentiable (its gradient is im2col)."""
+    _check_image(col, "col2im", "col")
+    if len(tuple(shape)) != 4:
+        raise SSDHError(f"col2im: shape must be N x C x H x W, got {shape!r}")
+    return _Col2im.apply(col, tuple(int(s) for s in shape),
+                         *_geometry("col2im", kernel=kernel, stride=stride, pad=pad, dilation=dilation))
+
+
+def _conv_out(size, k, s, p, d):
+    return (size + 2 * p - (d * (k - 1) + 1)) // s + 1
+
+
+@torch.library.register_fake("ssdh::im2col")
+def _(x, kernel, stride, pad, dilation):
+    oh, ow = (_conv_out(x.shape[2 + i], kernel[i], stride[i], pad[i], dilation[i]) for i in range(2))
+    return x.new_empty((x.shape[1] * kernel[0] * kernel[1], x.shape[0] * oh * ow))
+
+
+@torch.library.register_fake("ssdh::col2im")
+def _(col, shape, kernel, stride, pad, dilation):
+    return col.new_empty(tuple(shape))

@@ -243,6 +243,10 @@ def _opcheck_samples():
         # and ops.dropout.
         (torch.ops.ssdh.dropout.default, (lrn_x, 0.4, 12345)),
         (torch.ops.ssdh._dropout_backward.default, (lrn_x, torch.ops.ssdh.dropout(lrn_x, 0.4, 7)[1], 0.4)),
+        # and ops.im2col / ops.col2im.
+        (torch.ops.ssdh.im2col.default, (lrn_x, [2, 3], [1, 2], [1, 0], [1, 1])),
+        (torch.ops.ssdh.col2im.default, (torch.randn(7 * 6, 2 * 4 * 1, dtype=torch.float64), [2, 7, 3, 4],
+                                         [2, 3], [1, 2], [1, 0], [1, 1])),
     ]
 
 

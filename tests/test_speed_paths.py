@@ -3,7 +3,8 @@ formula autograd would differentiate), BatchNorm through torch's fused kernel
 (the blobs' running sums as Caffe keeps them, one value per channel), InnerProduct
 at small batch (the weight read once per pass) with Caffe's diffs accumulated in
 place, MAX pooling through the separable native kernel (Caffe's scan order, mask and
-backward), Scale's three gradients in one pass, Dropout's counter-based mask, and the opt-in bf16 encoding (close to float32, not equal)."""
+backward), Scale's three gradients in one pass, Dropout's counter-based mask, the
+image convolutions' backward by im2col + GEMM, and the opt-in bf16 encoding (close to float32, not equal)."""
 import os
 import subprocess
 import sys
@@ -145,7 +146,7 @@ def test_small_batch_linear_kernels_on_strided_inputs_and_errors():
 PORTABLE_BUILDS = [
     ("SSDH_CPU_LINEAR", "small_batch_linear_kernels or inner_product",
      "o.linear_small_batch(torch.ones(1, 1), torch.ones(1, 1))"),
-    ("SSDH_CPU_LAYERS", "max_pool or pooling or channel_scale or scale_layer or dropout",
+    ("SSDH_CPU_LAYERS", "max_pool or pooling or channel_scale or scale_layer or dropout or im2col or image_conv",
      "o.max_pool2d_with_mask(torch.ones(1, 1, 2, 2), 2, 2, 0, 1)"),
 ]
 
@@ -532,3 +533,75 @@ def test_dropout_layer_trains_with_the_native_mask_and_passes_in_test():
     _, mask = ops.dropout(x.detach(), 0.3)
     torch.testing.assert_close(train.detach(), x.detach() * mask * (1 / (1 - 0.3)), rtol=0, atol=0)
     assert torch.equal(CaffeNet(DROPOUT_NET, "TEST")(data=x)["data"], x)
+
+
+# ---------------------------------------------------------------- im2col / image convolutions
+
+IM2COL_GEOMETRIES = [  # N, C, H, W, kernel, stride, pad, dilation
+    (2, 3, 11, 13, (3, 3), (2, 2), (1, 1), (1, 1)),
+    (3, 1, 9, 8, (5, 2), (1, 3), (0, 1), (1, 1)),
+    (1, 2, 12, 10, (3, 3), (1, 1), (2, 1), (2, 3)),
+]
+
+
+@pytest.mark.parametrize("n, c, h, w, kernel, stride, pad, dilation", IM2COL_GEOMETRIES)
+def test_im2col_is_unfold_with_samples_side_by_side(n, c, h, w, kernel, stride, pad, dilation):
+    x = torch.randn(n, c, h, w, dtype=torch.float64, requires_grad=True)
+    col = ops.im2col(x, kernel, stride, pad, dilation)
+    unfold = F.unfold(x, kernel, dilation, pad, stride)  # N x (C kh kw) x L
+    torch.testing.assert_close(col, unfold.transpose(0, 1).reshape(col.shape[0], -1), rtol=0, atol=0)
+    other = torch.randn_like(col)
+    folded = ops.col2im(other, x.shape, kernel, stride, pad, dilation)
+    expected = F.fold(other.view(col.shape[0], n, -1).transpose(0, 1), (h, w), kernel, dilation, pad, stride)
+    torch.testing.assert_close(folded, expected, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda t: ops.im2col(t, kernel, stride, pad, dilation), (x,))
+    assert torch.autograd.gradcheck(lambda t: ops.col2im(t, x.shape, kernel, stride, pad, dilation),
+                                    (other.requires_grad_(True),))
+
+
+def test_im2col_errors():
+    x = torch.randn(1, 2, 5, 5)
+    with pytest.raises(RuntimeError, match=r"does not fit the padded 5 x 5 map"):
+        ops.im2col(x, 7, 1, 0, 1)
+    with pytest.raises(RuntimeError, match=r"col2im: expected a 18 x 4 col for shape \[1, 2, 5, 5\], got \[18, 8\]"):
+        ops.col2im(torch.zeros(18, 8), (1, 2, 5, 5), 3, 2, 0, 1)
+    with pytest.raises(SSDHError, match="im2col: stride takes an int or two"):
+        ops.im2col(x, 3, (1, 1, 1), 0, 1)
+    with pytest.raises(SSDHError, match="expected a float32 / float64 CPU x, got torch.int64"):
+        ops.im2col(x.long(), 3)
+
+
+@pytest.mark.parametrize("channels, kernel, stride, pad, dilation, bias",
+                         [(1, (5, 5), (1, 1), (0, 0), (1, 1), True), (3, (11, 11), (4, 4), (0, 0), (1, 1), True),
+                          (3, (7, 5), (2, 3), (3, 1), (1, 2), False), (2, (3, 3), (2, 2), (1, 1), (1, 1), True)])
+@pytest.mark.parametrize("wanted", ["all", "weights", "input"])
+def test_image_convolution_backward_is_torchs(monkeypatch, channels, kernel, stride, pad, dilation, bias, wanted):
+    """The image layers' backward (GEMM + col2im; im2col + GEMM for one channel) in
+    chunks of two samples against autograd on F.conv2d, float64."""
+    monkeypatch.setattr(layers, "_COL_ELEMENTS", 2 * channels * kernel[0] * kernel[1] * 64)
+    x = torch.randn(5, channels, 37, 41, dtype=torch.float64, requires_grad=wanted != "weights")
+    w = torch.randn(6, channels, *kernel, dtype=torch.float64, requires_grad=wanted != "input")
+    b = torch.randn(6, dtype=torch.float64, requires_grad=wanted != "input") if bias else None
+    ours = layers._ImageConvolution.apply(x, w, b, stride, pad, dilation)
+    theirs = F.conv2d(x, w, b, stride, pad, dilation)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    grad = torch.randn_like(ours)
+    wrt = [t for t in (x, w, b) if t is not None and t.requires_grad]
+    for a, e in zip(torch.autograd.grad(ours, wrt, grad), torch.autograd.grad(theirs, wrt, grad)):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
+
+
+def test_convolution_layer_takes_the_image_backward_for_few_channels():
+    net = CaffeNet("""
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 19 dim: 19 } } }
+layer { name: "c1" type: "Convolution" bottom: "data" top: "c1"
+  convolution_param { num_output: 5 kernel_size: 3 stride: 2 weight_filler { type: "gaussian" std: 1 } } }
+layer { name: "c2" type: "Convolution" bottom: "c1" top: "c2"
+  convolution_param { num_output: 4 kernel_size: 3 weight_filler { type: "gaussian" std: 1 } } }
+""", "TRAIN")
+    x = torch.randn(2, 3, 19, 19, requires_grad=True)
+    out = net(data=x)
+    assert type(out["c1"].grad_fn).__name__ == "_ImageConvolutionBackward"
+    assert type(out["c2"].grad_fn).__name__ != "_ImageConvolutionBackward"  # 5 input channels
+    with torch.no_grad():
+        assert net(data=x)["c1"].grad_fn is None

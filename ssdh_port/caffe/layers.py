@@ -192,6 +192,67 @@ def _spatial(param, name, default, layer):
     raise layer.error(f"{name} has {len(values)} values; only 2-D spatial layers are supported")
 
 
+# Input channels up to which a convolution's input gradient is Caffe's (GEMM + col2im):
+# the image layers, where oneDNN's backward-data is slow (AlexNet's conv1, 3 channels,
+# 11 x 11 stride 4, batch 8: 54 ms against 16 ms; docs/ops.md). Their weight gradient
+# is im2col + GEMM too for one-channel images (LeNet's conv1: 2.3 against 4.6 ms), and
+# torch's elsewhere (faster from 3 channels on).
+IMAGE_CHANNELS = 4
+_COL_ELEMENTS = 1 << 24  # samples per GEMM chunk: col of at most 16 M values (64 MB)
+
+
+class _ImageConvolution(torch.autograd.Function):
+    """A convolution with torch's forward and Caffe's backward
+    (BaseConvolutionLayer::backward_cpu_gemm / weight_cpu_gemm) where that is faster:
+    the input gradient col2im(W^T . grad) and, for one input channel, the weight
+    gradient grad (O x N*L) . im2col(x)^T, as GEMMs over chunks of samples."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, pad, dilation):
+        ctx.save_for_backward(x, weight)
+        ctx.geometry = stride, pad, dilation
+        ctx.has_bias = bias is not None
+        return F.conv2d(x, weight, bias, stride, pad, dilation)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        stride, pad, dilation = ctx.geometry
+        want_x, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        want_b = ctx.has_bias and ctx.needs_input_grad[2]
+        by_columns = x.shape[1] == 1  # the weight gradient by im2col
+        grad_w = grad_b = None
+        if (want_w or want_b) and not by_columns:
+            _, grad_w, grad_b = torch.ops.aten.convolution_backward(
+                grad, x, weight, [weight.shape[0]] if ctx.has_bias else None, stride, pad, dilation, False,
+                [0, 0], 1, [False, want_w, want_b])
+        elif want_b:
+            grad_b = grad.sum((0, 2, 3))
+        if not want_x and not (want_w and by_columns):
+            return None, grad_w, grad_b, None, None, None
+        n, outputs = grad.shape[:2]
+        kernel = tuple(weight.shape[2:])
+        plane = grad.shape[2] * grad.shape[3]
+        rows = weight[0].numel()
+        chunk = max(1, _COL_ELEMENTS // (rows * plane))
+        grad_x = torch.empty_like(x) if want_x else None
+        if want_w and by_columns:
+            grad_w = torch.zeros(outputs, rows, dtype=weight.dtype)
+        w_t = weight.reshape(outputs, rows).t()
+        for first in range(0, n, chunk):
+            last = min(n, first + chunk)
+            g = grad[first:last].reshape(last - first, outputs, plane).transpose(0, 1).reshape(outputs, -1)
+            if want_w and by_columns:
+                grad_w.addmm_(g, torch.ops.ssdh.im2col(x[first:last], kernel, stride, pad, dilation).t())
+            if want_x:
+                grad_x[first:last] = torch.ops.ssdh.col2im(w_t.mm(g), (last - first,) + tuple(x.shape[1:]), kernel,
+                                                           stride, pad, dilation)
+        if grad_w is not None:
+            grad_w = grad_w.view_as(weight)
+        return grad_x, grad_w, grad_b, None, None, None
+
+
 @register("Convolution", "Deconvolution")
 class Convolution(CaffeLayer):
     def __init__(self, param, bottom_shapes, phase):
@@ -241,8 +302,18 @@ class Convolution(CaffeLayer):
         if self.transposed:
             return tuple(F.conv_transpose2d(x, weight, bias, self.stride, self.pad, 0, self.group,
                                             self.dilation) for x in bottoms)
+        if self._image_backward(bottoms[0], weight):
+            return tuple(_ImageConvolution.apply(x, weight, bias, self.stride, self.pad, self.dilation)
+                         for x in bottoms)
         return tuple(F.conv2d(x, weight, bias, self.stride, self.pad, self.dilation, self.group)
                      for x in bottoms)
+
+    def _image_backward(self, x, weight):
+        """Caffe's im2col backward for image layers (few input channels) on the CPU."""
+        return (self.in_channels <= IMAGE_CHANNELS and self.group == 1 and x.device.type == "cpu"
+                and x.dtype in (torch.float32, torch.float64) and weight.dtype == x.dtype and x.is_contiguous()
+                and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+                and not isinstance(x, FakeTensor))
 
 
 def caffe_pool_size(size, kernel, stride, pad, ceil_mode=True):
