@@ -194,7 +194,7 @@ def _spatial(param, name, default, layer):
 
 # Input channels up to which a convolution's input gradient is Caffe's (GEMM + col2im):
 # the image layers, where oneDNN's backward-data is slow (AlexNet's conv1, 3 channels,
-# 11 x 11 stride 4, batch 8: 54 ms against 16 ms; docs/ops.md). Their weight gradient
+# 11 x 11 stride 4, batch 8: 54 ms against 18 ms; docs/ops.md). Their weight gradient
 # is im2col + GEMM too for one-channel images (LeNet's conv1: 2.3 against 4.6 ms), and
 # torch's elsewhere (faster from 3 channels on).
 IMAGE_CHANNELS = 4
