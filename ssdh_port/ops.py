@@ -525,12 +525,25 @@ def _(grad, weight):
     return grad.new_empty((grad.shape[0], weight.shape[1]))
 
 
-class _MaxPoolWithMask(torch.autograd.Function):
+def _geometry(op, **pairs):
+    out = []
+    for name, value in pairs.items():
+        pair = (value, value) if isinstance(value, int) else tuple(value)
+        if len(pair) != 2 or not all(isinstance(v, int) for v in pair):
+            raise SSDHError(f"{op}: {name} takes an int or two (height, width), got {value!r}")
+        out.append(pair)
+    return out
+
+
+class _WithMask(torch.autograd.Function):
+    """An op giving (top, mask) whose backward needs only the mask and constants:
+    backward_op(grad, mask, *constants); the mask takes no gradient."""
+
     @staticmethod
-    def forward(ctx, x, kernel, stride, pad, out_size):
-        top, mask = torch.ops.ssdh.max_pool2d_with_mask(x, kernel, stride, pad, out_size)
+    def forward(ctx, op, backward_op, constants, x, *args):
+        top, mask = op(x, *args)
         ctx.save_for_backward(mask)
-        ctx.in_size = (x.shape[2], x.shape[3])
+        ctx.backward_op, ctx.constants, ctx.n_args = backward_op, constants, len(args)
         ctx.mark_non_differentiable(mask)
         return top, mask
 
@@ -538,14 +551,7 @@ class _MaxPoolWithMask(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad, _mask_grad):
         (mask,) = ctx.saved_tensors
-        return torch.ops.ssdh._max_pool2d_with_mask_backward(grad, mask, ctx.in_size), None, None, None, None
-
-
-def _pair(value, name):
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) for v in pair):
-        raise SSDHError(f"max_pool2d_with_mask: {name} takes an int or two (height, width), got {value!r}")
-    return pair
+        return (None, None, None, ctx.backward_op(grad, mask, *ctx.constants)) + (None,) * ctx.n_args
 
 
 def max_pool2d_with_mask(x: Tensor, kernel, stride, pad, out_size) -> tuple[Tensor, Tensor]:
@@ -561,9 +567,9 @@ def max_pool2d_with_mask(x: Tensor, kernel, stride, pad, out_size) -> tuple[Tens
     if x.dim() != 4 or x.dtype not in (torch.float32, torch.float64) or x.device.type != "cpu":
         raise SSDHError(f"max_pool2d_with_mask: expected an N x C x H x W float32 / float64 CPU tensor, got "
                         f"{x.dtype} {tuple(x.shape)} on {x.device}")
-    sizes = [_pair(v, name) for v, name in ((kernel, "kernel"), (stride, "stride"), (pad, "pad"),
-                                             (out_size, "out_size"))]
-    return _MaxPoolWithMask.apply(x, *sizes)
+    sizes = _geometry("max_pool2d_with_mask", kernel=kernel, stride=stride, pad=pad, out_size=out_size)
+    return _WithMask.apply(torch.ops.ssdh.max_pool2d_with_mask, torch.ops.ssdh._max_pool2d_with_mask_backward,
+                           ((x.shape[2], x.shape[3]),), x, *sizes)
 
 
 @torch.library.register_fake("ssdh::max_pool2d_with_mask")
@@ -623,22 +629,6 @@ def _(grad, x, scale):
         scale.new_empty(scale.shape)
 
 
-class _Dropout(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, ratio, seed):
-        top, mask = torch.ops.ssdh.dropout(x, ratio, seed)
-        ctx.save_for_backward(mask)
-        ctx.ratio = ratio
-        ctx.mark_non_differentiable(mask)
-        return top, mask
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad, _mask_grad):
-        (mask,) = ctx.saved_tensors
-        return torch.ops.ssdh._dropout_backward(grad, mask, ctx.ratio), None, None
-
-
 def dropout(x: Tensor, ratio: float, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """Caffe's Dropout in the TRAIN phase on a float32 / float64 CPU tensor: each
     element kept with probability 1 - ratio (ratio in [0, 1)), top = x * mask *
@@ -652,7 +642,8 @@ def dropout(x: Tensor, ratio: float, generator: torch.Generator | None = None) -
     if not 0.0 <= ratio < 1.0:
         raise SSDHError(f"dropout: the ratio must be in [0, 1), got {ratio}")
     seed = int(torch.randint(-2 ** 63, 2 ** 63 - 1, (), dtype=torch.int64, generator=generator))
-    return _Dropout.apply(x, float(ratio), seed)
+    return _WithMask.apply(torch.ops.ssdh.dropout, torch.ops.ssdh._dropout_backward, (float(ratio),), x,
+                           float(ratio), seed)
 
 
 @torch.library.register_fake("ssdh::dropout")
@@ -664,16 +655,6 @@ def _(x, ratio, seed):
 @torch.library.register_fake("ssdh::_dropout_backward")
 def _(grad, mask, ratio):
     return torch.empty_like(grad, memory_format=torch.contiguous_format)
-
-
-def _geometry(op, **pairs):
-    out = []
-    for name, value in pairs.items():
-        pair = (value, value) if isinstance(value, int) else tuple(value)
-        if len(pair) != 2 or not all(isinstance(v, int) for v in pair):
-            raise SSDHError(f"{op}: {name} takes an int or two (height, width), got {value!r}")
-        out.append(pair)
-    return out
 
 
 class _Im2col(torch.autograd.Function):
