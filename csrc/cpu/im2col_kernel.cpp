@@ -47,11 +47,26 @@ Geometry geometry(at::IntArrayRef shape, at::IntArrayRef kernel, at::IntArrayRef
   return g;
 }
 
-// Row r of col (one (c, i, j)) for sample n: OH x OW values.
+// The output columns [first, last) whose input column ow * sw + shift lies in [0, W).
+struct Span {
+  int64_t first, last;
+};
+
+inline Span inside(const Geometry& g, int64_t shift) {
+  auto ceil_div = [](int64_t a, int64_t b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); };
+  const int64_t first = std::clamp<int64_t>(ceil_div(-shift, g.sw), 0, g.ow);
+  const int64_t last = std::clamp<int64_t>(ceil_div(g.w - shift, g.sw), first, g.ow);
+  return {first, last};
+}
+
+// Row r of col (one (c, i, j)) for sample n: OH x OW values, zeros in the padding,
+// the columns inside the map copied as one run (a memcpy at stride 1).
 template <typename T>
 inline void im2col_row(const T* x, const Geometry& g, int64_t r, int64_t n, T* out) {
   const int64_t c = r / (g.kh * g.kw), i = r / g.kw % g.kh, j = r % g.kw;
   const T* map = x + (n * g.c + c) * g.h * g.w;
+  const int64_t shift = j * g.dw - g.pw;
+  const Span span = inside(g, shift);
   for (int64_t oh = 0; oh < g.oh; ++oh) {
     const int64_t ih = oh * g.sh - g.ph + i * g.dh;
     T* o = out + oh * g.ow;
@@ -59,12 +74,14 @@ inline void im2col_row(const T* x, const Geometry& g, int64_t r, int64_t n, T* o
       std::fill(o, o + g.ow, T(0));
       continue;
     }
-    const T* src = map + ih * g.w;
-    const int64_t shift = j * g.dw - g.pw;
-    for (int64_t ow = 0; ow < g.ow; ++ow) {
-      const int64_t iw = ow * g.sw + shift;
-      o[ow] = (iw >= 0 && iw < g.w) ? src[iw] : T(0);
+    const T* src = map + ih * g.w + shift;
+    std::fill(o, o + span.first, T(0));
+    if (g.sw == 1) {
+      std::memcpy(o + span.first, src + span.first, (span.last - span.first) * sizeof(T));
+    } else {
+      for (int64_t ow = span.first; ow < span.last; ++ow) o[ow] = src[ow * g.sw];
     }
+    std::fill(o + span.last, o + g.ow, T(0));
   }
 }
 
@@ -112,15 +129,17 @@ at::Tensor col2im_kernel(const at::Tensor& col_in, at::IntArrayRef shape, at::In
         for (int64_t i = 0; i < g.kh; ++i) {
           for (int64_t j = 0; j < g.kw; ++j) {
             const scalar_t* src = cd + ((c * g.kh + i) * g.kw + j) * g.cols() + n * plane;
+            const int64_t shift = j * g.dw - g.pw;
+            const Span span = inside(g, shift);
             for (int64_t oh = 0; oh < g.oh; ++oh) {
               const int64_t ih = oh * g.sh - g.ph + i * g.dh;
               if (ih < 0 || ih >= g.h) continue;
-              scalar_t* dst = map + ih * g.w;
+              scalar_t* dst = map + ih * g.w + shift;
               const scalar_t* s = src + oh * g.ow;
-              const int64_t shift = j * g.dw - g.pw;
-              for (int64_t ow = 0; ow < g.ow; ++ow) {
-                const int64_t iw = ow * g.sw + shift;
-                if (iw >= 0 && iw < g.w) dst[iw] += s[ow];
+              if (g.sw == 1) {
+                for (int64_t ow = span.first; ow < span.last; ++ow) dst[ow] += s[ow];
+              } else {
+                for (int64_t ow = span.first; ow < span.last; ++ow) dst[ow * g.sw] += s[ow];
               }
             }
           }
