@@ -66,7 +66,28 @@ def caffe_pooling(x, method, kernel, stride, pad, ceil_mode=True):
             if method == "AVE":
                 top[:, :, i, j] = window.sum(-1) / size
             else:
-                first = window.argmax(-1)  # numpy: the first maximum, as Caffe's strict >
-                top[:, :, i, j] = window.max(-1)
-                mask[:, :, i, j] = (h0 + first // (w1 - w0)) * w + w0 + first % (w1 - w0)
+                # Caffe's scan: row by row, strict > from the lowest float, so the first
+                # maximum wins, NaN never does, and a window with no winner (all NaN,
+                # or past the map) keeps the lowest value and mask -1.
+                best = np.full((n, c), np.finfo(x.dtype).min, np.float64)
+                at = np.full((n, c), -1, np.int64)
+                for r in range(h0, h1):
+                    for col in range(w0, w1):
+                        greater = x[:, :, r, col] > best
+                        best = np.where(greater, x[:, :, r, col], best)
+                        at = np.where(greater, r * w + col, at)
+                top[:, :, i, j], mask[:, :, i, j] = best, at
     return top, (mask if method == "MAX" else None)
+
+
+def caffe_max_pool_backward(grad, mask, in_size):
+    """PoolingLayer::Backward_cpu for MAX: each top gradient added at its mask index,
+    in top order; mask -1 (no winner) adds nothing. numpy arrays, N x C x OH x OW."""
+    n, c = grad.shape[:2]
+    out = np.zeros((n, c, in_size[0] * in_size[1]), grad.dtype)
+    for b in range(n):
+        for ch in range(c):
+            for g, m in zip(grad[b, ch].ravel(), mask[b, ch].ravel()):
+                if m >= 0:
+                    out[b, ch, m] += g
+    return out.reshape(n, c, *in_size)

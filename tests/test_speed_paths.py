@@ -247,43 +247,6 @@ def test_inner_product_function_gradcheck():
 # ---------------------------------------------------------------- MAX pooling
 
 
-def caffe_max_pool_loops(x, kernel, stride, pad, out_size):
-    """PoolingLayer::Forward_cpu's MAX loops as Caffe writes them: each window clipped
-    to the map, scanned row by row with a strict > from -FLT_MAX, mask -1 until a
-    value beats it."""
-    n, c, h, w = x.shape
-    lowest = torch.finfo(x.dtype).min
-    top = torch.full((n, c, *out_size), lowest, dtype=x.dtype)
-    mask = torch.full((n, c, *out_size), -1, dtype=torch.int32)
-    xs = x.tolist()
-    for b in range(n):
-        for ch in range(c):
-            plane = xs[b][ch]
-            for i in range(out_size[0]):
-                hs = i * stride[0] - pad[0]
-                he, hs = min(hs + kernel[0], h), max(hs, 0)
-                for j in range(out_size[1]):
-                    ws = j * stride[1] - pad[1]
-                    we, ws = min(ws + kernel[1], w), max(ws, 0)
-                    best, at = lowest, -1
-                    for r in range(hs, he):
-                        for col in range(ws, we):
-                            if plane[r][col] > best:
-                                best, at = plane[r][col], r * w + col
-                    top[b, ch, i, j], mask[b, ch, i, j] = best, at
-    return top, mask
-
-
-def caffe_max_pool_backward_loops(grad, mask, in_size):
-    out = torch.zeros(*grad.shape[:2], in_size[0] * in_size[1], dtype=grad.dtype)
-    for b in range(grad.shape[0]):
-        for ch in range(grad.shape[1]):
-            for g, m in zip(grad[b, ch].flatten().tolist(), mask[b, ch].flatten().tolist()):
-                if m >= 0:
-                    out[b, ch, m] += g
-    return out.view(*grad.shape[:2], *in_size)
-
-
 # (map h, w), kernel, stride, pad: the built sizes (3 x 3 and 2 x 2 at strides 1 and
 # 2) at odd widths, rectangular and runtime sizes, pad, a whole-map window, strides
 # above the kernel (windows past the map).
@@ -303,11 +266,12 @@ POOL_GEOMETRIES = [
 @pytest.mark.parametrize("size, kernel, stride, pad", POOL_GEOMETRIES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_max_pool_kernel_is_caffes_scan(size, kernel, stride, pad, dtype):
-    """ops.max_pool2d_with_mask against Caffe's loops: ties (small integers: the first
-    maximum in row-major order), NaN and -inf that never win, windows of nothing but
-    NaN or past the map (lowest value, mask -1); the backward against Caffe's scatter,
-    which skips mask -1."""
+    """ops.max_pool2d_with_mask against Caffe's loops (tests/reference.py): ties (small
+    integers: the first maximum in row-major order), NaN and -inf that never win,
+    windows of nothing but NaN or past the map (lowest value, mask -1); the backward
+    against Caffe's scatter, which skips mask -1."""
     from ssdh_port.caffe.layers import caffe_pool_size
+    from tests.reference import caffe_max_pool_backward, caffe_pooling
 
     g = torch.Generator().manual_seed(sum(size) + sum(kernel))
     x = torch.randint(-2, 3, (2, 3, *size), generator=g).to(dtype)
@@ -318,14 +282,15 @@ def test_max_pool_kernel_is_caffes_scan(size, kernel, stride, pad, dtype):
     out_size = tuple(caffe_pool_size(n, k, s, p) for n, k, s, p in zip(size, kernel, stride, pad))
     x.requires_grad_(True)
     top, mask = ops.max_pool2d_with_mask(x, kernel, stride, pad, out_size)
-    expected_top, expected_mask = caffe_max_pool_loops(x.detach(), kernel, stride, pad, out_size)
-    assert torch.equal(mask, expected_mask)
-    assert torch.equal(top.detach(), expected_top)
+    expected_top, expected_mask = (torch.from_numpy(a) for a in caffe_pooling(x.detach().numpy(), "MAX", kernel,
+                                                                               stride, pad))
+    assert torch.equal(mask, expected_mask.to(torch.int32))
+    assert torch.equal(top.detach(), expected_top.to(dtype))
     assert (mask[1, 2] == -1).all() and (top[1, 2] == torch.finfo(dtype).min).all()
     assert mask.dtype == torch.int32 and not mask.requires_grad
     grad = torch.randn(top.shape, dtype=dtype, generator=g)
     (got,) = torch.autograd.grad(top, x, grad)
-    expected = caffe_max_pool_backward_loops(grad, expected_mask, size)
+    expected = torch.from_numpy(caffe_max_pool_backward(grad.numpy(), expected_mask.numpy(), size))
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 

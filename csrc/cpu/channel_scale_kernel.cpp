@@ -26,8 +26,6 @@
 
 #include "cpu_features.h"
 
-#define SSDH_AVX2 __attribute__((target("avx2,fma")))
-
 namespace ssdh {
 namespace cpu {
 namespace {
@@ -37,11 +35,6 @@ constexpr int kLanes = 8;
 struct Layout {
   int64_t outer, channels, inner;
 };
-
-bool use_avx2() {
-  static const bool avx2 = avx2_wanted("SSDH_CPU_LAYERS");
-  return avx2;
-}
 
 template <typename T>
 __attribute__((always_inline)) inline void scale_rows(const T* x, const T* scale, const T* bias, T* y,
@@ -98,7 +91,7 @@ __attribute__((always_inline)) inline void scale_backward_channels(const T* g, c
 }
 
 template <typename T>
-SSDH_AVX2 void scale_rows_avx2(const T* x, const T* scale, const T* bias, T* y, const Layout& l, int64_t first,
+SSDH_TARGET_AVX2_FMA void scale_rows_avx2(const T* x, const T* scale, const T* bias, T* y, const Layout& l, int64_t first,
                                int64_t last) {
   scale_rows(x, scale, bias, y, l, first, last);
 }
@@ -110,20 +103,20 @@ void scale_rows_generic(const T* x, const T* scale, const T* bias, T* y, const L
 }
 
 template <typename T>
-SSDH_AVX2 void scale_backward_avx2(const T* g, const T* x, const T* scale, T* dx, T* dscale, T* dbias,
+SSDH_TARGET_AVX2_FMA void scale_backward_avx2(const T* g, const T* x, const T* scale, T* dx, T* dscale, T* dbias,
                                    const Layout& l, int64_t first, int64_t last) {
   scale_backward_channels(g, x, scale, dx, dscale, dbias, l, first, last);
 }
 
 // float32 with AVX2: two vectors of each sum (16 values a step), FMA for g * x.
-SSDH_AVX2 float sum8(__m256 v) {
+SSDH_TARGET_AVX2_FMA float sum8(__m256 v) {
   const __m128 half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   const __m128 quarter = _mm_add_ps(half, _mm_movehl_ps(half, half));
   return _mm_cvtss_f32(_mm_add_ss(quarter, _mm_shuffle_ps(quarter, quarter, 1)));
 }
 
 template <>
-SSDH_AVX2 void scale_backward_avx2<float>(const float* g, const float* x, const float* scale, float* dx,
+SSDH_TARGET_AVX2_FMA void scale_backward_avx2<float>(const float* g, const float* x, const float* scale, float* dx,
                                           float* dscale, float* dbias, const Layout& l, int64_t first,
                                           int64_t last) {
   for (int64_t c = first; c < last; ++c) {
@@ -190,7 +183,7 @@ at::Tensor channel_scale_kernel(const at::Tensor& x_in, const at::Tensor& scale_
   const at::Tensor bias = bias_in.has_value() ? bias_in->contiguous() : at::Tensor();
   at::Tensor y = at::empty_like(x, at::MemoryFormat::Contiguous);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "channel_scale", [&] {
-    const auto rows = use_avx2() ? &scale_rows_avx2<scalar_t> : &scale_rows_generic<scalar_t>;
+    const auto rows = layer_kernels_avx2() ? &scale_rows_avx2<scalar_t> : &scale_rows_generic<scalar_t>;
     const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, l.outer * l.channels, grain(l.inner), [&](int64_t first, int64_t last) {
       rows(x.const_data_ptr<scalar_t>(), scale.const_data_ptr<scalar_t>(), b, y.mutable_data_ptr<scalar_t>(), l,
@@ -212,7 +205,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> channel_scale_backward_kernel(con
   at::Tensor dscale = at::empty({l.channels}, scale.options());
   at::Tensor dbias = at::empty({l.channels}, scale.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "channel_scale_backward", [&] {
-    const auto channels = use_avx2() ? &scale_backward_avx2<scalar_t> : &scale_backward_generic<scalar_t>;
+    const auto channels =
+        layer_kernels_avx2() ? &scale_backward_avx2<scalar_t> : &scale_backward_generic<scalar_t>;
     at::parallel_for(0, l.channels, grain(l.outer * l.inner), [&](int64_t first, int64_t last) {
       channels(grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), scale.const_data_ptr<scalar_t>(),
                dx.mutable_data_ptr<scalar_t>(), dscale.mutable_data_ptr<scalar_t>(),

@@ -9,6 +9,9 @@
 #include <cstdlib>
 #include <cstring>
 
+// Functions built for AVX2 + FMA (called only where avx2_wanted says so).
+#define SSDH_TARGET_AVX2_FMA __attribute__((target("avx2,fma")))
+
 namespace ssdh {
 namespace cpu {
 
@@ -26,6 +29,12 @@ inline bool avx2_wanted(const char* variable) {
   TORCH_CHECK(std::strcmp(wanted, "generic") == 0 || has, variable,
               "=avx2: this CPU lacks AVX2 or FMA");
   return std::strcmp(wanted, "avx2") == 0;
+}
+
+// The Caffe layers' kernels (pooling, Scale): SSDH_CPU_LAYERS, read once.
+inline bool layer_kernels_avx2() {
+  static const bool avx2 = avx2_wanted("SSDH_CPU_LAYERS");
+  return avx2;
 }
 
 }  // namespace cpu

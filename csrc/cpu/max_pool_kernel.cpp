@@ -35,8 +35,6 @@
 
 #include "cpu_features.h"
 
-#define SSDH_AVX2 __attribute__((target("avx2,fma")))
-
 namespace ssdh {
 namespace cpu {
 namespace {
@@ -45,11 +43,6 @@ struct Geometry {
   int64_t h, w, oh, ow;  // input and output map sizes
   int64_t kh, kw, sh, sw, ph, pw;
 };
-
-bool use_avx2() {
-  static const bool avx2 = avx2_wanted("SSDH_CPU_LAYERS");
-  return avx2;
-}
 
 // Each row's window maxima along W: value[j] and its column (-1: none beat the lowest).
 template <typename T, int KW, int SW>
@@ -143,7 +136,7 @@ __attribute__((always_inline)) inline void pool_maps(const T* x, const Geometry&
 }
 
 template <typename T, int KW, int SW>
-SSDH_AVX2 void pool_maps_avx2(const T* x, const Geometry& g, int64_t first, int64_t last, T* top,
+SSDH_TARGET_AVX2_FMA void pool_maps_avx2(const T* x, const Geometry& g, int64_t first, int64_t last, T* top,
                               int32_t* mask) {
   pool_maps<T, KW, SW>(x, g, first, last, top, mask);
 }
@@ -158,7 +151,7 @@ using PoolMaps = void (*)(const T*, const Geometry&, int64_t, int64_t, T*, int32
 
 template <typename T, int KW, int SW>
 PoolMaps<T> build() {
-  return use_avx2() ? &pool_maps_avx2<T, KW, SW> : &pool_maps_generic<T, KW, SW>;
+  return layer_kernels_avx2() ? &pool_maps_avx2<T, KW, SW> : &pool_maps_generic<T, KW, SW>;
 }
 
 // The build for this window: sizes known at compile time for the common ones.

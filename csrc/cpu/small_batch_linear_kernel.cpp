@@ -31,8 +31,6 @@
 
 #include "cpu_features.h"
 
-#define SSDH_AVX2_FMA __attribute__((target("avx2,fma")))
-
 namespace ssdh {
 namespace cpu {
 namespace {
@@ -61,7 +59,7 @@ void check(const at::Tensor& a, const at::Tensor& w, int64_t a_cols, const char*
 // (add: onto y): MB x NB running vector sums, so that each step's NB + MB loads
 // feed MB x NB FMAs.
 template <int MB, int NB>
-SSDH_AVX2_FMA void dot_block_avx2(const float* x, int64_t ldx, const float* w, int64_t ldw, int64_t k_len,
+SSDH_TARGET_AVX2_FMA void dot_block_avx2(const float* x, int64_t ldx, const float* w, int64_t ldw, int64_t k_len,
                                   float* y, int64_t ldy, bool add, const float* next) {
   __m256 acc[MB][NB];
   for (int m = 0; m < MB; ++m)
@@ -162,7 +160,7 @@ at::Tensor linear_small_batch_kernel(const at::Tensor& x_in, const at::Tensor& w
 
 // dx[m, k0:k0+len] += sum over j < rows of g[m, n0 + j] * w[n0 + j, k0:k0+len], for every m.
 // next: the first of the next block's weight rows at column k0 (prefetched), or null.
-SSDH_AVX2_FMA void add_rows_avx2(const float* g, int64_t m_rows, int64_t n_out, int64_t n0, int64_t rows,
+SSDH_TARGET_AVX2_FMA void add_rows_avx2(const float* g, int64_t m_rows, int64_t n_out, int64_t n0, int64_t rows,
                                  const float* w, int64_t k_len, int64_t k0, int64_t len, float* dx,
                                  const float* next) {
   for (int64_t m = 0; m < m_rows; ++m) {

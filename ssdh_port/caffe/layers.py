@@ -166,6 +166,11 @@ class DummyData(CaffeLayer):
 # ---------------------------------------------------------------- vision
 
 
+def _cpu_float(x):
+    """A float32 / float64 CPU tensor: what the native layer kernels take."""
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+
+
 def _spatial(param, name, default, layer):
     """Caffe's kernel_size/stride/pad: the field (repeated in ConvolutionParameter,
     single in PoolingParameter), or the 2-D pair <name>_h / <name>_w."""
@@ -310,8 +315,8 @@ class Convolution(CaffeLayer):
 
     def _image_backward(self, x, weight):
         """Caffe's im2col backward for image layers (few input channels) on the CPU."""
-        return (self.in_channels <= IMAGE_CHANNELS and self.group == 1 and x.device.type == "cpu"
-                and x.dtype in (torch.float32, torch.float64) and weight.dtype == x.dtype and x.is_contiguous()
+        return (self.in_channels <= IMAGE_CHANNELS and self.group == 1 and _cpu_float(x)
+                and weight.dtype == x.dtype and x.is_contiguous()
                 and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
                 and not isinstance(x, FakeTensor))
 
@@ -331,7 +336,7 @@ def _native_max_pool(x):
     """Whether the native kernel pools x: contiguous N x C x H x W float32 / float64 on
     the CPU. Elsewhere torch's max_pool2d does (NaN propagates there, and a window of
     -inf gives -inf where Caffe gives the lowest float)."""
-    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.is_contiguous()
+    return _cpu_float(x) and x.is_contiguous()
 
 
 def _max_pool_native(x, kernel, stride, pad, ceil_mode):
@@ -501,7 +506,7 @@ class LRN(CaffeLayer):
         if self.across:
             if x.dim() != 4:
                 raise self.error(f"LRN needs an N x C x H x W bottom, got {tuple(x.shape)}")
-            if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+            if _cpu_float(x):
                 return (ops.lrn_across_channels(x, n, self.alpha, self.beta, self.k),)
             return (_LRNFormula.apply(x, n, self.alpha, self.beta, self.k),)
         # WITHIN_CHANNEL: Caffe's AVE pooling of x^2 (n x n, pad (n-1)/2), then
@@ -718,8 +723,7 @@ class Dropout(_Neuron):
         # Caffe scales at training time (1 / (1 - ratio)), as torch does. On the CPU the
         # native kernel draws the mask (torch's bernoulli_ there draws one element at a
         # time: SqueezeNet's drop9 10 ms against 0.8); elsewhere torch's dropout.
-        if (self.phase == "TRAIN" and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-                and 0.0 <= self.ratio < 1.0 and not isinstance(x, FakeTensor)):
+        if self.phase == "TRAIN" and _cpu_float(x) and 0.0 <= self.ratio < 1.0 and not isinstance(x, FakeTensor):
             return ops.dropout(x, self.ratio)[0]
         return F.dropout(x, self.ratio, training=self.phase == "TRAIN")
 
@@ -1265,8 +1269,7 @@ class Scale(_Affine):
     def _native(self, x, scale, bias):
         """The native kernel (ops.channel_scale) takes contiguous CPU float maps with
         the operand over at least one axis and a per-channel map of some size."""
-        return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.is_contiguous()
-                and scale.dtype == x.dtype and scale.dim() >= 1 and (bias is None or bias.dtype == x.dtype)
+        return (_cpu_float(x) and x.is_contiguous() and scale.dtype == x.dtype and scale.dim() >= 1 and (bias is None or bias.dtype == x.dtype)
                 and self.axis + scale.dim() < x.dim() and x.numel() > 0)
 
 
