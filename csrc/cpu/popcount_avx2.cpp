@@ -251,19 +251,50 @@ struct LaneCodes {
     return Lane == 8 ? _mm256_set1_epi64x(value) : _mm256_set1_epi32(static_cast<int>(value));
   }
 
-  // Bit i set when lane i's distance is above the bound.
-  SSDH_AVX2 __attribute__((always_inline)) static inline int over(__m256i d, __m256i bound) {
-    if (Lane == 8) {
-      return _mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(d, bound)));
-    }
-    return _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(d, bound)));
+  // All ones in each lane whose distance is above the bound.
+  SSDH_AVX2 __attribute__((always_inline)) static inline __m256i over(__m256i d, __m256i bound) {
+    return Lane == 8 ? _mm256_cmpgt_epi64(d, bound) : _mm256_cmpgt_epi32(d, bound);
   }
 };
 
+// Queries whose compares with their bounds are ANDed in scan_lanes: one test and branch
+// rejects a vector of rows for all of them, rather than a movemask and a branch for each
+// query. The queries are padded to whole groups.
+constexpr int kTestedQueries = 8;
+
+// The rare path of scan_lanes: some lane of the group of queries q0 .. q1 - 1 was
+// within its bound for the rows from j on (split into lo and hi). Each query's
+// distances are taken again, and its rows within its bound added in database order.
+template <int Lane>
+SSDH_AVX2 __attribute__((noinline)) void add_lane_hits(__m256i lo, __m256i hi, const Nibbles* query,
+                                                       Bounds* bounds, int q0, int q1, int64_t j,
+                                                       Candidates* c) {
+  using Codes = LaneCodes<Lane>;
+  const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+  for (int q = q0; q < q1; ++q) {
+    const __m256i counts = _mm256_add_epi8(_mm256_shuffle_epi8(table, _mm256_xor_si256(lo, query[q].lo)),
+                                           _mm256_shuffle_epi8(table, _mm256_xor_si256(hi, query[q].hi)));
+    alignas(32) int64_t dist8[4];
+    alignas(32) int32_t dist4[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(Lane == 8 ? static_cast<void*>(dist8) : dist4),
+                       Codes::lane_sums(counts));
+    for (int lane = 0; lane < Codes::kRows; ++lane) {
+      const int d = Lane == 8 ? static_cast<int>(dist8[lane]) : dist4[lane];
+      if (d <= c[q].bound) {
+        add_candidate(c[q], j + lane, d);
+      }
+    }
+    bounds[q].v = Codes::broadcast(c[q].bound);
+  }
+}
+
 // The scan of codes of up to Lane bytes: kRows database codes to a vector, their
 // nibbles split once for every query of the block; a query's kRows distances are two
-// lookups, an add and the lane sums, and one compare against its bound rejects them
-// all. The last rows (whose loads would run past the block) go through the scalar loop.
+// lookups, an add and the lane sums, compared with its bound, and the compares of
+// kTestedQueries queries ANDed reject all their rows with one test. The queries are padded
+// to whole groups with a bound of -1, which every distance exceeds. The last rows
+// (whose loads would run past the block) go through the scalar loop.
 template <int Lane>
 SSDH_AVX2 void scan_lanes(const uint64_t* queries, int n, const uint8_t* db, int64_t bytes, int64_t first,
                           int64_t last, Candidates* c) {
@@ -272,14 +303,16 @@ SSDH_AVX2 void scan_lanes(const uint64_t* queries, int n, const uint8_t* db, int
   const __m256i low4 = _mm256_set1_epi8(0x0f);
   const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
                                          0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
-  const int all_over = (1 << Codes::kRows) - 1;
-  AlignedArray<Nibbles> query(n);
-  AlignedArray<Bounds> bounds(n);
-  for (int q = 0; q < n; ++q) {
-    const __m256i word = Lane == 8 ? _mm256_set1_epi64x(static_cast<long long>(queries[q]))
-                                   : _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(queries[q])));
+  const __m256i ones = _mm256_set1_epi8(-1);
+  const int padded = (n + kTestedQueries - 1) / kTestedQueries * kTestedQueries;
+  AlignedArray<Nibbles> query(padded);
+  AlignedArray<Bounds> bounds(padded);
+  for (int q = 0; q < padded; ++q) {
+    const uint64_t code = queries[std::min(q, n - 1)];
+    const __m256i word = Lane == 8 ? _mm256_set1_epi64x(static_cast<long long>(code))
+                                   : _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(code)));
     query[q] = {_mm256_and_si256(word, low4), _mm256_and_si256(_mm256_srli_epi16(word, 4), low4)};
-    bounds[q].v = Codes::broadcast(c[q].bound);
+    bounds[q].v = Codes::broadcast(q < n ? c[q].bound : -1);
   }
   // The loads stay within the block: (j + kHalf) * bytes + 16 <= last * bytes.
   int64_t j = first;
@@ -287,23 +320,18 @@ SSDH_AVX2 void scan_lanes(const uint64_t* queries, int n, const uint8_t* db, int
     const __m256i codes = loader.load(db + j * bytes);
     const __m256i lo = _mm256_and_si256(codes, low4);
     const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(codes, 4), low4);
-    for (int q = 0; q < n; ++q) {
-      const __m256i counts =
-          _mm256_add_epi8(_mm256_shuffle_epi8(table, _mm256_xor_si256(lo, query[q].lo)),
-                          _mm256_shuffle_epi8(table, _mm256_xor_si256(hi, query[q].hi)));
-      const __m256i d = Codes::lane_sums(counts);
-      const int over = Codes::over(d, bounds[q].v);
-      if (__builtin_expect(over != all_over, 0)) {
-        alignas(32) int64_t dist8[4];
-        alignas(32) int32_t dist4[8];
-        _mm256_store_si256(reinterpret_cast<__m256i*>(Lane == 8 ? static_cast<void*>(dist8) : dist4), d);
-        for (int lane = 0; lane < Codes::kRows; ++lane) {
-          const int dist = Lane == 8 ? static_cast<int>(dist8[lane]) : dist4[lane];
-          if (!(over >> lane & 1) && dist <= c[q].bound) {
-            add_candidate(c[q], j + lane, dist);
-          }
-        }
-        bounds[q].v = Codes::broadcast(c[q].bound);
+    for (int q0 = 0; q0 < padded; q0 += kTestedQueries) {
+      __m256i over = ones;
+      const Nibbles* group = query.data + q0;
+      const Bounds* group_bounds = bounds.data + q0;
+      for (int i = 0; i < kTestedQueries; ++i) {  // a constant trip count (the build has -fwrapv)
+        const __m256i counts =
+            _mm256_add_epi8(_mm256_shuffle_epi8(table, _mm256_xor_si256(lo, group[i].lo)),
+                            _mm256_shuffle_epi8(table, _mm256_xor_si256(hi, group[i].hi)));
+        over = _mm256_and_si256(over, Codes::over(Codes::lane_sums(counts), group_bounds[i].v));
+      }
+      if (__builtin_expect(!_mm256_testc_si256(over, ones), 0)) {
+        add_lane_hits<Lane>(lo, hi, query.data, bounds.data, q0, std::min(q0 + kTestedQueries, n), j, c);
       }
     }
   }
