@@ -178,7 +178,7 @@ def test_cuda_matches_cpu(bits):
 
 
 @needs_cuda
-@pytest.mark.parametrize("bits", [24, 48, 64, 128, 256])
+@pytest.mark.parametrize("bits", [24, 48, 64, 128, 256, 320, 512, 520, 1024])
 @pytest.mark.parametrize("clustered", [False, True])
 def test_cuda_filtering_path_matches_cpu(bits, clustered):
     # 200,000 codes: large enough for the sampled bound and the candidate lists;

@@ -6,7 +6,7 @@
 //   the database in order, 32 codes at a time; lanes holding the same distance
 //   rank themselves with __match_any_sync, so each bucket fills in database
 //   order. Every query reads the whole database twice.
-// * the filtering path (codes of at most 256 bits, k <= kMaxTiledK), for large
+// * the filtering path (codes of at most 1,024 bits, k <= kMaxTiledK), for large
 //   databases: a strided sample of the database gives each query a distance
 //   bound expected to keep about kTargetFactor * k codes; one tiled pass
 //   compares blocks of queries (held in registers) with every code and appends
@@ -136,9 +136,10 @@ __global__ void topk_counting_kernel(
 // ---------------------------------------------------------------- filtering path
 
 // The bound aims at about kTargetFactor * k candidates; one distance more
-// multiplies the count by a few for codes of 32-256 bits, so k <= kMaxTiledK
-// keeps the list within kCapacity (the sort block's size) in most queries.
-constexpr int kMaxTiledWords = 4;       // codes of up to 256 bits
+// multiplies the count by a few for codes of 32-256 bits (by less for longer
+// codes, whose distances spread wider), so k <= kMaxTiledK keeps the list within
+// kCapacity (the sort block's size) in most queries.
+constexpr int kMaxTiledWords = 16;      // codes of up to 1,024 bits
 constexpr int kMaxTiledK = 256;
 constexpr int kTargetFactor = 3;
 constexpr int kSortThreads = 256;
@@ -300,10 +301,19 @@ at::Tensor filter_and_select(const at::Tensor& queries, const at::Tensor& databa
 
   at::Tensor count = at::zeros({nq}, queries.options().dtype(at::kInt));
   at::Tensor candidates = at::empty({nq, kCapacity}, queries.options().dtype(at::kLong));
-  switch ((bytes + 7) / 8) {
-    case 1: launch_filter<1, 16>(queries, database, bound, count, candidates, stream); break;
-    case 2: launch_filter<2, 8>(queries, database, bound, count, candidates, stream); break;
-    default: launch_filter<4, 4>(queries, database, bound, count, candidates, stream); break;
+  // Queries to a block times words to a code stays 16: the registers a thread holds
+  // for its queries are the same at every length.
+  const int words = (bytes + 7) / 8;
+  if (words == 1) {
+    launch_filter<1, 16>(queries, database, bound, count, candidates, stream);
+  } else if (words == 2) {
+    launch_filter<2, 8>(queries, database, bound, count, candidates, stream);
+  } else if (words <= 4) {
+    launch_filter<4, 4>(queries, database, bound, count, candidates, stream);
+  } else if (words <= 8) {
+    launch_filter<8, 2>(queries, database, bound, count, candidates, stream);
+  } else {
+    launch_filter<16, 1>(queries, database, bound, count, candidates, stream);
   }
   int key_bits = 32;
   while ((1 << (key_bits - 32)) <= 8 * bytes) {
