@@ -23,7 +23,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 
 import numpy as np
 import torch
@@ -39,6 +38,7 @@ from ssdh_port.data.datasets import write_array_db
 from ssdh_port.data.db import open_db
 from ssdh_port.device import cpu_name
 from ssdh_port.models.ssdh import SSDHLoss
+from timer import time_calls
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_BATCH = {"lenet_ssdh": 64, "cifar10_quick_ssdh": 100, "alexnet_ssdh48": 8}
@@ -106,12 +106,8 @@ def plain_step(net, solver, images, labels, batch, foreach=None):
 
 
 def timed(step, warmup, iters):
-    for _ in range(warmup):
-        step()
-    started = time.perf_counter()
-    for _ in range(iters):
-        step()
-    return (time.perf_counter() - started) / iters
+    """Mean seconds of a step over `iters` steps after `warmup`."""
+    return time_calls(step, rounds=1, number=iters, warmup=warmup).mean
 
 
 def bench_net(net, args, folder):

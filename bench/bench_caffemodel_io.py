@@ -11,28 +11,31 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from timer import stopwatch
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(BENCH)
 DEFAULT_PROTOTXT = os.path.join(os.path.dirname(ROOT), "shared", "data", "caffe-oracle",
                                 "b_fullsize_shapes", "alexnet_ssdh48.deploy.prototxt")
 
 CHILD = r"""
-import resource, sys, time
-mode, prototxt, path = sys.argv[1:4]
+import resource, sys
+mode, prototxt, path, bench = sys.argv[1:5]
+sys.path.insert(0, bench)
 import torch
 from ssdh_port.caffe.net import CaffeNet
+from timer import stopwatch
 net = CaffeNet(prototxt, input_shapes={"data": (1, 3, 227, 227)})
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-start = time.perf_counter()
-if mode == "wire":
-    net.copy_from(path)
-else:
-    from ssdh_port.caffe import io
-    net.copy_from(io.read_caffemodel(path))
-seconds = time.perf_counter() - start
+with stopwatch() as elapsed:
+    if mode == "wire":
+        net.copy_from(path)
+    else:
+        from ssdh_port.caffe import io
+        net.copy_from(io.read_caffemodel(path))
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(base * 1024, peak * 1024, seconds)
+print(base * 1024, peak * 1024, elapsed.seconds)
 """
 
 
@@ -46,14 +49,14 @@ def main():
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.caffemodel")
-        start = time.perf_counter()
-        CaffeNet(args.prototxt, input_shapes={"data": (1, 3, 227, 227)}).save_caffemodel(path)
-        write_s = time.perf_counter() - start
+        with stopwatch() as elapsed:
+            CaffeNet(args.prototxt, input_shapes={"data": (1, 3, 227, 227)}).save_caffemodel(path)
+        write_s = elapsed.seconds
         size = os.path.getsize(path)
         print(f"model file {size / 2**20:.0f} MiB, written in {write_s:.1f} s (streaming writer)")
         results = {"file_bytes": size, "write_seconds": write_s}
         for mode in ("wire", "protobuf"):
-            out = subprocess.run([sys.executable, "-c", CHILD, mode, args.prototxt, path],
+            out = subprocess.run([sys.executable, "-c", CHILD, mode, args.prototxt, path, BENCH],
                                  capture_output=True, text=True, check=True).stdout.split()
             base, peak, seconds = int(out[0]), int(out[1]), float(out[2])
             extra = peak - base

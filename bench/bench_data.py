@@ -10,7 +10,6 @@ import argparse
 import io
 import os
 import tempfile
-import time
 
 import numpy as np
 import torch
@@ -24,6 +23,7 @@ from ssdh_port.data.datum import array_to_datum, encoded_datum, parse_datum
 from ssdh_port.data.db import DatumDBWriter, DatumLMDB
 from ssdh_port.data.transformer import DataTransformer
 from ssdh_port.pipeline.recipe import point_data_layers
+from timer import time_calls
 
 
 def recipe_solver(recipe, db, batch, mean_file=None):
@@ -81,12 +81,8 @@ def baseline(db, mean, batch, rng):
 
 
 def timed(fn, images, repeats=3):
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return images / best
+    """Images per second of fn(), from its best of `repeats` calls."""
+    return images / time_calls(fn, rounds=repeats).best
 
 
 def main():

@@ -26,7 +26,6 @@ of `ssdh run cifar10_fast --device cuda` takes.
 """
 import argparse
 import sys
-import time
 
 import torch
 from torch.nn import functional as F
@@ -34,8 +33,9 @@ from torch.nn import functional as F
 from ssdh_port import cli, ops
 from ssdh_port.allocator import keep_freed_memory
 from ssdh_port.fileio import write_json
-from ssdh_port.device import describe, resolve_device, synchronize
+from ssdh_port.device import describe, resolve_device
 from ssdh_port.models.fastnet import FastNetSSDH
+from timer import time_calls
 
 MODES = {"fp32": (False, torch.contiguous_format), "fp32-cl": (False, torch.channels_last),
          "bf16": (True, torch.contiguous_format), "bf16-cl": (True, torch.channels_last)}
@@ -48,20 +48,16 @@ def measure(widths, batch, iters, amp, memory_format, device):
                                 nesterov=True)
     x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=memory_format)
     y = torch.randint(0, 10, (batch,), device=device)
-    times = []
-    for i in range(iters + 1):  # the first step warms up (oneDNN / cuDNN pick their kernels)
-        synchronize(device)
-        start = time.perf_counter()
+    def step():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             latent, scores = model(x)
         loss = F.cross_entropy(scores, y, label_smoothing=0.2) + ops.latent_losses(latent, 2).sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        synchronize(device)
-        if i:
-            times.append(time.perf_counter() - start)
-    return batch / (sum(times) / len(times))
+
+    # Each step timed alone; the first warms up (oneDNN / cuDNN pick their kernels).
+    return batch / time_calls(step, rounds=iters, warmup=1, device=device).mean
 
 
 def main(argv=None):

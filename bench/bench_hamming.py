@@ -24,7 +24,6 @@ then an int8 matrix product of +-1 bits with a top-k over unique (distance,
 index) keys on the same GPU, and faiss (if installed) runs on the machine's CPU.
 """
 import argparse
-import time
 
 import numpy as np
 import torch
@@ -33,15 +32,7 @@ from ssdh_port import ops
 from ssdh_port.fileio import write_json
 from ssdh_port.device import cpu_name, describe
 from ssdh_port.hashing import evaluate
-
-
-def best_time(fn, repeats=3):
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
+from timer import time_calls
 
 
 def torch_topk(queries, database, k):
@@ -52,20 +43,6 @@ def torch_topk(queries, database, k):
         dist = table[(database ^ q).long()].sum(dim=1)
         out.append(torch.sort(dist, stable=True).indices[:k])
     return torch.stack(out)
-
-
-def gpu_time(fn, repeats=5):
-    """Best of `repeats` CUDA-event timings of fn() after one warm-up call."""
-    result = fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        result = fn()
-        stop.record()
-        torch.cuda.synchronize()
-        best = min(best, start.elapsed_time(stop) / 1e3)
-    return best, result
 
 
 def torch_topk_matmul(queries, database, k, chunk=1000):
@@ -94,15 +71,18 @@ def bench_cuda(args, rng, results):
     db_gpu, q_gpu = torch.from_numpy(db).to(device), torch.from_numpy(q).to(device)
     comparisons = args.database * queries
     results.update(gpu=describe(device), queries=queries)
-    ours_s, (ours_d, ours_i) = gpu_time(lambda: ops.hamming_topk(q_gpu, db_gpu, args.k))
+    ours_s, (ours_d, ours_i) = time_calls(lambda: ops.hamming_topk(q_gpu, db_gpu, args.k), rounds=5, warmup=1,
+                                          device=device).best_result
     results["ours_s"] = ours_s
     print(f"ssdh hamming_topk (GPU): {ours_s * 1e3:8.2f} ms  {comparisons / ours_s / 1e12:6.3f} T comparisons/s")
-    cpu_s, (cpu_d, cpu_i) = best_time(lambda: ops.hamming_topk(torch.from_numpy(q), torch.from_numpy(db), args.k), 1)
+    cpu_s, (cpu_d, cpu_i) = time_calls(lambda: ops.hamming_topk(torch.from_numpy(q), torch.from_numpy(db), args.k),
+                                       rounds=1).best_result
     same = torch.equal(cpu_i, ours_i.cpu()) and torch.equal(cpu_d, ours_d.cpu())
     results.update(ours_cpu_s=cpu_s, ratio_vs_ours_cpu=cpu_s / ours_s, same_as_cpu=same)
     print(f"ssdh hamming_topk (CPU, {torch.get_num_threads()} threads): {cpu_s * 1e3:8.1f} ms -> GPU "
           f"{cpu_s / ours_s:.0f}x faster; same result: {same}")
-    plain_s, plain_i = gpu_time(lambda: torch_topk_matmul(q_gpu, db_gpu, args.k), 2)
+    plain_s, plain_i = time_calls(lambda: torch_topk_matmul(q_gpu, db_gpu, args.k), rounds=2, warmup=1,
+                                  device=device).best_result
     same = torch.equal(plain_i.cpu(), cpu_i)
     results.update(torch_gpu_s=plain_s, ratio_vs_torch_gpu=plain_s / ours_s, torch_gpu_same=same)
     print(f"plain PyTorch (int8 matmul + top-k, GPU): {plain_s * 1e3:8.2f} ms -> ours "
@@ -112,7 +92,7 @@ def bench_cuda(args, rng, results):
 
         index = faiss.IndexBinaryFlat(64)
         index.add(db)
-        faiss_s, (fd, _) = best_time(lambda: index.search(q, args.k), 1)
+        faiss_s, (fd, _) = time_calls(lambda: index.search(q, args.k), rounds=1).best_result
         results.update(faiss_cpu_s=faiss_s, ratio_vs_faiss_cpu=faiss_s / ours_s,
                        faiss_same_distances=bool(np.array_equal(fd, cpu_d.numpy())))
         print(f"faiss IndexBinaryFlat (CPU, {faiss.omp_get_max_threads()} threads): "
@@ -122,8 +102,9 @@ def bench_cuda(args, rng, results):
 
     q_codes, d_codes, labels_q, labels_db = protocol_data(rng)
     args_ = (torch.from_numpy(q_codes), torch.from_numpy(d_codes), labels_q, labels_db)
-    gpu_s, gpu_result = gpu_time(lambda: evaluate(*args_, topk=None, device=device), 3)
-    cpu_s, cpu_result = best_time(lambda: evaluate(*args_, topk=None), 1)
+    gpu_s, gpu_result = time_calls(lambda: evaluate(*args_, topk=None, device=device), rounds=3, warmup=1,
+                                   device=device).best_result
+    cpu_s, cpu_result = time_calls(lambda: evaluate(*args_, topk=None), rounds=1).best_result
     same = abs(gpu_result["map"] - cpu_result["map"]) < 1e-9
     results.update(protocol_gpu_s=gpu_s, protocol_cpu_s=cpu_s, protocol_ratio=cpu_s / gpu_s,
                    protocol_same_map=same)
@@ -201,10 +182,10 @@ def bench_lengths(args, rng, results):
             db, centres = make_codes(rng, kind, args.database, bits)
             q, _ = make_codes(rng, kind, queries, bits, centres)
             tq, tdb = torch.from_numpy(q), torch.from_numpy(db)
-            ours_s, (ours_d, _) = best_time(lambda: ops.hamming_topk(tq, tdb, args.k))
+            ours_s, (ours_d, _) = time_calls(lambda: ops.hamming_topk(tq, tdb, args.k), rounds=3).best_result
             index = faiss.IndexBinaryFlat(8 * q.shape[1])
             index.add(db)
-            faiss_s, (fd, _) = best_time(lambda: index.search(q, args.k))
+            faiss_s, (fd, _) = time_calls(lambda: index.search(q, args.k), rounds=3).best_result
             same = bool(np.array_equal(fd, ours_d.numpy()))
             compares = args.database * queries
             words = compares * ((bits + 63) // 64)
@@ -249,7 +230,8 @@ def bench_cpu(args, rng, results):
     db = rng.integers(0, 256, (args.database, 8), dtype=np.uint8)
     q = rng.integers(0, 256, (args.queries, 8), dtype=np.uint8)
     comparisons = args.database * args.queries
-    ours_s, (ours_d, ours_i) = best_time(lambda: ops.hamming_topk(torch.from_numpy(q), torch.from_numpy(db), args.k))
+    ours_s, (ours_d, ours_i) = time_calls(lambda: ops.hamming_topk(torch.from_numpy(q), torch.from_numpy(db), args.k),
+                                          rounds=3).best_result
     results["ours_s"] = ours_s
     print(f"ssdh hamming_topk: {ours_s * 1e3:8.1f} ms  {comparisons / ours_s / 1e9:6.2f} G comparisons/s")
     try:
@@ -257,7 +239,7 @@ def bench_cpu(args, rng, results):
 
         index = faiss.IndexBinaryFlat(64)
         index.add(db)
-        faiss_s, (fd, fi) = best_time(lambda: index.search(q, args.k))
+        faiss_s, (fd, fi) = time_calls(lambda: index.search(q, args.k), rounds=3).best_result
         same = np.array_equal(fd, ours_d.numpy())
         results.update(faiss_s=faiss_s, ratio_vs_faiss=faiss_s / ours_s, same_distances=bool(same))
         print(f"faiss IndexBinaryFlat: {faiss_s * 1e3:8.1f} ms  {comparisons / faiss_s / 1e9:6.2f} G comparisons/s"
@@ -265,7 +247,8 @@ def bench_cpu(args, rng, results):
     except ImportError:
         print("faiss not installed: skipped")
     small = 50
-    torch_s, torch_i = best_time(lambda: torch_topk(torch.from_numpy(q[:small]), torch.from_numpy(db), args.k), 1)
+    torch_s, torch_i = time_calls(lambda: torch_topk(torch.from_numpy(q[:small]), torch.from_numpy(db), args.k),
+                                  rounds=1).best_result
     torch_s *= args.queries / small
     results.update(torch_s=torch_s, ratio_vs_torch=torch_s / ours_s)
     print(f"plain PyTorch (xor + table, sort): {torch_s * 1e3:8.1f} ms (from {small} queries) -> ours "
@@ -273,10 +256,11 @@ def bench_cpu(args, rng, results):
 
     # The CIFAR-10 protocol: 10,000 x 50,000, 48 bits, whole ranking.
     q_codes, d_codes, labels_q, labels_db = protocol_data(rng)
-    eval_s, result = best_time(lambda: evaluate(torch.from_numpy(q_codes), torch.from_numpy(d_codes),
-                                                labels_q, labels_db, topk=None), 1)
+    eval_s, result = time_calls(lambda: evaluate(torch.from_numpy(q_codes), torch.from_numpy(d_codes),
+                                                labels_q, labels_db, topk=None), rounds=1).best_result
     n = args.numpy_queries
-    np_s, np_map = best_time(lambda: numpy_protocol(q_codes[:n], d_codes, labels_q[:n], labels_db), 1)
+    np_s, np_map = time_calls(lambda: numpy_protocol(q_codes[:n], d_codes, labels_q[:n], labels_db),
+                              rounds=1).best_result
     np_s *= len(q_codes) / n
     ours_map = float(result["ap"][:n].mean())
     results.update(protocol_s=eval_s, numpy_protocol_s=np_s, protocol_ratio=np_s / eval_s,

@@ -20,12 +20,12 @@ import platform
 import statistics
 import tempfile
 import threading
-import time
 
 import numpy as np
 
 from ssdh_port.fileio import write_json
 from ssdh_port.hashing import HammingIndex, LiveIndex
+from timer import calls_within, per_call, stopwatch
 
 
 def rate(calls, seconds):
@@ -34,13 +34,8 @@ def rate(calls, seconds):
 
 def timed(fn, count):
     """(calls per second, per-call latencies in ms) of count calls fn(i)."""
-    latencies = []
-    start = time.perf_counter()
-    for i in range(count):
-        t = time.perf_counter()
-        fn(i)
-        latencies.append((time.perf_counter() - t) * 1e3)
-    return rate(count, time.perf_counter() - start), latencies
+    seconds, each = per_call(fn, count)
+    return rate(count, seconds), [1e3 * s for s in each]
 
 
 def fresh_index(path, items, bits, rng):
@@ -50,11 +45,8 @@ def fresh_index(path, items, bits, rng):
 
 
 def searches_per_second(live, queries, seconds):
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        live.search(queries[done % len(queries)][None], 10)
-        done += 1
-    return rate(done, time.perf_counter() - start)
+    done, elapsed = calls_within(lambda i: live.search(queries[i % len(queries)][None], 10), seconds)
+    return rate(done, elapsed)
 
 
 def main():
@@ -106,12 +98,12 @@ def main():
     writers = [threading.Thread(target=ingest, args=(w,)) for w in range(4)]
     for w in writers:
         w.start()
-    started = time.perf_counter()
-    out["search_qps_while_4_ingest"] = searches_per_second(live, queries, 3.0)
-    stop.set()
-    for w in writers:
-        w.join()
-    out["adds_per_s_during_that"] = rate(added[0], time.perf_counter() - started)
+    with stopwatch() as elapsed:
+        out["search_qps_while_4_ingest"] = searches_per_second(live, queries, 3.0)
+        stop.set()
+        for w in writers:
+            w.join()
+    out["adds_per_s_during_that"] = rate(added[0], elapsed.seconds)
     live.close()
 
     big = os.path.join(folder, "big.ssdh")
@@ -120,9 +112,9 @@ def main():
         change = max(1, args.compact_items // 100)
         live.remove(np.arange(change))
         live.add(rng.integers(0, 2, (change, args.bits)), np.arange(args.compact_items, args.compact_items + change))
-        start = time.perf_counter()
-        live.compact()
-        out["compact"] = {"items": len(live), "seconds": time.perf_counter() - start}
+        with stopwatch() as elapsed:
+            live.compact()
+        out["compact"] = {"items": len(live), "seconds": elapsed.seconds}
 
     if args.milvus:
         from ssdh_port.hashing.milvus import MilvusIndex

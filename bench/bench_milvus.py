@@ -15,7 +15,6 @@ its heap leaves them, so for faiss the distances are compared. Writes
 import argparse
 import os
 import tempfile
-import time
 
 import faiss
 import numpy as np
@@ -25,6 +24,7 @@ from ssdh_port import ops
 from ssdh_port.fileio import atomic_write, write_json
 from ssdh_port.hashing import HammingIndex
 from ssdh_port.hashing.milvus import MilvusIndex
+from timer import per_call, time_calls
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,19 +36,10 @@ def clustered_codes(n, bits, seed=0):
     return ops.pack_bits(torch.from_numpy(codes)).numpy()
 
 
-def timed(call):
-    started = time.perf_counter()
-    value = call()
-    return value, time.perf_counter() - started
-
-
 def measure(name, add, search, queries, k, single):
-    _, build = timed(add)
-    (distances, ids), batch = timed(lambda: search(queries, k))
-    latencies = []
-    for q in range(single):
-        _, seconds = timed(lambda: search(queries[q:q + 1], k))
-        latencies.append(seconds)
+    build = time_calls(add).best
+    batch, (distances, ids) = time_calls(lambda: search(queries, k)).best_result
+    _, latencies = per_call(lambda q: search(queries[q:q + 1], k), single)
     row = {"engine": name, "build_s": round(build, 2), "queries_per_s": round(len(queries) / batch, 1),
            "single_query_ms_p50": round(1000 * float(np.median(latencies)), 2)}
     print(row, flush=True)
@@ -83,7 +74,7 @@ def main():
         row["insert_codes_per_s"] = round(args.n / row["build_s"], 1)
         rows.append(row)
         raw = lambda q, k: milvus._search(milvus._queries(q), k)  # noqa: E731  Milvus' own answer, ties as it returns them
-        _, seconds = timed(lambda: raw(queries, args.k))
+        seconds = time_calls(lambda: raw(queries, args.k)).best
         rows.append({"engine": "Milvus Lite (BIN_FLAT, its own tie order)", "build_s": None,
                      "queries_per_s": round(len(queries) / seconds, 1), "single_query_ms_p50": None})
     same = {"milvus_equals_hamming": bool(np.array_equal(hd, md) and np.array_equal(hi, mi)),

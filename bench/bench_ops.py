@@ -11,14 +11,13 @@ Reports the median time of each and the ratio plain / native (> 1: native is
 faster).
 """
 import argparse
-import statistics
-import time
 
 import torch
 
 from ssdh_port import ops
 from ssdh_port.fileio import write_json
-from ssdh_port.device import describe, synchronize
+from ssdh_port.device import describe
+from timer import time_calls
 
 
 def plain_latent_losses(a, p=2):
@@ -67,24 +66,8 @@ def time_step(fn, inputs, device, repeats):
         x.grad = None
         fn(*inputs).backward()
 
-    for _ in range(3):
-        step()
     # Enough calls per block for about 20 ms of work.
-    synchronize(device)
-    start = time.perf_counter()
-    step()
-    synchronize(device)
-    once = max(time.perf_counter() - start, 1e-6)
-    per_block = max(1, int(0.02 / once))
-    samples = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        for _ in range(per_block):
-            step()
-        synchronize(device)
-        samples.append((time.perf_counter() - start) / per_block)
-    return statistics.median(samples)
+    return time_calls(step, rounds=repeats, number=None, warmup=3, device=device, min_round_s=0.02).median
 
 
 def cases(device):

@@ -15,22 +15,13 @@ recall of the full spatial search's top 10.
 import argparse
 import os
 import platform
-import time
 
 import numpy as np
 import torch
 
 from ssdh_port.fileio import write_json
 from ssdh_port.hashing import HammingIndex, PatchIndex, two_stage_search
-
-
-def best(fn, rounds=3):
-    times, result = [], None
-    for _ in range(rounds):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), result
+from timer import time_calls
 
 
 def numpy_set_distance(query_bits, patch_bytes, segments, table):
@@ -93,14 +84,17 @@ def main():
             query_code = (centres[centre] ^ (rng.random(bits) < 0.2).astype(np.uint8))[None]
             _, top10 = index.search(query, 10)
             for n in args.shortlists:
-                t, (_, found) = best(lambda: two_stage_search(whole, index, query_code, query, n, 10))
+                t, (_, found) = time_calls(lambda: two_stage_search(whole, index, query_code, query, n, 10),
+                                           rounds=3).best_result
                 staged[n][0] += t / args.queries
                 staged[n][1] += len(set(found.tolist()) & set(top10.tolist())) / 10 / args.queries
-            t, (ours, _) = best(lambda: index.set_distances(query))
+            t, (ours, _) = time_calls(lambda: index.set_distances(query), rounds=3).best_result
             ours_t += t
-            t, reference = best(lambda: numpy_set_distance(query, patch_bytes, segments, table), rounds=1)
+            t, reference = time_calls(lambda: numpy_set_distance(query, patch_bytes, segments, table),
+                                      rounds=1).best_result
             numpy_t += t
-            t, via_faiss = best(lambda: faiss_set_distance(flat, query, image_of, args.images), rounds=1)
+            t, via_faiss = time_calls(lambda: faiss_set_distance(flat, query, image_of, args.images),
+                                      rounds=1).best_result
             faiss_t += t
             assert np.allclose(ours.numpy(), reference) and np.allclose(ours.numpy(), via_faiss)
         row = {"bits": bits, "ours_s": ours_t / args.queries, "numpy_s": numpy_t / args.queries,

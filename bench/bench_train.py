@@ -20,7 +20,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 
 import numpy as np
 import torch
@@ -30,7 +29,8 @@ from ssdh_port.caffe import io as caffe_io
 from ssdh_port.allocator import keep_freed_memory
 from ssdh_port.fileio import write_json
 from ssdh_port.caffe.solver import Solver
-from ssdh_port.device import describe, synchronize
+from ssdh_port.device import describe
+from timer import stopwatch, time_calls
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "prototxt", "alexnet_ssdh48")
@@ -43,23 +43,17 @@ ORIGINAL_IMAGES_PER_S = (50_000 * 32 / (3 * 3600), 50_000 * 32 / (2 * 3600))
 
 
 def time_steps(solver, warmup, iters):
+    """Seconds of `iters` solver steps after `warmup` steps."""
     solver.step(warmup)
-    synchronize(solver.device)
-    start = time.perf_counter()
-    solver.step(iters)
-    synchronize(solver.device)
-    return time.perf_counter() - start
+    with stopwatch(solver.device) as elapsed:
+        solver.step(iters)
+    return elapsed.seconds
 
 
 def time_data(solver, iters):
+    """Seconds of `iters` batches of the net's Data layer alone, after one."""
     data = next(m for m in solver.net.layers if type(m).__name__ == "Data")
-    data()
-    synchronize(solver.device)
-    start = time.perf_counter()
-    for _ in range(iters):
-        data()
-    synchronize(solver.device)
-    return time.perf_counter() - start
+    return time_calls(data, rounds=1, number=iters, warmup=1, device=solver.device).mean * iters
 
 
 def main():

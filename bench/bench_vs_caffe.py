@@ -31,11 +31,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timer import time_calls  # noqa: E402
 from zoo_nets import NETS, write_net  # noqa: E402
 
 from ssdh_port.allocator import keep_freed_memory  # noqa: E402
@@ -86,10 +86,7 @@ def port_time(net, iterations, precision):
     forward_backward()  # warm-up, as caffe time runs one forward and backward first
     times = {}
     for name, fn in (("forward", forward), ("forward_backward", forward_backward)):
-        start = time.perf_counter()
-        for _ in range(iterations):
-            fn()
-        times[name] = 1000 * (time.perf_counter() - start) / iterations
+        times[name] = 1000 * time_calls(fn, rounds=1, number=iterations).mean
     times["backward"] = times["forward_backward"] - times["forward"]
     return times
 
@@ -122,13 +119,8 @@ def port_layers(net, iterations, precision):
             if backward and tops:
                 torch.autograd.backward(tops, [torch.ones_like(t) for t in tops])
 
-        timed = []
-        for backward in (False, True):
-            run(backward)
-            start = time.perf_counter()
-            for _ in range(iterations):
-                run(backward)
-            timed.append(1000 * (time.perf_counter() - start) / iterations)
+        timed = [1000 * time_calls(lambda: run(backward), rounds=1, number=iterations, warmup=1).mean
+                 for backward in (False, True)]
         out[name] = [timed[0], max(timed[1] - timed[0], 0.0)]
     return out
 
@@ -223,13 +215,7 @@ def gemm_gflops(threads, size=2048, repeats=5):
     """The machine's attainable float32 GEMM rate here: torch.mm of two size^2
     matrices, best of repeats (GFLOP/s, 2 flops a multiply-add)."""
     a, b = torch.randn(size, size), torch.randn(size, size)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size ** 3 / best / 1e9
+    return 2 * size ** 3 / time_calls(lambda: torch.mm(a, b), rounds=repeats, warmup=1).best / 1e9
 
 
 def line(row):
