@@ -138,6 +138,7 @@ TORCH_LIBRARY(ssdh, m) {
       "col2im(Tensor col, int[4] shape, int[2] kernel, int[2] stride, int[2] pad, int[2] dilation) -> "
       "Tensor");
   m.def("_dropout_backward(Tensor grad, Tensor mask, float ratio) -> Tensor");
+  m.def("conv_weight_grad(Tensor x, Tensor grad, int[2] kernel, int[2] pad) -> Tensor");
   m.def("linear_small_batch_input_grad(Tensor grad, Tensor weight) -> Tensor");
 }
 

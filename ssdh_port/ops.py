@@ -56,6 +56,8 @@ torch's (one uint8 per element, the same at any thread count); returns (top, mas
 ``im2col(x, kernel, stride, pad, dilation)`` / ``col2im(col, shape, ...)`` -- Caffe's
 im2col_cpu and col2im_cpu for a whole N x C x H x W batch, the samples side by side in
 the columns ((C * kh * kw) x (N * OH * OW)); each is the other's gradient.
+``conv_weight_grad(x, grad, kernel, pad)`` -- the weight gradient of a stride-1
+convolution computed directly, without the im2col matrix (the one-channel image layers).
 """
 import torch
 from torch import Tensor, nn
@@ -83,6 +85,7 @@ __all__ = [
     "dropout",
     "im2col",
     "col2im",
+    "conv_weight_grad",
     "ForcingBinaryLoss",
     "FireRateLoss",
     "MaxMarginMultiLabelLoss",
@@ -704,6 +707,29 @@ def col2im(col: Tensor, shape, kernel, stride=1, pad=0, dilation=1) -> Tensor:
         raise SSDHError(f"col2im: shape must be N x C x H x W, got {shape!r}")
     return _Col2im.apply(col, tuple(int(s) for s in shape),
                          *_geometry("col2im", kernel=kernel, stride=stride, pad=pad, dilation=dilation))
+
+
+def conv_weight_grad(x: Tensor, grad: Tensor, kernel, pad=0) -> Tensor:
+    """The weight gradient of a stride-1, dilation-1 convolution of x (N x C x H x W,
+    float32 / float64, CPU) whose top gradient is grad (N x O x OH x OW), computed
+    directly (no im2col matrix): O x C x kh x kw, dW[o, c, i, j] = sum over n, y, x of
+    grad[n, o, y, x] * x[n, c, y - ph + i, x - pw + j] (0 outside the map). For the
+    image layers (few input channels, many pixels); the result does not depend on
+    the thread count. Not differentiable."""
+    _check_image(x, "conv_weight_grad", "x")
+    if grad.dtype != x.dtype or grad.device != x.device:
+        raise SSDHError(f"conv_weight_grad: grad must be {x.dtype} on {x.device} like x, got {grad.dtype} on "
+                        f"{grad.device}")
+    if x.dim() != 4 or grad.dim() != 4:
+        raise SSDHError(f"conv_weight_grad: expected N x C x H x W x and N x O x OH x OW grad, got "
+                        f"{tuple(x.shape)} and {tuple(grad.shape)}")
+    geometry = _geometry("conv_weight_grad", kernel=kernel, pad=pad)
+    return torch.ops.ssdh.conv_weight_grad(x, grad, *geometry)
+
+
+@torch.library.register_fake("ssdh::conv_weight_grad")
+def _(x, grad, kernel, pad):
+    return x.new_empty((grad.shape[1], x.shape[1], kernel[0], kernel[1]))
 
 
 def _conv_out(size, k, s, p, d):

@@ -247,6 +247,9 @@ def _opcheck_samples():
         (torch.ops.ssdh.im2col.default, (lrn_x, [2, 3], [1, 2], [1, 0], [1, 1])),
         (torch.ops.ssdh.col2im.default, (torch.randn(7 * 6, 2 * 4 * 1, dtype=torch.float64), [2, 7, 3, 4],
                                          [2, 3], [1, 2], [1, 0], [1, 1])),
+        # and ops.conv_weight_grad.
+        (torch.ops.ssdh.conv_weight_grad.default, (lrn_x, torch.randn(2, 3, 4, 2, dtype=torch.float64), [2, 3],
+                                                   [1, 0])),
     ]
 
 

@@ -146,7 +146,8 @@ def test_small_batch_linear_kernels_on_strided_inputs_and_errors():
 PORTABLE_BUILDS = [
     ("SSDH_CPU_LINEAR", "small_batch_linear_kernels or inner_product",
      "o.linear_small_batch(torch.ones(1, 1), torch.ones(1, 1))"),
-    ("SSDH_CPU_LAYERS", "max_pool or pooling or channel_scale or scale_layer or dropout or im2col or image_conv",
+    ("SSDH_CPU_LAYERS",
+     "max_pool or pooling or channel_scale or scale_layer or dropout or im2col or image_conv or conv_weight_grad",
      "o.max_pool2d_with_mask(torch.ones(1, 1, 2, 2), 2, 2, 0, 1)"),
 ]
 
@@ -534,6 +535,51 @@ def test_im2col_errors():
         ops.im2col(x, 3, (1, 1, 1), 0, 1)
     with pytest.raises(SSDHError, match="expected a float32 / float64 CPU x, got torch.int64"):
         ops.im2col(x.long(), 3)
+
+
+CONV_WEIGHT_GRAD_GEOMETRIES = [  # N, C, H, W, O, kernel, pad: whole 8-column chunks and tails, kernels 1-16 wide
+    (4, 1, 28, 28, 20, (5, 5), (0, 0)),
+    (3, 1, 9, 11, 4, (3, 3), (1, 1)),
+    (2, 2, 12, 20, 3, (2, 7), (1, 3)),
+    (5, 4, 6, 9, 6, (1, 1), (0, 0)),
+    (2, 1, 7, 40, 2, (4, 16), (2, 0)),
+    (1, 3, 5, 5, 5, (5, 5), (2, 2)),
+]
+
+
+@pytest.mark.parametrize("n, c, h, w, o, kernel, pad", CONV_WEIGHT_GRAD_GEOMETRIES)
+def test_conv_weight_grad_is_autograds(n, c, h, w, o, kernel, pad):
+    """ops.conv_weight_grad against autograd on F.conv2d (float64), float32 within
+    rounding, and the same bits at any thread count."""
+    x = torch.randn(n, c, h, w, dtype=torch.float64)
+    weight = torch.randn(o, c, *kernel, dtype=torch.float64, requires_grad=True)
+    top = F.conv2d(x, weight, None, 1, pad)
+    grad = torch.randn_like(top)
+    expected, = torch.autograd.grad(top, weight, grad)
+    torch.testing.assert_close(ops.conv_weight_grad(x, grad, kernel, pad), expected, rtol=1e-12, atol=1e-12)
+    got = ops.conv_weight_grad(x.float(), grad.float(), kernel, pad)
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = ops.conv_weight_grad(x.float(), grad.float(), kernel, pad)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(alone, got)
+
+
+def test_conv_weight_grad_errors():
+    x, grad = torch.randn(2, 1, 8, 8), torch.randn(2, 3, 6, 6)
+    with pytest.raises(RuntimeError, match=r"a \[3, 3\] kernel with pad \[1, 1\] on x \[2, 1, 8, 8\] gives grad "
+                                           r"N x O x 8 x 8, got \[2, 3, 6, 6\]"):
+        ops.conv_weight_grad(x, grad, 3, 1)
+    with pytest.raises(RuntimeError, match="kernel sides must be 1 to 16 wide"):
+        ops.conv_weight_grad(torch.randn(1, 1, 4, 40), torch.randn(1, 1, 4, 24), (1, 17))
+    with pytest.raises(SSDHError, match="conv_weight_grad: grad must be torch.float32 on cpu like x, got torch.float64"):
+        ops.conv_weight_grad(x, grad.double(), 3)
+    with pytest.raises(SSDHError, match=r"expected N x C x H x W x and N x O x OH x OW grad, got \(8, 8\)"):
+        ops.conv_weight_grad(x[0, 0], grad, 3)
 
 
 @pytest.mark.parametrize("channels, kernel, stride, pad, dilation, bias",

@@ -210,7 +210,8 @@ class _ImageConvolution(torch.autograd.Function):
     """A convolution with torch's forward and Caffe's backward
     (BaseConvolutionLayer::backward_cpu_gemm / weight_cpu_gemm) where that is faster:
     the input gradient col2im(W^T . grad) and, for one input channel, the weight
-    gradient grad (O x N*L) . im2col(x)^T, as GEMMs over chunks of samples."""
+    gradient grad (O x N*L) . im2col(x)^T, as GEMMs over chunks of samples; at stride
+    and dilation 1 that weight gradient directly (ops.conv_weight_grad, no columns)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride, pad, dilation):
@@ -226,15 +227,19 @@ class _ImageConvolution(torch.autograd.Function):
         stride, pad, dilation = ctx.geometry
         want_x, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         want_b = ctx.has_bias and ctx.needs_input_grad[2]
-        by_columns = x.shape[1] == 1  # the weight gradient by im2col
+        one_channel = x.shape[1] == 1
+        direct_w = want_w and one_channel and stride == (1, 1) and dilation == (1, 1)
+        columns_w = want_w and one_channel and not direct_w  # the weight gradient by im2col
         grad_w = grad_b = None
-        if (want_w or want_b) and not by_columns:
+        if direct_w:
+            grad_w = torch.ops.ssdh.conv_weight_grad(x, grad, tuple(weight.shape[2:]), pad)
+        if (want_w or want_b) and not one_channel:
             _, grad_w, grad_b = torch.ops.aten.convolution_backward(
                 grad, x, weight, [weight.shape[0]] if ctx.has_bias else None, stride, pad, dilation, False,
                 [0, 0], 1, [False, want_w, want_b])
         elif want_b:
             grad_b = grad.sum((0, 2, 3))
-        if not want_x and not (want_w and by_columns):
+        if not want_x and not columns_w:
             return None, grad_w, grad_b, None, None, None
         n, outputs = grad.shape[:2]
         kernel = tuple(weight.shape[2:])
@@ -242,13 +247,13 @@ class _ImageConvolution(torch.autograd.Function):
         rows = weight[0].numel()
         chunk = max(1, _COL_ELEMENTS // (rows * plane))
         grad_x = torch.empty_like(x) if want_x else None
-        if want_w and by_columns:
+        if columns_w:
             grad_w = torch.zeros(outputs, rows, dtype=weight.dtype)
         w_t = weight.reshape(outputs, rows).t()
         for first in range(0, n, chunk):
             last = min(n, first + chunk)
             g = grad[first:last].reshape(last - first, outputs, plane).transpose(0, 1).reshape(outputs, -1)
-            if want_w and by_columns:
+            if columns_w:
                 grad_w.addmm_(g, torch.ops.ssdh.im2col(x[first:last], kernel, stride, pad, dilation).t())
             if want_x:
                 grad_x[first:last] = torch.ops.ssdh.col2im(w_t.mm(g), (last - first,) + tuple(x.shape[1:]), kernel,
