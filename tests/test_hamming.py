@@ -48,13 +48,15 @@ def test_topk_matches_stable_sort(bits, clustered):
 def test_vector_scans_at_odd_sizes(bits, rows, queries):
     """Rows eight to a vector (up to 32 bits), four (up to 64 bits) and in pairs (128 bits) with the last rows
     apart, database blocks of 4,096 with a remainder, query groups of four with a
-    remainder: the same as the definition."""
+    remainder: the same as the definition, for top-k and for all distances."""
     db, db_bits = _codes(rows, bits, 5, clustered=True)
     q, q_bits = _codes(queries, bits, 6, clustered=True)
     dist, order = _reference(q_bits, db_bits)
     d, i = ops.hamming_topk(q, db, 50)
     np.testing.assert_array_equal(i.numpy(), order[:, :50])
     np.testing.assert_array_equal(d.numpy(), np.take_along_axis(dist, order[:, :50], axis=1))
+    # The block distances (a database block of 4,096 rows, an odd last row for 128 bits).
+    np.testing.assert_array_equal(ops.hamming_distance(q, db).numpy(), dist)
 
 
 @pytest.mark.parametrize("bits", [8, 48, 64, 100, 256, 512, 1000])

@@ -49,8 +49,17 @@ void block_distances(const Codes& c, int64_t q0, int64_t q1, Distances& dist) {
   const uint8_t* queries = c.queries.const_data_ptr<uint8_t>();
   const uint8_t* db = c.database.const_data_ptr<uint8_t>();
   const DistanceFn distances = best_distance_fn(c.bytes);
+  const LongDistanceFn block = best_long_distance_fn(c.bytes);
+  uint16_t* out[kQueryBlock];
   for (int64_t first = 0; first < c.n_db; first += kDbBlock) {
     const int64_t last = std::min(c.n_db, first + kDbBlock);
+    if (block) {  // each database code split once for the block's queries
+      for (int64_t q = q0; q < q1; ++q) {
+        out[q - q0] = dist[q - q0].data() + first;
+      }
+      block(queries + q0 * c.bytes, static_cast<int>(q1 - q0), db, c.bytes, first, last, out);
+      continue;
+    }
     for (int64_t q = q0; q < q1; ++q) {
       distances(queries + q * c.bytes, db, c.bytes, first, last, dist[q - q0].data() + first);
     }

@@ -191,6 +191,10 @@ LongScanFn best_long_scan_fn(int64_t bytes) {
   return popcount_level() >= PopcountLevel::kAvx2 && long_scan_avx2_fits(bytes) ? &scan_long_avx2 : nullptr;
 }
 
+LongDistanceFn best_long_distance_fn(int64_t bytes) {
+  return popcount_level() >= PopcountLevel::kAvx2 && long_scan_avx2_fits(bytes) ? &distances_long_avx2 : nullptr;
+}
+
 ScanFn best_scan_fn() {
   return popcount_level() >= PopcountLevel::kPopcnt ? &scan_popcnt : &scan_generic;
 }

@@ -89,6 +89,38 @@ SSDH_AVX2 __attribute__((always_inline)) inline __m256i bounds_of(const Candidat
   return _mm256_setr_epi64x(bound(q0), bound(q0 + 1), bound(q0 + 2), bound(q0 + 3));
 }
 
+// Each query's nibbles, vector by vector, for groups of four queries (a last group of
+// fewer than four repeats the last query).
+SSDH_AVX2 void split_queries(const uint8_t* queries, int n, int64_t bytes, int groups, Nibbles* out) {
+  const int vectors = static_cast<int>(bytes / 32);
+  for (int q = 0; q < groups * 4; ++q) {
+    const uint8_t* code = queries + std::min(q, n - 1) * bytes;
+    for (int v = 0; v < vectors; ++v) {
+      out[q * vectors + v] = split(code + 32 * v);
+    }
+  }
+}
+
+// The same for 16-byte codes, each held twice in its vector (against two rows at once).
+SSDH_AVX2 void split_query_pairs(const uint8_t* queries, int n, int groups, Nibbles* out) {
+  for (int q = 0; q < groups * 4; ++q) {
+    alignas(32) uint8_t twice[32];
+    std::memcpy(twice, queries + std::min(q, n - 1) * 16, 16);
+    std::memcpy(twice + 16, twice, 16);
+    out[q] = split(twice);
+  }
+}
+
+// The four 64-bit lanes of d (four queries' distances to row j) into out[q0 + i][j - first].
+SSDH_AVX2 __attribute__((always_inline)) inline void store_distances(__m256i d, int q0, int n, int64_t at,
+                                                                     uint16_t* const* out) {
+  alignas(32) int64_t lanes[4];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), d);
+  for (int i = 0; i < 4 && q0 + i < n; ++i) {
+    out[q0 + i][at] = static_cast<uint16_t>(lanes[i]);
+  }
+}
+
 void add_hits(const long long* dist, int over, int q0, int n, int64_t j, Candidates* c);
 
 template <int kVectors>
@@ -96,14 +128,8 @@ SSDH_AVX2 void scan_vectors(const uint8_t* queries, int n, const uint8_t* db, in
                             int64_t last, Candidates* c) {
   const int vectors = static_cast<int>(bytes / 32);
   const int groups = (n + 3) / 4;
-  // Each query's nibbles; a last group of fewer than four repeats the last query.
   AlignedArray<Nibbles> query(static_cast<size_t>(groups) * 4 * vectors);
-  for (int q = 0; q < groups * 4; ++q) {
-    const uint8_t* code = queries + std::min(q, n - 1) * bytes;
-    for (int v = 0; v < vectors; ++v) {
-      query[q * vectors + v] = split(code + 32 * v);
-    }
-  }
+  split_queries(queries, n, bytes, groups, query.data);
   AlignedArray<Bounds> bounds(groups);
   for (int g = 0; g < groups; ++g) {
     bounds[g].v = bounds_of(c, 4 * g, n);
@@ -150,12 +176,7 @@ SSDH_AVX2 void scan_pairs(const uint8_t* queries, int n, const uint8_t* db, int6
                           Candidates* c) {
   const int groups = (n + 3) / 4;
   AlignedArray<Nibbles> query(static_cast<size_t>(groups) * 4);
-  for (int q = 0; q < groups * 4; ++q) {
-    alignas(32) uint8_t twice[32];
-    std::memcpy(twice, queries + std::min(q, n - 1) * 16, 16);
-    std::memcpy(twice + 16, twice, 16);
-    query[q] = split(twice);
-  }
+  split_query_pairs(queries, n, groups, query.data);
   AlignedArray<Bounds> bounds(groups);
   for (int g = 0; g < groups; ++g) {
     bounds[g].v = bounds_of(c, 4 * g, n);
@@ -201,6 +222,65 @@ SSDH_AVX2 void scan_pairs(const uint8_t* queries, int n, const uint8_t* db, int6
       if (d <= c[q].bound) {
         add_candidate(c[q], j, d);
       }
+    }
+  }
+}
+
+// All distances of n queries to rows [first, last) into out[q][j - first], for codes of
+// whole 32-byte vectors: the scan_vectors loop with a store in place of the bound.
+template <int kVectors>
+SSDH_AVX2 void distance_vectors(const uint8_t* queries, int n, const uint8_t* db, int64_t bytes, int64_t first,
+                                int64_t last, uint16_t* const* out) {
+  const int vectors = static_cast<int>(bytes / 32);
+  const int groups = (n + 3) / 4;
+  AlignedArray<Nibbles> query(static_cast<size_t>(groups) * 4 * vectors);
+  split_queries(queries, n, bytes, groups, query.data);
+  const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+  Nibbles row[kMaxVectors];
+  for (int64_t j = first; j < last; ++j) {
+    const uint8_t* code = db + j * bytes;
+    for (int v = 0; v < (kVectors > 0 ? kVectors : vectors); ++v) {
+      row[v] = split(code + 32 * v);
+    }
+    for (int g = 0; g < groups; ++g) {
+      const Nibbles* q = query.data + static_cast<size_t>(g) * 4 * vectors;
+      store_distances(sum4(byte_counts<kVectors>(row, q, vectors, table),
+                           byte_counts<kVectors>(row, q + vectors, vectors, table),
+                           byte_counts<kVectors>(row, q + 2 * vectors, vectors, table),
+                           byte_counts<kVectors>(row, q + 3 * vectors, vectors, table)),
+                      4 * g, n, j - first, out);
+    }
+  }
+}
+
+// The same for 128-bit codes, two rows to a vector (scan_pairs' reduction).
+SSDH_AVX2 void distance_pairs(const uint8_t* queries, int n, const uint8_t* db, int64_t first, int64_t last,
+                              uint16_t* const* out) {
+  const int groups = (n + 3) / 4;
+  AlignedArray<Nibbles> query(static_cast<size_t>(groups) * 4);
+  split_query_pairs(queries, n, groups, query.data);
+  const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+  const __m256i zero = _mm256_setzero_si256();
+  int64_t j = first;
+  for (; j + 2 <= last; j += 2) {
+    const Nibbles row = split(db + j * 16);
+    for (int g = 0; g < groups; ++g) {
+      const Nibbles* q = query.data + 4 * g;
+      __m256i s[4];
+      for (int i = 0; i < 4; ++i) {
+        s[i] = _mm256_sad_epu8(byte_counts<1>(&row, q + i, 1, table), zero);  // [r0 lo, r0 hi | r1 lo, r1 hi]
+      }
+      const __m256i ab = _mm256_add_epi64(_mm256_unpacklo_epi64(s[0], s[1]), _mm256_unpackhi_epi64(s[0], s[1]));
+      const __m256i cd = _mm256_add_epi64(_mm256_unpacklo_epi64(s[2], s[3]), _mm256_unpackhi_epi64(s[2], s[3]));
+      store_distances(_mm256_permute2x128_si256(ab, cd, 0x20), 4 * g, n, j - first, out);
+      store_distances(_mm256_permute2x128_si256(ab, cd, 0x31), 4 * g, n, j + 1 - first, out);
+    }
+  }
+  if (j < last) {  // an odd last row, with the scalar loop
+    for (int q = 0; q < n; ++q) {
+      out[q][j - first] = static_cast<uint16_t>(code_distance<16>(queries + q * 16, db + j * 16, 16));
     }
   }
 }
@@ -361,6 +441,19 @@ SSDH_AVX2 void scan_short_avx2(const uint64_t* queries, int n, const uint8_t* db
 
 bool long_scan_avx2_fits(int64_t bytes) {
   return bytes == 16 || (bytes % 32 == 0 && bytes >= 32 && bytes / 32 <= kMaxVectors);
+}
+
+SSDH_AVX2 void distances_long_avx2(const uint8_t* queries, int n, const uint8_t* db, int64_t bytes,
+                                   int64_t first, int64_t last, uint16_t* const* out) {
+  if (bytes == 16) {
+    return distance_pairs(queries, n, db, first, last, out);
+  }
+  switch (bytes / 32) {
+    case 1: return distance_vectors<1>(queries, n, db, bytes, first, last, out);
+    case 2: return distance_vectors<2>(queries, n, db, bytes, first, last, out);
+    case 4: return distance_vectors<4>(queries, n, db, bytes, first, last, out);
+    default: return distance_vectors<0>(queries, n, db, bytes, first, last, out);
+  }
 }
 
 SSDH_AVX2 void scan_long_avx2(const uint8_t* queries, int n, const uint8_t* db, int64_t bytes, int64_t first,
