@@ -50,6 +50,12 @@ struct AlignedArray {
   T& operator[](size_t i) { return data[i]; }
 };
 
+// The popcount of each nibble value, in both 128-bit halves (the VPSHUFB table).
+SSDH_AVX2 __attribute__((always_inline)) inline __m256i nibble_counts() {
+  return _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                          0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+}
+
 SSDH_AVX2 __attribute__((always_inline)) inline Nibbles split(const uint8_t* p) {
   const __m256i low4 = _mm256_set1_epi8(0x0f);
   const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
@@ -81,6 +87,33 @@ SSDH_AVX2 __attribute__((always_inline)) inline __m256i sum4(__m256i a, __m256i 
   const __m256i ab = _mm256_add_epi64(_mm256_unpacklo_epi64(a, b), _mm256_unpackhi_epi64(a, b));
   const __m256i cd = _mm256_add_epi64(_mm256_unpacklo_epi64(c, d), _mm256_unpackhi_epi64(c, d));
   return _mm256_add_epi64(_mm256_permute2x128_si256(ab, cd, 0x20), _mm256_permute2x128_si256(ab, cd, 0x31));
+}
+
+// Four queries' distances (q[0..3], each held twice) to rows j and j + 1 (one vector):
+// [a, b | c, d] of row j in first, of row j + 1 in second.
+struct RowPair {
+  __m256i first, second;
+};
+
+SSDH_AVX2 __attribute__((always_inline)) inline RowPair pair_distances(const Nibbles& row, const Nibbles* q,
+                                                                      __m256i table) {
+  const __m256i zero = _mm256_setzero_si256();
+  __m256i s[4];
+  for (int i = 0; i < 4; ++i) {
+    s[i] = _mm256_sad_epu8(byte_counts<1>(&row, q + i, 1, table), zero);  // [r0 lo, r0 hi | r1 lo, r1 hi]
+  }
+  const __m256i ab = _mm256_add_epi64(_mm256_unpacklo_epi64(s[0], s[1]), _mm256_unpackhi_epi64(s[0], s[1]));
+  const __m256i cd = _mm256_add_epi64(_mm256_unpacklo_epi64(s[2], s[3]), _mm256_unpackhi_epi64(s[2], s[3]));
+  return {_mm256_permute2x128_si256(ab, cd, 0x20), _mm256_permute2x128_si256(ab, cd, 0x31)};
+}
+
+// Four queries' distances (their nibbles at q, `vectors` apiece) to one row, as four lanes.
+template <int kVectors>
+SSDH_AVX2 __attribute__((always_inline)) inline __m256i group_distances(const Nibbles* row, const Nibbles* q,
+                                                                       int vectors, __m256i table) {
+  return sum4(byte_counts<kVectors>(row, q, vectors, table), byte_counts<kVectors>(row, q + vectors, vectors, table),
+              byte_counts<kVectors>(row, q + 2 * vectors, vectors, table),
+              byte_counts<kVectors>(row, q + 3 * vectors, vectors, table));
 }
 
 // The bounds of queries q0..q0+3 (-1, which every distance exceeds, past the last).
@@ -123,19 +156,18 @@ SSDH_AVX2 __attribute__((always_inline)) inline void store_distances(__m256i d, 
 
 void add_hits(const long long* dist, int over, int q0, int n, int64_t j, Candidates* c);
 
-template <int kVectors>
-SSDH_AVX2 void scan_vectors(const uint8_t* queries, int n, const uint8_t* db, int64_t bytes, int64_t first,
-                            int64_t last, Candidates* c) {
+// sink(j, g, d) for every row j in [first, last) and group g of four queries, d their
+// four distances to the row (codes of whole 32-byte vectors): each row split into
+// nibbles once for all the groups.
+template <int kVectors, typename Sink>
+SSDH_AVX2 __attribute__((always_inline)) inline void each_row_and_group(const uint8_t* queries, int n,
+                                                                       const uint8_t* db, int64_t bytes,
+                                                                       int64_t first, int64_t last, Sink& sink) {
   const int vectors = static_cast<int>(bytes / 32);
   const int groups = (n + 3) / 4;
   AlignedArray<Nibbles> query(static_cast<size_t>(groups) * 4 * vectors);
   split_queries(queries, n, bytes, groups, query.data);
-  AlignedArray<Bounds> bounds(groups);
-  for (int g = 0; g < groups; ++g) {
-    bounds[g].v = bounds_of(c, 4 * g, n);
-  }
-  const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
-                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+  const __m256i table = nibble_counts();
   Nibbles row[kMaxVectors];
   for (int64_t j = first; j < last; ++j) {
     const uint8_t* code = db + j * bytes;
@@ -143,20 +175,51 @@ SSDH_AVX2 void scan_vectors(const uint8_t* queries, int n, const uint8_t* db, in
       row[v] = split(code + 32 * v);
     }
     for (int g = 0; g < groups; ++g) {
-      const Nibbles* q = query.data + static_cast<size_t>(g) * 4 * vectors;
-      const __m256i d = sum4(byte_counts<kVectors>(row, q, vectors, table),
-                             byte_counts<kVectors>(row, q + vectors, vectors, table),
-                             byte_counts<kVectors>(row, q + 2 * vectors, vectors, table),
-                             byte_counts<kVectors>(row, q + 3 * vectors, vectors, table));
-      const int over = _mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(d, bounds[g].v)));
-      if (__builtin_expect(over != 0xF, 0)) {
-        alignas(32) long long dist[4];
-        _mm256_store_si256(reinterpret_cast<__m256i*>(dist), d);
-        add_hits(dist, over, 4 * g, n, j, c);
-        bounds[g].v = bounds_of(c, 4 * g, n);
-      }
+      sink(j, g, group_distances<kVectors>(row, query.data + static_cast<size_t>(g) * 4 * vectors, vectors, table));
     }
   }
+}
+
+// The scan's sink: one compare of the four distances with the four bounds.
+struct BoundSink {
+  int n;
+  Candidates* c;
+  AlignedArray<Bounds> bounds;
+
+  SSDH_AVX2 BoundSink(int queries, Candidates* candidates)
+      : n(queries), c(candidates), bounds((queries + 3) / 4) {
+    for (int g = 0; g < (n + 3) / 4; ++g) {
+      bounds[g].v = bounds_of(c, 4 * g, n);
+    }
+  }
+
+  SSDH_AVX2 __attribute__((always_inline)) inline void operator()(int64_t j, int g, __m256i d) {
+    const int over = _mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(d, bounds[g].v)));
+    if (__builtin_expect(over != 0xF, 0)) {
+      alignas(32) long long dist[4];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(dist), d);
+      add_hits(dist, over, 4 * g, n, j, c);
+      bounds[g].v = bounds_of(c, 4 * g, n);
+    }
+  }
+};
+
+// The distances' sink: the four lanes stored at out[q][j - first].
+struct StoreSink {
+  int n;
+  int64_t first;
+  uint16_t* const* out;
+
+  SSDH_AVX2 __attribute__((always_inline)) inline void operator()(int64_t j, int g, __m256i d) {
+    store_distances(d, 4 * g, n, j - first, out);
+  }
+};
+
+template <int kVectors>
+SSDH_AVX2 void scan_vectors(const uint8_t* queries, int n, const uint8_t* db, int64_t bytes, int64_t first,
+                            int64_t last, Candidates* c) {
+  BoundSink sink(n, c);
+  each_row_and_group<kVectors>(queries, n, db, bytes, first, last, sink);
 }
 
 // The lanes of `d` (four queries' distances to one row) within their bounds: add them.
@@ -181,22 +244,13 @@ SSDH_AVX2 void scan_pairs(const uint8_t* queries, int n, const uint8_t* db, int6
   for (int g = 0; g < groups; ++g) {
     bounds[g].v = bounds_of(c, 4 * g, n);
   }
-  const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
-                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
-  const __m256i zero = _mm256_setzero_si256();
+  const __m256i table = nibble_counts();
   int64_t j = first;
   for (; j + 2 <= last; j += 2) {
     const Nibbles row = split(db + j * 16);
     for (int g = 0; g < groups; ++g) {
-      const Nibbles* q = query.data + 4 * g;
-      __m256i s[4];
-      for (int i = 0; i < 4; ++i) {
-        s[i] = _mm256_sad_epu8(byte_counts<1>(&row, q + i, 1, table), zero);  // [r0 lo, r0 hi | r1 lo, r1 hi]
-      }
-      const __m256i ab = _mm256_add_epi64(_mm256_unpacklo_epi64(s[0], s[1]), _mm256_unpackhi_epi64(s[0], s[1]));
-      const __m256i cd = _mm256_add_epi64(_mm256_unpacklo_epi64(s[2], s[3]), _mm256_unpackhi_epi64(s[2], s[3]));
-      const __m256i first_row = _mm256_permute2x128_si256(ab, cd, 0x20);   // [a, b | c, d] of row j
-      const __m256i second_row = _mm256_permute2x128_si256(ab, cd, 0x31);  // and of row j + 1
+      const RowPair d = pair_distances(row, query.data + 4 * g, table);
+      const __m256i first_row = d.first, second_row = d.second;
       const int over0 = _mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(first_row, bounds[g].v)));
       const int over1 = _mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(second_row, bounds[g].v)));
       if (__builtin_expect((over0 & over1) != 0xF, 0)) {
@@ -231,27 +285,8 @@ SSDH_AVX2 void scan_pairs(const uint8_t* queries, int n, const uint8_t* db, int6
 template <int kVectors>
 SSDH_AVX2 void distance_vectors(const uint8_t* queries, int n, const uint8_t* db, int64_t bytes, int64_t first,
                                 int64_t last, uint16_t* const* out) {
-  const int vectors = static_cast<int>(bytes / 32);
-  const int groups = (n + 3) / 4;
-  AlignedArray<Nibbles> query(static_cast<size_t>(groups) * 4 * vectors);
-  split_queries(queries, n, bytes, groups, query.data);
-  const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
-                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
-  Nibbles row[kMaxVectors];
-  for (int64_t j = first; j < last; ++j) {
-    const uint8_t* code = db + j * bytes;
-    for (int v = 0; v < (kVectors > 0 ? kVectors : vectors); ++v) {
-      row[v] = split(code + 32 * v);
-    }
-    for (int g = 0; g < groups; ++g) {
-      const Nibbles* q = query.data + static_cast<size_t>(g) * 4 * vectors;
-      store_distances(sum4(byte_counts<kVectors>(row, q, vectors, table),
-                           byte_counts<kVectors>(row, q + vectors, vectors, table),
-                           byte_counts<kVectors>(row, q + 2 * vectors, vectors, table),
-                           byte_counts<kVectors>(row, q + 3 * vectors, vectors, table)),
-                      4 * g, n, j - first, out);
-    }
-  }
+  StoreSink sink{n, first, out};
+  each_row_and_group<kVectors>(queries, n, db, bytes, first, last, sink);
 }
 
 // The same for 128-bit codes, two rows to a vector (scan_pairs' reduction).
@@ -260,22 +295,14 @@ SSDH_AVX2 void distance_pairs(const uint8_t* queries, int n, const uint8_t* db, 
   const int groups = (n + 3) / 4;
   AlignedArray<Nibbles> query(static_cast<size_t>(groups) * 4);
   split_query_pairs(queries, n, groups, query.data);
-  const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
-                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
-  const __m256i zero = _mm256_setzero_si256();
+  const __m256i table = nibble_counts();
   int64_t j = first;
   for (; j + 2 <= last; j += 2) {
     const Nibbles row = split(db + j * 16);
     for (int g = 0; g < groups; ++g) {
-      const Nibbles* q = query.data + 4 * g;
-      __m256i s[4];
-      for (int i = 0; i < 4; ++i) {
-        s[i] = _mm256_sad_epu8(byte_counts<1>(&row, q + i, 1, table), zero);  // [r0 lo, r0 hi | r1 lo, r1 hi]
-      }
-      const __m256i ab = _mm256_add_epi64(_mm256_unpacklo_epi64(s[0], s[1]), _mm256_unpackhi_epi64(s[0], s[1]));
-      const __m256i cd = _mm256_add_epi64(_mm256_unpacklo_epi64(s[2], s[3]), _mm256_unpackhi_epi64(s[2], s[3]));
-      store_distances(_mm256_permute2x128_si256(ab, cd, 0x20), 4 * g, n, j - first, out);
-      store_distances(_mm256_permute2x128_si256(ab, cd, 0x31), 4 * g, n, j + 1 - first, out);
+      const RowPair d = pair_distances(row, query.data + 4 * g, table);
+      store_distances(d.first, 4 * g, n, j - first, out);
+      store_distances(d.second, 4 * g, n, j + 1 - first, out);
     }
   }
   if (j < last) {  // an odd last row, with the scalar loop
@@ -350,8 +377,7 @@ SSDH_AVX2 __attribute__((noinline)) void add_lane_hits(__m256i lo, __m256i hi, c
                                                        Bounds* bounds, int q0, int q1, int64_t j,
                                                        Candidates* c) {
   using Codes = LaneCodes<Lane>;
-  const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
-                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+  const __m256i table = nibble_counts();
   for (int q = q0; q < q1; ++q) {
     const __m256i counts = _mm256_add_epi8(_mm256_shuffle_epi8(table, _mm256_xor_si256(lo, query[q].lo)),
                                            _mm256_shuffle_epi8(table, _mm256_xor_si256(hi, query[q].hi)));
@@ -381,8 +407,7 @@ SSDH_AVX2 void scan_lanes(const uint64_t* queries, int n, const uint8_t* db, int
   using Codes = LaneCodes<Lane>;
   const Codes loader(bytes);
   const __m256i low4 = _mm256_set1_epi8(0x0f);
-  const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
-                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+  const __m256i table = nibble_counts();
   const __m256i ones = _mm256_set1_epi8(-1);
   const int padded = (n + kTestedQueries - 1) / kTestedQueries * kTestedQueries;
   AlignedArray<Nibbles> query(padded);
