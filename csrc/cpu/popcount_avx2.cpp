@@ -202,6 +202,16 @@ struct BoundSink {
       bounds[g].v = bounds_of(c, 4 * g, n);
     }
   }
+
+  // Rows j and j + 1 at once (128-bit codes): one branch for both.
+  SSDH_AVX2 __attribute__((always_inline)) inline void pair(int64_t j, int g, RowPair d) {
+    const int over0 = _mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(d.first, bounds[g].v)));
+    const int over1 = _mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(d.second, bounds[g].v)));
+    if (__builtin_expect((over0 & over1) != 0xF, 0)) {
+      (*this)(j, g, d.first);
+      (*this)(j + 1, g, d.second);  // compared again: the bound may have tightened for row j + 1
+    }
+  }
 };
 
 // The distances' sink: the four lanes stored at out[q][j - first].
@@ -212,6 +222,11 @@ struct StoreSink {
 
   SSDH_AVX2 __attribute__((always_inline)) inline void operator()(int64_t j, int g, __m256i d) {
     store_distances(d, 4 * g, n, j - first, out);
+  }
+
+  SSDH_AVX2 __attribute__((always_inline)) inline void pair(int64_t j, int g, RowPair d) {
+    store_distances(d.first, 4 * g, n, j - first, out);
+    store_distances(d.second, 4 * g, n, j + 1 - first, out);
   }
 };
 
@@ -234,42 +249,31 @@ __attribute__((noinline)) void add_hits(const long long* dist, int over, int q0,
 }
 
 // 128-bit codes: one vector holds two consecutive rows, compared with a query held
-// twice; the reduction of four queries' counts gives each row's four distances.
-SSDH_AVX2 void scan_pairs(const uint8_t* queries, int n, const uint8_t* db, int64_t first, int64_t last,
-                          Candidates* c) {
+// twice; the reduction of four queries' counts gives each row's four distances
+// (sink.pair(j, g, d) for rows j and j + 1 and group g). Returns the row the pairs
+// stopped at: last, or an odd last row for the caller's scalar loop.
+template <typename Sink>
+SSDH_AVX2 __attribute__((always_inline)) inline int64_t each_row_pair_and_group(const uint8_t* queries, int n,
+                                                                               const uint8_t* db, int64_t first,
+                                                                               int64_t last, Sink& sink) {
   const int groups = (n + 3) / 4;
   AlignedArray<Nibbles> query(static_cast<size_t>(groups) * 4);
   split_query_pairs(queries, n, groups, query.data);
-  AlignedArray<Bounds> bounds(groups);
-  for (int g = 0; g < groups; ++g) {
-    bounds[g].v = bounds_of(c, 4 * g, n);
-  }
   const __m256i table = nibble_counts();
   int64_t j = first;
   for (; j + 2 <= last; j += 2) {
     const Nibbles row = split(db + j * 16);
     for (int g = 0; g < groups; ++g) {
-      const RowPair d = pair_distances(row, query.data + 4 * g, table);
-      const __m256i first_row = d.first, second_row = d.second;
-      const int over0 = _mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(first_row, bounds[g].v)));
-      const int over1 = _mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(second_row, bounds[g].v)));
-      if (__builtin_expect((over0 & over1) != 0xF, 0)) {
-        alignas(32) long long dist[4];
-        if (over0 != 0xF) {
-          _mm256_store_si256(reinterpret_cast<__m256i*>(dist), first_row);
-          add_hits(dist, over0, 4 * g, n, j, c);
-          bounds[g].v = bounds_of(c, 4 * g, n);
-        }
-        // The bound may have tightened for row j + 1: compare again.
-        const int again = _mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(second_row, bounds[g].v)));
-        if (again != 0xF) {
-          _mm256_store_si256(reinterpret_cast<__m256i*>(dist), second_row);
-          add_hits(dist, again, 4 * g, n, j + 1, c);
-          bounds[g].v = bounds_of(c, 4 * g, n);
-        }
-      }
+      sink.pair(j, g, pair_distances(row, query.data + 4 * g, table));
     }
   }
+  return j;
+}
+
+SSDH_AVX2 void scan_pairs(const uint8_t* queries, int n, const uint8_t* db, int64_t first, int64_t last,
+                          Candidates* c) {
+  BoundSink sink(n, c);
+  const int64_t j = each_row_pair_and_group(queries, n, db, first, last, sink);
   if (j < last) {  // an odd last row, with the scalar loop
     for (int q = 0; q < n; ++q) {
       const int d = code_distance<16>(queries + q * 16, db + j * 16, 16);
@@ -289,22 +293,11 @@ SSDH_AVX2 void distance_vectors(const uint8_t* queries, int n, const uint8_t* db
   each_row_and_group<kVectors>(queries, n, db, bytes, first, last, sink);
 }
 
-// The same for 128-bit codes, two rows to a vector (scan_pairs' reduction).
+// The same for 128-bit codes, two rows to a vector (scan_pairs' loop).
 SSDH_AVX2 void distance_pairs(const uint8_t* queries, int n, const uint8_t* db, int64_t first, int64_t last,
                               uint16_t* const* out) {
-  const int groups = (n + 3) / 4;
-  AlignedArray<Nibbles> query(static_cast<size_t>(groups) * 4);
-  split_query_pairs(queries, n, groups, query.data);
-  const __m256i table = nibble_counts();
-  int64_t j = first;
-  for (; j + 2 <= last; j += 2) {
-    const Nibbles row = split(db + j * 16);
-    for (int g = 0; g < groups; ++g) {
-      const RowPair d = pair_distances(row, query.data + 4 * g, table);
-      store_distances(d.first, 4 * g, n, j - first, out);
-      store_distances(d.second, 4 * g, n, j + 1 - first, out);
-    }
-  }
+  StoreSink sink{n, first, out};
+  const int64_t j = each_row_pair_and_group(queries, n, db, first, last, sink);
   if (j < last) {  // an odd last row, with the scalar loop
     for (int q = 0; q < n; ++q) {
       out[q][j - first] = static_cast<uint16_t>(code_distance<16>(queries + q * 16, db + j * 16, 16));
@@ -468,17 +461,28 @@ bool long_scan_avx2_fits(int64_t bytes) {
   return bytes == 16 || (bytes % 32 == 0 && bytes >= 32 && bytes / 32 <= kMaxVectors);
 }
 
+namespace {
+
+// fn.template operator()<k>() with k the number of 32-byte vectors in a code of `bytes`
+// bytes, as a compile-time constant for the common lengths (0: any other).
+template <typename Fn>
+inline void by_vector_count(int64_t bytes, const Fn& fn) {
+  switch (bytes / 32) {
+    case 1: return fn.template operator()<1>();
+    case 2: return fn.template operator()<2>();
+    case 4: return fn.template operator()<4>();
+    default: return fn.template operator()<0>();
+  }
+}
+
+}  // namespace
+
 SSDH_AVX2 void distances_long_avx2(const uint8_t* queries, int n, const uint8_t* db, int64_t bytes,
                                    int64_t first, int64_t last, uint16_t* const* out) {
   if (bytes == 16) {
     return distance_pairs(queries, n, db, first, last, out);
   }
-  switch (bytes / 32) {
-    case 1: return distance_vectors<1>(queries, n, db, bytes, first, last, out);
-    case 2: return distance_vectors<2>(queries, n, db, bytes, first, last, out);
-    case 4: return distance_vectors<4>(queries, n, db, bytes, first, last, out);
-    default: return distance_vectors<0>(queries, n, db, bytes, first, last, out);
-  }
+  by_vector_count(bytes, [&]<int K>() { distance_vectors<K>(queries, n, db, bytes, first, last, out); });
 }
 
 SSDH_AVX2 void scan_long_avx2(const uint8_t* queries, int n, const uint8_t* db, int64_t bytes, int64_t first,
@@ -486,12 +490,7 @@ SSDH_AVX2 void scan_long_avx2(const uint8_t* queries, int n, const uint8_t* db, 
   if (bytes == 16) {
     return scan_pairs(queries, n, db, first, last, c);
   }
-  switch (bytes / 32) {
-    case 1: return scan_vectors<1>(queries, n, db, bytes, first, last, c);
-    case 2: return scan_vectors<2>(queries, n, db, bytes, first, last, c);
-    case 4: return scan_vectors<4>(queries, n, db, bytes, first, last, c);
-    default: return scan_vectors<0>(queries, n, db, bytes, first, last, c);
-  }
+  by_vector_count(bytes, [&]<int K>() { scan_vectors<K>(queries, n, db, bytes, first, last, c); });
 }
 
 }  // namespace cpu
