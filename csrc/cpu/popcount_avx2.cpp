@@ -1,12 +1,16 @@
-// Codes of a whole number of 32-byte vectors (256 to 4096 bits) with AVX2, for CPUs
-// without VPOPCNTQ: the popcount of a byte is a table lookup of each of its two
-// nibbles (VPSHUFB, 32 lookups an instruction). A database row is split into its
-// nibbles once and compared with every query of the block, four queries at a time:
-// the four byte-count vectors are reduced together (VPSADBW, then lane sums) into
-// one vector of four distances, and one compare against the four bounds rejects
-// the four codes at once. Candidates go in database order per query, as the
-// scalar scan adds them. Only built into functions compiled for AVX2 and only
-// called when the CPU has it (popcount.cpp checks).
+// Hamming scans with AVX2, for CPUs without VPOPCNTQ: the popcount of a byte is a table
+// lookup of each of its two nibbles (VPSHUFB, 32 lookups an instruction).
+//
+// Codes of 128 bits and of a whole number of 32-byte vectors (256 to 4096 bits): a
+// database row is split into its nibbles once and compared with every query of the
+// block, four queries at a time: the four byte-count vectors are reduced together
+// (VPSADBW, then lane sums) into one vector of four distances, which a sink takes:
+// the top-k / radius scan compares it with the four bounds (one branch rejects the four
+// codes), the distance loop stores it. Codes of up to 64 bits go several to a vector
+// (scan_lanes, below), the compares of eight queries ANDed and tested at once.
+// Candidates go in database order per query, as the scalar scan adds them. Only built
+// into functions compiled for AVX2 and only called when the CPU has it (popcount.cpp
+// checks).
 #include <immintrin.h>
 
 #include <algorithm>
