@@ -49,7 +49,7 @@ void block_distances(const Codes& c, int64_t q0, int64_t q1, Distances& dist) {
   const uint8_t* queries = c.queries.const_data_ptr<uint8_t>();
   const uint8_t* db = c.database.const_data_ptr<uint8_t>();
   const DistanceFn distances = best_distance_fn(c.bytes);
-  const LongDistanceFn block = best_long_distance_fn(c.bytes);
+  const BlockDistanceFn block = best_block_distance_fn(c.bytes);
   uint16_t* out[kQueryBlock];
   for (int64_t first = 0; first < c.n_db; first += kDbBlock) {
     const int64_t last = std::min(c.n_db, first + kDbBlock);

@@ -191,8 +191,13 @@ LongScanFn best_long_scan_fn(int64_t bytes) {
   return popcount_level() >= PopcountLevel::kAvx2 && long_scan_avx2_fits(bytes) ? &scan_long_avx2 : nullptr;
 }
 
-LongDistanceFn best_long_distance_fn(int64_t bytes) {
-  return popcount_level() >= PopcountLevel::kAvx2 && long_scan_avx2_fits(bytes) ? &distances_long_avx2 : nullptr;
+BlockDistanceFn best_block_distance_fn(int64_t bytes) {
+  const PopcountLevel level = popcount_level();
+  if (level >= PopcountLevel::kAvx2 && long_scan_avx2_fits(bytes)) {
+    return &distances_long_avx2;
+  }
+  // Short codes: the AVX-512 build's per-query loop compares eight codes an instruction.
+  return level == PopcountLevel::kAvx2 && bytes <= 8 ? &distances_short_avx2 : nullptr;
 }
 
 ScanFn best_scan_fn() {

@@ -171,14 +171,18 @@ void scan_long_avx2(
 
 // All distances of n queries (their codes consecutive) to rows [first, last) into
 // out[q][j - first], each database code read and split once for all of them.
-using LongDistanceFn =
+using BlockDistanceFn =
     void (*)(const uint8_t*, int, const uint8_t*, int64_t, int64_t, int64_t, uint16_t* const*);
 
 // The block distances for codes of `bytes` bytes, or nullptr (then each query with
 // best_distance_fn).
-LongDistanceFn best_long_distance_fn(int64_t bytes);
+BlockDistanceFn best_block_distance_fn(int64_t bytes);
 
-// The AVX2 build of the block distances, for the codes long_scan_avx2_fits takes.
+// The AVX2 builds of the block distances: codes of 1 to 8 bytes (several to a vector),
+// and the codes long_scan_avx2_fits takes.
+void distances_short_avx2(
+    const uint8_t* queries, int n, const uint8_t* db, int64_t bytes, int64_t first, int64_t last,
+    uint16_t* const* out);
 void distances_long_avx2(
     const uint8_t* queries, int n, const uint8_t* db, int64_t bytes, int64_t first, int64_t last,
     uint16_t* const* out);

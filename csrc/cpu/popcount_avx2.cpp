@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <vector>
 
 #include "popcount.h"
 
@@ -361,6 +362,27 @@ struct LaneCodes {
   }
 };
 
+// A query's code (a zero-extended word) in every lane of Lane bytes, split into nibbles.
+template <int Lane>
+SSDH_AVX2 __attribute__((always_inline)) inline Nibbles lane_query(uint64_t code) {
+  const __m256i low4 = _mm256_set1_epi8(0x0f);
+  const __m256i word = Lane == 8 ? _mm256_set1_epi64x(static_cast<long long>(code))
+                                 : _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(code)));
+  return {_mm256_and_si256(word, low4), _mm256_and_si256(_mm256_srli_epi16(word, 4), low4)};
+}
+
+// The kRows distances in the lanes of d (from lane_sums) as consecutive uint16 at out.
+template <int Lane>
+SSDH_AVX2 __attribute__((always_inline)) inline void store_lanes(__m256i d, uint16_t* out) {
+  if (Lane == 8) {  // four 64-bit lanes: their low halves together, then narrowed
+    const __m128i low = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(d, _mm256_setr_epi32(0, 2, 4, 6, 0, 0, 0, 0)));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(out), _mm_packus_epi32(low, low));
+    return;
+  }
+  const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(d, d), 0x08);  // [d0..d3, d4..d7 | ...]
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm256_castsi256_si128(packed));
+}
+
 // Queries whose compares with their bounds are ANDed in scan_lanes: one test and branch
 // rejects a vector of rows for all of them, rather than a movemask and a branch for each
 // query. The queries are padded to whole groups.
@@ -410,10 +432,7 @@ SSDH_AVX2 void scan_lanes(const uint64_t* queries, int n, const uint8_t* db, int
   AlignedArray<Nibbles> query(padded);
   AlignedArray<Bounds> bounds(padded);
   for (int q = 0; q < padded; ++q) {
-    const uint64_t code = queries[std::min(q, n - 1)];
-    const __m256i word = Lane == 8 ? _mm256_set1_epi64x(static_cast<long long>(code))
-                                   : _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(code)));
-    query[q] = {_mm256_and_si256(word, low4), _mm256_and_si256(_mm256_srli_epi16(word, 4), low4)};
+    query[q] = lane_query<Lane>(queries[std::min(q, n - 1)]);
     bounds[q].v = Codes::broadcast(q < n ? c[q].bound : -1);
   }
   // The loads stay within the block: (j + kHalf) * bytes + 16 <= last * bytes.
@@ -449,6 +468,43 @@ SSDH_AVX2 void scan_lanes(const uint64_t* queries, int n, const uint8_t* db, int
   }
 }
 
+// All distances of n queries (codes of up to Lane bytes, consecutive) to rows [first,
+// last) into out[q][j - first]: scan_lanes' loop, each query's kRows distances stored
+// as uint16 in place of the bound; the last rows (whose loads would run past the block)
+// by the scalar loop.
+template <int Lane>
+SSDH_AVX2 void distance_lanes(const uint8_t* queries, int n, const uint8_t* db, int64_t bytes, int64_t first,
+                              int64_t last, uint16_t* const* out) {
+  using Codes = LaneCodes<Lane>;
+  const Codes loader(bytes);
+  const __m256i low4 = _mm256_set1_epi8(0x0f);
+  const __m256i table = nibble_counts();
+  std::vector<uint64_t> words(n);
+  AlignedArray<Nibbles> query(n);
+  for (int q = 0; q < n; ++q) {
+    std::memcpy(&words[q], queries + q * bytes, bytes);  // zero-extended (words start at 0)
+    query[q] = lane_query<Lane>(words[q]);
+  }
+  int64_t j = first;
+  for (; j + Codes::kRows <= last && (j + Codes::kHalf) * bytes + 16 <= last * bytes; j += Codes::kRows) {
+    const __m256i codes = loader.load(db + j * bytes);
+    const __m256i lo = _mm256_and_si256(codes, low4);
+    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(codes, 4), low4);
+    for (int q = 0; q < n; ++q) {
+      const __m256i counts = _mm256_add_epi8(_mm256_shuffle_epi8(table, _mm256_xor_si256(lo, query[q].lo)),
+                                             _mm256_shuffle_epi8(table, _mm256_xor_si256(hi, query[q].hi)));
+      store_lanes<Lane>(Codes::lane_sums(counts), out[q] + (j - first));
+    }
+  }
+  for (; j < last; ++j) {
+    uint64_t code = 0;
+    std::memcpy(&code, db + j * bytes, bytes);
+    for (int q = 0; q < n; ++q) {
+      out[q][j - first] = static_cast<uint16_t>(__builtin_popcountll(code ^ words[q]));
+    }
+  }
+}
+
 }  // namespace
 
 // Codes of 1 to 8 bytes with AVX2: eight to a vector up to 4 bytes (32 bits), four
@@ -480,6 +536,14 @@ inline void by_vector_count(int64_t bytes, const Fn& fn) {
 }
 
 }  // namespace
+
+SSDH_AVX2 void distances_short_avx2(const uint8_t* queries, int n, const uint8_t* db, int64_t bytes,
+                                    int64_t first, int64_t last, uint16_t* const* out) {
+  if (bytes <= 4) {
+    return distance_lanes<4>(queries, n, db, bytes, first, last, out);
+  }
+  return distance_lanes<8>(queries, n, db, bytes, first, last, out);
+}
 
 SSDH_AVX2 void distances_long_avx2(const uint8_t* queries, int n, const uint8_t* db, int64_t bytes,
                                    int64_t first, int64_t last, uint16_t* const* out) {
