@@ -1,13 +1,17 @@
 """bench/timer.py, the benchmarks' one timer: the calls it makes, what it reports."""
+import importlib.util
 import os
-import sys
 import time
 
 import pytest
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
-from timer import calls_within, per_call, stopwatch, time_calls  # noqa: E402
+# bench/ is a folder of scripts, not a package: the timer module loaded from its file.
+_SPEC = importlib.util.spec_from_file_location(
+    "bench_timer", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "timer.py"))
+timer = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(timer)
+calls_within, per_call, stopwatch, time_calls = timer.calls_within, timer.per_call, timer.stopwatch, timer.time_calls
 
 
 def test_time_calls_counts_its_calls_and_reports_per_call_seconds():
@@ -36,8 +40,6 @@ def test_time_calls_calibrates_the_calls_per_round():
 
 
 def test_time_calls_synchronises_the_device_it_is_given(monkeypatch):
-    import timer
-
     seen = []
     monkeypatch.setattr(timer, "synchronize", lambda device: seen.append(device))
     device = torch.device("cpu")
