@@ -363,13 +363,13 @@ struct RankScratch {
   std::vector<int64_t> count;     // [segment][key]
   std::vector<int64_t> slot;      // [segment][distance]: next rank
   std::vector<int64_t> rel_slot;  // [segment][distance]: relevant codes ranked so far
-  std::vector<int64_t> hits;      // [rank]: relevant codes at each rank (over queries); [k]: unused
+  std::vector<int64_t> hits;      // [rank]: relevant codes at each rank (over queries); [k + s]: unused
   explicit RankScratch(int64_t bits, int64_t k)
       : buckets(bits + 1),
         count(kSegments * 2 * (bits + 1)),
         slot(kSegments * (bits + 1)),
         rel_slot(kSegments * (bits + 1)),
-        hits(k + 1, 0) {}
+        hits(k + kSegments, 0) {}
 };
 
 // One query: fills its histograms and returns its AP@k; adds its hits per rank.
@@ -415,8 +415,10 @@ double rank_one_query(const uint16_t* keys, int64_t n, int64_t k, const double* 
     const int64_t rank = slot[seg * buckets + d]++;  // 0-based
     const int64_t found = (rel_slot[seg * buckets + d] += relevant);
     const int64_t counted = relevant & static_cast<int64_t>(rank < k);
-    const int64_t at = rank < k ? rank : k;  // inv_rank[k] = 0
-    sum[seg] += static_cast<double>(counted * found) * inv_rank[at];
+    // A code that counts reads and writes at its rank; any other at its segment's spare
+    // entry past k (inv_rank 0 there), which stays in cache: no random access for it.
+    const int64_t at = counted ? rank : k + seg;
+    sum[seg] += static_cast<double>(found) * inv_rank[at];
     hits[at] += counted;
     in_top[seg] += counted;
   });
@@ -453,7 +455,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> hamming_rank_stats_ke
   int64_t* all_out = hist_all.mutable_data_ptr<int64_t>();
   int64_t* rel_out = hist_rel.mutable_data_ptr<int64_t>();
   int64_t* hits_out = hits_at_rank.mutable_data_ptr<int64_t>();
-  std::vector<double> inv_rank(k + 1, 0.0);
+  std::vector<double> inv_rank(k + kSegments, 0.0);  // 0 past k: the spare entries of rank_one_query
   for (int64_t r = 0; r < k; ++r) {
     inv_rank[r] = 1.0 / static_cast<double>(r + 1);
   }
