@@ -709,13 +709,18 @@ def col2im(col: Tensor, shape, kernel, stride=1, pad=0, dilation=1) -> Tensor:
                          *_geometry("col2im", kernel=kernel, stride=stride, pad=pad, dilation=dilation))
 
 
+# The widest kernel conv_weight_grad takes (its kernel rows' sums are held in registers).
+CONV_WEIGHT_GRAD_MAX_WIDTH = 16
+
+
 def conv_weight_grad(x: Tensor, grad: Tensor, kernel, pad=0) -> Tensor:
     """The weight gradient of a stride-1, dilation-1 convolution of x (N x C x H x W,
     float32 / float64, CPU) whose top gradient is grad (N x O x OH x OW), computed
     directly (no im2col matrix): O x C x kh x kw, dW[o, c, i, j] = sum over n, y, x of
     grad[n, o, y, x] * x[n, c, y - ph + i, x - pw + j] (0 outside the map). For the
-    image layers (few input channels, many pixels); the result does not depend on
-    the thread count. Not differentiable."""
+    image layers (few input channels, many pixels); kernels of up to
+    CONV_WEIGHT_GRAD_MAX_WIDTH columns; the result does not depend on the thread
+    count. Not differentiable."""
     _check_image(x, "conv_weight_grad", "x")
     if grad.dtype != x.dtype or grad.device != x.device:
         raise SSDHError(f"conv_weight_grad: grad must be {x.dtype} on {x.device} like x, got {grad.dtype} on "

@@ -583,12 +583,14 @@ def test_conv_weight_grad_errors():
 
 
 @pytest.mark.parametrize("channels, kernel, stride, pad, dilation, bias",
-                         [(1, (5, 5), (1, 1), (0, 0), (1, 1), True), (3, (11, 11), (4, 4), (0, 0), (1, 1), True),
+                         [(1, (5, 5), (1, 1), (0, 0), (1, 1), True), (1, (3, 17), (1, 1), (1, 2), (1, 1), False),
+                          (3, (11, 11), (4, 4), (0, 0), (1, 1), True),
                           (3, (7, 5), (2, 3), (3, 1), (1, 2), False), (2, (3, 3), (2, 2), (1, 1), (1, 1), True)])
 @pytest.mark.parametrize("wanted", ["all", "weights", "input"])
 def test_image_convolution_backward_is_torchs(monkeypatch, channels, kernel, stride, pad, dilation, bias, wanted):
-    """The image layers' backward (GEMM + col2im; im2col + GEMM for one channel) in
-    chunks of two samples against autograd on F.conv2d, float64."""
+    """The image layers' backward (GEMM + col2im; for one channel the direct weight
+    gradient at stride 1 and kernels up to 16 wide, im2col + GEMM otherwise) in chunks
+    of two samples against autograd on F.conv2d, float64."""
     monkeypatch.setattr(layers, "_COL_ELEMENTS", 2 * channels * kernel[0] * kernel[1] * 64)
     x = torch.randn(5, channels, 37, 41, dtype=torch.float64, requires_grad=wanted != "weights")
     w = torch.randn(6, channels, *kernel, dtype=torch.float64, requires_grad=wanted != "input")

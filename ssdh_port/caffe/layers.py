@@ -228,7 +228,8 @@ class _ImageConvolution(torch.autograd.Function):
         want_x, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         want_b = ctx.has_bias and ctx.needs_input_grad[2]
         one_channel = x.shape[1] == 1
-        direct_w = want_w and one_channel and stride == (1, 1) and dilation == (1, 1)
+        direct_w = (want_w and one_channel and stride == (1, 1) and dilation == (1, 1)
+                    and weight.shape[3] <= ops.CONV_WEIGHT_GRAD_MAX_WIDTH)
         columns_w = want_w and one_channel and not direct_w  # the weight gradient by im2col
         grad_w = grad_b = None
         if direct_w:
