@@ -61,10 +61,21 @@ SSDH_AVX2 __attribute__((always_inline)) inline __m256i nibble_counts() {
                           0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
 }
 
-SSDH_AVX2 __attribute__((always_inline)) inline Nibbles split(const uint8_t* p) {
+// A vector's bytes split into their low and high nibbles.
+SSDH_AVX2 __attribute__((always_inline)) inline Nibbles split_vector(__m256i x) {
   const __m256i low4 = _mm256_set1_epi8(0x0f);
-  const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
   return {_mm256_and_si256(x, low4), _mm256_and_si256(_mm256_srli_epi16(x, 4), low4)};
+}
+
+SSDH_AVX2 __attribute__((always_inline)) inline Nibbles split(const uint8_t* p) {
+  return split_vector(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+
+// The popcount of each byte of row ^ query (two lookups and an add).
+SSDH_AVX2 __attribute__((always_inline)) inline __m256i nibble_popcounts(const Nibbles& row, const Nibbles& query,
+                                                                        __m256i table) {
+  return _mm256_add_epi8(_mm256_shuffle_epi8(table, _mm256_xor_si256(row.lo, query.lo)),
+                         _mm256_shuffle_epi8(table, _mm256_xor_si256(row.hi, query.hi)));
 }
 
 // Per-byte popcounts of row ^ query, summed over the code's vectors.
@@ -72,11 +83,9 @@ template <int kVectors>
 SSDH_AVX2 __attribute__((always_inline)) inline __m256i byte_counts(
     const Nibbles* row, const Nibbles* query, int vectors, __m256i table) {
   const int n = kVectors > 0 ? kVectors : vectors;
-  __m256i acc = _mm256_add_epi8(_mm256_shuffle_epi8(table, _mm256_xor_si256(row[0].lo, query[0].lo)),
-                                _mm256_shuffle_epi8(table, _mm256_xor_si256(row[0].hi, query[0].hi)));
+  __m256i acc = nibble_popcounts(row[0], query[0], table);
   for (int v = 1; v < n; ++v) {
-    acc = _mm256_add_epi8(acc, _mm256_shuffle_epi8(table, _mm256_xor_si256(row[v].lo, query[v].lo)));
-    acc = _mm256_add_epi8(acc, _mm256_shuffle_epi8(table, _mm256_xor_si256(row[v].hi, query[v].hi)));
+    acc = _mm256_add_epi8(acc, nibble_popcounts(row[v], query[v], table));
   }
   return acc;
 }
@@ -333,6 +342,12 @@ struct LaneCodes {
     spread = _mm256_load_si256(reinterpret_cast<const __m256i*>(index));
   }
 
+  // Whether the load of rows j on stays within a block ending at row `last`: the rows
+  // are there and (j + kHalf) * bytes + 16 <= last * bytes.
+  SSDH_AVX2 __attribute__((always_inline)) inline bool fits(int64_t j, int64_t last) const {
+    return j + kRows <= last && (j + kHalf) * bytes + 16 <= last * bytes;
+  }
+
   // Reads kHalf * bytes + 16 bytes from `codes` (32 when Lane == bytes == 4).
   SSDH_AVX2 __attribute__((always_inline)) inline __m256i load(const uint8_t* codes) const {
     if (Lane == 4 && bytes == 4) {
@@ -365,10 +380,8 @@ struct LaneCodes {
 // A query's code (a zero-extended word) in every lane of Lane bytes, split into nibbles.
 template <int Lane>
 SSDH_AVX2 __attribute__((always_inline)) inline Nibbles lane_query(uint64_t code) {
-  const __m256i low4 = _mm256_set1_epi8(0x0f);
-  const __m256i word = Lane == 8 ? _mm256_set1_epi64x(static_cast<long long>(code))
-                                 : _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(code)));
-  return {_mm256_and_si256(word, low4), _mm256_and_si256(_mm256_srli_epi16(word, 4), low4)};
+  return split_vector(Lane == 8 ? _mm256_set1_epi64x(static_cast<long long>(code))
+                                : _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(code))));
 }
 
 // The kRows distances in the lanes of d (from lane_sums) as consecutive uint16 at out.
@@ -389,8 +402,9 @@ SSDH_AVX2 __attribute__((always_inline)) inline void store_lanes(__m256i d, uint
 constexpr int kTestedQueries = 8;
 
 // The rare path of scan_lanes: some lane of the group of queries q0 .. q1 - 1 was
-// within its bound for the rows from j on (split into lo and hi). Each query's
-// distances are taken again, and its rows within its bound added in database order.
+// within its bound for the rows from j on (their nibbles lo and hi, passed in
+// registers). Each query's distances are taken again, and its rows within its bound
+// added in database order.
 template <int Lane>
 SSDH_AVX2 __attribute__((noinline)) void add_lane_hits(__m256i lo, __m256i hi, const Nibbles* query,
                                                        Bounds* bounds, int q0, int q1, int64_t j,
@@ -398,8 +412,7 @@ SSDH_AVX2 __attribute__((noinline)) void add_lane_hits(__m256i lo, __m256i hi, c
   using Codes = LaneCodes<Lane>;
   const __m256i table = nibble_counts();
   for (int q = q0; q < q1; ++q) {
-    const __m256i counts = _mm256_add_epi8(_mm256_shuffle_epi8(table, _mm256_xor_si256(lo, query[q].lo)),
-                                           _mm256_shuffle_epi8(table, _mm256_xor_si256(hi, query[q].hi)));
+    const __m256i counts = nibble_popcounts({lo, hi}, query[q], table);
     alignas(32) int64_t dist8[4];
     alignas(32) int32_t dist4[8];
     _mm256_store_si256(reinterpret_cast<__m256i*>(Lane == 8 ? static_cast<void*>(dist8) : dist4),
@@ -425,7 +438,6 @@ SSDH_AVX2 void scan_lanes(const uint64_t* queries, int n, const uint8_t* db, int
                           int64_t last, Candidates* c) {
   using Codes = LaneCodes<Lane>;
   const Codes loader(bytes);
-  const __m256i low4 = _mm256_set1_epi8(0x0f);
   const __m256i table = nibble_counts();
   const __m256i ones = _mm256_set1_epi8(-1);
   const int padded = (n + kTestedQueries - 1) / kTestedQueries * kTestedQueries;
@@ -435,24 +447,19 @@ SSDH_AVX2 void scan_lanes(const uint64_t* queries, int n, const uint8_t* db, int
     query[q] = lane_query<Lane>(queries[std::min(q, n - 1)]);
     bounds[q].v = Codes::broadcast(q < n ? c[q].bound : -1);
   }
-  // The loads stay within the block: (j + kHalf) * bytes + 16 <= last * bytes.
   int64_t j = first;
-  for (; j + Codes::kRows <= last && (j + Codes::kHalf) * bytes + 16 <= last * bytes; j += Codes::kRows) {
-    const __m256i codes = loader.load(db + j * bytes);
-    const __m256i lo = _mm256_and_si256(codes, low4);
-    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(codes, 4), low4);
+  for (; loader.fits(j, last); j += Codes::kRows) {
+    const Nibbles row = split_vector(loader.load(db + j * bytes));
     for (int q0 = 0; q0 < padded; q0 += kTestedQueries) {
       __m256i over = ones;
       const Nibbles* group = query.data + q0;
       const Bounds* group_bounds = bounds.data + q0;
       for (int i = 0; i < kTestedQueries; ++i) {  // a constant trip count (the build has -fwrapv)
-        const __m256i counts =
-            _mm256_add_epi8(_mm256_shuffle_epi8(table, _mm256_xor_si256(lo, group[i].lo)),
-                            _mm256_shuffle_epi8(table, _mm256_xor_si256(hi, group[i].hi)));
+        const __m256i counts = nibble_popcounts(row, group[i], table);
         over = _mm256_and_si256(over, Codes::over(Codes::lane_sums(counts), group_bounds[i].v));
       }
       if (__builtin_expect(!_mm256_testc_si256(over, ones), 0)) {
-        add_lane_hits<Lane>(lo, hi, query.data, bounds.data, q0, std::min(q0 + kTestedQueries, n), j, c);
+        add_lane_hits<Lane>(row.lo, row.hi, query.data, bounds.data, q0, std::min(q0 + kTestedQueries, n), j, c);
       }
     }
   }
@@ -477,7 +484,6 @@ SSDH_AVX2 void distance_lanes(const uint8_t* queries, int n, const uint8_t* db, 
                               int64_t last, uint16_t* const* out) {
   using Codes = LaneCodes<Lane>;
   const Codes loader(bytes);
-  const __m256i low4 = _mm256_set1_epi8(0x0f);
   const __m256i table = nibble_counts();
   std::vector<uint64_t> words(n);
   AlignedArray<Nibbles> query(n);
@@ -486,14 +492,10 @@ SSDH_AVX2 void distance_lanes(const uint8_t* queries, int n, const uint8_t* db, 
     query[q] = lane_query<Lane>(words[q]);
   }
   int64_t j = first;
-  for (; j + Codes::kRows <= last && (j + Codes::kHalf) * bytes + 16 <= last * bytes; j += Codes::kRows) {
-    const __m256i codes = loader.load(db + j * bytes);
-    const __m256i lo = _mm256_and_si256(codes, low4);
-    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(codes, 4), low4);
+  for (; loader.fits(j, last); j += Codes::kRows) {
+    const Nibbles row = split_vector(loader.load(db + j * bytes));
     for (int q = 0; q < n; ++q) {
-      const __m256i counts = _mm256_add_epi8(_mm256_shuffle_epi8(table, _mm256_xor_si256(lo, query[q].lo)),
-                                             _mm256_shuffle_epi8(table, _mm256_xor_si256(hi, query[q].hi)));
-      store_lanes<Lane>(Codes::lane_sums(counts), out[q] + (j - first));
+      store_lanes<Lane>(Codes::lane_sums(nibble_popcounts(row, query[q], table)), out[q] + (j - first));
     }
   }
   for (; j < last; ++j) {

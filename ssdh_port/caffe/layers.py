@@ -199,9 +199,10 @@ def _spatial(param, name, default, layer):
 
 # Input channels up to which a convolution's input gradient is Caffe's (GEMM + col2im):
 # the image layers, where oneDNN's backward-data is slow (AlexNet's conv1, 3 channels,
-# 11 x 11 stride 4, batch 8: 54 ms against 18 ms; docs/ops.md). Their weight gradient
-# is im2col + GEMM too for one-channel images (LeNet's conv1: 2.3 against 4.6 ms), and
-# torch's elsewhere (faster from 3 channels on).
+# 11 x 11 stride 4, batch 8: 54 ms against 18 ms; docs/ops.md). For one-channel images
+# their weight gradient is Caffe's too, computed directly at stride 1 (ops.conv_weight_grad:
+# LeNet's conv1 0.41 against 0.93 ms for im2col + GEMM), im2col + GEMM otherwise; torch's
+# elsewhere (faster from 3 channels on).
 IMAGE_CHANNELS = 4
 _COL_ELEMENTS = 1 << 24  # samples per GEMM chunk: col of at most 16 M values (64 MB)
 
@@ -1271,12 +1272,12 @@ class Scale(_Affine):
             return (torch.addcmul(self.broadcast(self.blob(len(self.blobs) - 1), x), x, scale),)
         return (x * scale,)
 
-
     def _native(self, x, scale, bias):
         """The native kernel (ops.channel_scale) takes contiguous CPU float maps with
         the operand over at least one axis and a per-channel map of some size."""
-        return (_cpu_float(x) and x.is_contiguous() and scale.dtype == x.dtype and scale.dim() >= 1 and (bias is None or bias.dtype == x.dtype)
-                and self.axis + scale.dim() < x.dim() and x.numel() > 0)
+        return (_cpu_float(x) and x.is_contiguous() and scale.dtype == x.dtype and scale.dim() >= 1
+                and (bias is None or bias.dtype == x.dtype) and self.axis + scale.dim() < x.dim()
+                and x.numel() > 0)
 
 
 @register("Bias")
